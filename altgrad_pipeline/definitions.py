@@ -1,0 +1,40 @@
+"""The one `Definitions` of the project: `dagster dev` from the repo root (workspace.yaml) and
+`altgrad-pipeline refresh` both load `altgrad_pipeline.definitions:defs`."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from altgrad_pipeline import settings
+from altgrad_pipeline.ingest import assets as ingest_assets
+from altgrad_pipeline.io_manager import PolarsParquetIOManager
+from altgrad_pipeline.resources import RunStores
+
+ASSETS = [ingest_assets.ingest_format, ingest_assets.ingest_issues]
+ASSET_CHECKS: list[dg.AssetChecksDefinition] = []
+
+
+def build_resources(*, runs: str | None = None, data_dir: str | None = None) -> dict[str, object]:
+    data_dir = settings.absolute_data_dir(data_dir)
+    return {
+        "run_stores": RunStores(
+            runs=settings.run_stores_value() if runs is None else runs,
+            data_dir=data_dir,
+            crash_grace_seconds=settings.crash_grace_seconds(),
+        ),
+        "io_manager": PolarsParquetIOManager(base_dir=data_dir),
+    }
+
+
+def build_defs(*, runs: str | None = None, data_dir: str | None = None) -> dg.Definitions:
+    """Definitions bound to run stores and a data dir (defaults: the environment), so tests and the
+    CLI build the very graph the UI shows, against any store."""
+    return dg.Definitions(
+        assets=ASSETS,
+        asset_checks=ASSET_CHECKS,
+        resources=build_resources(runs=runs, data_dir=data_dir),
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_defs()

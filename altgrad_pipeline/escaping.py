@@ -1,0 +1,34 @@
+"""Run names, tags and notes are untrusted text: escape them for Markdown and HTML, and keep them
+out of file names. Everything shown to a user goes through here."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+_LINE_BREAKS_AND_CONTROLS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def escape_markdown(text: object) -> str:
+    """Inline Markdown that renders as the literal text: specials backslash-escaped, `<`/`>` as
+    entities (so `<script>` can never become a tag), newlines folded (a table row stays one row)."""
+    value = "" if text is None else str(text)
+    value = _LINE_BREAKS_AND_CONTROLS.sub(" ", value)
+    value = _MARKDOWN_SPECIAL.sub(r"\\\1", value)
+    return value.replace("\\<", "&lt;").replace("\\>", "&gt;")
+
+
+def escape_html(text: object) -> str:
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+def safe_filename(text: object, *, max_length: int = 60) -> str:
+    """A file-name fragment from untrusted text: only [A-Za-z0-9._-], never empty or hidden, and
+    suffixed with a short hash so that two names that clean up alike stay distinct."""
+    raw = "" if text is None else str(text)
+    cleaned = _UNSAFE_FILENAME.sub("_", raw).strip("._-")[:max_length] or "run"
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
+    return f"{cleaned}-{digest}"

@@ -1,0 +1,109 @@
+"""Ingest assets: `raw_runs` and `run_histories` per FP8 format partition, and `ingest_issues`.
+
+Thin wiring: the catalog (pure Python + Polars) does the reading and caching; these functions pick
+the partition's runs and describe the result for the UI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import polars as pl
+
+from altgrad_pipeline.ingest.catalog import RunCatalog
+from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ISSUE_SCHEMA
+from altgrad_pipeline.ingest.tables import RAW_RUNS_DESCRIPTIONS, RAW_RUNS_SCHEMA
+from altgrad_pipeline.partitions import fp8_format_partitions
+from altgrad_pipeline.resources import RunStores
+from altgrad_pipeline.ui import counts, preview, table_schema
+
+INGEST_GROUP = "ingest"
+#: Metadata key on raw_runs: what the partition was built from (the refresh and sensor compare it).
+CATALOG_FINGERPRINT = "catalog_fingerprint"
+
+HISTORY_DESCRIPTIONS = {
+    "run_id": "Run the value belongs to",
+    "step": "Step as logged (_step; falls back to the history record's step)",
+    "key": "Metric name exactly as logged; '/' is part of the name",
+    "value": "Value as logged; NaN and ±inf kept (they are the evidence of failure)",
+    "runtime": "Seconds since the run started (_runtime) when the row was logged",
+    "timestamp": "Unix time (_timestamp) when the row was logged",
+}
+ISSUE_DESCRIPTIONS = {
+    "kind": "What went wrong (crc_mismatch, truncated_tail, malformed_line, duplicate_step, …)",
+    "position": "Where in the file: byte offset, block, line or step",
+    "lost": "What data could not be used because of it",
+}
+
+
+@dg.multi_asset(
+    outs={
+        "raw_runs": dg.AssetOut(
+            description="One row per run of this FP8 format: identity, tracker state, derived format and "
+            "optimizer, config (JSON and flattened `config.*` columns), summary, step extent.",
+            group_name=INGEST_GROUP,
+            metadata={"dagster/column_schema": table_schema(RAW_RUNS_SCHEMA, RAW_RUNS_DESCRIPTIONS)},
+            kinds={"polars", "parquet"},
+        ),
+        "run_histories": dg.AssetOut(
+            description="Every logged history value of this format's runs, full resolution, long form: "
+            "one row per (run_id, step, key). Use `pivot_history` to widen chosen keys.",
+            group_name=INGEST_GROUP,
+            metadata={"dagster/column_schema": table_schema(HISTORY_SCHEMA, HISTORY_DESCRIPTIONS)},
+            kinds={"polars", "parquet"},
+        ),
+    },
+    partitions_def=fp8_format_partitions,
+)
+def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
+    """Sync the run catalog (re-reading only changed runs) and emit this format's runs."""
+    fmt = context.partition_key
+    catalog = run_stores.catalog()
+    result = catalog.sync(progress=context.log.info)
+    entries = result.for_format(fmt)
+    runs = catalog.raw_runs(entries, now=dt.datetime.now(dt.UTC), grace_s=run_stores.crash_grace_seconds)
+    histories = catalog.histories(entries).sort("run_id", "step", "key").collect()
+    context.log.info(f"{fmt}: {runs.height} runs, {histories.height} values; re-read {len(result.reread)} changed runs")
+    yield dg.Output(
+        runs,
+        output_name="raw_runs",
+        metadata={
+            "dagster/row_count": runs.height,
+            "runs_by_state": counts(runs, "state"),
+            "runs_by_optimizer": counts(runs, "optimizer"),
+            "runs_reread": len(result.reread),
+            CATALOG_FINGERPRINT: catalog.partition_fingerprint(entries, runs),
+            "preview": preview(runs, ["run_id", "name", "state", "optimizer", "seed", "last_step", "n_values", "source"]),
+        },
+    )
+    yield dg.Output(
+        histories,
+        output_name="run_histories",
+        metadata={
+            "dagster/row_count": histories.height,
+            "n_runs": runs.height,
+            "n_keys": histories.get_column("key").n_unique() if histories.height else 0,
+            "n_nonfinite": int(histories.filter(~pl.col("value").is_finite()).height),
+        },
+    )
+
+
+@dg.asset(
+    group_name=INGEST_GROUP,
+    description="Every file, chunk, line or record that could not be used, with location, reason and "
+    "what was lost. Nothing is dropped silently.",
+    metadata={"dagster/column_schema": table_schema(ISSUE_SCHEMA, ISSUE_DESCRIPTIONS)},
+    kinds={"polars", "parquet"},
+)
+def ingest_issues(context: dg.AssetExecutionContext, run_stores: RunStores) -> dg.MaterializeResult:
+    catalog = run_stores.catalog()
+    issues = RunCatalog.issues(catalog.sync(progress=context.log.info)).sort("location", "position")
+    return dg.MaterializeResult(
+        value=issues,
+        metadata={
+            "dagster/row_count": issues.height,
+            "issues_by_kind": counts(issues, "kind"),
+            "preview": preview(issues, ["kind", "location", "position", "reason", "lost"]),
+        },
+    )

@@ -1,0 +1,146 @@
+"""`altgrad-pipeline refresh`: discover runs, register format partitions, and materialize what is
+stale in the persistent Dagster instance, so `dagster dev` shows the same history afterwards."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from altgrad_pipeline import settings
+from altgrad_pipeline.definitions import ASSET_CHECKS, ASSETS, build_resources
+from altgrad_pipeline.ingest.assets import CATALOG_FINGERPRINT
+from altgrad_pipeline.partitions import fp8_format_partitions
+from altgrad_pipeline.resources import RunStores
+
+INSTANCE_YAML = """\
+# Written by altgrad-pipeline. Standard Dagster instance config: edit freely.
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    max_concurrent_runs: 1
+"""
+
+
+def dagster_home(data_dir: str) -> Path:
+    """DAGSTER_HOME if set, else `<data dir>/dagster_home`, created with a small dagster.yaml."""
+    home = Path(os.environ.get("DAGSTER_HOME") or Path(data_dir) / "dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_YAML)
+    return home
+
+
+def _partitioned(asset: dg.AssetsDefinition) -> bool:
+    return asset.partitions_def is not None
+
+
+def _asset_keys(assets: list[dg.AssetsDefinition]) -> list[dg.AssetKey]:
+    return [key for a in assets for key in a.keys]
+
+
+@dataclass
+class RefreshReport:
+    formats: list[str] = field(default_factory=list)
+    refreshed_formats: list[str] = field(default_factory=list)
+    new_formats: list[str] = field(default_factory=list)
+    analysis_refreshed: bool = False
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def stale_formats(run_stores: RunStores, instance: dg.DagsterInstance, formats: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(all formats found, formats whose stored partition no longer matches the run stores)."""
+    catalog = run_stores.catalog()
+    result = catalog.sync()
+    now = dt.datetime.now(dt.UTC)
+    stale = []
+    for fmt in result.formats if formats is None else formats:
+        entries = result.for_format(fmt)
+        runs = catalog.raw_runs(entries, now=now, grace_s=run_stores.crash_grace_seconds)
+        wanted = catalog.partition_fingerprint(entries, runs)
+        event = instance.get_latest_materialization_event(dg.AssetKey("raw_runs"), partition=fmt)
+        stored = event.asset_materialization.metadata.get(CATALOG_FINGERPRINT) if event and event.asset_materialization else None
+        if stored is None or stored.value != wanted:
+            stale.append(fmt)
+    return result.formats, stale
+
+
+def refresh(
+    *,
+    runs: str | None = None,
+    data_dir: str | None = None,
+    full: bool = False,
+    echo: Callable[[str], None] = print,
+    instance: dg.DagsterInstance | None = None,
+) -> RefreshReport:
+    """Bring every asset up to date with the run stores; returns what was done."""
+    data_dir = settings.absolute_data_dir(data_dir)
+    runs = settings.run_stores_value() if runs is None else runs
+    if not settings.parse_run_stores(runs):
+        ensure_example_store(data_dir, echo)
+    resources = build_resources(runs=runs, data_dir=data_dir)
+    run_stores: RunStores = resources["run_stores"]  # type: ignore[assignment]
+    if instance is None:
+        os.environ["DAGSTER_HOME"] = str(dagster_home(data_dir))
+        instance = dg.DagsterInstance.get()
+    echo(f"Run stores: {', '.join(e.label for e in run_stores.store_entries())}")
+    echo(f"Dagster instance: {instance.root_directory}")
+
+    report = RefreshReport()
+    formats, stale = stale_formats(run_stores, instance)
+    known = set(fp8_format_partitions.get_partition_keys(dynamic_partitions_store=instance))
+    report.formats = formats
+    report.new_formats = [f for f in formats if f not in known]
+    if report.new_formats:
+        instance.add_dynamic_partitions(fp8_format_partitions.name, report.new_formats)
+        echo(f"New format partitions: {', '.join(report.new_formats)}")
+    todo = formats if full else stale
+    partitioned = [a for a in ASSETS if _partitioned(a)]
+    unpartitioned = [a for a in ASSETS if not _partitioned(a)]
+    for fmt in todo:
+        echo(f"Materializing format partition {fmt} ({', '.join(k.to_user_string() for k in _asset_keys(partitioned))})")
+        result = dg.materialize(
+            ASSETS, selection=_asset_keys(partitioned), partition_key=fmt, instance=instance,
+            resources=resources, raise_on_error=False,
+        )  # fmt: skip
+        if not result.success:
+            report.failed.append(f"partition {fmt}")
+            echo(f"  FAILED: see run {result.run_id} in the Dagster UI")
+        report.refreshed_formats.append(fmt)
+    never_built = any(instance.get_latest_materialization_event(k) is None for k in _asset_keys(unpartitioned))
+    if todo or full or never_built:
+        echo(f"Materializing analysis and reports ({len(_asset_keys(unpartitioned))} assets)")
+        result = dg.materialize(
+            [*ASSETS, *ASSET_CHECKS], selection=_asset_keys(unpartitioned), instance=instance,
+            resources=resources, raise_on_error=False,
+        )  # fmt: skip
+        report.analysis_refreshed = True
+        if not result.success:
+            report.failed.append("analysis")
+            echo(f"  FAILED: see run {result.run_id} in the Dagster UI")
+    if not todo and not never_built and not full:
+        echo("Everything is up to date.")
+    echo(f"Assets: {Path(data_dir) / 'assets'}")
+    echo(f"Reports: {Path(data_dir) / 'reports'}")
+    return report
+
+
+def ensure_example_store(data_dir: str, echo: Callable[[str], None]) -> Path:
+    """With no ALTGRAD_RUNS, the pipeline runs on the bundled example study (written once)."""
+    from altgrad_pipeline.examples import write_example_runs
+
+    store = settings.example_store_dir(data_dir)
+    if not (store / "EXPECTED.json").exists():
+        echo(f"No ALTGRAD_RUNS set: writing the example runs to {store} with the wandb SDK (offline)")
+        write_example_runs(store)
+    return store

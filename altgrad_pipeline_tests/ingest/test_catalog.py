@@ -1,0 +1,96 @@
+"""The run catalog re-reads only runs whose fingerprint changed, keeps good data when a source or
+a run fails, and keeps run ids unique across stores."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from altgrad_pipeline.ingest.catalog import RunCatalog
+from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator
+
+
+class FakeSource:
+    """An in-memory source: `runs` maps location -> (fingerprint, config); counts reads."""
+
+    name = "fake"
+
+    def __init__(self, runs: dict[str, tuple[str, dict]]):
+        self.runs = runs
+        self.reads: list[str] = []
+        self.broken = False
+
+    def discover(self) -> list[RunLocator]:
+        if self.broken:
+            raise ConnectionError("store offline")
+        return [RunLocator(self.name, loc, fp, run_id_hint=loc) for loc, (fp, _) in self.runs.items()]
+
+    def read(self, locator: RunLocator) -> ParsedRun:
+        self.reads.append(locator.location)
+        if locator.location == "explodes":
+            raise ValueError("bad bytes")
+        fingerprint, config = self.runs[locator.location]
+        history = pl.DataFrame(
+            {"run_id": [locator.location] * 2, "step": [0, 1], "key": ["loss"] * 2, "value": [2.0, float(len(fingerprint))],
+             "runtime": [0.0, 1.0], "timestamp": [0.0, 1.0]}
+        )  # fmt: skip
+        return ParsedRun(
+            run_id=config.get("id", locator.location), source=self.name, location=locator.location, history=history,
+            config=config, ended=True, exit_code=0,
+            issues=[IngestIssue(location=locator.location, kind="duplicate_step", reason="step 1 twice", lost="1 value")],
+        )  # fmt: skip
+
+
+def test_only_changed_runs_are_reread(tmp_path):
+    source = FakeSource({"a": ("1", {"fp8_format": "E5M2"}), "b": ("1", {"fp8_format": "E3M4"})})
+    catalog = RunCatalog(tmp_path, [source])
+    first = catalog.sync()
+    assert sorted(first.reread) == ["a", "b"] and first.formats == ["E3M4", "E5M2"]
+    source.reads.clear()
+    second = catalog.sync()
+    assert second.reread == [] and source.reads == []
+    source.runs["b"] = ("22", {"fp8_format": "E3M4"})
+    third = catalog.sync()
+    assert third.reread == ["b"]
+    values = catalog.histories(third.for_format("E3M4")).collect()
+    assert values.filter(pl.col("step") == 1).item(0, "value") == 2.0  # the new content, not the cached one
+
+
+def test_removed_runs_leave_the_catalog(tmp_path):
+    source = FakeSource({"a": ("1", {}), "b": ("1", {})})
+    catalog = RunCatalog(tmp_path, [source])
+    catalog.sync()
+    del source.runs["b"]
+    assert [e.run_id for e in catalog.sync().entries] == ["a"]
+    assert len(list(tmp_path.glob("*.json"))) == 1
+
+
+def test_a_failing_run_or_source_never_loses_good_data(tmp_path):
+    source = FakeSource({"a": ("1", {"fp8_format": "E5M2"}), "explodes": ("1", {})})
+    catalog = RunCatalog(tmp_path, [source])
+    result = catalog.sync()
+    assert [e.run_id for e in result.entries] == ["a"]
+    issues = RunCatalog.issues(result)
+    assert set(issues.get_column("kind")) == {"reader_error", "duplicate_step"}
+    assert "bad bytes" in issues.filter(pl.col("kind") == "reader_error").item(0, "reason")
+    source.broken = True
+    offline = catalog.sync()
+    assert [e.run_id for e in offline.entries] == ["a"]  # cached runs survive a source outage
+    assert offline.issues[0].kind == "source_unavailable"
+
+
+def test_same_run_id_in_two_stores_stays_two_rows(tmp_path):
+    source = FakeSource({"x": ("1", {"id": "abc"}), "y": ("1", {"id": "abc"})})
+    result = RunCatalog(tmp_path, [source]).sync()
+    ids = sorted(e.run_id for e in result.entries)
+    assert ids[0] == "abc" and ids[1].startswith("abc@") and len(set(ids)) == 2
+    assert any(i.kind == "duplicate_run_id" for i in result.issues)
+
+
+def test_partition_fingerprint_tracks_files_and_state(tmp_path):
+    source = FakeSource({"a": ("1", {})})
+    catalog = RunCatalog(tmp_path, [source])
+    entries = catalog.sync().entries
+    runs = catalog.raw_runs(entries)
+    before = RunCatalog.partition_fingerprint(entries, runs)
+    assert before == RunCatalog.partition_fingerprint(entries, runs)
+    assert before != RunCatalog.partition_fingerprint(entries, runs.with_columns(pl.lit("crashed").alias("state")))
