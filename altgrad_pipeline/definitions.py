@@ -6,12 +6,28 @@ from __future__ import annotations
 import dagster as dg
 
 from altgrad_pipeline import settings
+from altgrad_pipeline.analysis import assets as analysis_assets
+from altgrad_pipeline.analysis.checks import ANALYSIS_CHECKS
+from altgrad_pipeline.automation.definitions import automation_defs
 from altgrad_pipeline.ingest import assets as ingest_assets
 from altgrad_pipeline.io_manager import PolarsParquetIOManager
-from altgrad_pipeline.resources import RunStores
+from altgrad_pipeline.reports import assets as report_assets
+from altgrad_pipeline.resources import ReportFiles, RunStores
 
-ASSETS = [ingest_assets.ingest_format, ingest_assets.ingest_issues]
-ASSET_CHECKS: list[dg.AssetChecksDefinition] = []
+ASSETS = [
+    ingest_assets.ingest_format,
+    ingest_assets.ingest_issues,
+    analysis_assets.layer_metrics,
+    analysis_assets.run_outcomes,
+    analysis_assets.failure_modes,
+    analysis_assets.format_rankings,
+    analysis_assets.manifold_stats,
+    report_assets.format_comparison_report,
+    report_assets.failure_modes_report,
+    report_assets.manifold_comparison_report,
+    report_assets.reports_index,
+]
+ASSET_CHECKS = ANALYSIS_CHECKS
 
 
 def build_resources(*, runs: str | None = None, data_dir: str | None = None) -> dict[str, object]:
@@ -22,6 +38,7 @@ def build_resources(*, runs: str | None = None, data_dir: str | None = None) -> 
             data_dir=data_dir,
             crash_grace_seconds=settings.crash_grace_seconds(),
         ),
+        "report_files": ReportFiles(data_dir=data_dir),
         "io_manager": PolarsParquetIOManager(base_dir=data_dir),
     }
 
@@ -29,11 +46,14 @@ def build_resources(*, runs: str | None = None, data_dir: str | None = None) -> 
 def build_defs(*, runs: str | None = None, data_dir: str | None = None) -> dg.Definitions:
     """Definitions bound to run stores and a data dir (defaults: the environment), so tests and the
     CLI build the very graph the UI shows, against any store."""
-    return dg.Definitions(
-        assets=ASSETS,
-        asset_checks=ASSET_CHECKS,
-        resources=build_resources(runs=runs, data_dir=data_dir),
-        executor=dg.in_process_executor,
+    return dg.Definitions.merge(
+        dg.Definitions(
+            assets=ASSETS,
+            asset_checks=ASSET_CHECKS,
+            resources=build_resources(runs=runs, data_dir=data_dir),
+            executor=dg.in_process_executor,
+        ),
+        automation_defs(),
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 import dagster as dg
 import polars as pl
@@ -26,7 +26,7 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
     """Stores Polars frames as Parquet under `base_dir` (a local path or an fsspec URL)."""
 
     base_dir: str
-    extension: str = ".parquet"
+    extension: ClassVar[str] = ".parquet"
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._base_path = UPath(self.base_dir) / "assets"

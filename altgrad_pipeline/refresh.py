@@ -17,6 +17,9 @@ from altgrad_pipeline.ingest.assets import CATALOG_FINGERPRINT
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline.resources import RunStores
 
+#: Dagster's console logger prints every step event at DEBUG; the CLI shows progress, not the event log.
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
 INSTANCE_YAML = """\
 # Written by altgrad-pipeline. Standard Dagster instance config: edit freely.
 telemetry:
@@ -58,6 +61,17 @@ class RefreshReport:
         return not self.failed
 
 
+def stored_fingerprint(instance: dg.DagsterInstance, fmt: str) -> str | None:
+    """The catalog fingerprint the latest `raw_runs` materialization of this format was built from."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_runs"), asset_partitions=[fmt]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get(CATALOG_FINGERPRINT)
+    return None if value is None else value.value
+
+
 def stale_formats(run_stores: RunStores, instance: dg.DagsterInstance, formats: list[str] | None = None) -> tuple[list[str], list[str]]:
     """(all formats found, formats whose stored partition no longer matches the run stores)."""
     catalog = run_stores.catalog()
@@ -68,9 +82,7 @@ def stale_formats(run_stores: RunStores, instance: dg.DagsterInstance, formats: 
         entries = result.for_format(fmt)
         runs = catalog.raw_runs(entries, now=now, grace_s=run_stores.crash_grace_seconds)
         wanted = catalog.partition_fingerprint(entries, runs)
-        event = instance.get_latest_materialization_event(dg.AssetKey("raw_runs"), partition=fmt)
-        stored = event.asset_materialization.metadata.get(CATALOG_FINGERPRINT) if event and event.asset_materialization else None
-        if stored is None or stored.value != wanted:
+        if stored_fingerprint(instance, fmt) != wanted:
             stale.append(fmt)
     return result.formats, stale
 
@@ -111,7 +123,7 @@ def refresh(
         echo(f"Materializing format partition {fmt} ({', '.join(k.to_user_string() for k in _asset_keys(partitioned))})")
         result = dg.materialize(
             ASSETS, selection=_asset_keys(partitioned), partition_key=fmt, instance=instance,
-            resources=resources, raise_on_error=False,
+            resources=resources, raise_on_error=False, run_config=QUIET_RUN_CONFIG,
         )  # fmt: skip
         if not result.success:
             report.failed.append(f"partition {fmt}")
@@ -122,7 +134,7 @@ def refresh(
         echo(f"Materializing analysis and reports ({len(_asset_keys(unpartitioned))} assets)")
         result = dg.materialize(
             [*ASSETS, *ASSET_CHECKS], selection=_asset_keys(unpartitioned), instance=instance,
-            resources=resources, raise_on_error=False,
+            resources=resources, raise_on_error=False, run_config=QUIET_RUN_CONFIG,
         )  # fmt: skip
         report.analysis_refreshed = True
         if not result.success:

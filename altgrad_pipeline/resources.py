@@ -41,3 +41,13 @@ class RunStores(dg.ConfigurableResource):
 
     def local_roots(self) -> list[Path]:
         return [Path(e.target) for e in self.store_entries() if e.kind == "local"]
+
+
+class ReportFiles(dg.ConfigurableResource):
+    """Where report files go: `<data dir>/reports/` (figures in `reports/figures/`)."""
+
+    data_dir: str = settings.DEFAULT_DATA_DIR
+
+    @property
+    def reports_dir(self) -> Path:
+        return Path(self.data_dir) / "reports"

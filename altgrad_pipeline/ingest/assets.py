@@ -4,7 +4,6 @@ Thin wiring: the catalog (pure Python + Polars) does the reading and caching; th
 the partition's runs and describe the result for the UI.
 """
 
-from __future__ import annotations
 
 import datetime as dt
 

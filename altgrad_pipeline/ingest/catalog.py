@@ -1,30 +1,50 @@
 """A per-run cache of parsed runs, keyed by each run's fingerprint, so that a refresh reads only
 runs whose files (or API `updatedAt`) changed and reuses the stored rows of all the others.
 
-Layout under the cache dir: `<key>.history.parquet` (the run's long history) and `<key>.json`
-(its `raw_runs` facts, issues and fingerprint), written atomically so a concurrent reader never
-sees half a file.
+Layout under the cache dir:
+- `index.json`: one small record per run (location, fingerprint, format, end facts). A sync over
+  10,000 unchanged runs opens this one file, not 10,000.
+- `runs/<key>-<version>.json` (the run's `raw_runs` facts and issues) and
+  `runs/<key>-<version>.history.parquet` (its long history), where `version` hashes the
+  fingerprint. Versioned names mean a reader holding an older index never pairs it with a newer
+  history, whichever of two concurrent syncs (the sensor, a run) wrote last.
+
+Every file is written atomically; the index is merged under a file lock, so concurrent syncs
+never lose each other's runs. Superseded files are removed once they are old enough that no
+reader can still be using them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
 import tempfile
+import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator, RunSource, issues_frame
-from altgrad_pipeline.ingest.tables import StudyRules, history_with_run_id, raw_runs_frame, run_row
+from altgrad_pipeline.ingest.tables import StudyRules, _state_expr, history_with_run_id, raw_runs_frame, run_row
 
-CACHE_VERSION = 1
+try:
+    import fcntl
+except ImportError:  # Windows: concurrent syncs may then re-read a run the other one stored
+    fcntl = None  # type: ignore[assignment]
+
+CACHE_VERSION = 2
+INDEX_NAME = "index.json"
+RUNS_DIR = "runs"
+#: A superseded run file is deleted only after this long: a run that synced just before may
+#: still be scanning it.
+SUPERSEDED_FILE_GRACE_S = 600.0
 
 
 def entry_key(source: str, location: str) -> str:
@@ -32,9 +52,23 @@ def entry_key(source: str, location: str) -> str:
     return hashlib.sha256(f"{source}\x00{location}".encode()).hexdigest()[:24]
 
 
+def _version(fingerprint: str) -> str:
+    return hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+
+
+@dataclass
+class RunFacts:
+    """What decides a run's state, kept in the index so states need no per-run file."""
+
+    ended: bool
+    exit_code: int | None
+    cut_short: bool
+    updated_at: dt.datetime | None
+
+
 @dataclass
 class CatalogEntry:
-    """What the catalog knows about one run without loading its history."""
+    """What the catalog knows about one run; its `row` and `issues` are loaded on first use."""
 
     key: str
     source: str
@@ -42,9 +76,40 @@ class CatalogEntry:
     fingerprint: str
     run_id: str
     fp8_format: str
-    ended: bool
-    row: dict[str, Any]
-    issues: list[dict[str, Any]] = field(default_factory=list)
+    facts: RunFacts
+    details_path: Path
+    _details: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def version(self) -> str:
+        return _version(self.fingerprint)
+
+    @property
+    def ended(self) -> bool:
+        return self.facts.ended
+
+    def _load_details(self) -> dict[str, Any]:
+        if self._details is None:
+            self._details = json.loads(self.details_path.read_text(), object_hook=_decode)
+        return self._details
+
+    @property
+    def row(self) -> dict[str, Any]:
+        return self._load_details()["row"]
+
+    @property
+    def issues(self) -> list[dict[str, Any]]:
+        return self._load_details()["issues"]
+
+    def index_record(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "location": self.location,
+            "fingerprint": self.fingerprint,
+            "run_id": self.run_id,
+            "fp8_format": self.fp8_format,
+            "facts": asdict(self.facts),
+        }
 
 
 @dataclass
@@ -93,20 +158,51 @@ class RunCatalog:
         self.sources = list(sources)
         self.rules = rules
 
-    def _meta_path(self, key: str) -> Path:
-        return self.cache_dir / f"{key}.json"
+    @property
+    def _index_path(self) -> Path:
+        return self.cache_dir / INDEX_NAME
 
-    def history_path(self, key: str) -> Path:
-        return self.cache_dir / f"{key}.history.parquet"
+    @property
+    def _runs_dir(self) -> Path:
+        return self.cache_dir / RUNS_DIR
 
-    def _load_entry(self, key: str) -> CatalogEntry | None:
+    def _details_path(self, key: str, version: str) -> Path:
+        return self._runs_dir / f"{key}-{version}.json"
+
+    def history_path(self, entry: CatalogEntry) -> Path:
+        return self._runs_dir / f"{entry.key}-{entry.version}.history.parquet"
+
+    def _entry(self, key: str, record: dict[str, Any]) -> CatalogEntry:
+        facts = RunFacts(**record["facts"])
+        return CatalogEntry(
+            key=key,
+            source=record["source"],
+            location=record["location"],
+            fingerprint=record["fingerprint"],
+            run_id=record["run_id"],
+            fp8_format=record["fp8_format"],
+            facts=facts,
+            details_path=self._details_path(key, _version(record["fingerprint"])),
+        )
+
+    def _read_index(self) -> dict[str, dict[str, Any]]:
         try:
-            meta = json.loads(self._meta_path(key).read_text(), object_hook=_decode)
+            index = json.loads(self._index_path.read_text(), object_hook=_decode)
         except (OSError, ValueError):
-            return None
-        if meta.get("version") != CACHE_VERSION or not self.history_path(key).exists():
-            return None
-        return CatalogEntry(**meta["entry"])
+            return {}
+        return index["entries"] if index.get("version") == CACHE_VERSION else {}
+
+    def load(self) -> list[CatalogEntry]:
+        """The runs as of the last sync, without looking at any source."""
+        return [self._entry(k, r) for k, r in self._read_index().items()]
+
+    @contextlib.contextmanager
+    def _index_lock(self) -> Iterator[None]:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.cache_dir / "index.lock", "a") as handle:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
     def _store(self, locator: RunLocator, run: ParsedRun) -> CatalogEntry:
         key = entry_key(locator.source, locator.location)
@@ -119,24 +215,51 @@ class RunCatalog:
             fingerprint=locator.fingerprint,
             run_id=run.run_id,
             fp8_format=fmt,
-            ended=run.ended,
-            row=row,
-            issues=[i.as_row() | {"run_id": i.run_id or run.run_id, "source": i.source or run.source} for i in run.issues],
+            facts=RunFacts(ended=run.ended, exit_code=run.exit_code, cut_short=run.cut_short, updated_at=row["updated_at"]),
+            details_path=self._details_path(key, _version(locator.fingerprint)),
         )
+        details = {
+            "row": row,
+            "issues": [i.as_row() | {"run_id": i.run_id or run.run_id, "source": i.source or run.source} for i in run.issues],
+        }
         history = history_with_run_id(run)
-        _atomic_write(self.history_path(key), lambda p: history.write_parquet(p))
-        payload = json.dumps({"version": CACHE_VERSION, "entry": entry.__dict__}, default=_encode)
-        _atomic_write(self._meta_path(key), lambda p: p.write_text(payload))
+        _atomic_write(self.history_path(entry), lambda p: history.write_parquet(p))
+        payload = json.dumps(details, default=_encode)
+        _atomic_write(entry.details_path, lambda p: p.write_text(payload))
+        entry._details = details
         return entry
+
+    def _commit(self, stored: list[CatalogEntry], removed: set[str]) -> None:
+        """Merge this sync's changes into the index on disk (another sync may have written since)."""
+        with self._index_lock():
+            index = self._read_index()
+            for key in removed:
+                index.pop(key, None)
+            for entry in stored:
+                index[entry.key] = entry.index_record()
+            payload = json.dumps({"version": CACHE_VERSION, "entries": index}, default=_encode)
+            _atomic_write(self._index_path, lambda p: p.write_text(payload))
+            self._remove_superseded(index)
+
+    def _remove_superseded(self, index: dict[str, dict[str, Any]]) -> None:
+        live = {f"{key}-{_version(r['fingerprint'])}" for key, r in index.items()}
+        cutoff = time.time() - SUPERSEDED_FILE_GRACE_S
+        with os.scandir(self._runs_dir) as listing:
+            for item in listing:
+                stem = item.name.split(".", 1)[0]
+                if stem and stem not in live and item.stat().st_mtime < cutoff:
+                    Path(item.path).unlink(missing_ok=True)
 
     def sync(self, *, progress: Callable[[str], None] | None = None) -> SyncResult:
         """Bring the cache up to date with the sources. Never raises for bad input or a failing source:
-        a source that cannot be listed keeps its previously cached runs and says why."""
+        a source that cannot be listed keeps its previously cached runs and says why.
+
+        Cost when nothing changed: each source's `discover()` plus reading the one index file."""
         issues: list[IngestIssue] = []
         entries: list[CatalogEntry] = []
-        reread: list[str] = []
+        stored: list[CatalogEntry] = []
         seen_keys: set[str] = set()
-        cached = {p.name.removesuffix(".json"): p for p in self.cache_dir.glob("*.json")} if self.cache_dir.exists() else {}
+        index = self._read_index()
         for source in self.sources:
             try:
                 locators = source.discover()
@@ -150,10 +273,9 @@ class RunCatalog:
                         lost="nothing stored: previously ingested runs of this source are kept",
                     )
                 )
-                for key in cached:
-                    entry = self._load_entry(key)
-                    if entry and entry.source == source.name and key not in seen_keys:
-                        entries.append(entry)
+                for key, record in index.items():
+                    if record["source"] == source.name and key not in seen_keys:
+                        entries.append(self._entry(key, record))
                         seen_keys.add(key)
                 continue
             for locator in locators:
@@ -161,7 +283,7 @@ class RunCatalog:
                 if key in seen_keys:
                     continue
                 seen_keys.add(key)
-                entry = self._load_entry(key)
+                entry = self._entry(key, index[key]) if key in index else None
                 if entry is None or entry.fingerprint != locator.fingerprint:
                     try:
                         run = source.read(locator)
@@ -181,26 +303,43 @@ class RunCatalog:
                             continue
                     else:
                         entry = self._store(locator, run)
-                        reread.append(entry.run_id)
+                        stored.append(entry)
                         if progress:
                             progress(f"read {locator.source} run {entry.run_id} ({entry.fp8_format})")
                 entries.append(entry)
-        for key, path in cached.items():
-            if key not in seen_keys:
-                path.unlink(missing_ok=True)
-                self.history_path(key).unlink(missing_ok=True)
-        return SyncResult(entries=_unique_run_ids(entries, issues), reread=reread, issues=issues)
+        removed = set(index) - seen_keys
+        if stored or removed:
+            self._commit(stored, removed)
+        return SyncResult(entries=_unique_run_ids(entries, issues), reread=[e.run_id for e in stored], issues=issues)
 
     def raw_runs(self, entries: Sequence[CatalogEntry], *, now: dt.datetime | None = None, grace_s: float = 3600.0) -> pl.DataFrame:
         rows = [dict(e.row, run_id=e.run_id) for e in entries]
         return raw_runs_frame(rows, rules=self.rules, now=now, grace_s=grace_s)
+
+    @staticmethod
+    def states(entries: Sequence[CatalogEntry], *, now: dt.datetime, grace_s: float) -> dict[str, str]:
+        """Tracker state per entry key, from the index alone (no run file is opened), by the same
+        rule `raw_runs` applies."""
+        facts = pl.DataFrame(
+            {
+                "key": [e.key for e in entries],
+                "ended": [e.facts.ended for e in entries],
+                "exit_code": [e.facts.exit_code for e in entries],
+                "cut_short": [e.facts.cut_short for e in entries],
+                "updated_at": [e.facts.updated_at for e in entries],
+            },
+            schema={"key": pl.String, "ended": pl.Boolean, "exit_code": pl.Int64, "cut_short": pl.Boolean,
+                    "updated_at": pl.Datetime("us", "UTC")},
+        )  # fmt: skip
+        now = now.astimezone(dt.UTC) if now.tzinfo else now.replace(tzinfo=dt.UTC)
+        return dict(facts.select("key", _state_expr(now, grace_s)).iter_rows())
 
     def histories(self, entries: Sequence[CatalogEntry]) -> pl.LazyFrame:
         """The long histories of these runs, read lazily from the cache."""
         if not entries:
             return pl.LazyFrame(schema=HISTORY_SCHEMA)
         frames = [
-            pl.scan_parquet(self.history_path(e.key)).with_columns(pl.lit(e.run_id, pl.String).alias("run_id"))
+            pl.scan_parquet(self.history_path(e)).with_columns(pl.lit(e.run_id, pl.String).alias("run_id"))
             for e in entries
         ]
         return pl.concat(frames, how="vertical")

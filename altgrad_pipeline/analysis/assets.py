@@ -1,0 +1,136 @@
+"""Analysis assets (ANAL-01/02/03): thin Dagster wiring around the pure Polars functions beside it.
+
+Unpartitioned assets read every format partition of their inputs through one lazy scan (see the
+IO manager); their descriptions are the analysis modules' own docstrings, so the UI, the reports
+and the code state the same definitions.
+"""
+
+
+import dagster as dg
+import polars as pl
+
+from altgrad_pipeline.analysis import failures, layers, manifold, outcomes, rankings
+from altgrad_pipeline.analysis.failure_reports import FAILURE_REPORTS_SCHEMA, find_failure_reports
+from altgrad_pipeline.automation.conditions import analysis_automation_condition
+from altgrad_pipeline.partitions import fp8_format_partitions
+from altgrad_pipeline.resources import RunStores
+from altgrad_pipeline.ui import counts, preview, table_schema
+
+ANALYSIS_GROUP = "analysis"
+ALL_FORMATS = {"raw_runs": dg.AssetIn(), "run_histories": dg.AssetIn()}
+
+
+def _doc(module: object) -> str:
+    return (module.__doc__ or "").strip()
+
+
+@dg.asset(
+    group_name=ANALYSIS_GROUP,
+    partitions_def=fp8_format_partitions,
+    description="Per-parameter metrics in long form with layer index and layer type.\n\n" + _doc(layers),
+    metadata={"dagster/column_schema": table_schema(layers.LAYER_METRICS_SCHEMA)},
+    kinds={"polars", "parquet"},
+)
+def layer_metrics(context: dg.AssetExecutionContext, run_histories: pl.LazyFrame) -> dg.MaterializeResult:
+    frame = layers.layer_metrics(run_histories)
+    return dg.MaterializeResult(
+        value=frame,
+        metadata={
+            "dagster/row_count": frame.height,
+            "rows_by_layer_type": counts(frame, "layer_type"),
+            "n_params": frame.get_column("param").n_unique() if frame.height else 0,
+        },
+    )
+
+
+@dg.asset(
+    group_name=ANALYSIS_GROUP,
+    ins=ALL_FORMATS,
+    description="One row per run: its outcome decided from the data, not the tracker state.\n\n" + _doc(outcomes),
+    metadata={"dagster/column_schema": table_schema(outcomes.OUTCOMES_SCHEMA)},
+    automation_condition=analysis_automation_condition(),
+    kinds={"polars", "parquet"},
+)
+def run_outcomes(raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame) -> dg.MaterializeResult:
+    frame = outcomes.run_outcomes(raw_runs, run_histories)
+    return dg.MaterializeResult(
+        value=frame,
+        metadata={"dagster/row_count": frame.height, "runs_by_outcome": counts(frame, "outcome")},
+    )
+
+
+def _failure_reports(run_stores: RunStores, raw_runs: pl.LazyFrame) -> pl.DataFrame:
+    """FormatExperimentRunner reports beside the runs: `<store root>/<checkpoint_dir>/failure_reports/`."""
+    if "config.checkpoint_dir" not in raw_runs.collect_schema().names():
+        return pl.DataFrame(schema=FAILURE_REPORTS_SCHEMA)
+    checkpoint_dirs = raw_runs.select("config.checkpoint_dir").unique().collect().to_series().to_list()
+    found = [find_failure_reports(root, checkpoint_dirs) for root in run_stores.local_roots()]
+    return pl.concat(found).sort("report_timestamp").unique("checkpoint_dir", keep="last") if found else pl.DataFrame(schema=FAILURE_REPORTS_SCHEMA)
+
+
+@dg.asset(
+    group_name=ANALYSIS_GROUP,
+    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn()},
+    description="ANAL-02: one row per run with its failure mode, failure step and the trend before it.\n\n" + _doc(failures),
+    automation_condition=analysis_automation_condition(),
+    kinds={"polars", "parquet"},
+)
+def failure_modes(
+    raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, run_stores: RunStores
+) -> dg.MaterializeResult:
+    frame = failures.failure_modes(raw_runs, run_histories, run_outcomes, _failure_reports(run_stores, raw_runs))
+    failed = frame.filter(pl.col("failure_mode") != "none")
+    return dg.MaterializeResult(
+        value=frame,
+        metadata={
+            "dagster/row_count": frame.height,
+            "runs_by_failure_mode": counts(frame, "failure_mode"),
+            "failed_runs": preview(
+                failed, ["fp8_format", "optimizer", "run_id", "failure_mode", "failure_step", "last_finite_loss"], rows=15
+            ),
+        },
+    )
+
+
+@dg.asset(
+    group_name=ANALYSIS_GROUP,
+    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn(), "layer_metrics": dg.AssetIn()},
+    description="ANAL-01: formats ranked overall and per layer type; the sweet spot per layer type.\n\n" + _doc(rankings),
+    automation_condition=analysis_automation_condition(),
+    kinds={"polars", "parquet"},
+)
+def format_rankings(
+    raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, layer_metrics: pl.LazyFrame
+) -> dg.MaterializeResult:
+    frame = rankings.format_rankings(raw_runs, run_histories, run_outcomes, layer_metrics)
+    sweet = frame.filter(pl.col("is_sweet_spot"))
+    return dg.MaterializeResult(
+        value=frame,
+        metadata={
+            "dagster/row_count": frame.height,
+            "sweet_spots": dg.MetadataValue.json({str(t): str(f) for t, f in sweet.select("layer_type", "fp8_format").rows()}),
+            "ranking_all_layers": preview(
+                frame.filter(pl.col("layer_type") == "all").sort("rank", nulls_last=True),
+                ["fp8_format", "rank", "final_loss", "n_runs", "n_completed", "completion_rate", "improvement_over_baseline"],
+            ),
+        },
+    )
+
+
+@dg.asset(
+    group_name=ANALYSIS_GROUP,
+    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn()},
+    description="ANAL-03: ManifoldAdamW against AdamW per format and metric, with bootstrap CIs.\n\n" + _doc(manifold),
+    metadata={"dagster/column_schema": table_schema(manifold.MANIFOLD_SCHEMA)},
+    automation_condition=analysis_automation_condition(),
+    kinds={"polars", "parquet", "scipy"},
+)
+def manifold_stats(raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame) -> dg.MaterializeResult:
+    frame = manifold.manifold_stats(raw_runs, run_histories, run_outcomes)
+    return dg.MaterializeResult(
+        value=frame,
+        metadata={
+            "dagster/row_count": frame.height,
+            "effects": preview(frame, ["fp8_format", "metric", "diff", "ci_low", "ci_high", "method", "n_manifold", "n_standard", "low_n"], rows=20),
+        },
+    )

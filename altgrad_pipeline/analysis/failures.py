@@ -1,0 +1,276 @@
+"""Why and when each run failed, with the trend that led there and what healthy runs looked like
+at the same steps.
+
+Failure mode, first match wins (thresholds from each run's own config, defaults in brackets):
+
+1. `nan_loss`: the loss is NaN/+-inf, or `param_nan_count` > 0, for `config.nan_patience` [10]
+   consecutive logged steps, or for a stretch that lasts to the end of the run (altgrad stops
+   after `nan_patience` NaN losses without logging the last one, so the tail holds
+   `nan_patience - 1`); also every run whose outcome is `nan_stopped`. An isolated NaN that
+   training recovered from is not a failure. `failure_step` = first step of that stretch.
+2. `bit_stall`: `quantization/bit_stall_rate` (else `bit_stall_rate`) > `config.bit_stall_threshold`
+   [0.5] sustained: above it for >= `window` consecutive logged steps, or from some step to the
+   end. The rate is cumulative since step 0, so one early spike cannot trigger it.
+   `failure_step` = first step of the sustained stretch.
+3. `overflow`: the same with `quantization/overflow_rate` (else `overflow_rate`) >
+   `config.overflow_threshold` [0.01]. (altgrad's overflow rate is structurally 0.)
+4. `early_stop`: the outcome is `incomplete` or `killed` and the last logged step is before
+   `max_steps - 1`, with none of the above. `failure_step` = the last logged step.
+5. `none`.
+A completed run can still have `bit_stall`: the mode names the pathology, the outcome the ending.
+
+Trend before collapse: over steps [anchor - trend_steps, anchor], anchor = `failure_step`
+(the last logged step when there is no failure), finite values only:
+`loss_slope` = least-squares slope of the loss per step; `grad_norm_growth` = exp(b * span) where
+b is the least-squares slope of ln(grad_norm) per step and span the covered step range, i.e. the
+fitted growth factor over the window (>1 growing); the global `grad_norm` is used, or, for runs
+that do not log it (classification), sqrt(sum of squared per-parameter `grad_norm_l2`);
+`grad_sparsity` = mean over steps of the per-step mean `dead_neuron_frac` of the quantised
+(2-D weight) parameters; `dead_neuron_frac_ex_embedding` = the same without embedding layers.
+`ref_*` = the same four numbers computed over the same step window for every completed run of
+another format (not `no_format`) in the same project, averaged over those runs
+(`n_ref_runs` of them).
+Failure reports (FormatExperimentRunner) are joined through `config.checkpoint_dir`, columns
+prefixed `report_`.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from altgrad_pipeline.analysis.failure_reports import FAILURE_REPORTS_SCHEMA
+from altgrad_pipeline.analysis.layers import DEFAULT_LAYER_PATTERNS, LayerPatterns, parse_metric_keys
+from altgrad_pipeline.analysis.outcomes import history_series, loss_history
+from altgrad_pipeline.analysis.stats import finite, least_squares_slope
+
+FAILURE_MODES = ("nan_loss", "bit_stall", "overflow", "early_stop", "none")
+THRESHOLD_DEFAULTS = {"config.bit_stall_threshold": 0.5, "config.overflow_threshold": 0.01, "config.nan_patience": 10}
+BIT_STALL_KEYS = ("quantization/bit_stall_rate", "bit_stall_rate")
+OVERFLOW_KEYS = ("quantization/overflow_rate", "overflow_rate")
+TREND_METRICS = ("loss_slope", "grad_norm_growth", "grad_sparsity", "dead_neuron_frac_ex_embedding")
+
+
+def _report_columns() -> dict[str, pl.DataType]:
+    return {(name if name.startswith("report_") else f"report_{name}"): dtype for name, dtype in FAILURE_REPORTS_SCHEMA.items()}
+
+
+def sustained_onset(flags: pl.LazyFrame, min_length: pl.Expr) -> pl.LazyFrame:
+    """First step of the first sustained True stretch per run.
+
+    `flags`: run_id, step, flag (+ any per-run columns `min_length` refers to). A stretch is
+    sustained when it covers >= `min_length` consecutive logged steps or is the run's last stretch.
+    Returns run_id, onset_step.
+    """
+    return (
+        flags.sort("run_id", "step")
+        .with_columns(pl.col("flag").fill_null(False).rle_id().over("run_id").alias("stretch"), min_length.alias("min_length"))
+        .group_by("run_id", "stretch")
+        .agg(
+            pl.col("flag").fill_null(False).first().alias("flag"),
+            pl.col("step").min().alias("start"),
+            pl.len().alias("length"),
+            pl.col("min_length").first(),
+        )
+        .filter(pl.col("flag") & ((pl.col("length") >= pl.col("min_length")) | (pl.col("stretch") == pl.col("stretch").max().over("run_id"))))
+        .group_by("run_id")
+        .agg(pl.col("start").min().alias("onset_step"))
+    )
+
+
+def _thresholds(raw_runs: pl.LazyFrame) -> pl.LazyFrame:
+    columns = raw_runs.collect_schema().names()
+    return raw_runs.select(
+        "run_id",
+        *(
+            (pl.col(name).cast(pl.Float64).fill_null(default) if name in columns else pl.lit(default, pl.Float64)).alias(name.removeprefix("config."))
+            for name, default in THRESHOLD_DEFAULTS.items()
+        ),
+    )
+
+
+def _trend_series(histories: pl.LazyFrame, patterns: LayerPatterns) -> pl.LazyFrame:
+    """run_id, step, quantity, value for the quantities the trend metrics are computed from."""
+    parsed = parse_metric_keys(histories.select("key"), patterns).filter(pl.col("metric").is_in(["grad_norm_l2", "dead_neuron_frac"]))
+    per_param = histories.join(parsed, on="key", how="inner")
+    logged_grad_norm = history_series(histories, ("grad_norm",))
+    grad_norm_from_params = (
+        per_param.filter(pl.col("metric") == "grad_norm_l2")
+        .join(logged_grad_norm.select("run_id").unique(), on="run_id", how="anti")
+        .group_by("run_id", "step")
+        .agg((pl.col("value") ** 2).sum().sqrt().alias("value"))
+    )
+    dead = per_param.filter((pl.col("metric") == "dead_neuron_frac") & pl.col("quantized").fill_null(False) & finite(pl.col("value")))
+    return pl.concat(
+        [
+            loss_history(histories).select("run_id", "step", pl.lit("loss").alias("quantity"), "value"),
+            pl.concat([logged_grad_norm.select("run_id", "step", "value"), grad_norm_from_params.select("run_id", "step", "value")]).select(
+                "run_id", "step", pl.lit("log_grad_norm").alias("quantity"), pl.col("value").log()
+            ),
+            dead.group_by("run_id", "step").agg(pl.col("value").mean()).select("run_id", "step", pl.lit("grad_sparsity").alias("quantity"), "value"),
+            dead.filter(pl.col("layer_type") != "embedding")
+            .group_by("run_id", "step")
+            .agg(pl.col("value").mean())
+            .select("run_id", "step", pl.lit("dead_neuron_frac_ex_embedding").alias("quantity"), "value"),
+        ]
+    ).filter(finite(pl.col("value")))
+
+
+def trend_metrics(series: pl.LazyFrame, windows: pl.LazyFrame) -> pl.LazyFrame:
+    """The four trend metrics of each (target_id, source_id) window.
+
+    `series`: run_id, step, quantity, value (from the trend quantities). `windows`: target_id,
+    source_id, window_start, window_end: the source run's data inside the target's step window.
+    Returns target_id, source_id and `TREND_METRICS`.
+    """
+    joined = (
+        windows.join(series, left_on="source_id", right_on="run_id", how="inner")
+        .filter(pl.col("step").is_between(pl.col("window_start"), pl.col("window_end")))
+        .group_by("target_id", "source_id", "quantity")
+        .agg(
+            least_squares_slope(pl.col("step").cast(pl.Float64), pl.col("value")).alias("slope"),
+            (pl.col("step").max() - pl.col("step").min()).alias("span"),
+            pl.col("value").mean().alias("mean"),
+        )
+    )
+    def pick(quantity: str, expr: pl.Expr) -> pl.Expr:
+        return expr.filter(pl.col("quantity") == quantity).first()
+
+    return joined.group_by("target_id", "source_id").agg(
+        pick("loss", pl.col("slope")).alias("loss_slope"),
+        pick("log_grad_norm", (pl.col("slope") * pl.col("span")).exp()).alias("grad_norm_growth"),
+        pick("grad_sparsity", pl.col("mean")).alias("grad_sparsity"),
+        pick("dead_neuron_frac_ex_embedding", pl.col("mean")).alias("dead_neuron_frac_ex_embedding"),
+    )
+
+
+def failure_modes(
+    raw_runs: pl.LazyFrame | pl.DataFrame,
+    histories: pl.LazyFrame | pl.DataFrame,
+    outcomes: pl.LazyFrame | pl.DataFrame,
+    failure_reports: pl.LazyFrame | pl.DataFrame | None = None,
+    window: int = 20,
+    trend_steps: int = 50,
+    patterns: LayerPatterns = DEFAULT_LAYER_PATTERNS,
+) -> pl.DataFrame:
+    """One row per run: failure mode, failure step, the trend before it, the same trend for
+    completed runs of other formats (`ref_*`) and the parsed failure report (`report_*`).
+    See the module docstring for every definition."""
+    runs = raw_runs.lazy()
+    history = histories.lazy()
+    thresholds = _thresholds(runs)
+    outcome_columns = ["run_id", "outcome", "last_step", "last_finite_loss", "last_finite_loss_step", "first_nan_step", "first_param_nan_step"]
+    base = (
+        runs.select("run_id", "project", "fp8_format", "optimizer", pl.col("max_steps").cast(pl.Int64))
+        .join(outcomes.lazy().select(outcome_columns), on="run_id", how="left")
+        .join(thresholds, on="run_id", how="left")
+    )
+
+    non_finite_loss = loss_history(history).select("run_id", "step", (~finite(pl.col("value"))).alias("flag"))
+    param_nan = history.filter(pl.col("key") == "param_nan_count").select("run_id", "step", (pl.col("value") > 0).alias("flag"))
+    nan_onset = (
+        pl.concat([sustained_onset(flags.join(thresholds, on="run_id"), pl.col("nan_patience")) for flags in (non_finite_loss, param_nan)])
+        .group_by("run_id")
+        .agg(pl.col("onset_step").min().alias("nan_onset_step"))
+    )
+
+    def rate_onset(keys: tuple[str, ...], threshold: str, name: str) -> pl.LazyFrame:
+        flags = history_series(history, keys).join(thresholds, on="run_id").with_columns((pl.col("value") > pl.col(threshold)).alias("flag"))
+        return sustained_onset(flags, pl.lit(window)).rename({"onset_step": name})
+
+    ended_early = (pl.col("last_step") < pl.col("max_steps") - 1).fill_null(False)
+    classified = (
+        base.join(nan_onset, on="run_id", how="left")
+        .join(rate_onset(BIT_STALL_KEYS, "bit_stall_threshold", "bit_stall_onset_step"), on="run_id", how="left")
+        .join(rate_onset(OVERFLOW_KEYS, "overflow_threshold", "overflow_onset_step"), on="run_id", how="left")
+        .with_columns(
+            pl.when(pl.col("nan_onset_step").is_not_null() | (pl.col("outcome") == "nan_stopped"))
+            .then(pl.lit("nan_loss"))
+            .when(pl.col("bit_stall_onset_step").is_not_null())
+            .then(pl.lit("bit_stall"))
+            .when(pl.col("overflow_onset_step").is_not_null())
+            .then(pl.lit("overflow"))
+            .when(pl.col("outcome").is_in(["incomplete", "killed"]) & ended_early)
+            .then(pl.lit("early_stop"))
+            .otherwise(pl.lit("none"))
+            .alias("failure_mode")
+        )
+        .with_columns(
+            pl.when(pl.col("failure_mode") == "nan_loss")
+            .then(pl.coalesce("nan_onset_step", "first_nan_step", "first_param_nan_step"))
+            .when(pl.col("failure_mode") == "bit_stall")
+            .then(pl.col("bit_stall_onset_step"))
+            .when(pl.col("failure_mode") == "overflow")
+            .then(pl.col("overflow_onset_step"))
+            .when(pl.col("failure_mode") == "early_stop")
+            .then(pl.col("last_step"))
+            .alias("failure_step")
+        )
+        .with_columns(
+            pl.coalesce("failure_step", "last_step").alias("trend_end_step"),
+            (pl.coalesce("failure_step", "last_step") - trend_steps).alias("trend_start_step"),
+        )
+    )
+
+    targets = classified.select("run_id", "project", "fp8_format", "trend_start_step", "trend_end_step")
+    references = classified.filter((pl.col("outcome") == "completed") & (pl.col("fp8_format") != "no_format")).select(
+        pl.col("run_id").alias("source_id"), "project", pl.col("fp8_format").alias("source_format")
+    )
+    windows = pl.concat(
+        [
+            targets.select(pl.col("run_id").alias("target_id"), pl.col("run_id").alias("source_id"), "trend_start_step", "trend_end_step"),
+            targets.join(references, on="project", how="inner")
+            .filter(pl.col("source_format") != pl.col("fp8_format"))
+            .select(pl.col("run_id").alias("target_id"), "source_id", "trend_start_step", "trend_end_step"),
+        ]
+    ).rename({"trend_start_step": "window_start", "trend_end_step": "window_end"})
+    trends = trend_metrics(_trend_series(history, patterns), windows)
+    own = trends.filter(pl.col("target_id") == pl.col("source_id")).drop("source_id")
+    ref = (
+        trends.filter(pl.col("target_id") != pl.col("source_id"))
+        .group_by("target_id")
+        .agg(pl.len().alias("n_ref_runs"), *(pl.col(m).mean().alias(f"ref_{m}") for m in TREND_METRICS))
+    )
+
+    report_schema = _report_columns()
+    reports = (
+        pl.DataFrame(schema=FAILURE_REPORTS_SCHEMA).lazy() if failure_reports is None else failure_reports.lazy().select(list(FAILURE_REPORTS_SCHEMA))
+    ).rename({name: new for name, new in zip(FAILURE_REPORTS_SCHEMA, report_schema)})
+    checkpoint_dir = pl.col("config.checkpoint_dir") if "config.checkpoint_dir" in runs.collect_schema().names() else pl.lit(None, pl.String)
+    run_reports = (
+        runs.select("run_id", checkpoint_dir.cast(pl.String).alias("report_checkpoint_dir"))
+        .join(reports, on="report_checkpoint_dir", how="inner")
+    )
+
+    return (
+        classified.join(own, left_on="run_id", right_on="target_id", how="left")
+        .join(ref, left_on="run_id", right_on="target_id", how="left")
+        .join(run_reports, on="run_id", how="left")
+        .with_columns(pl.col("n_ref_runs").fill_null(0).cast(pl.Int64))
+        .select(
+            "run_id",
+            "project",
+            "fp8_format",
+            "optimizer",
+            "outcome",
+            "failure_mode",
+            "failure_step",
+            "last_step",
+            "max_steps",
+            "last_finite_loss",
+            "last_finite_loss_step",
+            "first_nan_step",
+            "nan_patience",
+            "bit_stall_threshold",
+            "overflow_threshold",
+            "bit_stall_onset_step",
+            "overflow_onset_step",
+            "trend_start_step",
+            "trend_end_step",
+            *TREND_METRICS,
+            "n_ref_runs",
+            *(f"ref_{m}" for m in TREND_METRICS),
+            *report_schema,
+        )
+        .sort("run_id")
+        .collect()
+    )

@@ -1,0 +1,254 @@
+"""ManifoldAdamW against AdamW, per format, with bootstrap confidence intervals.
+
+For every (project, fp8_format) that has runs with both optimizers, one row per metric. Only
+completed runs enter the statistics; the others are counted in `n_excluded_*`. All metrics are
+measured up to the format's common step (the minimum over its completed runs of their last loss
+step), so arms of different length stay comparable. Lower is better for every metric:
+
+- `final_loss`: mean of the run's last `last_k` finite losses at or before the common step.
+- `best_loss`: minimum of the smoothed loss, smoothing = exponentially weighted moving average
+  without bias adjustment, alpha = 2 / (smoothing_span + 1) (y_0 = x_0,
+  y_t = (1 - alpha) y_{t-1} + alpha x_t over the run's finite losses in step order).
+  altgrad logs no best loss.
+- `steps_to_threshold`: first step at which the smoothed loss is <= the threshold; a run that
+  never gets there counts as common_step + 1 (censored at the end of the compared window).
+  The threshold is `loss_threshold` when given, else L0 + threshold_fraction * (L_base - L0):
+  L0 = mean first finite loss of the format's compared runs, L_base = mean final loss (as above,
+  at the same common step) of the project's completed baseline runs, or of the compared runs
+  themselves when there is no baseline.
+- `bit_stall_rate`: the last finite `quantization/bit_stall_rate` (else `bit_stall_rate`) at or
+  before the common step: the cumulative stall rate of the run.
+
+Statistics: `diff` = mean_manifold - mean_standard. Runs are paired by seed when both arms have
+distinct, non-null seeds and the same seed set; then the per-seed differences are bootstrapped
+(one-sample mean). Otherwise the two arms are resampled independently and the statistic is the
+difference of means. 95% BCa interval (`scipy.stats.bootstrap`, `n_resamples`, a generator seeded
+with `seed` for each row), falling back to the percentile interval when BCa is degenerate;
+`method` says which ("BCa paired", "percentile unpaired", or "none ..." when an arm has fewer
+than two values: no interval). `prob_improvement` = probability that ManifoldAdamW is lower:
+paired, the share of seeds with a negative difference; unpaired, P(X_manifold < X_adamw) over all
+manifold x adamw pairs (common-language effect size); ties count one half. `low_n` is True when
+either arm has fewer than 3 values: the numbers are observations, not expectations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from altgrad_pipeline.analysis.outcomes import history_series, loss_history
+from altgrad_pipeline.analysis.stats import bootstrap_mean_difference, finite, mean_of_last_k, probability_lower
+
+STANDARD = "AdamW"
+MANIFOLD = "ManifoldAdamW"
+NO_FORMAT = "no_format"
+METRICS = ("final_loss", "best_loss", "steps_to_threshold", "bit_stall_rate")
+BIT_STALL_KEYS = ("quantization/bit_stall_rate", "bit_stall_rate")
+LOW_N = 3
+
+MANIFOLD_SCHEMA: dict[str, pl.DataType] = {
+    "project": pl.String(),
+    "fp8_format": pl.String(),
+    "metric": pl.String(),
+    "n_manifold": pl.Int64(),
+    "n_standard": pl.Int64(),
+    "n_excluded_manifold": pl.Int64(),
+    "n_excluded_standard": pl.Int64(),
+    "mean_manifold": pl.Float64(),
+    "mean_standard": pl.Float64(),
+    "diff": pl.Float64(),
+    "ci_low": pl.Float64(),
+    "ci_high": pl.Float64(),
+    "method": pl.String(),
+    "paired": pl.Boolean(),
+    "prob_improvement": pl.Float64(),
+    "low_n": pl.Boolean(),
+    "common_step": pl.Int64(),
+    "loss_threshold": pl.Float64(),
+}
+
+
+def smoothed_loss(loss: pl.LazyFrame, span: int) -> pl.LazyFrame:
+    """run_id, step, value: the EWMA (alpha = 2/(span+1), no bias adjustment) of finite losses."""
+    return (
+        loss.filter(finite(pl.col("value")))
+        .sort("run_id", "step")
+        .with_columns(pl.col("value").ewm_mean(span=span, adjust=False).over("run_id"))
+    )
+
+
+def per_run_metrics(
+    raw_runs: pl.LazyFrame | pl.DataFrame,
+    histories: pl.LazyFrame | pl.DataFrame,
+    outcomes: pl.LazyFrame | pl.DataFrame,
+    *,
+    last_k: int = 10,
+    smoothing_span: int = 20,
+    threshold_fraction: float = 0.8,
+    loss_threshold: float | None = None,
+    baseline: str = "BF16",
+) -> pl.DataFrame:
+    """One row per completed run of a format that has both optimizers: run_id, project,
+    fp8_format, optimizer, seed, common_step, loss_threshold and the four `METRICS`."""
+    runs = raw_runs.lazy().filter(pl.col("fp8_format") != NO_FORMAT)
+    history = histories.lazy()
+    completed_ids = outcomes.lazy().filter(pl.col("outcome") == "completed").select("run_id")
+    loss = loss_history(history).select("run_id", "step", "value")
+    last_loss_step = loss.group_by("run_id").agg(pl.col("step").max().alias("last_loss_step"))
+    key = ["project", "fp8_format"]
+    both = (
+        runs.filter(pl.col("optimizer").is_in([STANDARD, MANIFOLD]))
+        .group_by(key)
+        .agg(pl.col("optimizer").n_unique().alias("n_optimizers"))
+        .filter(pl.col("n_optimizers") == 2)
+        .select(key)
+    )
+    compared = (
+        runs.filter(pl.col("optimizer").is_in([STANDARD, MANIFOLD]))
+        .join(both, on=key, how="semi")
+        .join(completed_ids, on="run_id", how="semi")
+        .join(last_loss_step, on="run_id", how="inner")
+        .select("run_id", *key, "optimizer", pl.col("seed").cast(pl.Int64), pl.col("last_loss_step").min().over(key).alias("common_step"))
+    )
+    cutoffs = compared.select("run_id", pl.col("common_step").alias("cutoff_step"))
+    final = mean_of_last_k(loss, cutoffs, last_k).select("run_id", pl.col("value").alias("final_loss"))
+
+    baseline_runs = runs.filter(pl.col("fp8_format") == baseline).join(completed_ids, on="run_id", how="semi").select("run_id", "project")
+    format_steps = compared.select(*key, "common_step").unique()
+    baseline_at_step = (
+        mean_of_last_k(loss, baseline_runs.join(format_steps, on="project").select("run_id", *key, pl.col("common_step").alias("cutoff_step")), last_k)
+        .group_by(key)
+        .agg(pl.col("value").mean().alias("baseline_final_loss"))
+    )
+    first_loss = loss.filter(finite(pl.col("value"))).group_by("run_id").agg(pl.col("value").sort_by("step").first().alias("first_loss"))
+    thresholds = (
+        compared.join(first_loss, on="run_id", how="left")
+        .join(final, on="run_id", how="left")
+        .group_by(key)
+        .agg(pl.col("first_loss").mean().alias("initial_loss"), pl.col("final_loss").mean().alias("compared_final_loss"))
+        .join(baseline_at_step, on=key, how="left")
+        .select(
+            *key,
+            (
+                pl.lit(loss_threshold, pl.Float64)
+                if loss_threshold is not None
+                else pl.col("initial_loss") + threshold_fraction * (pl.coalesce("baseline_final_loss", "compared_final_loss") - pl.col("initial_loss"))
+            ).alias("loss_threshold"),
+        )
+    )
+    smooth = (
+        smoothed_loss(loss.join(compared.select("run_id", "common_step"), on="run_id").filter(pl.col("step") <= pl.col("common_step")), smoothing_span)
+        .join(compared.select("run_id", *key), on="run_id")
+        .join(thresholds, on=key)
+    )
+    smooth_summary = smooth.group_by("run_id").agg(
+        pl.col("value").min().alias("best_loss"),
+        pl.col("step").filter(pl.col("value") <= pl.col("loss_threshold")).min().alias("threshold_step"),
+    )
+    stall = (
+        history_series(history, BIT_STALL_KEYS)
+        .join(compared.select("run_id", "common_step"), on="run_id")
+        .filter((pl.col("step") <= pl.col("common_step")) & finite(pl.col("value")))
+        .group_by("run_id")
+        .agg(pl.col("value").sort_by("step").last().alias("bit_stall_rate"))
+    )
+    return (
+        compared.join(thresholds, on=key, how="left")
+        .join(final, on="run_id", how="left")
+        .join(smooth_summary, on="run_id", how="left")
+        .join(stall, on="run_id", how="left")
+        .with_columns(pl.coalesce("threshold_step", pl.col("common_step") + 1).cast(pl.Float64).alias("steps_to_threshold"))
+        .select("run_id", *key, "optimizer", "seed", "common_step", "loss_threshold", *METRICS)
+        .sort("run_id")
+        .collect()
+    )
+
+
+def _compare(manifold: pl.DataFrame, standard: pl.DataFrame, metric: str, n_resamples: int, seed: int) -> dict:
+    """Statistics of one (format, metric): the two arms hold seed and the metric's values."""
+    m = manifold.filter(pl.col(metric).is_not_null() & pl.col(metric).is_not_nan())
+    s = standard.filter(pl.col(metric).is_not_null() & pl.col(metric).is_not_nan())
+    m_seeds, s_seeds = m["seed"], s["seed"]
+    paired = (
+        m.height > 0
+        and m_seeds.null_count() == 0
+        and s_seeds.null_count() == 0
+        and m_seeds.n_unique() == m.height
+        and s_seeds.n_unique() == s.height
+        and set(m_seeds.to_list()) == set(s_seeds.to_list())
+    )
+    if paired:
+        m, s = m.sort("seed"), s.sort("seed")
+    x, y = m[metric].to_numpy(), s[metric].to_numpy()
+    have_both = len(x) > 0 and len(y) > 0
+    interval = bootstrap_mean_difference(x, y, paired=paired, n_resamples=n_resamples, seed=seed)
+    return {
+        "n_manifold": len(x),
+        "n_standard": len(y),
+        "mean_manifold": float(np.mean(x)) if len(x) else None,
+        "mean_standard": float(np.mean(y)) if len(y) else None,
+        "diff": float(np.mean(x) - np.mean(y)) if have_both else None,
+        "ci_low": interval.low if np.isfinite(interval.low) else None,
+        "ci_high": interval.high if np.isfinite(interval.high) else None,
+        "method": interval.method,
+        "paired": paired,
+        "prob_improvement": probability_lower(x, y, paired=paired) if have_both else None,
+        "low_n": min(len(x), len(y)) < LOW_N,
+    }
+
+
+def manifold_stats(
+    raw_runs: pl.LazyFrame | pl.DataFrame,
+    histories: pl.LazyFrame | pl.DataFrame,
+    outcomes: pl.LazyFrame | pl.DataFrame,
+    *,
+    n_resamples: int = 9999,
+    seed: int = 0,
+    last_k: int = 10,
+    smoothing_span: int = 20,
+    threshold_fraction: float = 0.8,
+    loss_threshold: float | None = None,
+    baseline: str = "BF16",
+) -> pl.DataFrame:
+    """One row per (project, fp8_format, metric) for formats with both optimizers (columns:
+    `MANIFOLD_SCHEMA`; definitions in the module docstring)."""
+    runs = raw_runs.lazy().filter((pl.col("fp8_format") != NO_FORMAT) & pl.col("optimizer").is_in([STANDARD, MANIFOLD]))
+    key = ["project", "fp8_format"]
+    arms = (
+        runs.join(outcomes.lazy().select("run_id", "outcome"), on="run_id", how="left")
+        .group_by(key)
+        .agg(
+            *(
+                (pl.col("optimizer") == optimizer).sum().alias(f"n_{arm}") for arm, optimizer in (("manifold", MANIFOLD), ("standard", STANDARD))
+            ),
+            *(
+                ((pl.col("optimizer") == optimizer) & (pl.col("outcome") != "completed").fill_null(True)).sum().alias(f"n_excluded_{arm}")
+                for arm, optimizer in (("manifold", MANIFOLD), ("standard", STANDARD))
+            ),
+        )
+        .filter((pl.col("n_manifold") > 0) & (pl.col("n_standard") > 0))
+        .sort(key)
+        .collect()
+    )
+    values = per_run_metrics(
+        raw_runs, histories, outcomes, last_k=last_k, smoothing_span=smoothing_span,
+        threshold_fraction=threshold_fraction, loss_threshold=loss_threshold, baseline=baseline,
+    )
+    rows = []
+    for project, fp8_format, n_excluded_manifold, n_excluded_standard in arms.select(*key, "n_excluded_manifold", "n_excluded_standard").iter_rows():
+        group = values.filter((pl.col("project") == project) & (pl.col("fp8_format") == fp8_format))
+        manifold, standard = group.filter(pl.col("optimizer") == MANIFOLD), group.filter(pl.col("optimizer") == STANDARD)
+        for metric in METRICS:
+            rows.append(
+                {
+                    "project": project,
+                    "fp8_format": fp8_format,
+                    "metric": metric,
+                    "n_excluded_manifold": n_excluded_manifold,
+                    "n_excluded_standard": n_excluded_standard,
+                    "common_step": group["common_step"].first() if group.height else None,
+                    "loss_threshold": group["loss_threshold"].first() if metric == "steps_to_threshold" and group.height else None,
+                    **_compare(manifold, standard, metric, n_resamples, seed),
+                }
+            )
+    return pl.DataFrame(rows, schema=MANIFOLD_SCHEMA).select(list(MANIFOLD_SCHEMA))

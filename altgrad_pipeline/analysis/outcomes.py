@@ -1,0 +1,102 @@
+"""How each run actually ended, judged from its logged data rather than the tracker state.
+
+A NaN stop in altgrad's Trainer breaks the loop and finishes the W&B run cleanly, so the tracker
+says `finished` for runs that diverged; only the history tells. Outcomes, first match wins:
+
+- `running`: the tracker says the run is still live (its history is still growing).
+- `nan_stopped`: the last logged loss is NaN or +-inf, or `param_nan_count` > 0 was logged and the
+  run ended before `max_steps - 1`.
+- `completed`: the last logged step (any key) is >= `max_steps - 1` and the last loss is finite.
+  (Classification runs log the loss every 50 steps but a final eval at `step = max_steps`, so the
+  last step over all keys, not the last loss step, decides.)
+- `killed`: the tracker state is `crashed` or `killed` (the process vanished without an exit).
+- `incomplete`: anything else not shown to have finished: it ended early with a finite loss
+  (including tracker state `failed`), `max_steps` is unknown, or no loss was logged at all.
+
+The loss key is `loss` when the run logged it, else `train/loss`.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from altgrad_pipeline.analysis.stats import finite
+
+LOSS_KEYS = ("loss", "train/loss")
+
+OUTCOMES_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(),
+    "state": pl.String(),
+    "max_steps": pl.Int64(),
+    "last_step": pl.Int64(),
+    "outcome": pl.String(),
+    "loss_key": pl.String(),
+    "last_loss": pl.Float64(),
+    "last_finite_loss": pl.Float64(),
+    "last_finite_loss_step": pl.Int64(),
+    "first_nan_step": pl.Int64(),
+    "first_param_nan_step": pl.Int64(),
+}
+
+
+def history_series(histories: pl.LazyFrame | pl.DataFrame, keys: tuple[str, ...]) -> pl.LazyFrame:
+    """run_id, step, value, key of the first of `keys` each run logged (priority order), so runs of
+    families that name the same quantity differently become one series."""
+    history = histories.lazy().filter(pl.col("key").is_in(keys))
+    priority = pl.col("key").replace_strict(list(keys), list(range(len(keys))), return_dtype=pl.Int64)
+    chosen = history.group_by("run_id").agg(pl.col("key").sort_by(priority).first())
+    return history.join(chosen, on=["run_id", "key"], how="inner").select("run_id", "step", "value", "key").sort("run_id", "step")
+
+
+def loss_history(histories: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
+    """run_id, step, value, key of each run's training loss (`loss`, else `train/loss`)."""
+    return history_series(histories, LOSS_KEYS)
+
+
+def run_outcomes(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+    """One row per run of `raw_runs` (columns: `OUTCOMES_SCHEMA`).
+
+    `last_step` is the largest step logged under any key (the ingest `last_step` when the run has
+    no history); `first_nan_step` the first step whose loss is NaN or +-inf;
+    `first_param_nan_step` the first step with `param_nan_count` > 0.
+    """
+    history = histories.lazy()
+    runs = raw_runs.lazy().select("run_id", "state", pl.col("max_steps").cast(pl.Int64), pl.col("last_step").cast(pl.Int64).alias("ingest_last_step"))
+    last_steps = history.group_by("run_id").agg(pl.col("step").max().alias("history_last_step"))
+    loss = loss_history(history)
+    is_finite = finite(pl.col("value"))
+    loss_summary = loss.group_by("run_id").agg(
+        pl.col("key").first().alias("loss_key"),
+        pl.col("value").sort_by("step").last().alias("last_loss"),
+        pl.col("value").filter(is_finite).sort_by(pl.col("step").filter(is_finite)).last().alias("last_finite_loss"),
+        pl.col("step").filter(is_finite).max().alias("last_finite_loss_step"),
+        pl.col("step").filter(~is_finite).min().alias("first_nan_step"),
+    )
+    param_nan = (
+        history.filter((pl.col("key") == "param_nan_count") & (pl.col("value") > 0))
+        .group_by("run_id")
+        .agg(pl.col("step").min().alias("first_param_nan_step"))
+    )
+    last_step = pl.coalesce("history_last_step", "ingest_last_step")
+    ended_early = last_step < pl.col("max_steps") - 1
+    last_loss_bad = pl.col("last_loss").is_not_null() & ~finite(pl.col("last_loss"))
+    outcome = (
+        pl.when(pl.col("state") == "running")
+        .then(pl.lit("running"))
+        .when(last_loss_bad | (pl.col("first_param_nan_step").is_not_null() & ended_early.fill_null(True)))
+        .then(pl.lit("nan_stopped"))
+        .when((last_step >= pl.col("max_steps") - 1).fill_null(False) & finite(pl.col("last_loss")))
+        .then(pl.lit("completed"))
+        .when(pl.col("state").is_in(["crashed", "killed"]))
+        .then(pl.lit("killed"))
+        .otherwise(pl.lit("incomplete"))
+    )
+    return (
+        runs.join(last_steps, on="run_id", how="left")
+        .join(loss_summary, on="run_id", how="left")
+        .join(param_nan, on="run_id", how="left")
+        .with_columns(last_step.alias("last_step"), outcome.alias("outcome"))
+        .select(list(OUTCOMES_SCHEMA))
+        .cast(OUTCOMES_SCHEMA)
+        .collect()
+    )

@@ -1,0 +1,108 @@
+"""Which format partitions a sensor tick must refresh: those whose set of *finished* runs changed.
+
+A run counts once it is terminal (finished, failed, crashed). Each format gets one digest over its
+terminal runs' (location, fingerprint, state); the cursor keeps only those digests (one short hash
+per format, whatever the number of runs), the local stores' scan digest and the moment a running
+run would pass the crash grace period. Running runs are left out of the digests, so a run still
+being written changes nothing until it ends.
+
+No Dagster import: plain Python over the run catalog.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from altgrad_pipeline.automation.store_scan import store_digest
+from altgrad_pipeline.ingest.catalog import CatalogEntry, RunCatalog
+
+TERMINAL_STATES = frozenset({"finished", "failed", "crashed"})
+#: Format names come from run configs; only names safe as partition keys and file names are used.
+SAFE_PARTITION_KEY = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class WatchCursor:
+    """What the previous tick saw. Small by design: O(formats), never O(runs)."""
+
+    store_digest: str = ""
+    format_digests: dict[str, str] = field(default_factory=dict)
+    #: Epoch seconds when the earliest running run would pass the grace period and count as crashed.
+    recheck_at: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"store": self.store_digest, "formats": self.format_digests, "recheck_at": self.recheck_at},
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | None) -> WatchCursor:
+        """An empty or unreadable cursor means "nothing seen yet": every finished format is requested."""
+        try:
+            raw = json.loads(text or "")
+            return cls(raw["store"], dict(raw["formats"]), raw["recheck_at"])
+        except (ValueError, KeyError, TypeError):
+            return cls()
+
+
+@dataclass(frozen=True)
+class TickOutcome:
+    #: Format -> digest of its terminal runs, for each format whose terminal runs changed.
+    refresh: dict[str, str]
+    cursor: WatchCursor
+    synced: bool
+    rejected_formats: list[str] = field(default_factory=list)
+
+
+def terminal_digests(entries: Sequence[CatalogEntry], states: dict[str, str]) -> dict[str, str]:
+    """Per format, a digest that changes when a terminal run appears, changes, changes state or goes."""
+    parts: dict[str, list[str]] = defaultdict(list)
+    for entry in entries:
+        state = states[entry.key]
+        if state in TERMINAL_STATES:
+            parts[entry.fp8_format].append(f"{entry.key}:{entry.fingerprint}:{state}")
+    return {fmt: hashlib.sha256("\n".join(sorted(p)).encode()).hexdigest()[:16] for fmt, p in parts.items()}
+
+
+def next_recheck(entries: Sequence[CatalogEntry], states: dict[str, str], grace_s: float) -> float | None:
+    """When the first running run, if untouched, turns crashed: the stores may not change then."""
+    deadlines = [
+        e.facts.updated_at.timestamp() + grace_s
+        for e in entries
+        if states[e.key] == "running" and e.facts.updated_at is not None
+    ]
+    return min(deadlines) if deadlines else None
+
+
+def watch_tick(
+    catalog: RunCatalog,
+    *,
+    local_roots: Sequence[Path],
+    has_remote_sources: bool,
+    cursor: WatchCursor,
+    now: dt.datetime,
+    grace_s: float,
+) -> TickOutcome:
+    """One sensor tick. Unchanged local stores (and no remote source, and no grace deadline due)
+    cost one directory scan; otherwise the catalog syncs, re-reading only changed runs."""
+    digest = store_digest(local_roots)
+    deadline_due = cursor.recheck_at is not None and now.timestamp() >= cursor.recheck_at
+    if digest == cursor.store_digest and not has_remote_sources and not deadline_due:
+        return TickOutcome(refresh={}, cursor=cursor, synced=False)
+    result = catalog.sync()
+    states = catalog.states(result.entries, now=now, grace_s=grace_s)
+    digests = terminal_digests(result.entries, states)
+    rejected = sorted(fmt for fmt in digests if not SAFE_PARTITION_KEY.match(fmt))
+    for fmt in rejected:
+        del digests[fmt]
+    refresh = {fmt: d for fmt, d in sorted(digests.items()) if cursor.format_digests.get(fmt) != d}
+    new_cursor = WatchCursor(digest, digests, next_recheck(result.entries, states, grace_s))
+    return TickOutcome(refresh=refresh, cursor=new_cursor, synced=True, rejected_formats=rejected)

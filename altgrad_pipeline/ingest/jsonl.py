@@ -1,0 +1,551 @@
+"""JSON-lines run logs: one `*.jsonl` file is one run.
+
+Line shapes understood:
+- flat metric records `{"step": 3, "loss": 1.2, "train/acc": 0.5}`; the step is the first of
+  `step`, `_step`, `global_step`, `iter` present (the others stay metrics); `timestamp`/`_timestamp`/
+  `time` and `runtime`/`_runtime` are the row's time, not metrics. Without any step field the
+  0-based index of the metric line is the step (reported once per file as `no_step_field`);
+- dr_exp records `{"step": 3, "metrics": {"train_loss": ..., "timestamp": ...}}`: the `metrics`
+  container is transparent, nested dicts become '/'-joined keys (`val/acc`);
+- dr_gen Hydra JSON-logger lines: `{"type": "dict_config", "value": {...}}` is the config,
+  `{"type": "str", ...}` free text is ignored, `{"data_name": "train", "agg_stats": {...}}` gives
+  `train/<stat>` at step = the number of earlier aggregate lines of that split. That step is an
+  inferred epoch index: the log itself does not say which epoch a line belongs to.
+
+Config precedence, first found wins (no merging, which could mix two runs' settings): the log's
+own `dict_config` line (what the run itself wrote), then the dr_exp job file `jobs/<RUNID>.json`
+in the nearest ancestor folder, then beside the log `config.json`, `config.yaml`, `hparams.yaml`,
+then Hydra's `.hydra/config.yaml` beside the log or in its parent folder. The job file also gives
+the status (`completed` -> ended with exit 0, `failed` -> ended with exit 1) and the tags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from altgrad_pipeline.ingest.growing import ReadPosition, read_appended
+from altgrad_pipeline.ingest.jsonlines import parse_json_lines
+from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator
+
+SOURCE_NAME = "jsonl"
+STEP_FIELDS = ("step", "_step", "global_step", "iter")
+TIMESTAMP_FIELDS = ("timestamp", "_timestamp", "time")
+RUNTIME_FIELDS = ("runtime", "_runtime")
+METRICS_CONTAINER = "metrics"
+#: dr_gen writes this free-text line just before the end of a training that completed.
+FINISHED_MARKER = "Training time"
+JOB_STATUS_EXIT_CODES = {"completed": 0, "failed": 1}
+RUN_NAME_KEYS = ("run_name", "name")
+SIBLING_CONFIG_FILES = ("config.json", "config.yaml", "hparams.yaml")
+HYDRA_CONFIG = Path(".hydra") / "config.yaml"
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+#: W&B run folders (`run-20240101_120000-abc123`) and files (`wandb-history.jsonl`) belong to the W&B reader.
+WANDB_RUN_DIR = re.compile(r"^(offline-)?run-\d{8}_\d{6}-\w+$")
+
+#: Rows in write order, before duplicates are resolved: `line` orders the writes.
+ROWS_SCHEMA: dict[str, pl.DataType] = {
+    "line": pl.Int64(),
+    "step": pl.Int64(),
+    "key": pl.String(),
+    "value": pl.Float64(),
+    "runtime": pl.Float64(),
+    "timestamp": pl.Float64(),
+}
+
+
+def stable_run_id(readable: str, *identity: bytes) -> str:
+    """A short readable id that stays the same for the same identity bytes across reads."""
+    digest = hashlib.sha1(b"\0".join(identity)).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', readable)[:48]}-{digest}"
+
+
+def relative_posix(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def file_stamp(path: Path) -> str:
+    """Size and mtime: a cheap proxy for content, changed by any write."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return f"{path.name}:absent"
+    return f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def mtime_utc(path: Path) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
+    except OSError:
+        return None
+
+
+def utc_from_epoch(seconds: float) -> dt.datetime | None:
+    """A Unix time as UTC, or None when it is not a representable date (a corrupt timestamp)."""
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+class _TolerantYamlLoader(yaml.SafeLoader):
+    """Safe YAML loading that turns unknown tags (`!!python/object:argparse.Namespace`, which
+    Lightning writes into hparams.yaml) into plain data instead of failing or running code."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.unknown_tags: set[str] = set()
+
+
+def _construct_untagged(loader: _TolerantYamlLoader, _suffix: str, node: yaml.Node) -> Any:
+    loader.unknown_tags.add(node.tag)
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+_TolerantYamlLoader.add_multi_constructor("!", _construct_untagged)
+_TolerantYamlLoader.add_multi_constructor("tag:", _construct_untagged)
+
+
+def load_config_file(path: Path, *, source: str) -> tuple[dict[str, Any] | None, list[IngestIssue]]:
+    """A JSON or YAML mapping from a file; unreadable or non-mapping content is an issue, never raised."""
+    location = str(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return None, [
+            IngestIssue(location, "unreadable_config", f"{type(exc).__name__}: {exc}", "the config", source=source)
+        ]
+    issues: list[IngestIssue] = []
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            loader = _TolerantYamlLoader(text)
+            try:
+                data = loader.get_single_data()
+            finally:
+                loader.dispose()
+            if loader.unknown_tags:
+                issues.append(
+                    IngestIssue(
+                        location,
+                        "unknown_yaml_tag",
+                        f"tags {sorted(loader.unknown_tags)} read as plain mappings, lists or strings",
+                        "the Python object types (their values are kept)",
+                        source=source,
+                    )
+                )
+    except (ValueError, yaml.YAMLError) as exc:
+        return None, [
+            *issues,
+            IngestIssue(location, "malformed_config", f"cannot parse: {exc}", "the config", source=source),
+        ]
+    if data is None:
+        return {}, issues
+    if not isinstance(data, dict):
+        reason = f"expected a mapping, found {type(data).__name__}"
+        return None, [*issues, IngestIssue(location, "malformed_config", reason, "the config", source=source)]
+    return data, issues
+
+
+def keep_last_writes(
+    rows: pl.DataFrame, *, run_id: str, location: str, source: str
+) -> tuple[pl.DataFrame, list[IngestIssue]]:
+    """History sorted by (step, key) from rows in write order (`line`). A (step, key) written
+    twice keeps its last value; rewrites with a different value and a key's steps going backwards
+    are reported (per key: dr_gen's splits count their epochs separately). Identical rewrites
+    (Lightning's `epoch` cell on rows sharing a step) lose nothing and are merged silently."""
+    issues: list[IngestIssue] = []
+    rows = rows.sort("line", maintain_order=True)
+    backwards = rows.filter(pl.col("step") < pl.col("step").cum_max().shift(1).over("key"))
+    if backwards.height:
+        first = backwards.row(0, named=True)
+        issues.append(
+            IngestIssue(
+                location,
+                "step_backwards",
+                f"{backwards.get_column('line').n_unique()} lines log a key at a step lower than that key's "
+                f"earlier steps (first: {first['key']!r} at step {first['step']}); kept and sorted by step",
+                position=f"line {first['line']}",
+                source=source,
+                run_id=run_id,
+            )
+        )
+    conflicts = (
+        rows.group_by("step", "key", maintain_order=True)
+        .agg(pl.len().alias("writes"), pl.col("value").n_unique().alias("distinct"))
+        .filter(pl.col("distinct") > 1)
+    )
+    if conflicts.height:
+        first = conflicts.row(0, named=True)
+        issues.append(
+            IngestIssue(
+                location,
+                "duplicate_step",
+                f"{conflicts.height} (step, key) pairs written more than once with different values "
+                f"(first: step {first['step']}, key {first['key']!r}); the last write is kept",
+                lost=f"{int(conflicts.get_column('writes').sum()) - conflicts.height} earlier values",
+                source=source,
+                run_id=run_id,
+            )
+        )
+    history = (
+        rows.unique(["step", "key"], keep="last", maintain_order=True)
+        .sort("step", "key")
+        .select(pl.lit(run_id, pl.String).alias("run_id"), "step", "key", "value", "runtime", "timestamp")
+    )
+    return history, issues
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def _value_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, int):
+        return "integer_beyond_float"
+    return type(value).__name__
+
+
+def _flatten_values(
+    mapping: dict[str, Any], prefix: str, numbers: dict[str, float], value_types: dict[str, str]
+) -> None:
+    """Numbers go to `numbers` under '/'-joined keys; anything else only names its type.
+    A dict with a `_type` (W&B-style media or histogram) is one non-scalar value, not a folder."""
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        number = _number(value)
+        if number is not None:
+            numbers[name] = number
+        elif isinstance(value, dict) and isinstance(value.get("_type"), str):
+            value_types[name] = value["_type"]
+        elif isinstance(value, dict):
+            _flatten_values(value, f"{name}/", numbers, value_types)
+        elif value is not None:
+            value_types[name] = _value_type(value)
+
+
+def _pop_number(mappings: list[dict[str, Any]], fields: tuple[str, ...]) -> float | None:
+    """The first numeric one of `fields` found in `mappings`, removed so it is not also a metric."""
+    for mapping in mappings:
+        for name in fields:
+            number = _number(mapping.get(name))
+            if number is not None:
+                del mapping[name]
+                return number
+    return None
+
+
+def _is_typed_line(record: dict[str, Any]) -> bool:
+    return isinstance(record.get("type"), str) and set(record) <= {"type", "value"}
+
+
+def _is_aggregate_line(record: dict[str, Any]) -> bool:
+    return isinstance(record.get("data_name"), str) and isinstance(record.get("agg_stats"), dict)
+
+
+def _says_finished(record: dict[str, Any]) -> bool:
+    value = record.get("value")
+    return (
+        _is_typed_line(record)
+        and record["type"] == "str"
+        and isinstance(value, str)
+        and value.strip().startswith(FINISHED_MARKER)
+    )
+
+
+class JsonlLog:
+    """A JSONL run log as read so far. `update()` parses only the bytes appended since the last
+    call (a partial last line waits for its newline), so following a growing log is cheap; any
+    sequence of updates gives the same result as one read of the final file. A file that was
+    truncated or replaced is read again from its start."""
+
+    def __init__(self, path: Path, *, location: str | None = None) -> None:
+        self.path = path
+        self.location = location or str(path)
+        self._start_over()
+
+    def _start_over(self) -> None:
+        self.position = ReadPosition()
+        self.next_line = 1
+        self.partial_tail = b""
+        self.metric_lines = 0
+        self._step_missing_reported = False
+        self.epochs_by_split: dict[str, int] = {}
+        self.config: dict[str, Any] | None = None
+        self.finished = False
+        self.value_types: dict[str, str] = {}
+        self.issues: list[IngestIssue] = []
+        self._chunks: list[pl.DataFrame] = []
+        self._last_records: list[dict[str, Any]] = []
+
+    def update(self) -> int:
+        """Parse what was appended to the file since the last call; returns the new complete lines."""
+        data = read_appended(self.path, self.position)
+        if data is None:
+            self._start_over()
+            data = self.path.read_bytes()
+        return self.feed(data)
+
+    def feed(self, data: bytes) -> int:
+        """Parse bytes that continue the log at `position`; returns the number of complete lines."""
+        if self.position.offset == 0 and data.startswith(LFS_POINTER_PREFIX):
+            self.issues.append(
+                IngestIssue(
+                    self.location,
+                    "lfs_pointer",
+                    "the file is a Git-LFS pointer, not the log (fetch it with `git lfs pull`)",
+                    "the whole log",
+                    source=SOURCE_NAME,
+                )
+            )
+            self.position = self.position.advanced(data, len(data))
+            return 0
+        parsed = parse_json_lines(
+            data,
+            location=self.location,
+            source=SOURCE_NAME,
+            first_line=self.next_line,
+            base_offset=self.position.offset,
+        )
+        consumed = parsed.complete_until - self.position.offset
+        new_lines = data.count(b"\n", 0, consumed)
+        self.next_line += new_lines
+        self.position = self.position.advanced(data, consumed)
+        self.partial_tail = parsed.partial_tail
+        self.issues.extend(parsed.issues)
+        columns: dict[str, list[Any]] = {name: [] for name in ROWS_SCHEMA}
+        for record, line in zip(parsed.records, parsed.line_numbers, strict=True):
+            self._take(record, line, columns)
+        if columns["line"]:
+            self._chunks.append(pl.DataFrame(columns, schema=ROWS_SCHEMA))
+        self._last_records = (self._last_records + parsed.records)[-2:]
+        self.finished = any(_says_finished(r) for r in self._last_records)
+        return new_lines
+
+    def _take(self, record: dict[str, Any], line: int, columns: dict[str, list[Any]]) -> None:
+        if _is_typed_line(record):
+            if record["type"] == "dict_config" and isinstance(record.get("value"), dict) and self.config is None:
+                self.config = record["value"]
+            return
+        numbers: dict[str, float] = {}
+        if _is_aggregate_line(record):
+            split = record["data_name"]
+            step = self.epochs_by_split.get(split, 0)
+            self.epochs_by_split[split] = step + 1
+            _flatten_values(record["agg_stats"], f"{split}/", numbers, self.value_types)
+            self._add(columns, line, step, numbers, runtime=None, timestamp=None)
+            return
+        body = dict(record)
+        container = dict(body.pop(METRICS_CONTAINER)) if isinstance(body.get(METRICS_CONTAINER), dict) else {}
+        timestamp = _pop_number([body, container], TIMESTAMP_FIELDS)
+        runtime = _pop_number([body, container], RUNTIME_FIELDS)
+        step_field = next((name for name in STEP_FIELDS if name in body), None)
+        metric_index = self.metric_lines
+        self.metric_lines += 1
+        if step_field is None:
+            step = metric_index
+            if not self._step_missing_reported:
+                self._step_missing_reported = True
+                self.issues.append(
+                    IngestIssue(
+                        self.location,
+                        "no_step_field",
+                        f"no {'/'.join(STEP_FIELDS)} field: the 0-based index of the metric line is used as the step",
+                        position=f"line {line}",
+                        source=SOURCE_NAME,
+                    )
+                )
+        else:
+            raw_step = body.pop(step_field)
+            number = _number(raw_step)
+            if number is None or not number.is_integer():
+                self.issues.append(
+                    IngestIssue(
+                        self.location,
+                        "bad_step",
+                        f"{step_field} is {raw_step!r}, not an integer",
+                        f"line {line} ({len(body) + len(container)} fields)",
+                        position=f"line {line}",
+                        source=SOURCE_NAME,
+                    )
+                )
+                return
+            step = int(number)
+        _flatten_values(body, "", numbers, self.value_types)
+        _flatten_values(container, "", numbers, self.value_types)
+        self._add(columns, line, step, numbers, runtime=runtime, timestamp=timestamp)
+
+    @staticmethod
+    def _add(
+        columns: dict[str, list[Any]],
+        line: int,
+        step: int,
+        numbers: dict[str, float],
+        *,
+        runtime: float | None,
+        timestamp: float | None,
+    ) -> None:
+        count = len(numbers)
+        columns["line"].extend([line] * count)
+        columns["step"].extend([step] * count)
+        columns["key"].extend(numbers)
+        columns["value"].extend(numbers.values())
+        columns["runtime"].extend([runtime] * count)
+        columns["timestamp"].extend([timestamp] * count)
+
+    def rows(self) -> pl.DataFrame:
+        """Every metric value read so far, in write order (duplicates not yet resolved)."""
+        return pl.concat(self._chunks) if self._chunks else pl.DataFrame(schema=ROWS_SCHEMA)
+
+    def parsed_run(self, run_id: str) -> ParsedRun:
+        """The log as a run: history with duplicates resolved, the in-log config, and the issues."""
+        history, issues = keep_last_writes(self.rows(), run_id=run_id, location=self.location, source=SOURCE_NAME)
+        if self.partial_tail:
+            issues.append(
+                IngestIssue(
+                    self.location,
+                    "partial_last_line",
+                    "the last line has no newline yet (still being written); it is read once complete",
+                    f"{len(self.partial_tail)} bytes, for now",
+                    position=f"line {self.next_line}",
+                    source=SOURCE_NAME,
+                )
+            )
+        timestamps = history.get_column("timestamp").drop_nulls().drop_nans()
+        return ParsedRun(
+            run_id=run_id,
+            source=SOURCE_NAME,
+            location=self.location,
+            history=history,
+            name=self.path.stem,
+            config=dict(self.config or {}),
+            ended=self.finished,
+            exit_code=0 if self.finished else None,
+            started_at=utc_from_epoch(timestamps.min()) if timestamps.len() else None,
+            last_write=mtime_utc(self.path),
+            value_types=dict(self.value_types),
+            issues=[dataclasses.replace(issue, run_id=run_id) for issue in [*self.issues, *issues]],
+        )
+
+
+def _is_wandb_file(relative: Path) -> bool:
+    return relative.name.startswith("wandb-") or any(
+        part == "wandb" or WANDB_RUN_DIR.match(part) for part in relative.parts[:-1]
+    )
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def dr_exp_job_files(log: Path, root: Path) -> list[Path]:
+    """Where dr_exp keeps this run's job file: `<exp_root>/jobs/<RUNID>.json`, RUNID being the
+    last '_' token of the log's folder name; nearest ancestor first, never above `root`."""
+    run_token = log.parent.name.rsplit("_", 1)[-1]
+    return [
+        folder / "jobs" / f"{run_token}.json" for folder in [log.parent, *log.parent.parents] if _inside(folder, root)
+    ]
+
+
+def plain_config_files(log: Path, root: Path) -> list[Path]:
+    """Config files beside the log, then Hydra's, in precedence order (see the module docstring)."""
+    here = log.parent
+    hydra = [folder / HYDRA_CONFIG for folder in (here, here.parent) if _inside(folder, root)]
+    return [*(here / name for name in SIBLING_CONFIG_FILES), *hydra]
+
+
+class JsonlSource:
+    """Every `*.jsonl` under `root` that is not a W&B file is one run."""
+
+    name = SOURCE_NAME
+
+    def __init__(self, root: Path, grace_period_s: float = 3600) -> None:
+        self.root = Path(root)
+        self.grace_period_s = grace_period_s
+        self.label = str(self.root)
+        #: Logs read before, so a grown file is parsed only from where the last read stopped.
+        self._logs: dict[Path, JsonlLog] = {}
+
+    def run_id(self, path: Path) -> str:
+        return stable_run_id(path.stem, relative_posix(path, self.root).encode())
+
+    def discover(self) -> list[RunLocator]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"run store folder {self.root} does not exist")
+        locators = []
+        for path in sorted(self.root.rglob("*.jsonl")):
+            if _is_wandb_file(path.relative_to(self.root)) or not path.is_file():
+                continue
+            config_files = [*dr_exp_job_files(path, self.root), *plain_config_files(path, self.root)]
+            stamps = [file_stamp(path), *(file_stamp(p) for p in config_files if p.exists())]
+            locators.append(
+                RunLocator(
+                    source=self.name, location=str(path), fingerprint=";".join(stamps), run_id_hint=self.run_id(path)
+                )
+            )
+        return locators
+
+    def read(self, locator: RunLocator) -> ParsedRun:
+        path = Path(locator.location)
+        log = self._logs.setdefault(path, JsonlLog(path, location=locator.location))
+        log.update()
+        run_id = self.run_id(path)
+        run = log.parsed_run(run_id)
+        job_config = self._apply_job_file(run, path)
+        if log.config is None:
+            run.config = job_config if job_config is not None else self._sibling_config(run, path)
+        run_name = next((run.config[k] for k in RUN_NAME_KEYS if isinstance(run.config.get(k), str)), None)
+        run.name = run_name or run.name
+        run.fingerprint = locator.fingerprint
+        return run
+
+    def _apply_job_file(self, run: ParsedRun, log: Path) -> dict[str, Any] | None:
+        """Status and tags from the dr_exp job file, if there is one; returns its config."""
+        job_file = next((p for p in dr_exp_job_files(log, self.root) if p.is_file()), None)
+        if job_file is None:
+            return None
+        job, issues = load_config_file(job_file, source=SOURCE_NAME)
+        run.issues.extend(dataclasses.replace(issue, run_id=run.run_id) for issue in issues)
+        if job is None:
+            return None
+        exit_code = JOB_STATUS_EXIT_CODES.get(str(job.get("status")))
+        if exit_code is not None:
+            run.ended, run.exit_code = True, exit_code
+        run.tags = [str(tag) for tag in job.get("tags") or [] if tag is not None]
+        config = job.get("config")
+        return config if isinstance(config, dict) else None
+
+    def _sibling_config(self, run: ParsedRun, log: Path) -> dict[str, Any]:
+        for candidate in plain_config_files(log, self.root):
+            if not candidate.is_file():
+                continue
+            config, issues = load_config_file(candidate, source=SOURCE_NAME)
+            run.issues.extend(dataclasses.replace(issue, run_id=run.run_id) for issue in issues)
+            if config is not None:
+                return config
+        return {}

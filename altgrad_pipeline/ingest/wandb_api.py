@@ -1,0 +1,406 @@
+"""Runs read from a W&B server through the public `wandb.Api` client.
+
+`ALTGRAD_RUNS` names a project as `wandb://entity/project`, optionally narrowed by a query string:
+`?filters=<JSON>` passes a MongoDB-style filter as is (`{"config.fp8_format": "E5M2"}`), any other
+`key=value` pair becomes an equality (`?config.fp8_format=E5M2&state=finished`; values that parse
+as JSON, such as `32` or `true`, are compared as such).
+
+What the client really sends (wandb 0.31, through its wandb-core sidecar): `Runs` to list (the
+light fragment: no config, summary or `updatedAt`), `Run` with the full fragment to read one run,
+then `RunHistoryKeys`, `RunParquetHistory` and one `HistoryPage` per 1000 steps for
+`scan_history()`. Because `updatedAt` is not among the fields the client asks for, a run's
+fingerprint is `heartbeatAt`, `state`, `historyLineCount` and a digest of its tags, name, group and
+notes: it changes whenever the run logs, ends or is relabelled.
+
+wandb-core already retries 429 and 5xx answers with exponential backoff (about 2 s, doubling) and
+honours `Retry-After`; this module only bounds that with `x_graphql_retry_max` instead of adding a
+second retry loop, and turns a final failure into an `IngestIssue`. The API key stays with the
+client (it reads `WANDB_API_KEY`); texts this module produces are scrubbed of it all the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator
+
+log = logging.getLogger(__name__)
+
+SCHEME = "wandb://"
+#: Rows per `HistoryPage` request; wandb's own default, which the W&B backend is tuned for.
+HISTORY_PAGE_SIZE = 1000
+#: How W&B (and Python's json) spell the non-finite floats when they arrive as strings.
+NON_FINITE_STRINGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+#: History columns that are the row's coordinates rather than metrics.
+ROW_COORDINATES = ("_step", "_runtime", "_timestamp")
+
+
+def parse_wandb_uri(uri: str) -> tuple[str, dict[str, Any]]:
+    """`wandb://entity/project?...` -> (`entity/project`, filters); see the module docstring."""
+    parts = urllib.parse.urlsplit(uri)
+    path = f"{parts.netloc}{parts.path}".strip("/")
+    if uri[: len(SCHEME)].lower() != SCHEME or path.count("/") != 1:
+        raise ValueError(f"expected wandb://entity/project, got {uri!r}")
+    filters: dict[str, Any] = {}
+    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if key == "filters":
+            filters.update(json.loads(value))
+            continue
+        try:
+            filters[key] = json.loads(value)
+        except json.JSONDecodeError:
+            filters[key] = value
+    return path, filters
+
+
+def default_api_factory(max_retries: int, timeout_s: int) -> Callable[[], Any]:
+    """A `wandb.Api` whose wandb-core retries are bounded: its default keeps retrying for minutes.
+
+    `x_graphql_retry_max` is a process-wide wandb setting (wandb.Api copies the global settings).
+    """
+
+    def make_api() -> Any:
+        import wandb
+
+        wandb.setup(wandb.Settings(x_graphql_retry_max=max_retries))
+        return wandb.Api(timeout=timeout_s)
+
+    return make_api
+
+
+class WandbApiSource:
+    """Lists and reads the runs of one W&B project, keeping a local copy of each run's history so
+    a refresh downloads only runs that are new or changed since the last one.
+
+    `path` is `entity/project`, optionally with the query string of the module docstring (or a
+    whole `wandb://` URI); `filters` adds to what the query string says.
+    """
+
+    name = "wandb-api"
+
+    def __init__(
+        self,
+        path: str,
+        cache_dir: Path,
+        filters: dict[str, Any] | None = None,
+        grace_period_s: float = 3600,
+        api_factory: Callable[[], Any] | None = None,
+        max_retries: int = 5,
+        timeout_s: int = 30,
+    ):
+        # `path` may still carry its query string (an ALTGRAD_RUNS entry minus the scheme).
+        self.path, uri_filters = parse_wandb_uri(path if path.startswith(SCHEME) else SCHEME + path)
+        self.entity, self.project = self.path.split("/")
+        self.cache_dir = Path(cache_dir)
+        self.filters = {**uri_filters, **(filters or {})}
+        self.grace_period_s = grace_period_s
+        self._api_factory = api_factory or default_api_factory(max_retries, timeout_s)
+        self._api: Any = None
+
+    # -- RunSource -------------------------------------------------------------------------------
+
+    def discover(self) -> list[RunLocator]:
+        """One locator per run matching the filters, from the run listing alone (no history)."""
+        try:
+            api = self._client()
+            api.flush()  # the client memoises listings per path and filter: always ask afresh
+            runs = list(api.runs(self.path, filters=self.filters))
+        except Exception as exc:  # the client raises many types; all mean "could not list"
+            raise WandbApiError(f"listing {self.path} failed: {self._redact(exc)}") from None
+        return [
+            RunLocator(
+                source=self.name,
+                location=self._location(run.id),
+                fingerprint=run_fingerprint(listing_fields(run)),
+                run_id_hint=run.id,
+            )
+            for run in runs
+        ]
+
+    def read(self, locator: RunLocator) -> ParsedRun:
+        """The run from the local copy when its fingerprint is unchanged, else from the server.
+
+        A failed download never raises: the issue is returned with the last local copy, if any.
+        """
+        run_id = locator.run_id_hint or locator.location.rsplit("/", 1)[-1]
+        cached = self._load_cache(run_id)
+        if cached is not None and cached.fingerprint == locator.fingerprint:
+            return cached
+        try:
+            parsed, state = self._fetch(run_id, locator.location)
+        except Exception as exc:  # network, auth, rate limit after retries, missing run, ...
+            issue = IngestIssue(
+                location=locator.location,
+                source=self.name,
+                run_id=run_id,
+                kind="api_error",
+                reason=f"W&B API request failed: {self._redact(exc)}",
+                lost="the run's update since the local copy" if cached else "the whole run",
+            )
+            log.warning("W&B run %s not read: %s", run_id, issue.reason)
+            stale = cached or ParsedRun(run_id=run_id, source=self.name, location=locator.location)
+            stale.issues.append(issue)
+            return stale
+        self._store_cache(parsed, state)
+        return parsed
+
+    # -- fetching --------------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        if self._api is None:
+            self._api = self._api_factory()
+        return self._api
+
+    def _location(self, run_id: str) -> str:
+        return f"{SCHEME}{self.path}/{run_id}"
+
+    def _fetch(self, run_id: str, location: str) -> tuple[ParsedRun, str]:
+        """The run as read from the server, and its W&B state (kept with the local copy)."""
+        api = self._client()
+        api.flush()  # `Api.run` memoises Run objects per path: a changed run must be asked afresh
+        run = api.run(f"{self.path}/{run_id}")
+        fields = listing_fields(run)
+        rows = list(run.scan_history(page_size=HISTORY_PAGE_SIZE, use_cache=False))
+        history, value_types, issues = history_frame(rows, run_id=run_id, location=location, source=self.name)
+        state = fields["state"] or "unknown"
+        last_write = parse_timestamp(fields["heartbeat_at"])
+        ended, exit_code, cut_short = state_outcome(state, last_write, self.grace_period_s)
+        log.info("W&B run %s read: %d history rows, state %s", run_id, len(rows), state)
+        parsed = ParsedRun(
+            run_id=run_id,
+            source=self.name,
+            location=location,
+            history=history,
+            entity=run.entity,
+            project=run.project,
+            name=fields["display_name"],
+            group=fields["group"],
+            notes=fields["notes"],
+            tags=list(fields["tags"] or []),
+            config={key: value for key, value in run.config.items() if not key.startswith("_")},
+            summary={
+                key: normalise_scalar(value) for key, value in run.summary_metrics.items() if key != "_wandb"
+            },
+            ended=ended,
+            exit_code=exit_code,
+            started_at=parse_timestamp(fields["created_at"]),
+            last_write=last_write,
+            cut_short=cut_short,
+            url=run.url,
+            value_types=value_types,
+            issues=issues,
+            fingerprint=run_fingerprint(fields),
+        )
+        return parsed, state
+
+    def _redact(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}"
+        for secret in {os.environ.get("WANDB_API_KEY"), getattr(self._api, "api_key", None)}:
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    # -- local copy ------------------------------------------------------------------------------
+
+    def _cache_paths(self, run_id: str) -> tuple[Path, Path]:
+        folder = self.cache_dir / urllib.parse.quote(self.entity, safe="") / urllib.parse.quote(self.project, safe="")
+        stem = urllib.parse.quote(run_id, safe="")
+        return folder / f"{stem}.json", folder / f"{stem}.parquet"
+
+    def _store_cache(self, run: ParsedRun, state: str) -> None:
+        meta_path, history_path = self._cache_paths(run.run_id)
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "run_id": run.run_id,
+            "location": run.location,
+            "fingerprint": run.fingerprint,
+            "state": state,
+            "entity": run.entity,
+            "project": run.project,
+            "name": run.name,
+            "group": run.group,
+            "notes": run.notes,
+            "tags": run.tags,
+            "config": run.config,
+            "summary": run.summary,
+            "started_at": run.started_at.isoformat() if run.started_at else None,
+            "last_write": run.last_write.isoformat() if run.last_write else None,
+            "url": run.url,
+            "value_types": run.value_types,
+            "issues": [issue.as_row() for issue in run.issues],
+        }
+        # History first, metadata last: the metadata's fingerprint is what marks the copy valid.
+        tmp_history = history_path.with_suffix(".parquet.tmp")
+        run.history.write_parquet(tmp_history)
+        tmp_history.replace(history_path)
+        tmp_meta = meta_path.with_suffix(".json.tmp")
+        tmp_meta.write_text(json.dumps(meta, default=str))
+        tmp_meta.replace(meta_path)
+
+    def _load_cache(self, run_id: str) -> ParsedRun | None:
+        meta_path, history_path = self._cache_paths(run_id)
+        try:
+            meta = json.loads(meta_path.read_text())
+            history = pl.read_parquet(history_path)
+        except (OSError, ValueError, pl.exceptions.PolarsError):
+            return None  # no copy, or a damaged one: read from the server instead
+        last_write = parse_timestamp(meta["last_write"])
+        # Recomputed, not stored: a silent "running" run passes its grace period while cached.
+        ended, exit_code, cut_short = state_outcome(meta["state"], last_write, self.grace_period_s)
+        return ParsedRun(
+            run_id=meta["run_id"],
+            source=self.name,
+            location=meta["location"],
+            history=history,
+            entity=meta["entity"],
+            project=meta["project"],
+            name=meta["name"],
+            group=meta["group"],
+            notes=meta["notes"],
+            tags=meta["tags"],
+            config=meta["config"],
+            summary=meta["summary"],
+            ended=ended,
+            exit_code=exit_code,
+            started_at=parse_timestamp(meta["started_at"]),
+            last_write=last_write,
+            cut_short=cut_short,
+            url=meta["url"],
+            value_types=meta["value_types"],
+            issues=[IngestIssue(**row) for row in meta["issues"]],
+            fingerprint=meta["fingerprint"],
+        )
+
+
+class WandbApiError(RuntimeError):
+    """The W&B server could not be listed (its text is scrubbed of the API key)."""
+
+
+#: Run fields every listing carries (the client's light fragment), by their public attribute names.
+LISTING_FIELDS = ("state", "heartbeat_at", "created_at", "history_line_count", "display_name", "group", "notes", "tags")
+
+
+def listing_fields(run: Any) -> dict[str, Any]:
+    """The listing fields of a `wandb` Run (its attribute access maps snake_case to the GraphQL
+    camelCase names); absent ones are None."""
+    return {name: getattr(run, name, None) for name in LISTING_FIELDS}
+
+
+def run_fingerprint(fields: dict[str, Any]) -> str:
+    """What changes when a run logs, ends or is relabelled, from the fields a listing returns."""
+    labels = json.dumps([fields["display_name"], fields["group"], fields["notes"], sorted(fields["tags"] or [])])
+    digest = hashlib.sha256(labels.encode()).hexdigest()[:12]
+    return f"{fields['heartbeat_at']}|{fields['state']}|{fields['history_line_count']}|{digest}"
+
+
+def state_outcome(state: str, last_write: dt.datetime | None, grace_period_s: float) -> tuple[bool, int | None, bool]:
+    """W&B's run state as (ended, exit_code, cut_short).
+
+    crashed/killed runs stopped without an exit record: not ended, but cut short. A run the server
+    still calls running whose heartbeat is older than the grace period has stopped too (servers
+    that never mark crashes); it is cut short as well.
+    """
+    if state == "finished":
+        return True, 0, False
+    if state == "failed":
+        return True, 1, False
+    if state in ("crashed", "killed", "preempted"):
+        return False, None, True
+    silent = last_write is not None and (dt.datetime.now(dt.UTC) - last_write).total_seconds() > grace_period_s
+    return False, None, state == "running" and silent
+
+
+def parse_timestamp(value: str | None) -> dt.datetime | None:
+    """W&B's ISO timestamps (UTC, usually without an offset) as aware datetimes."""
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def normalise_scalar(value: Any) -> Any:
+    """Non-finite floats sent as strings ("NaN", "Infinity") become floats; all else unchanged."""
+    if isinstance(value, str) and value in NON_FINITE_STRINGS:
+        return NON_FINITE_STRINGS[value]
+    return value
+
+
+def value_type_of(value: Any) -> str | None:
+    """None for values that belong in the numeric history, else the type to record for the key."""
+    value = normalise_scalar(value)
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return None
+    if isinstance(value, dict):
+        return str(value.get("_type") or "dict")
+    return type(value).__name__
+
+
+def history_frame(
+    rows: list[dict[str, Any]], *, run_id: str, location: str, source: str
+) -> tuple[pl.DataFrame, dict[str, str], list[IngestIssue]]:
+    """W&B history rows as the long HISTORY_SCHEMA frame, the non-numeric keys' types, and issues
+    for rows without a usable `_step` (those rows are dropped, the rest kept)."""
+    issues: list[IngestIssue] = []
+    steps, runtimes, timestamps, keys, values = [], [], [], [], []
+    value_types: dict[str, str] = {}
+    for index, row in enumerate(rows):
+        step = row.get("_step")
+        if not isinstance(step, int) or isinstance(step, bool):
+            issues.append(
+                IngestIssue(
+                    location=location,
+                    source=source,
+                    run_id=run_id,
+                    position=f"history row {index}",
+                    kind="malformed_row",
+                    reason=f"history row without an integer _step ({step!r})",
+                    lost=f"history row {index} ({len(row)} keys)",
+                )
+            )
+            continue
+        runtime, timestamp = _float_or_none(row.get("_runtime")), _float_or_none(row.get("_timestamp"))
+        for key, value in row.items():
+            if key.startswith("_") or value is None:
+                continue
+            kind = value_type_of(value)
+            if kind is not None:
+                value_types.setdefault(key, kind)
+                continue
+            steps.append(step)
+            runtimes.append(runtime)
+            timestamps.append(timestamp)
+            keys.append(key)
+            values.append(float(normalise_scalar(value)))
+    history = pl.DataFrame(
+        {
+            "run_id": [run_id] * len(keys),
+            "step": steps,
+            "key": keys,
+            "value": values,
+            "runtime": runtimes,
+            "timestamp": timestamps,
+        },
+        schema=HISTORY_SCHEMA,
+    ).sort("step", "key", maintain_order=True)
+    return history, value_types, issues
+
+
+def _float_or_none(value: Any) -> float | None:
+    value = normalise_scalar(value)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -1,0 +1,569 @@
+"""Decode one W&B `.wandb` transaction log into run facts, a long history and `IngestIssue`s.
+
+The file is LevelDB-log framed (32 KiB blocks of CRC-checked chunks) protobuf `Record`s from the
+installed wandb SDK. Real logs end in every possible way (cut on a block boundary, mid-record, a
+bare chunk header, 0 bytes), so framing damage becomes an issue and the good records are kept.
+`WandbLogReader` can be fed again from `offset` when the file grows, so a live run is re-read
+from where the last complete record ended.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+from wandb.proto import wandb_internal_pb2 as wandb_pb
+
+from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, empty_history
+
+LOG_HEADER = b":W&B" + (0xBEE1).to_bytes(2, "little") + bytes([0])
+BLOCK_SIZE = 32 * 1024
+CHUNK_HEADER = struct.Struct("<IHB")
+CHUNK_FULL, CHUNK_FIRST, CHUNK_MIDDLE, CHUNK_LAST = 1, 2, 3, 4
+#: Per-row bookkeeping the SDK adds to every history row: columns of the row, not metrics.
+STEP_KEY, RUNTIME_KEY, TIMESTAMP_KEY = "_step", "_runtime", "_timestamp"
+BOOKKEEPING_KEYS = (STEP_KEY, RUNTIME_KEY, TIMESTAMP_KEY)
+#: Holds host names and e-mail addresses (and, from 0.26, the whole environment).
+PRIVATE_KEY = "_wandb"
+DEFAULT_SOURCE = "wandb-local"
+
+
+@cache
+def _record_view() -> type:
+    """A columnar view of `Record` built from wandb's own field numbers.
+
+    A non-repeated message field that occurs several times is merged by protobuf, so declaring
+    `HistoryRecord.item` as one `ItemColumns` makes upb (C) collect every item's key and value
+    into flat lists in one parse: no Python work per history value. Records this reader does
+    not need (environment: PII; console output; stats) stay unparsed unknown fields.
+    """
+    record = wandb_pb.Record.DESCRIPTOR.fields_by_name
+    history = wandb_pb.HistoryRecord.DESCRIPTOR.fields_by_name
+    summary = wandb_pb.SummaryRecord.DESCRIPTOR.fields_by_name
+    item = wandb_pb.HistoryItem.DESCRIPTOR.fields_by_name
+    step = wandb_pb.HistoryStep.DESCRIPTOR.fields_by_name
+    F = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="altgrad_wandb_view.proto", package="altgrad_wandb_view", syntax="proto2")
+
+    def message(name: str, *fields: tuple[str, int, int, int, str | None]) -> None:
+        msg = proto.message_type.add(name=name)
+        for field_name, number, label, kind, type_name in fields:
+            f = msg.field.add(name=field_name, number=number, label=label, type=kind)
+            if type_name:
+                f.type_name = f".altgrad_wandb_view.{type_name}"
+
+    rep, opt = F.LABEL_REPEATED, F.LABEL_OPTIONAL
+    message(
+        "ItemColumns",
+        ("key", item["key"].number, rep, F.TYPE_STRING, None),
+        ("nested_key", item["nested_key"].number, rep, F.TYPE_STRING, None),
+        ("value_json", item["value_json"].number, rep, F.TYPE_STRING, None),
+    )
+    message("StepView", ("num", step["num"].number, opt, F.TYPE_INT64, None))
+    message(
+        "HistoryColumns",
+        ("item", history["item"].number, opt, F.TYPE_MESSAGE, "ItemColumns"),
+        ("step", history["step"].number, opt, F.TYPE_MESSAGE, "StepView"),
+    )
+    message(
+        "SummaryColumns",
+        ("update", summary["update"].number, opt, F.TYPE_MESSAGE, "ItemColumns"),
+        ("remove", summary["remove"].number, opt, F.TYPE_MESSAGE, "ItemColumns"),
+    )
+    message(
+        "RecordView",
+        ("history", record["history"].number, opt, F.TYPE_MESSAGE, "HistoryColumns"),
+        ("summary", record["summary"].number, opt, F.TYPE_MESSAGE, "SummaryColumns"),
+        *((name, record[name].number, opt, F.TYPE_BYTES, None) for name in ("run", "config", "exit", "header")),
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("altgrad_wandb_view.RecordView"))
+
+
+def _item_path(item: Any) -> tuple[str, ...]:
+    """`key` up to 0.16, a one-element `nested_key` from 0.19 on ('/' stays part of the name)."""
+    return tuple(item.nested_key) if len(item.nested_key) else (item.key,)
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        child = tree.get(part)
+        if not isinstance(child, dict):
+            child = tree[part] = {}
+        tree = child
+    tree[path[-1]] = value
+
+
+def _loads(text: str) -> Any:
+    """JSON with NaN/Infinity (Python's json accepts them); unreadable text stays text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _build_tree(flat: dict[str | tuple[str, ...], str]) -> dict[str, Any]:
+    """Folded `{path: value_json}` to a nested dict, `_wandb` dropped."""
+    tree: dict[str, Any] = {}
+    for path, text in flat.items():
+        parts = (path,) if isinstance(path, str) else path
+        if parts[0] != PRIVATE_KEY:
+            _set_path(tree, parts, _loads(text))
+    return tree
+
+
+def _remove_path(flat: dict[str | tuple[str, ...], str], path: tuple[str, ...]) -> None:
+    for existing in [p for p in flat if ((p,) if isinstance(p, str) else p)[: len(path)] == path]:
+        del flat[existing]
+
+
+def _lookup(names: list[str], values: list[str], key: str) -> str | None:
+    """The JSON text of one bookkeeping item of a row (a C-level scan, no per-item Python)."""
+    try:
+        return values[names.index(key)]
+    except ValueError:
+        return None
+
+
+def _json_int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return int(float(text))
+        except (ValueError, OverflowError):
+            return None
+
+
+def _timestamp_utc(ts: Any) -> dt.datetime | None:
+    if not ts.seconds and not ts.nanos:
+        return None
+    return dt.datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, dt.UTC)
+
+
+def json_value_type(texts: pl.Expr) -> pl.Expr:
+    """Type name of non-numeric JSON values: a dict's `_type` (histogram, table-file, ...) when
+    present, else string / dict / list / bool / null."""
+    first = texts.str.strip_chars_start().str.slice(0, 1)
+    media_type = texts.str.extract(r'"_type"\s*:\s*"([^"]*)"', 1)
+    return (
+        pl.when(first == '"')
+        .then(pl.lit("string"))
+        .when(first == "{")
+        .then(pl.coalesce(media_type, pl.lit("dict")))
+        .when(first == "[")
+        .then(pl.lit("list"))
+        .when(first.is_in(["t", "f"]))
+        .then(pl.lit("bool"))
+        .when(first == "n")
+        .then(pl.lit("null"))
+        .otherwise(pl.lit("unknown"))
+    )
+
+
+@dataclass
+class HistoryColumns:
+    """History as flat lists: every item's key and JSON text, and per row its step, item count,
+    `_runtime` and `_timestamp` texts. Readers append to these; `build_history` does the rest."""
+
+    keys: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    row_steps: list[int] = field(default_factory=list)
+    row_counts: list[int] = field(default_factory=list)
+    row_runtimes: list[str | None] = field(default_factory=list)
+    row_timestamps: list[str | None] = field(default_factory=list)
+
+
+def build_history(
+    columns: HistoryColumns, *, run_id: str, location: str, source: str
+) -> tuple[pl.DataFrame, dict[str, str], list[IngestIssue]]:
+    """Flat item lists to the long table (numeric values only, sorted by step and key, last write
+    of each (step, key) kept) plus the non-numeric keys' types. Keys become integer codes so the
+    sort and the de-duplication are numpy operations."""
+    if not columns.row_counts:
+        return empty_history(), {}, []
+
+    def issue(kind: str, reason: str, lost: str) -> IngestIssue:
+        return IngestIssue(location=location, source=source, kind=kind, reason=reason, lost=lost)
+
+    issues: list[IngestIssue] = []
+    counts = np.asarray(columns.row_counts, dtype=np.int64)
+    row_steps = np.asarray(columns.row_steps, dtype=np.int64)
+    backwards = int((np.diff(row_steps) < 0).sum())
+    if backwards:
+        issues.append(
+            issue(
+                "step_regression",
+                f"the step went backwards {backwards} times within this log; rows are kept and sorted by step",
+                "nothing (rows kept)",
+            )
+        )
+    keys = pl.Series(columns.keys, dtype=pl.String)
+    names = keys.unique().sort()
+    codes = keys.cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64)
+    steps = np.repeat(row_steps, counts)
+    rows = np.repeat(np.arange(len(counts)), counts)
+    bookkeeping = np.isin(codes, np.flatnonzero(names.is_in(BOOKKEEPING_KEYS).to_numpy()))
+    order = np.lexsort((codes, steps))
+    order = order[~bookkeeping[order]]
+    sorted_steps, sorted_codes = steps[order], codes[order]
+    last_write = np.ones(len(order), dtype=bool)
+    last_write[:-1] = (sorted_steps[:-1] != sorted_steps[1:]) | (sorted_codes[:-1] != sorted_codes[1:])
+    superseded = int(len(order) - last_write.sum())
+    if superseded:
+        issues.append(
+            issue(
+                "duplicate_step",
+                "the same (step, key) was written more than once; the last write is kept",
+                f"{superseded} superseded values",
+            )
+        )
+    keep = pl.Series(order[last_write])
+    texts = pl.Series(columns.texts, dtype=pl.String).gather(keep)
+    values = texts.cast(pl.Float64, strict=False)
+    numeric = values.is_not_null()
+    kept_rows = pl.Series(rows).gather(keep)
+    frame = pl.DataFrame(
+        {
+            "run_id": pl.Series([run_id], dtype=pl.String).new_from_index(0, len(keep)),
+            "step": pl.Series(steps, dtype=pl.Int64).gather(keep),
+            "key": keys.gather(keep),
+            "value": values,
+            "runtime": pl.Series(columns.row_runtimes, dtype=pl.String).cast(pl.Float64, strict=False).gather(kept_rows),
+            "timestamp": pl.Series(columns.row_timestamps, dtype=pl.String).cast(pl.Float64, strict=False).gather(kept_rows),
+        }
+    )
+    value_types = dict(
+        pl.DataFrame({"key": frame["key"], "text": texts})
+        .filter(~numeric)
+        .select("key", json_value_type(pl.col("text")).alias("type"))
+        .unique(subset="key", keep="last", maintain_order=True)
+        .iter_rows()
+    )
+    return frame.filter(numeric), value_types, issues
+
+
+@dataclass
+class WandbLog:
+    """What one `.wandb` file says about its run (one segment, for resumed runs)."""
+
+    location: str
+    run_id: str | None = None
+    entity: str | None = None
+    project: str | None = None
+    name: str | None = None
+    group: str | None = None
+    notes: str | None = None
+    tags: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    started_at: dt.datetime | None = None
+    resumed: bool = False
+    sdk_version: str | None = None
+    ended: bool = False
+    exit_code: int | None = None
+    exit_runtime: float | None = None
+    history: pl.DataFrame = field(default_factory=empty_history)
+    value_types: dict[str, str] = field(default_factory=dict)
+    issues: list[IngestIssue] = field(default_factory=list)
+    #: Host names and the like this run recorded: never shown, only removed from what is shown.
+    private_strings: set[str] = field(default_factory=set)
+    #: Byte offset just past the last complete record: where to resume when the file grows.
+    complete_until: int = 0
+    #: Bytes at the end that did not (yet) form a complete record.
+    partial_tail_bytes: int = 0
+
+
+class WandbLogReader:
+    """Incremental reader of one `.wandb` file: `feed` the bytes from `offset` on, then `result()`."""
+
+    def __init__(self, location: str, *, source: str = DEFAULT_SOURCE, grace_period_s: float = 3600.0):
+        self.location = location
+        self.source = source
+        self.grace_period_s = grace_period_s
+        self.offset = 0
+        self._view_class = _record_view()
+        self._issues: list[IngestIssue] = []
+        self._tail_issue: IngestIssue | None = None
+        self._partial_tail_bytes = 0
+        self._header_seen = False
+        self._run: Any = None
+        self._config: dict[str | tuple[str, ...], str] = {}
+        self._summary: dict[str | tuple[str, ...], str] = {}
+        self._header_version: str | None = None
+        self._exit: Any = None
+        self._columns = HistoryColumns()
+
+    def _issue(self, kind: str, reason: str, lost: str, position: str | None = None) -> IngestIssue:
+        return IngestIssue(
+            location=self.location, source=self.source, kind=kind, reason=reason, lost=lost, position=position
+        )
+
+    def feed_file(self, path: Path) -> None:
+        """Read whatever the file holds past `offset` (the whole file on the first call)."""
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+                mtime = Path(path).stat().st_mtime
+        except OSError as exc:
+            self._issues.append(self._issue("unreadable_file", f"cannot read the log: {exc}", "the whole log"))
+            return
+        self.feed(data, file_age_s=max(0.0, time.time() - mtime))
+
+    def feed(self, data: bytes, *, file_age_s: float | None = None) -> None:
+        """Decode `data`, the file's bytes from `offset` to its current end."""
+        base = self.offset
+        if not self._header_seen:
+            if len(data) < len(LOG_HEADER):
+                kind = "empty_log" if not data else "truncated_tail"
+                self._tail_issue = self._issue(
+                    kind, f"the log has {len(data)} bytes, not even its {len(LOG_HEADER)}-byte header", "the whole log"
+                )
+                self._partial_tail_bytes = len(data)
+                return
+            if data[: len(LOG_HEADER)] != LOG_HEADER:
+                self._tail_issue = self._issue(
+                    "bad_header", f"not a W&B transaction log (starts with {data[:7]!r})", f"the whole log ({len(data)} bytes)"
+                )
+                self._partial_tail_bytes = len(data)
+                return
+            self._header_seen = True
+            self.offset = len(LOG_HEADER)
+        self._frame(data, base, file_age_s)
+
+    def _frame(self, data: bytes, base: int, file_age_s: float | None) -> None:
+        """Walk the chunks; hand each complete record to `_decode`. `base` is data[0]'s file offset."""
+        end = base + len(data)
+        pos = self.offset
+        parts: list[bytes] = []
+        record_start = pos
+        self._tail_issue = None
+        while True:
+            in_block = pos % BLOCK_SIZE
+            if BLOCK_SIZE - in_block < CHUNK_HEADER.size:
+                if pos + (BLOCK_SIZE - in_block) > end:
+                    break  # the block trailer itself is not data
+                pos += BLOCK_SIZE - in_block
+                if not parts:
+                    record_start = pos
+                    self.offset = pos
+                continue
+            if pos + CHUNK_HEADER.size > end:
+                break
+            crc, length, kind = CHUNK_HEADER.unpack_from(data, pos - base)
+            payload_start = pos + CHUNK_HEADER.size
+            block_end = pos - in_block + BLOCK_SIZE
+            if kind == 0 and length == 0:
+                pos = payload_start
+                if not parts:
+                    record_start = pos
+                    self.offset = pos
+                continue
+            if kind == 0 or kind > CHUNK_LAST or payload_start + length > block_end:
+                pos = self._skip_block(pos, block_end, end, parts, record_start, "bad_chunk", f"chunk header claims type {kind} and {length} bytes")
+                parts = []
+                record_start = self.offset = pos
+                continue
+            if payload_start + length > end:
+                break
+            payload = data[payload_start - base : payload_start - base + length]
+            if zlib.crc32(payload, zlib.crc32(bytes([kind]))) != crc:
+                pos = self._skip_block(pos, block_end, end, parts, record_start, "crc_mismatch", "chunk CRC-32 does not match its bytes")
+                parts = []
+                record_start = self.offset = pos
+                continue
+            next_pos = payload_start + length
+            if kind == CHUNK_FULL or kind == CHUNK_FIRST:
+                if parts:
+                    self._orphan(record_start, pos, "a record's first chunk was not followed by its last")
+                parts = [payload]
+                record_start = pos
+            elif not parts:
+                self._orphan(pos, next_pos, "a continuation chunk without the start of its record")
+                pos = self.offset = record_start = next_pos
+                continue
+            else:
+                parts.append(payload)
+            pos = next_pos
+            if kind == CHUNK_FULL or kind == CHUNK_LAST:
+                self._decode(parts[0] if len(parts) == 1 else b"".join(parts), record_start)
+                parts = []
+                record_start = self.offset = pos
+        in_trailer = self.offset % BLOCK_SIZE > BLOCK_SIZE - CHUNK_HEADER.size
+        self._partial_tail_bytes = 0 if in_trailer else max(0, end - self.offset)
+        if self._partial_tail_bytes:
+            self._tail_issue = self._truncated_tail(self._partial_tail_bytes, file_age_s)
+
+    def _truncated_tail(self, lost: int, file_age_s: float | None) -> IngestIssue:
+        if file_age_s is not None and file_age_s < self.grace_period_s:
+            why = f"the log ends inside a record; it was written {file_age_s:.0f} s ago, so the run may still be writing it"
+        else:
+            why = "the log ends inside a record (a bare chunk header or part of a payload): the writer stopped mid-record"
+        return self._issue("truncated_tail", why, f"{lost} bytes at the end", position=f"byte {self.offset}")
+
+    def _skip_block(
+        self, pos: int, block_end: int, end: int, parts: list[bytes], record_start: int, kind: str, reason: str
+    ) -> int:
+        """Drop the rest of a damaged block (and the record it was part of); resume at the next."""
+        start = record_start if parts else pos
+        stop = min(block_end, end)
+        self._issues.append(
+            self._issue(
+                kind,
+                f"{reason}; skipped to the next block",
+                f"{stop - start} bytes (offsets {start}-{stop}, block {pos // BLOCK_SIZE})",
+                position=f"byte {pos}",
+            )
+        )
+        return block_end
+
+    def _orphan(self, start: int, stop: int, reason: str) -> None:
+        self._issues.append(
+            self._issue("broken_record", reason, f"{stop - start} bytes (offsets {start}-{stop})", position=f"byte {start}")
+        )
+
+    def _decode(self, payload: bytes, offset: int) -> None:
+        try:
+            # A fresh message per record: re-parsing into one reused message grows its arena
+            # and is ~10x slower with upb.
+            view = self._view_class.FromString(payload)
+        except DecodeError as exc:
+            self._issues.append(
+                self._issue("bad_record", f"record is not a valid protobuf Record: {exc}", f"{len(payload)} bytes", position=f"byte {offset}")
+            )
+            return
+        if view.HasField("history"):
+            self._history(view.history, payload)
+        elif view.HasField("summary"):
+            self._fold_summary(view.summary, payload)
+        elif view.HasField("config"):
+            self._fold_items(self._config, wandb_pb.ConfigRecord.FromString(view.config))
+        elif view.HasField("run"):
+            self._run = wandb_pb.RunRecord.FromString(view.run)
+            self._fold_items(self._config, self._run.config)
+        elif view.HasField("exit"):
+            self._exit = wandb_pb.RunExitRecord.FromString(view.exit)
+        elif view.HasField("header"):
+            self._header_version = wandb_pb.HeaderRecord.FromString(view.header).version_info.producer or None
+
+    @staticmethod
+    def _single_names(columns: Any) -> list[str] | None:
+        """Item names when every item has exactly one name and one value (the common case)."""
+        n_values = len(columns.value_json)
+        if not columns.nested_key and len(columns.key) == n_values:
+            return list(columns.key)
+        if not columns.key and len(columns.nested_key) == n_values:
+            return list(columns.nested_key)
+        return None
+
+    def _history(self, history: Any, payload: bytes) -> None:
+        names = self._single_names(history.item)
+        values = list(history.item.value_json)
+        if names is None:
+            names, values = self._history_slow(payload)
+        step = _json_int(_lookup(names, values, STEP_KEY))
+        if step is None and history.HasField("step"):
+            step = history.step.num
+        if step is None:
+            self._issues.append(
+                self._issue("missing_step", "history row has neither a `_step` item nor a step number", f"{len(names)} values")
+            )
+            return
+        columns = self._columns
+        columns.keys.extend(names)
+        columns.texts.extend(values)
+        columns.row_steps.append(step)
+        columns.row_counts.append(len(names))
+        columns.row_runtimes.append(_lookup(names, values, RUNTIME_KEY))
+        columns.row_timestamps.append(_lookup(names, values, TIMESTAMP_KEY))
+
+    def _history_slow(self, payload: bytes) -> tuple[list[str], list[str]]:
+        """Items with nested paths (0.19+ histograms, tables, dicts): rebuild each tree on its
+        first path element, so `["h", "_type"]` never becomes a metric named `h/_type`."""
+        names: list[str] = []
+        values: list[str] = []
+        trees: dict[str, dict[str, Any]] = {}
+        for item in wandb_pb.Record.FromString(payload).history.item:
+            path = _item_path(item)
+            if len(path) == 1:
+                names.append(path[0])
+                values.append(item.value_json)
+            else:
+                _set_path(trees.setdefault(path[0], {}), path[1:], _loads(item.value_json))
+        for name, tree in trees.items():
+            names.append(name)
+            values.append(json.dumps(tree))
+        return names, values
+
+    def _fold_summary(self, summary: Any, payload: bytes) -> None:
+        names = self._single_names(summary.update)
+        if names is not None and not len(summary.remove.key) and not len(summary.remove.nested_key):
+            self._summary.update(zip(names, summary.update.value_json))
+            return
+        self._fold_items(self._summary, wandb_pb.Record.FromString(payload).summary)
+
+    @staticmethod
+    def _fold_items(flat: dict[str | tuple[str, ...], str], record: Any) -> None:
+        """Apply a config/summary record's updates then removes, in order."""
+        for item in record.update:
+            path = _item_path(item)
+            flat[path[0] if len(path) == 1 else path] = item.value_json
+        for item in record.remove:
+            _remove_path(flat, _item_path(item))
+
+    def result(self) -> WandbLog:
+        run = self._run
+        log = WandbLog(location=self.location, complete_until=self.offset, partial_tail_bytes=self._partial_tail_bytes)
+        log.issues = list(self._issues) + ([self._tail_issue] if self._tail_issue else [])
+        if self._header_seen and run is None and not self._columns.row_counts:
+            log.issues.append(
+                self._issue("no_run_record", "the log holds no run record and no history", "nothing (there was nothing to read)")
+            )
+        if run is not None:
+            log.run_id = run.run_id or None
+            log.entity = run.entity or None
+            log.project = run.project or None
+            log.name = run.display_name or None
+            log.group = run.run_group or None
+            log.notes = run.notes or None
+            log.tags = list(run.tags)
+            log.started_at = _timestamp_utc(run.start_time)
+            log.resumed = run.resumed
+            log.private_strings = {run.host} - {""}
+        version = self._header_version or (run.telemetry.cli_version if run is not None else "")
+        log.sdk_version = version.split("+", 1)[0] or None
+        log.config = _build_tree(self._config)
+        log.summary = _build_tree(self._summary)
+        if self._exit is not None:
+            log.ended = True
+            log.exit_code = self._exit.exit_code
+            log.exit_runtime = float(self._exit.runtime)
+        log.history, log.value_types, history_issues = build_history(
+            self._columns,
+            run_id=log.run_id or "",
+            location=self.location,
+            source=self.source,
+        )
+        log.issues.extend(history_issues)
+        return log
+
+def read_wandb_log(path: Path, *, source: str = DEFAULT_SOURCE, grace_period_s: float = 3600.0) -> WandbLog:
+    """Read one `.wandb` file whole; never raises on bad content (it becomes issues)."""
+    reader = WandbLogReader(str(path), source=source, grace_period_s=grace_period_s)
+    reader.feed_file(path)
+    return reader.result()

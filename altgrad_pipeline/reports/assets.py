@@ -1,0 +1,143 @@
+"""Report assets: Markdown + HTML files under `<data dir>/reports/`, figures in `reports/figures/`.
+
+Each report asset's value is a one-row manifest (title, files, figures) stored like any table, so
+the index is built from its inputs rather than from a directory listing; the Dagster UI shows the
+report's path and its main figure inline.
+"""
+
+
+import base64
+import io
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from matplotlib import image as mpimg
+
+from altgrad_pipeline.analysis import manifold
+from altgrad_pipeline.automation.conditions import analysis_automation_condition
+from altgrad_pipeline.reports import documents
+from altgrad_pipeline.resources import ReportFiles
+
+REPORTS_GROUP = "reports"
+THUMBNAIL_SCALE = 0.45
+
+MANIFEST_SCHEMA: dict[str, pl.DataType] = {
+    "title": pl.String(),
+    "path": pl.String(),
+    "html_path": pl.String(),
+    "description": pl.String(),
+    "figures": pl.List(pl.String()),
+}
+
+
+def _manifest(result: documents.ReportResult) -> pl.DataFrame:
+    return pl.DataFrame(
+        [
+            {
+                "title": result.entry.title,
+                "path": str(result.entry.path),
+                "html_path": str(result.html_path),
+                "description": result.entry.description,
+                "figures": [str(p) for p in result.figure_paths],
+            }
+        ],
+        schema=MANIFEST_SCHEMA,
+    )
+
+
+def _thumbnail_markdown(figure: Path | None) -> dg.MetadataValue:
+    """The main figure, scaled down and inlined, so the asset page shows it without the file."""
+    if figure is None or not figure.exists():
+        return dg.MetadataValue.md("No figure: this report has no runs to draw yet.")
+    buffer = io.BytesIO()
+    mpimg.thumbnail(str(figure), buffer, scale=THUMBNAIL_SCALE)
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return dg.MetadataValue.md(f"![{figure.stem}](data:image/png;base64,{encoded})")
+
+
+def _result(result: documents.ReportResult) -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        value=_manifest(result),
+        metadata={
+            "report_path": dg.MetadataValue.path(str(result.entry.path)),
+            "html_path": dg.MetadataValue.path(str(result.html_path)),
+            "n_figures": len(result.figure_paths),
+            "main_figure": _thumbnail_markdown(result.main_figure),
+        },
+    )
+
+
+@dg.asset(
+    group_name=REPORTS_GROUP,
+    description="ANAL-01 report `format_comparison.md`: sweet spot overall and per layer type, ranking tables "
+    "with n, completion rates, improvement over BF16, loss curves with CI bands, format × layer-type heatmap.",
+    automation_condition=analysis_automation_condition(),
+    kinds={"markdown", "matplotlib"},
+)
+def format_comparison_report(
+    format_rankings: pl.DataFrame, raw_runs: pl.DataFrame, run_histories: pl.LazyFrame, report_files: ReportFiles
+) -> dg.MaterializeResult:
+    return _result(
+        documents.write_format_comparison_report(format_rankings, raw_runs, run_histories, report_files.reports_dir)
+    )
+
+
+@dg.asset(
+    group_name=REPORTS_GROUP,
+    description="ANAL-02 report `failure_modes.md`: every failed run with mode, failure step, last finite loss and "
+    "evidence; per failing format the metric traces before collapse beside a successful format.",
+    automation_condition=analysis_automation_condition(),
+    kinds={"markdown", "matplotlib"},
+)
+def failure_modes_report(
+    failure_modes: pl.DataFrame,
+    raw_runs: pl.DataFrame,
+    run_histories: pl.LazyFrame,
+    layer_metrics: pl.LazyFrame,
+    report_files: ReportFiles,
+) -> dg.MaterializeResult:
+    return _result(
+        documents.write_failure_modes_report(failure_modes, raw_runs, run_histories, layer_metrics, report_files.reports_dir)
+    )
+
+
+@dg.asset(
+    group_name=REPORTS_GROUP,
+    description="ANAL-03 report `manifold_comparison.md`: ManifoldAdamW − AdamW per format and metric with CI, "
+    "method and n, a paired-seed plot, and 'observed' wording where n is low.",
+    automation_condition=analysis_automation_condition(),
+    kinds={"markdown", "matplotlib"},
+)
+def manifold_comparison_report(
+    manifold_stats: pl.DataFrame,
+    raw_runs: pl.DataFrame,
+    run_histories: pl.LazyFrame,
+    run_outcomes: pl.DataFrame,
+    report_files: ReportFiles,
+) -> dg.MaterializeResult:
+    per_run = manifold.per_run_metrics(raw_runs, run_histories, run_outcomes)
+    return _result(
+        documents.write_manifold_comparison_report(manifold_stats, per_run, raw_runs, report_files.reports_dir)
+    )
+
+
+@dg.asset(
+    group_name=REPORTS_GROUP,
+    description="`reports/index.md` (and .html): links to every report with the build time and the runs they were built from.",
+    automation_condition=analysis_automation_condition(),
+    kinds={"markdown"},
+)
+def reports_index(
+    format_comparison_report: pl.DataFrame,
+    failure_modes_report: pl.DataFrame,
+    manifold_comparison_report: pl.DataFrame,
+    raw_runs: pl.DataFrame,
+    report_files: ReportFiles,
+) -> dg.MaterializeResult:
+    manifests = pl.concat([format_comparison_report, failure_modes_report, manifold_comparison_report])
+    entries = [
+        documents.ReportEntry(title, Path(path), description)
+        for title, path, description in manifests.select("title", "path", "description").rows()
+    ]
+    return _result(documents.write_index(entries, raw_runs, report_files.reports_dir))

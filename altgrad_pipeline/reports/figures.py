@@ -1,0 +1,288 @@
+"""Figure builders for the three analysis reports.
+
+Each builder takes already-computed frames, draws one PNG with the shared style (fixed colour per
+format, labelled axes with units) and returns the path written, or None when there is nothing to
+draw, so a report can say "no runs of this kind yet" instead of shipping an empty plot. The
+numbers drawn come from small summary frames (`loss_curve_summary`, `failure_trace_series`) that
+are public so tests and report text can use exactly the values the figure shows.
+
+File names are built from format names (checked against `style.FORMAT_NAME`) and fixed stems,
+never from run names or tags.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from scipy import stats as sps
+
+from altgrad_pipeline.analysis.outcomes import history_series, loss_history
+from altgrad_pipeline.analysis.stats import finite
+from altgrad_pipeline.escaping import safe_filename
+from altgrad_pipeline.reports.style import (
+    checked_format_name,
+    format_colour,
+    new_figure,
+    ordered_formats,
+    report_style,
+    save_figure,
+)
+
+#: Confidence level of the loss-curve bands.
+CURVE_CONFIDENCE = 0.95
+
+#: How the loss-curve band is computed, for figure captions and the report's Method section.
+CURVE_BAND_METHOD = (
+    "mean over seeds at each logged step, with a two-sided 95% Student-t interval "
+    "(mean ± t(0.975, n−1)·s/√n, s the sample standard deviation over the n runs with a finite loss "
+    "at that step); steps with a single run show the mean without a band. Non-finite losses are "
+    "left out, so n drops where runs have stopped."
+)
+
+#: Failure-trace panels: series name -> (history keys in priority order, panel title, y-axis
+#: label with unit). The dead-neuron series is not a history key; it is averaged from
+#: `layer_metrics` (see `failure_trace_series`).
+TRACE_PANELS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "loss": (("loss", "train/loss"), "training loss", "cross-entropy (nats)"),
+    "grad_norm": (("grad_norm",), "gradient norm before clipping", "global L2 norm"),
+    "bit_stall_rate": (("quantization/bit_stall_rate", "bit_stall_rate"), "bit-stall rate (cumulative)", "fraction of weight updates"),
+    "dead_neuron_frac_ex_embedding": ((), "dead neurons, embeddings excluded", "fraction of gradient elements"),
+}
+
+#: The per-layer metric averaged into `dead_neuron_frac_ex_embedding`.
+DEAD_NEURON_METRIC = "dead_neuron_frac"
+
+
+def figure_path(figures_dir: Path, stem: str, *, project: str | None = None, fp8_format: str | None = None) -> Path:
+    """`<figures_dir>/<stem>[_<project>][_<format>].png`. The stem is fixed by the caller, the
+    project name (free text from the tracker) goes through `safe_filename`, and the format name is
+    checked, never cleaned."""
+    parts = [checked_format_name(stem)]
+    if project is not None:
+        parts.append(safe_filename(project))
+    if fp8_format is not None:
+        parts.append(checked_format_name(fp8_format))
+    return Path(figures_dir) / ("_".join(parts) + ".png")
+
+
+def _t_half_width(std: pl.Expr, n: pl.Expr, confidence: float) -> pl.Expr:
+    """Half width of the Student-t interval; null for fewer than two values."""
+    quantile = n.map_elements(
+        lambda k: float(sps.t.ppf(0.5 + confidence / 2, k - 1)) if k >= 2 else None,
+        return_dtype=pl.Float64,
+    )
+    return quantile * std / n.cast(pl.Float64).sqrt()
+
+
+def loss_curve_summary(
+    histories: pl.LazyFrame | pl.DataFrame,
+    runs: pl.DataFrame,
+    *,
+    confidence: float = CURVE_CONFIDENCE,
+) -> pl.DataFrame:
+    """Per format and step: n_runs, mean, ci_low, ci_high of the training loss over the runs in
+    `runs` (run_id, fp8_format). Runs are aligned on the logged step; non-finite losses are left
+    out (see `CURVE_BAND_METHOD`)."""
+    loss = loss_history(histories).filter(finite(pl.col("value")))
+    summary = (
+        loss.join(runs.lazy().select("run_id", "fp8_format"), on="run_id", how="inner")
+        .group_by("fp8_format", "step")
+        .agg(
+            pl.len().alias("n_runs"),
+            pl.col("value").mean().alias("mean"),
+            pl.col("value").std(ddof=1).alias("std"),
+        )
+        .collect()
+    )
+    half = _t_half_width(pl.col("std"), pl.col("n_runs"), confidence)
+    return (
+        summary.with_columns((pl.col("mean") - half).alias("ci_low"), (pl.col("mean") + half).alias("ci_high"))
+        .select("fp8_format", "step", pl.col("n_runs").cast(pl.Int64), "mean", "ci_low", "ci_high")
+        .sort("fp8_format", "step")
+    )
+
+
+def loss_curves_figure(summary: pl.DataFrame, path: Path, *, title: str) -> Path | None:
+    """Mean training loss per format with its confidence band, log-scaled step axis (step 0 cannot
+    sit on a log axis and is left out). None when no format has a step >= 1."""
+    shown = summary.filter(pl.col("step") >= 1)
+    if shown.is_empty():
+        return None
+    with report_style():
+        figure, axes = new_figure()
+        for fp8_format in ordered_formats(shown["fp8_format"].unique()):
+            curve = shown.filter(pl.col("fp8_format") == fp8_format).sort("step")
+            colour = format_colour(fp8_format)
+            n_max = int(curve["n_runs"].max())
+            axes.plot(curve["step"], curve["mean"], color=colour, label=f"{fp8_format} (n ≤ {n_max})")
+            band = curve.filter(pl.col("ci_low").is_not_null())
+            if not band.is_empty():
+                axes.fill_between(band["step"], band["ci_low"], band["ci_high"], color=colour, alpha=0.18, linewidth=0)
+        axes.set_xscale("log")
+        axes.set_xlabel("training step (log scale)")
+        axes.set_ylabel("training loss (cross-entropy, nats)")
+        axes.set_title(title)
+        axes.legend(title="format (runs)", loc="best")
+        return save_figure(figure, path)
+
+
+def score_heatmap_figure(
+    rankings: pl.DataFrame,
+    path: Path,
+    *,
+    score_column: str,
+    score_label: str,
+    layer_types: list[str],
+    lower_is_better: bool,
+) -> Path | None:
+    """Format × layer-type grid of `score_column`, each cell annotated with its value and
+    n_completed (the runs it is averaged over).
+    Brighter is better whichever direction the score runs. None when no cell has a finite score."""
+    cells = rankings.filter(pl.col("layer_type").is_in(layer_types) & finite(pl.col(score_column)))
+    if cells.is_empty():
+        return None
+    formats = ordered_formats(cells["fp8_format"].unique())
+    columns = [t for t in layer_types if t in set(cells["layer_type"])]
+    grid = np.full((len(formats), len(columns)), np.nan)
+    labels: dict[tuple[int, int], str] = {}
+    for row in cells.iter_rows(named=True):
+        i, j = formats.index(row["fp8_format"]), columns.index(row["layer_type"])
+        grid[i, j] = row[score_column]
+        labels[(i, j)] = f"{row[score_column]:.3g}\nn={row['n_completed']}"
+    with report_style():
+        figure, axes = new_figure(panel_size=(1.3 * len(columns) + 2.5, 0.6 * len(formats) + 1.8))
+        image = axes.imshow(grid, cmap="viridis_r" if lower_is_better else "viridis", aspect="auto")
+        axes.grid(False)
+        axes.set_xticks(range(len(columns)), columns)
+        axes.set_yticks(range(len(formats)), formats)
+        axes.set_xlabel("layer type")
+        axes.set_ylabel("format")
+        middle = np.nanmean(grid)
+        for (i, j), text in labels.items():
+            dark_cell = (grid[i, j] > middle) == lower_is_better
+            axes.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark_cell else "black")
+        colourbar = figure.colorbar(image, ax=axes)
+        colourbar.set_label(score_label)
+        axes.set_title(f"{score_label} per format and layer type")
+        return save_figure(figure, path)
+
+
+def failure_trace_series(
+    histories: pl.LazyFrame | pl.DataFrame,
+    layer_metrics: pl.LazyFrame | pl.DataFrame,
+    run_ids: list[str],
+) -> pl.DataFrame:
+    """run_id, step, series, value for the `TRACE_PANELS` series of the given runs. The dead-neuron
+    series is the unweighted mean of `dead_neuron_frac` over each step's quantised (2-D weight)
+    parameters outside the embedding layers, as in `failures.dead_neuron_frac_ex_embedding`
+    (embedding gradients are structurally sparse)."""
+    history = histories.lazy().filter(pl.col("run_id").is_in(run_ids))
+    parts = [
+        history_series(history, keys).select("run_id", "step", pl.lit(series).alias("series"), "value")
+        for series, (keys, _, _) in TRACE_PANELS.items()
+        if keys
+    ]
+    dead = (
+        layer_metrics.lazy()
+        .filter(
+            pl.col("run_id").is_in(run_ids)
+            & (pl.col("metric") == DEAD_NEURON_METRIC)
+            & pl.col("quantized").fill_null(False)
+            & (pl.col("layer_type") != "embedding")
+        )
+        .group_by("run_id", "step")
+        .agg(pl.col("value").filter(finite(pl.col("value"))).mean())
+        .select("run_id", "step", pl.lit("dead_neuron_frac_ex_embedding").alias("series"), "value")
+    )
+    return pl.concat([*parts, dead]).cast({"step": pl.Int64, "value": pl.Float64}).sort("series", "run_id", "step").collect()
+
+
+def failure_trace_figure(
+    trace: pl.DataFrame,
+    failed_runs: pl.DataFrame,
+    reference_runs: pl.DataFrame,
+    path: Path,
+    *,
+    fp8_format: str,
+) -> Path | None:
+    """One panel per `TRACE_PANELS` series: each failed run of `fp8_format` (failed_runs: run_id,
+    failure_step, trend_start_step; a thin line per run) up to its collapse, the collapse steps
+    dashed and the trend window shaded, beside the mean of the completed runs of each reference
+    format (reference_runs: run_id, fp8_format) over the same steps. None when the failed runs
+    logged none of the series."""
+    failed_ids = failed_runs["run_id"].to_list()
+    failed_trace = trace.filter(pl.col("run_id").is_in(failed_ids))
+    if failed_trace.is_empty():
+        return None
+    collapse_steps = sorted({s for s in failed_runs["failure_step"].to_list() if s is not None})
+    last_step = collapse_steps[-1] if collapse_steps else int(failed_trace["step"].max())
+    window_starts = [s for s in failed_runs["trend_start_step"].to_list() if s is not None]
+    reference_formats = ordered_formats(reference_runs["fp8_format"].unique())
+    with report_style():
+        figure, axes = new_figure(2, 2)
+        for panel, (series, (_, title, unit)) in zip(axes.flat, TRACE_PANELS.items(), strict=True):
+            values = trace.filter((pl.col("series") == series) & (pl.col("step") <= last_step))
+            for index, run_id in enumerate(failed_ids):
+                run = values.filter(pl.col("run_id") == run_id)
+                if not run.is_empty():
+                    panel.plot(run["step"], run["value"], color=format_colour(fp8_format), linewidth=1.0,
+                               label=f"{fp8_format} (failed runs)" if index == 0 else None)
+            for reference_format in reference_formats:
+                ids = reference_runs.filter(pl.col("fp8_format") == reference_format)["run_id"].to_list()
+                reference = (
+                    values.filter(pl.col("run_id").is_in(ids) & finite(pl.col("value")))
+                    .group_by("step")
+                    .agg(pl.col("value").mean())
+                    .sort("step")
+                )
+                if not reference.is_empty():
+                    panel.plot(reference["step"], reference["value"], color=format_colour(reference_format),
+                               linewidth=2.0, alpha=0.8, label=f"{reference_format} (completed, mean)")
+            if window_starts and collapse_steps:
+                panel.axvspan(max(0, min(window_starts)), last_step, color="#999999", alpha=0.12, linewidth=0)
+            for index, step in enumerate(collapse_steps):
+                panel.axvline(step, color="#444444", linestyle="--", linewidth=1, label="collapse" if index == 0 else None)
+            if values.filter(pl.col("run_id").is_in(failed_ids)).is_empty():
+                panel.text(0.5, 0.5, "not logged by the failed runs", ha="center", va="center", transform=panel.transAxes)
+            panel.set_title(title)
+            panel.set_xlabel("training step")
+            panel.set_ylabel(unit)
+        axes.flat[0].legend(loc="best")
+        figure.suptitle(f"{fp8_format}: key metrics before collapse")
+        return save_figure(figure, path)
+
+
+def paired_seed_figure(per_run: pl.DataFrame, path: Path, *, metric_label: str, optimizers: tuple[str, str]) -> Path | None:
+    """One panel per format: each seed a line from its first-optimizer value to its
+    second-optimizer value (per_run: fp8_format, optimizer, seed, value). Seeds with only one
+    arm are drawn as a lone marker. None when there are no finite values."""
+    values = per_run.filter(finite(pl.col("value")) & pl.col("optimizer").is_in(optimizers))
+    if values.is_empty():
+        return None
+    formats = ordered_formats(values["fp8_format"].unique())
+    ncols = min(3, len(formats))
+    nrows = math.ceil(len(formats) / ncols)
+    with report_style():
+        figure, axes = new_figure(nrows, ncols)
+        panels = list(np.atleast_1d(axes).flat)
+        for panel, fp8_format in zip(panels, formats, strict=False):
+            colour = format_colour(fp8_format)
+            runs = values.filter(pl.col("fp8_format") == fp8_format)
+            n_pairs = 0
+            for (seed,), seed_runs in runs.group_by("seed", maintain_order=True):
+                by_optimizer = {o: seed_runs.filter(pl.col("optimizer") == o)["value"].mean() for o in optimizers}
+                xs = [i for i, o in enumerate(optimizers) if by_optimizer[o] is not None]
+                panel.plot(xs, [by_optimizer[optimizers[i]] for i in xs], color=colour, marker="o", alpha=0.8)
+                n_pairs += len(xs) == 2
+            panel.set_xticks([0, 1], list(optimizers))
+            panel.set_xlim(-0.3, 1.3)
+            panel.set_title(f"{fp8_format} ({n_pairs} paired seeds)")
+            panel.set_xlabel("optimizer")
+            panel.set_ylabel(metric_label)
+        for panel in panels[len(formats):]:
+            panel.set_visible(False)
+        return save_figure(figure, path)
+

@@ -1,0 +1,115 @@
+"""One look for every report figure: a fixed colour per FP8 format (E5M2 is the same blue in the
+loss curves, the failure traces and the paired-seed plot), fonts readable at 100% zoom, and one
+way to save a figure.
+
+Figures are built as `matplotlib.figure.Figure` objects on the Agg canvas, never through the
+pyplot registry, so report assets can run in any thread or process without a display and
+without leaking open figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first)
+
+#: The baseline every FP8 format is compared with.
+BASELINE_FORMAT = "BF16"
+
+#: Fixed colours (Okabe-Ito, readable for colour-blind readers); the baseline is black.
+FORMAT_COLOURS: dict[str, str] = {
+    "BF16": "#000000",
+    "E5M2": "#0072B2",
+    "E3M4": "#E69F00",
+    "E1M6": "#009E73",
+    "E0M7": "#D55E00",
+    "E7M0": "#CC79A7",
+}
+
+#: Colours for formats not listed above (E2M5, E4M3, ...), picked by a hash of the name so a
+#: format keeps its colour across figures, runs and processes.
+FALLBACK_COLOURS: tuple[str, ...] = ("#56B4E9", "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD", "#F0E442")
+
+#: Format names are used in figure file names, so they must be this plain.
+FORMAT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+#: Rendering resolution of saved PNGs: sharp enough on a laptop screen, small enough to embed.
+FIGURE_DPI = 110
+
+#: Figure sizes in inches: one panel, and one panel of a multi-panel grid.
+SINGLE_PANEL_SIZE = (7.5, 4.5)
+GRID_PANEL_SIZE = (4.2, 3.0)
+
+REPORT_RC: dict[str, object] = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.6,
+    "savefig.facecolor": "white",
+    "figure.facecolor": "white",
+}
+
+
+def format_colour(fp8_format: str | None) -> str:
+    """The colour of a format in every figure; unknown formats get a stable fallback colour."""
+    name = "" if fp8_format is None else str(fp8_format)
+    if name in FORMAT_COLOURS:
+        return FORMAT_COLOURS[name]
+    digest = int(hashlib.sha256(name.encode()).hexdigest(), 16)
+    return FALLBACK_COLOURS[digest % len(FALLBACK_COLOURS)]
+
+
+def ordered_formats(formats: Iterable[str | None]) -> list[str]:
+    """Baseline first, then the known formats in study order, then any others alphabetically, so
+    legends and table rows list formats the same way everywhere."""
+    known = list(FORMAT_COLOURS)
+    present = {str(f) for f in formats if f is not None}
+    return [f for f in known if f in present] + sorted(present - set(known))
+
+
+def checked_format_name(fp8_format: str) -> str:
+    """A format name that is safe inside a file name; anything else is refused, not cleaned, because
+    a format name that needs cleaning means the upstream parsing went wrong."""
+    if not FORMAT_NAME.fullmatch(fp8_format or ""):
+        raise ValueError(f"format name {fp8_format!r} does not match {FORMAT_NAME.pattern}")
+    return fp8_format
+
+
+@contextlib.contextmanager
+def report_style() -> Iterator[None]:
+    """The report fonts and grid, applied while a figure is drawn (global rcParams untouched)."""
+    with matplotlib.rc_context(REPORT_RC):
+        yield
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, panel_size: tuple[float, float] | None = None) -> tuple[Figure, object]:
+    """A figure with an nrows x ncols grid of axes (squeezed like pyplot.subplots); call inside
+    `report_style()` so the axes pick up the report fonts."""
+    width, height = panel_size or (SINGLE_PANEL_SIZE if nrows * ncols == 1 else GRID_PANEL_SIZE)
+    figure = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = figure.subplots(nrows, ncols, squeeze=True)
+    return figure, axes
+
+
+def save_figure(figure: Figure, path: Path, *, dpi: int = FIGURE_DPI) -> Path:
+    """Write the figure as PNG (parents created) and release it; returns the path written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=dpi)
+    figure.clear()
+    return path

@@ -1,0 +1,54 @@
+"""Asset-check helpers: each passes on clean data and names the offenders otherwise."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from altgrad_pipeline.analysis.consistency import (
+    duplicate_configurations,
+    every_run_has_loss,
+    manifold_intervals_contain_diff,
+    rankings_cover_formats,
+    steps_unique_and_increasing,
+)
+from altgrad_pipeline.analysis.manifold import manifold_stats
+from altgrad_pipeline.analysis.rankings import format_rankings
+
+
+def test_every_run_has_loss(raw_runs, histories):
+    assert every_run_has_loss(raw_runs, histories)[0]
+    passed, details = every_run_has_loss(raw_runs, histories.filter(pl.col("run_id") != "bf16").filter(~pl.col("key").is_in(["loss"]) | (pl.col("run_id") != "legacy")))
+    assert not passed and set(details["run_id"]) == {"bf16", "legacy"}
+
+
+def test_steps_unique_and_increasing(histories):
+    assert steps_unique_and_increasing(histories)[0]
+    loss = histories.filter((pl.col("run_id") == "bf16") & (pl.col("key") == "loss"))
+    broken = pl.concat([histories, loss.head(1), loss.slice(5, 1)])
+    passed, details = steps_unique_and_increasing(broken)
+    assert not passed and details.select("run_id", "key").rows() == [("bf16", "loss")]
+    assert details["n_duplicate_steps"][0] == 2 and details["n_decreasing_steps"][0] == 1
+
+
+def test_rankings_cover_formats(raw_runs, histories, outcomes, per_layer):
+    rankings = format_rankings(raw_runs, histories, outcomes, per_layer)
+    assert rankings_cover_formats(rankings)[0]
+    passed, details = rankings_cover_formats(rankings.with_columns(pl.lit(False).alias("all_failed")))
+    assert not passed and set(details["fp8_format"]) == {"E7M0", "E5M2"}
+
+
+def test_manifold_intervals_contain_diff(raw_runs, histories, outcomes):
+    stats = manifold_stats(raw_runs, histories, outcomes, n_resamples=199)
+    assert manifold_intervals_contain_diff(stats)[0]
+    passed, details = manifold_intervals_contain_diff(stats.with_columns((pl.col("ci_high") - 10).alias("ci_high")))
+    assert not passed and details.height == stats.height
+
+
+def test_duplicate_configurations_ignore_noise_keys(raw_runs):
+    assert duplicate_configurations(raw_runs)[0]
+    twin = raw_runs.filter(pl.col("run_id") == "e5m2-adamw-1").with_columns(
+        pl.lit("e5m2-short").alias("run_id"), pl.lit("e5m2-short").alias("name"), pl.lit("checkpoints/e5m2_short").alias("config.checkpoint_dir")
+    )
+    other_seed = twin.with_columns(pl.lit("e5m2-seed9").alias("run_id"), pl.lit(77, pl.Int64).alias("seed"), pl.lit(77, pl.Int64).alias("config.seed"))
+    passed, details = duplicate_configurations(pl.concat([raw_runs, twin, other_seed]))
+    assert not passed and set(details["run_id"]) == {"e5m2-adamw-1", "e5m2-short"} and details["duplicate_group"].n_unique() == 1

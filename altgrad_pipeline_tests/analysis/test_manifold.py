@@ -1,0 +1,125 @@
+"""ManifoldAdamW vs AdamW: intervals that cover the true effect, statistics equal to scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats as sps
+
+from altgrad_pipeline.analysis.manifold import MANIFOLD_SCHEMA, manifold_stats, per_run_metrics
+from altgrad_pipeline.analysis.outcomes import run_outcomes
+
+STEPS = 40
+N_RESAMPLES = 999
+
+
+def _arm_study(effect: float, seeds_manifold, seeds_standard, *, noise=0.02, failed_manifold=0, rng_seed=0):
+    """Runs whose loss decays to 2.0 (AdamW) or 2.0 + effect (ManifoldAdamW) plus run noise."""
+    rng = np.random.default_rng(rng_seed)
+    runs, frames = [], []
+    steps = np.arange(STEPS)
+    arms = [("ManifoldAdamW", s, effect) for s in seeds_manifold] + [("AdamW", s, 0.0) for s in seeds_standard]
+    arms += [("ManifoldAdamW", 100 + i, effect) for i in range(failed_manifold)]
+    for i, (optimizer, seed, shift) in enumerate(arms):
+        run_id = f"{optimizer}-{seed}-{i}"
+        failed = seed >= 100
+        asymptote = 2.0 + shift + noise * rng.standard_normal()
+        loss = asymptote + 3.0 * np.exp(-steps / 5.0) + 0.001 * rng.standard_normal(STEPS)
+        stall = 0.3 + 0.1 * (optimizer == "AdamW") + 0.01 * rng.standard_normal(STEPS)
+        end = 20 if failed else STEPS
+        frames.append(pl.DataFrame({"run_id": run_id, "step": steps[:end], "key": "loss", "value": loss[:end]}))
+        frames.append(pl.DataFrame({"run_id": run_id, "step": steps[:end], "key": "quantization/bit_stall_rate", "value": stall[:end]}))
+        runs.append({"run_id": run_id, "project": "p", "fp8_format": "E5M2", "optimizer": optimizer, "seed": seed, "max_steps": STEPS,
+                     "state": "failed" if failed else "finished", "last_step": end - 1})
+    raw = pl.DataFrame(runs, schema_overrides={"seed": pl.Int64, "max_steps": pl.Int64, "last_step": pl.Int64})
+    histories = pl.concat(frames)
+    return raw, histories, run_outcomes(raw, histories)
+
+
+def _stats(effect, seeds_m, seeds_s, **kw):
+    raw, histories, outcomes = _arm_study(effect, seeds_m, seeds_s, **kw)
+    return raw, histories, outcomes, manifold_stats(raw, histories, outcomes, n_resamples=N_RESAMPLES, seed=11)
+
+
+def test_large_effect_is_covered_and_excludes_zero():
+    *_, got = _stats(-0.3, range(8), range(8))
+    row = got.filter(pl.col("metric") == "final_loss").row(0, named=True)
+    assert row["ci_low"] <= -0.3 <= row["ci_high"] and row["ci_high"] < 0
+    assert row["method"] == "BCa paired" and row["prob_improvement"] == 1.0 and not row["low_n"]
+
+
+def test_zero_effect_interval_contains_zero():
+    *_, got = _stats(0.0, range(8), range(8), rng_seed=3)
+    row = got.filter(pl.col("metric") == "final_loss").row(0, named=True)
+    assert row["ci_low"] <= 0.0 <= row["ci_high"]
+
+
+def test_paired_statistics_equal_scipy():
+    raw, histories, outcomes, got = _stats(-0.1, [3, 1, 2, 4], [4, 2, 3, 1], failed_manifold=1)
+    assert got.schema == pl.Schema(MANIFOLD_SCHEMA)
+    values = per_run_metrics(raw, histories, outcomes)
+    for metric in ("final_loss", "best_loss", "steps_to_threshold", "bit_stall_rate"):
+        m = values.filter(pl.col("optimizer") == "ManifoldAdamW").sort("seed")[metric].to_numpy()
+        s = values.filter(pl.col("optimizer") == "AdamW").sort("seed")[metric].to_numpy()
+        row = got.filter(pl.col("metric") == metric).row(0, named=True)
+        assert (row["n_manifold"], row["n_standard"], row["n_excluded_manifold"], row["n_excluded_standard"]) == (4, 4, 1, 0)
+        assert row["paired"] and row["low_n"] is False
+        assert (row["mean_manifold"], row["mean_standard"], row["diff"]) == pytest.approx((m.mean(), s.mean(), m.mean() - s.mean()), abs=1e-9)
+        d = m - s
+        assert row["prob_improvement"] == pytest.approx(np.mean((d < 0) + 0.5 * (d == 0)), abs=1e-12)
+        if np.ptp(d) > 0:
+            ci = sps.bootstrap((d,), np.mean, n_resamples=N_RESAMPLES, method="BCa", random_state=np.random.default_rng(11)).confidence_interval
+            assert row["method"] == "BCa paired"
+            assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_unpaired_when_seeds_differ():
+    raw, histories, outcomes, got = _stats(-0.1, [1, 2, 3], [7, 8, 9, 10, 11])
+    values = per_run_metrics(raw, histories, outcomes)
+    m = values.filter(pl.col("optimizer") == "ManifoldAdamW")["final_loss"].to_numpy()
+    s = values.filter(pl.col("optimizer") == "AdamW")["final_loss"].to_numpy()
+    row = got.filter(pl.col("metric") == "final_loss").row(0, named=True)
+    ci = sps.bootstrap((m, s), lambda x, y, axis: x.mean(axis) - y.mean(axis), n_resamples=N_RESAMPLES, method="BCa",
+                       random_state=np.random.default_rng(11)).confidence_interval
+    assert row["method"] == "BCa unpaired" and not row["paired"]
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    assert row["prob_improvement"] == pytest.approx(np.mean(m[:, None] < s[None, :]), abs=1e-12)
+
+
+def test_per_run_metrics_equal_numpy():
+    raw, histories, outcomes = _arm_study(-0.1, [1, 2], [1, 2])
+    values = per_run_metrics(raw, histories, outcomes, last_k=5, smoothing_span=4, threshold_fraction=0.5)
+    alpha = 2 / (4 + 1)
+    firsts, finals = [], []
+    for run_id in values["run_id"]:
+        loss = histories.filter((pl.col("run_id") == run_id) & (pl.col("key") == "loss")).sort("step")["value"].to_numpy()
+        firsts.append(loss[0])
+        finals.append(loss[-5:].mean())
+    threshold = np.mean(firsts) + 0.5 * (np.mean(finals) - np.mean(firsts))
+    for row in values.iter_rows(named=True):
+        loss = histories.filter((pl.col("run_id") == row["run_id"]) & (pl.col("key") == "loss")).sort("step")["value"].to_numpy()
+        stall = histories.filter((pl.col("run_id") == row["run_id"]) & (pl.col("key") == "quantization/bit_stall_rate")).sort("step")["value"].to_numpy()
+        smooth = [loss[0]]
+        for x in loss[1:]:
+            smooth.append((1 - alpha) * smooth[-1] + alpha * x)
+        smooth = np.array(smooth)
+        assert row["final_loss"] == pytest.approx(loss[-5:].mean(), abs=1e-9)
+        assert row["best_loss"] == pytest.approx(smooth.min(), abs=1e-9)
+        assert row["loss_threshold"] == pytest.approx(threshold, abs=1e-9)
+        assert row["steps_to_threshold"] == np.argmax(smooth <= threshold)
+        assert row["bit_stall_rate"] == stall[-1]
+
+
+def test_single_run_arms_are_low_n_without_interval():
+    *_, got = _stats(-0.1, [42], [42])
+    assert got["low_n"].all() and got["ci_low"].null_count() == got.height
+    assert set(got["method"]) == {"none paired"}
+
+
+def test_synthetic_study_manifold(raw_runs, histories, outcomes):
+    got = manifold_stats(raw_runs, histories, outcomes, n_resamples=N_RESAMPLES)
+    assert set(got["fp8_format"]) == {"E5M2"}
+    row = got.filter(pl.col("metric") == "final_loss").row(0, named=True)
+    assert (row["n_manifold"], row["n_standard"], row["n_excluded_standard"], row["common_step"]) == (4, 4, 1, 99)
+    assert row["ci_high"] < 0

@@ -1,0 +1,125 @@
+"""`finished_runs_sensor` against a real Dagster instance and real SDK-written runs: one request per
+changed format, a partition add for a new format, nothing for unchanged stores or running runs, a
+cursor that survives a restart, and a new run key whenever a format's finished runs change."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from altgrad_pipeline.automation.finished_runs import WatchCursor
+from altgrad_pipeline.automation.runs_sensor import finished_runs_sensor
+from altgrad_pipeline.definitions import build_defs
+from altgrad_pipeline.partitions import fp8_format_partitions
+from altgrad_pipeline_tests.automation.conftest import copy_run, wandb_file
+
+FORMAT_ASSETS = {"raw_runs", "run_histories", "layer_metrics"}
+
+
+# ##### FIXTURES
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def defs(store, tmp_path):
+    return build_defs(runs=str(store), data_dir=str(tmp_path / "data"))
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def tick(defs, instance, cursor=None):
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, definitions=defs, resources={"run_stores": defs.resources["run_stores"]}
+    )
+    result = finished_runs_sensor(context)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def partition_requests(result):
+    return sorted(r.partition_key for r in result.run_requests if r.partition_key)
+
+
+# ##### TESTS
+
+
+def test_a_finished_run_requests_exactly_its_format(defs, instance, store, template_runs):
+    instance.add_dynamic_partitions(fp8_format_partitions.name, ["E5M2", "E3M4"])
+    copy_run(template_runs["E2M5"], store, "newfmt01")
+    result = tick(defs, instance)
+    assert partition_requests(result) == ["E2M5"]
+    request = next(r for r in result.run_requests if r.partition_key)
+    assert {k.to_user_string() for k in request.asset_selection} == FORMAT_ASSETS & {
+        k.to_user_string() for k in defs.resolve_asset_graph().materializable_asset_keys
+    }
+    [add] = result.dynamic_partitions_requests
+    assert add.partitions_def_name == fp8_format_partitions.name and list(add.partition_keys) == ["E2M5"]
+    assert len(json.loads(result.cursor)["formats"]) == 1
+
+    unchanged = tick(defs, instance, result.cursor)
+    assert unchanged.run_requests == [] and not unchanged.dynamic_partitions_requests
+
+    # Restart: a new context from the stored cursor sees nothing new either.
+    restarted = tick(defs, instance, WatchCursor.from_json(result.cursor).to_json())
+    assert restarted.run_requests == []
+
+
+def test_a_running_run_waits_until_it_finishes(defs, instance, store, template_runs):
+    first = tick(defs, instance)
+    assert first.run_requests == []
+    run_dir = copy_run(template_runs["E5M2"], store, "live0001")
+    full = wandb_file(run_dir).read_bytes()
+    wandb_file(run_dir).write_bytes(full[: len(full) // 2])  # no exit record yet, fresh mtime
+    running = tick(defs, instance, first.cursor)
+    assert running.run_requests == [] and not running.dynamic_partitions_requests
+    assert tick(defs, instance, running.cursor).run_requests == []
+
+    wandb_file(run_dir).write_bytes(full)  # the exit record lands
+    finished = tick(defs, instance, running.cursor)
+    assert partition_requests(finished) == ["E5M2"]
+    assert [list(r.partition_keys) for r in finished.dynamic_partitions_requests] == [["E5M2"]]
+
+
+def test_burst_of_twenty_runs_gives_one_request_per_format(defs, instance, store, template_runs):
+    formats = ["E5M2", "E3M4", "E2M5"]
+    for i in range(20):
+        copy_run(template_runs[formats[i % 3]], store, f"burst{i:03d}")
+    result = tick(defs, instance)
+    assert partition_requests(result) == sorted(formats)
+    assert sorted(result.dynamic_partitions_requests[0].partition_keys) == sorted(formats)
+    run_keys = {r.partition_key: r.run_key for r in result.run_requests if r.partition_key}
+
+    # One more finished E3M4 run: only E3M4 again, under a new run key.
+    copy_run(template_runs["E3M4"], store, "late0001")
+    again = tick(defs, instance, result.cursor)
+    assert partition_requests(again) == ["E3M4"]
+    assert next(r.run_key for r in again.run_requests if r.partition_key) != run_keys["E3M4"]
+    assert not again.dynamic_partitions_requests
+
+
+def test_a_requested_partition_materializes(defs, instance, store, tmp_path, template_runs):
+    """The request is runnable as is: the partition's Parquet holds the new run."""
+    run_dir = copy_run(template_runs["E2M5"], store, "mat00001")
+    result = tick(defs, instance)
+    request = next(r for r in result.run_requests if r.partition_key == "E2M5")
+    outcome = dg.materialize(
+        defs.assets, selection=request.asset_selection, partition_key="E2M5", instance=instance, resources=defs.resources
+    )
+    assert outcome.success
+    runs = pl.read_parquet(tmp_path / "data" / "assets" / "raw_runs" / "E2M5.parquet")
+    assert runs.get_column("state").to_list() == ["finished"]
+    assert runs.item(0, "location").startswith(str(run_dir))

@@ -1,0 +1,29 @@
+"""The store scan changes exactly when a run's files change, and survives symlink cycles."""
+
+from __future__ import annotations
+
+import os
+
+from altgrad_pipeline.automation.store_scan import store_digest
+
+
+def test_digest_tracks_added_grown_and_removed_files(tmp_path):
+    run = tmp_path / "a.jsonl"
+    run.write_text('{"step": 0}\n')
+    first = store_digest([tmp_path])
+    assert store_digest([tmp_path]) == first
+    with run.open("a") as handle:
+        handle.write('{"step": 1}\n')
+    grown = store_digest([tmp_path])
+    assert grown != first
+    (tmp_path / "b.jsonl").write_text("{}\n")
+    added = store_digest([tmp_path])
+    assert added not in (first, grown)
+    (tmp_path / "b.jsonl").unlink()
+    assert store_digest([tmp_path]) == grown
+
+
+def test_missing_root_and_symlink_cycle(tmp_path):
+    (tmp_path / "store").mkdir()
+    os.symlink(tmp_path / "store", tmp_path / "store" / "loop")
+    assert store_digest([tmp_path / "store", tmp_path / "absent"]) == store_digest([tmp_path / "store", tmp_path / "absent"])

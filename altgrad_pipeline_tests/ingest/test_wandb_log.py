@@ -1,0 +1,234 @@
+"""`.wandb` decoding checked against runs written by the real wandb SDK (offline), value by value,
+and against byte surgery on those files (the endings real logs have)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from altgrad_pipeline.ingest.wandb_log import BLOCK_SIZE, LOG_HEADER, WandbLogReader, read_wandb_log
+
+STEPS = 40
+KEYS = ("train/loss", "val loss", "grad.norm", "lr")
+
+
+def logged_value(key: str, step: int) -> float:
+    """What the writer logs; NaN and +-inf at fixed steps, so the reader must keep them exactly."""
+    if key == "train/loss" and step == 7:
+        return math.nan
+    if key == "grad.norm" and step == 9:
+        return math.inf
+    if key == "grad.norm" and step == 11:
+        return -math.inf
+    return {"train/loss": 3.0 / (step + 1), "val loss": step * 0.25, "grad.norm": step + 0.5, "lr": 1e-3 * step}[key]
+
+
+def write_sdk_run(root: Path, *, exit_code: int, steps: int = STEPS, padding: int = 0) -> Path:
+    """One offline run written by the real SDK; returns its `.wandb` file."""
+    import wandb
+
+    run = wandb.init(
+        mode="offline",
+        dir=root,
+        project="altgrad-test",
+        name=f"E5M2_manifold_exit{exit_code}",
+        group="fp8",
+        notes="reader test",
+        tags=["fp8", "e5m2"],
+        config={"fp8_format": "E5M2", "lr": 1e-3, "optim": {"betas": [0.9, 0.95]}},
+    )
+    for step in range(steps):
+        row: dict[str, object] = {key: logged_value(key, step) for key in KEYS}
+        row["point"] = "3"
+        if padding:
+            row["notes/text"] = "x" * padding
+        if step % 10 == 0:
+            row["grad/global"] = wandb.Histogram([0.1, 0.2, 0.2, 0.4])
+        run.log(row, step=step)
+    run.config.update({"late_key": 7})
+    run.summary["best/val loss"] = 0.125
+    run.finish(exit_code=exit_code)
+    (log,) = root.glob("wandb/offline-run-*/run-*.wandb")
+    return log
+
+
+@pytest.fixture(scope="module")
+def sdk_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("sdk")
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "WANDB_CONSOLE": "off",
+            "WANDB_DISABLE_GIT": "true",
+            "WANDB_CONFIG_DIR": str(base / "config"),
+            "WANDB_CACHE_DIR": str(base / "cache"),
+        }.items():
+            env.setenv(name, value)
+        return {
+            "finished": write_sdk_run(base / "finished", exit_code=0),
+            "failed": write_sdk_run(base / "failed", exit_code=1, steps=3),
+            # ~90 KB of string payload: spans blocks, so block-level damage can be tested.
+            "long": write_sdk_run(base / "long", exit_code=0, steps=60, padding=1500),
+        }
+
+
+def expected_values() -> dict[tuple[int, str], float]:
+    return {(step, key): logged_value(key, step) for step in range(STEPS) for key in KEYS}
+
+
+def same_float(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def test_history_equals_what_was_logged(sdk_runs: dict[str, Path]) -> None:
+    log = read_wandb_log(sdk_runs["finished"])
+    got = {(s, k): v for s, k, v in log.history.select("step", "key", "value").iter_rows()}
+    expected = expected_values()
+    assert set(got) == set(expected)
+    assert all(same_float(got[pair], expected[pair]) for pair in expected)
+    assert math.isnan(got[(7, "train/loss")]) and got[(9, "grad.norm")] == math.inf and got[(11, "grad.norm")] == -math.inf
+    assert log.history.columns == ["run_id", "step", "key", "value", "runtime", "timestamp"]
+    assert log.history["run_id"].unique().to_list() == [log.run_id]
+    assert log.history.select("step", "key").rows() == sorted(log.history.select("step", "key").rows())
+    assert log.history["runtime"].null_count() == 0 and log.history["timestamp"].min() > 1.7e9
+    assert log.issues == []
+
+
+def test_non_numeric_values_become_types_not_history(sdk_runs: dict[str, Path]) -> None:
+    log = read_wandb_log(sdk_runs["finished"])
+    assert log.value_types == {"point": "string", "grad/global": "histogram"}
+    keys = set(log.history["key"].unique())
+    assert "point" not in keys and not any(k.startswith("grad/global") for k in keys)
+    assert not keys & {"_step", "_runtime", "_timestamp"}
+
+
+def test_run_facts_config_summary_and_exit(sdk_runs: dict[str, Path]) -> None:
+    finished = read_wandb_log(sdk_runs["finished"])
+    assert finished.project == "altgrad-test"
+    assert finished.name == "E5M2_manifold_exit0" and finished.group == "fp8" and finished.notes == "reader test"
+    assert finished.tags == ["fp8", "e5m2"]
+    assert finished.config == {"fp8_format": "E5M2", "lr": 1e-3, "optim": {"betas": [0.9, 0.95]}, "late_key": 7}
+    assert finished.ended and finished.exit_code == 0
+    assert finished.sdk_version and finished.sdk_version[0].isdigit() and "+" not in finished.sdk_version
+    assert finished.started_at is not None and finished.started_at.tzinfo is not None
+    assert finished.summary["_step"] == STEPS - 1
+    assert finished.summary["train/loss"] == pytest.approx(3.0 / STEPS)
+    assert finished.summary["best/val loss"] == 0.125
+    assert finished.summary["grad/global"]["_type"] == "histogram"
+    assert "_wandb" not in finished.summary and "_wandb" not in finished.config
+    failed = read_wandb_log(sdk_runs["failed"])
+    assert failed.ended and failed.exit_code == 1
+    assert sorted(failed.history["step"].unique()) == [0, 1, 2]
+
+
+def test_partial_last_record_then_resume_when_the_file_grows(sdk_runs: dict[str, Path], tmp_path: Path) -> None:
+    full = sdk_runs["finished"].read_bytes()
+    growing = tmp_path / "run-grow.wandb"
+    growing.write_bytes(full[: len(full) - 40])
+    reader = WandbLogReader(str(growing))
+    reader.feed_file(growing)
+    partial = reader.result()
+    assert not partial.ended
+    assert [i.kind for i in partial.issues] == ["truncated_tail"]
+    assert partial.partial_tail_bytes > 0 and partial.complete_until + partial.partial_tail_bytes == len(full) - 40
+    assert partial.history.height > 0
+    growing.write_bytes(full)
+    reader.feed_file(growing)
+    complete = reader.result()
+    reference = read_wandb_log(sdk_runs["finished"])
+    assert complete.ended and complete.exit_code == 0 and complete.issues == []
+    assert complete.complete_until == len(full)
+    assert complete.history.equals(reference.history)
+    assert complete.summary == reference.summary
+
+
+def test_crc_mismatch_skips_to_the_next_block_and_keeps_the_rest(sdk_runs: dict[str, Path], tmp_path: Path) -> None:
+    data = bytearray(sdk_runs["long"].read_bytes())
+    assert len(data) > 3 * BLOCK_SIZE
+    data[BLOCK_SIZE + 100] ^= 0xFF  # inside block 1
+    damaged = tmp_path / "run-crc.wandb"
+    damaged.write_bytes(bytes(data))
+    log = read_wandb_log(damaged)
+    reference = read_wandb_log(sdk_runs["long"])
+    crc = [i for i in log.issues if i.kind == "crc_mismatch"]
+    assert len(crc) == 1 and "block 1" in crc[0].lost and "bytes" in crc[0].lost
+    assert log.ended and log.exit_code == 0  # records after the damaged block are kept
+    assert 0 < log.history.height < reference.history.height
+    assert log.history["step"].max() == reference.history["step"].max()
+    joined = log.history.join(reference.history, on=["step", "key"], suffix="_ref")
+    assert joined.height == log.history.height
+    assert joined.filter(~pl_same("value", "value_ref")).height == 0
+
+
+def pl_same(left: str, right: str):  # noqa: ANN201 - a Polars expression
+    import polars as pl
+
+    return (pl.col(left) == pl.col(right)) | (pl.col(left).is_nan() & pl.col(right).is_nan())
+
+
+def test_empty_and_header_only_files(tmp_path: Path) -> None:
+    empty = tmp_path / "run-empty.wandb"
+    empty.write_bytes(b"")
+    log = read_wandb_log(empty)
+    assert [i.kind for i in log.issues] == ["empty_log"] and log.history.height == 0 and not log.ended
+    header_only = tmp_path / "run-header.wandb"
+    header_only.write_bytes(LOG_HEADER)
+    log = read_wandb_log(header_only)
+    assert [i.kind for i in log.issues] == ["no_run_record"] and log.history.height == 0
+    wrong = tmp_path / "run-wrong.wandb"
+    wrong.write_bytes(b"not a wandb log at all")
+    assert [i.kind for i in read_wandb_log(wrong).issues] == ["bad_header"]
+
+
+def test_trailing_bare_chunk_header(sdk_runs: dict[str, Path], tmp_path: Path) -> None:
+    data = sdk_runs["failed"].read_bytes()
+    bare = tmp_path / "run-bare.wandb"
+    bare.write_bytes(data + struct.pack("<IHB", 0x12345678, 200, 1))
+    log = read_wandb_log(bare)
+    reference = read_wandb_log(sdk_runs["failed"])
+    assert [(i.kind, i.lost) for i in log.issues] == [("truncated_tail", "7 bytes at the end")]
+    assert log.history.equals(reference.history) and log.exit_code == 1
+
+
+def test_file_cut_on_a_block_boundary_has_no_exit(sdk_runs: dict[str, Path], tmp_path: Path) -> None:
+    data = sdk_runs["long"].read_bytes()
+    cut = tmp_path / "run-cut.wandb"
+    cut.write_bytes(data[: 2 * BLOCK_SIZE])
+    log = read_wandb_log(cut)
+    assert not log.ended and log.exit_code is None
+    assert log.history.height > 0
+    assert all(i.kind == "truncated_tail" for i in log.issues)  # at most the record spanning the cut
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_damage_never_raises_nor_invents_values(sdk_runs: dict[str, Path], tmp_path: Path, data: st.DataObject) -> None:
+    original = sdk_runs["finished"].read_bytes()
+    damaged = bytearray(original[: data.draw(st.integers(0, len(original)), label="cut")])
+    for _ in range(data.draw(st.integers(0, 3), label="flips")):
+        if damaged:
+            damaged[data.draw(st.integers(0, len(damaged) - 1))] ^= data.draw(st.integers(1, 255))
+    path = tmp_path / "run-fuzz.wandb"
+    path.write_bytes(bytes(damaged))
+    log = read_wandb_log(path)
+    expected = expected_values()
+    for step, key, value in log.history.select("step", "key", "value").iter_rows():
+        assert (step, key) in expected and same_float(value, expected[(step, key)])
+
+
+def test_folder_without_a_log_is_an_issue(tmp_path: Path) -> None:
+    from altgrad_pipeline.ingest.wandb_local import RunFolder, read_segment
+
+    folder = tmp_path / "wandb" / "run-20260101_000000-nolog123"
+    (folder / "files").mkdir(parents=True)
+    shutil.copyfile(__file__, folder / "files" / "output.log")
+    segment = read_segment(RunFolder(folder, "nolog123", "20260101_000000"), grace_period_s=3600)
+    assert [i.kind for i in segment.log.issues] == ["missing_log"]
+    assert segment.log.history.height == 0 and segment.last_write is not None

@@ -1,0 +1,169 @@
+"""Figure style and builders: one colour per format in every figure, the loss-curve band values,
+the failure-trace series, file-name guards, and None (not an empty plot) when there is no data."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+import polars as pl
+import pytest
+from matplotlib.colors import to_hex
+from scipy import stats as sps
+
+import altgrad_pipeline.reports.figures as figures_module
+from altgrad_pipeline.reports.figures import (
+    failure_trace_figure,
+    failure_trace_series,
+    figure_path,
+    loss_curve_summary,
+    loss_curves_figure,
+    paired_seed_figure,
+    score_heatmap_figure,
+)
+from altgrad_pipeline.reports.style import (
+    FORMAT_COLOURS,
+    FIGURE_DPI,
+    checked_format_name,
+    format_colour,
+    new_figure,
+    ordered_formats,
+    report_style,
+    save_figure,
+)
+
+HISTORY_SCHEMA = {"run_id": pl.String, "step": pl.Int64, "key": pl.String, "value": pl.Float64}
+
+
+def _history(rows: list[tuple[str, int, str, float]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=HISTORY_SCHEMA, orient="row")
+
+
+def _line_colours(axes) -> dict[str, str]:
+    """label -> hex colour of every labelled line in the axes."""
+    return {line.get_label(): to_hex(line.get_color()) for line in axes.get_lines() if not line.get_label().startswith("_")}
+
+
+def test_backend_is_agg_and_colours_are_fixed() -> None:
+    assert matplotlib.get_backend().lower() == "agg"
+    assert list(FORMAT_COLOURS) == ["BF16", "E5M2", "E3M4", "E1M6", "E0M7", "E7M0"]
+    assert len(set(FORMAT_COLOURS.values())) == len(FORMAT_COLOURS)
+    assert format_colour("E5M2") == FORMAT_COLOURS["E5M2"] == "#0072B2"
+    assert format_colour("E2M5") == format_colour("E2M5")  # unknown formats: stable fallback
+    assert format_colour("E2M5") not in FORMAT_COLOURS.values()
+    assert ordered_formats(["E7M0", "E2M5", "BF16", "E5M2", None]) == ["BF16", "E5M2", "E7M0", "E2M5"]
+
+
+def test_format_names_are_guarded_in_file_names(tmp_path: Path) -> None:
+    assert checked_format_name("E5M2") == "E5M2"
+    for bad in ("../E5M2", "E5M2.png", "E5 M2", ""):
+        with pytest.raises(ValueError):
+            checked_format_name(bad)
+    path = figure_path(tmp_path, "failure_trace", project="team/<alt grad>", fp8_format="E7M0")
+    assert path.parent == tmp_path
+    assert path.name.startswith("failure_trace_team_alt_grad-") and path.name.endswith("_E7M0.png")
+
+
+def test_save_figure_writes_png_at_the_report_dpi(tmp_path: Path) -> None:
+    with report_style():
+        figure, axes = new_figure()
+        axes.plot([1, 2], [1, 2])
+    written = save_figure(figure, tmp_path / "deep" / "plot.png")
+    assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert figure.get_axes() == []  # released
+    width = int.from_bytes(written.read_bytes()[16:20], "big")
+    assert width == round(7.5 * FIGURE_DPI)
+
+
+def test_loss_curve_summary_is_a_t_interval_over_finite_values() -> None:
+    histories = _history(
+        [
+            ("a", 1, "loss", 2.0), ("b", 1, "loss", 3.0), ("c", 1, "loss", 4.0),
+            ("a", 2, "loss", 1.0), ("b", 2, "loss", float("nan")), ("c", 2, "loss", 2.0),
+            ("a", 3, "loss", 0.5), ("c", 3, "train/loss", 9.0),
+        ]
+    )
+    runs = pl.DataFrame({"run_id": ["a", "b", "c"], "fp8_format": ["E5M2"] * 3})
+    summary = loss_curve_summary(histories, runs)
+    step1 = summary.filter(pl.col("step") == 1).row(0, named=True)
+    half = sps.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)
+    assert step1["n_runs"] == 3 and step1["mean"] == pytest.approx(3.0)
+    assert (step1["ci_low"], step1["ci_high"]) == pytest.approx((3.0 - half, 3.0 + half))
+    step2 = summary.filter(pl.col("step") == 2).row(0, named=True)
+    assert step2["n_runs"] == 2 and step2["mean"] == pytest.approx(1.5)  # the NaN is left out
+    step3 = summary.filter(pl.col("step") == 3).row(0, named=True)
+    assert step3["n_runs"] == 1 and step3["ci_low"] is None  # train/loss ignored where loss exists
+
+
+def test_same_format_same_colour_in_two_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """E5M2 is drawn in its fixed colour in the loss curves and in the failure trace."""
+    curves = pl.DataFrame(
+        {"fp8_format": ["E5M2", "E5M2", "BF16", "BF16"], "step": [1, 2, 1, 2], "n_runs": [1, 1, 1, 1],
+         "mean": [3.0, 2.0, 2.5, 1.5], "ci_low": [None] * 4, "ci_high": [None] * 4},
+        schema_overrides={"ci_low": pl.Float64, "ci_high": pl.Float64},
+    )
+    drawn: dict[str, dict[str, str]] = {}
+    original = figures_module.save_figure
+
+    def capture(figure, path):
+        drawn[Path(path).stem] = {k: v for ax in figure.get_axes() for k, v in _line_colours(ax).items()}
+        return original(figure, path)
+
+    monkeypatch.setattr(figures_module, "save_figure", capture)
+    assert loss_curves_figure(curves, tmp_path / "curves.png", title="t") is not None
+    trace = pl.DataFrame(
+        {"run_id": ["bad", "bad", "good", "good"], "step": [0, 5, 0, 5], "series": ["loss"] * 4, "value": [3.0, 9.0, 3.0, 2.0]}
+    )
+    failed = pl.DataFrame({"run_id": ["bad"], "failure_step": [5], "trend_start_step": [0]})
+    reference = pl.DataFrame({"run_id": ["good"], "fp8_format": ["E5M2"]})
+    assert failure_trace_figure(trace, failed, reference, tmp_path / "trace.png", fp8_format="E7M0") is not None
+    assert drawn["curves"]["E5M2 (n ≤ 1)"] == drawn["trace"]["E5M2 (completed, mean)"] == format_colour("E5M2").lower()
+    assert drawn["trace"]["E7M0 (failed runs)"] == format_colour("E7M0").lower()
+    assert (tmp_path / "curves.png").is_file() and (tmp_path / "trace.png").is_file()
+
+
+def test_failure_trace_series_excludes_embeddings_and_unquantised(tmp_path: Path) -> None:
+    histories = _history(
+        [("r", 0, "loss", 3.0), ("r", 0, "grad_norm", 1.0), ("r", 0, "bit_stall_rate", 0.2), ("r", 0, "quantization/bit_stall_rate", 0.3)]
+    )
+    layers = pl.DataFrame(
+        {
+            "run_id": ["r"] * 4,
+            "step": [0] * 4,
+            "metric": ["dead_neuron_frac"] * 4,
+            "layer_type": ["embedding", "attention", "mlp", "norm"],
+            "quantized": [True, True, True, False],
+            "value": [0.9, 0.1, 0.3, 0.8],
+        }
+    )
+    trace = failure_trace_series(histories, layers, ["r"])
+    values = dict(zip(trace["series"], trace["value"], strict=True))
+    assert values == {"loss": 3.0, "grad_norm": 1.0, "bit_stall_rate": 0.3, "dead_neuron_frac_ex_embedding": pytest.approx(0.2)}
+
+
+def test_builders_return_none_without_data(tmp_path: Path) -> None:
+    empty_curves = pl.DataFrame(schema={"fp8_format": pl.String, "step": pl.Int64, "n_runs": pl.Int64, "mean": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64})
+    assert loss_curves_figure(empty_curves, tmp_path / "a.png", title="t") is None
+    rankings = pl.DataFrame({"fp8_format": ["BF16"], "layer_type": ["mlp"], "health_score": [None], "n_completed": [3]}, schema_overrides={"health_score": pl.Float64})
+    assert score_heatmap_figure(rankings, tmp_path / "b.png", score_column="health_score", score_label="s", layer_types=["mlp"], lower_is_better=True) is None
+    per_run = pl.DataFrame({"fp8_format": ["E5M2"], "optimizer": ["AdamW"], "seed": [0], "value": [float("nan")]})
+    assert paired_seed_figure(per_run, tmp_path / "c.png", metric_label="m", optimizers=("AdamW", "ManifoldAdamW")) is None
+    trace = pl.DataFrame(schema={"run_id": pl.String, "step": pl.Int64, "series": pl.String, "value": pl.Float64})
+    failed = pl.DataFrame({"run_id": ["x"], "failure_step": [3], "trend_start_step": [0]})
+    reference = pl.DataFrame(schema={"run_id": pl.String, "fp8_format": pl.String})
+    assert failure_trace_figure(trace, failed, reference, tmp_path / "d.png", fp8_format="E7M0") is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_paired_seed_figure_draws_one_line_per_seed(tmp_path: Path) -> None:
+    per_run = pl.DataFrame(
+        {
+            "fp8_format": ["E2M5"] * 5,
+            "optimizer": ["AdamW", "ManifoldAdamW", "AdamW", "ManifoldAdamW", "ManifoldAdamW"],
+            "seed": [0, 0, 1, 1, 2],
+            "value": [2.0, 1.9, 2.1, 2.05, 1.8],
+        }
+    )
+    path = paired_seed_figure(per_run, tmp_path / "p.png", metric_label="final loss (nats)", optimizers=("AdamW", "ManifoldAdamW"))
+    assert path is not None and path.is_file()
