@@ -122,7 +122,7 @@ def refresh(
     for fmt in todo:
         echo(f"Materializing format partition {fmt} ({', '.join(k.to_user_string() for k in _asset_keys(partitioned))})")
         result = dg.materialize(
-            ASSETS, selection=_asset_keys(partitioned), partition_key=fmt, instance=instance,
+            [*ASSETS, *ASSET_CHECKS], selection=_asset_keys(partitioned), partition_key=fmt, instance=instance,
             resources=resources, raise_on_error=False, run_config=QUIET_RUN_CONFIG,
         )  # fmt: skip
         if not result.success:

@@ -39,7 +39,7 @@ def stale_formats_schedule(context: dg.ScheduleEvaluationContext, run_stores: Ru
     # A schedule cannot return partition requests; adding keys is idempotent, so register directly.
     context.instance.add_dynamic_partitions(fp8_format_partitions.name, stale)
     partitioned = format_partitioned_keys(context.repository_def)
-    tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
+    tick = context.scheduled_execution_time.isoformat()
     return [
         dg.RunRequest(run_key=f"{fmt}:{tick}", partition_key=fmt, asset_selection=partitioned,
                       tags={"altgrad/trigger": "stale_formats_schedule"})  # fmt: skip

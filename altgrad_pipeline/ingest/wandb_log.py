@@ -129,10 +129,10 @@ def _remove_path(flat: dict[str | tuple[str, ...], str], path: tuple[str, ...]) 
         del flat[existing]
 
 
-def _lookup(names: list[str], values: list[str], key: str) -> str | None:
-    """The JSON text of one bookkeeping item of a row (a C-level scan, no per-item Python)."""
+def _lookup(names: list[str], values: list[str], key: str, start: int) -> str | None:
+    """The JSON text of one bookkeeping item of the row that begins at `start` (a C-level scan)."""
     try:
-        return values[names.index(key)]
+        return values[names.index(key, start)]
     except ValueError:
         return None
 
@@ -462,35 +462,41 @@ class WandbLogReader:
             self._header_version = wandb_pb.HeaderRecord.FromString(view.header).version_info.producer or None
 
     @staticmethod
-    def _single_names(columns: Any) -> list[str] | None:
-        """Item names when every item has exactly one name and one value (the common case)."""
+    def _single_names(columns: Any) -> Any:
+        """The item-name container when every item has exactly one name and one value (the common
+        case: `key` up to 0.16, a one-element `nested_key` from 0.19), else None."""
         n_values = len(columns.value_json)
-        if not columns.nested_key and len(columns.key) == n_values:
-            return list(columns.key)
-        if not columns.key and len(columns.nested_key) == n_values:
-            return list(columns.nested_key)
+        if not len(columns.nested_key) and len(columns.key) == n_values:
+            return columns.key
+        if not len(columns.key) and len(columns.nested_key) == n_values:
+            return columns.nested_key
         return None
 
     def _history(self, history: Any, payload: bytes) -> None:
+        columns = self._columns
+        keys, texts = columns.keys, columns.texts
+        start = len(keys)
         names = self._single_names(history.item)
-        values = list(history.item.value_json)
         if names is None:
-            names, values = self._history_slow(payload)
-        step = _json_int(_lookup(names, values, STEP_KEY))
+            slow_names, slow_texts = self._history_slow(payload)
+            keys.extend(slow_names)
+            texts.extend(slow_texts)
+        else:
+            keys.extend(names)
+            texts.extend(history.item.value_json)
+        step = _json_int(_lookup(keys, texts, STEP_KEY, start))
         if step is None and history.HasField("step"):
             step = history.step.num
         if step is None:
             self._issues.append(
-                self._issue("missing_step", "history row has neither a `_step` item nor a step number", f"{len(names)} values")
+                self._issue("missing_step", "history row has neither a `_step` item nor a step number", f"{len(keys) - start} values")
             )
+            del keys[start:], texts[start:]
             return
-        columns = self._columns
-        columns.keys.extend(names)
-        columns.texts.extend(values)
         columns.row_steps.append(step)
-        columns.row_counts.append(len(names))
-        columns.row_runtimes.append(_lookup(names, values, RUNTIME_KEY))
-        columns.row_timestamps.append(_lookup(names, values, TIMESTAMP_KEY))
+        columns.row_counts.append(len(keys) - start)
+        columns.row_runtimes.append(_lookup(keys, texts, RUNTIME_KEY, start))
+        columns.row_timestamps.append(_lookup(keys, texts, TIMESTAMP_KEY, start))
 
     def _history_slow(self, payload: bytes) -> tuple[list[str], list[str]]:
         """Items with nested paths (0.19+ histograms, tables, dicts): rebuild each tree on its

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from matplotlib import image as mpimg
+from PIL import Image
 
 from altgrad_pipeline.analysis import manifold
 from altgrad_pipeline.automation.conditions import analysis_automation_condition
@@ -51,7 +51,9 @@ def _thumbnail_markdown(figure: Path | None) -> dg.MetadataValue:
     if figure is None or not figure.exists():
         return dg.MetadataValue.md("No figure: this report has no runs to draw yet.")
     buffer = io.BytesIO()
-    mpimg.thumbnail(str(figure), buffer, scale=THUMBNAIL_SCALE)
+    with Image.open(figure) as picture:
+        picture.thumbnail((int(picture.width * THUMBNAIL_SCALE), int(picture.height * THUMBNAIL_SCALE)))
+        picture.save(buffer, format="PNG", optimize=True)
     encoded = base64.b64encode(buffer.getvalue()).decode()
     return dg.MetadataValue.md(f"![{figure.stem}](data:image/png;base64,{encoded})")
 

@@ -4,6 +4,7 @@ cursor that survives a restart, and a new run key whenever a format's finished r
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import dagster as dg
@@ -123,3 +124,18 @@ def test_a_requested_partition_materializes(defs, instance, store, tmp_path, tem
     runs = pl.read_parquet(tmp_path / "data" / "assets" / "raw_runs" / "E2M5.parquet")
     assert runs.get_column("state").to_list() == ["finished"]
     assert runs.item(0, "location").startswith(str(run_dir))
+
+
+def test_schedule_refreshes_only_stale_formats(defs, instance, store, template_runs):
+    from altgrad_pipeline.automation.schedules import stale_formats_schedule
+
+    copy_run(template_runs["E3M4"], store, "sched001")
+    context = dg.build_schedule_context(
+        instance=instance, repository_def=defs.get_repository_def(), resources={"run_stores": defs.resources["run_stores"]},
+        scheduled_execution_time=dt.datetime(2026, 1, 1, 4, tzinfo=dt.UTC),
+    )  # fmt: skip
+    [request] = stale_formats_schedule(context)
+    assert request.partition_key == "E3M4"
+    assert dg.materialize(defs.assets, selection=request.asset_selection, partition_key="E3M4", instance=instance,
+                          resources=defs.resources).success  # fmt: skip
+    assert isinstance(stale_formats_schedule(context), dg.SkipReason)

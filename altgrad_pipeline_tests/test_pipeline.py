@@ -1,0 +1,193 @@
+"""The whole graph, end to end, on a run store written by the real wandb SDK with known answers.
+
+One store (18 runs: BF16, E3M4 and E5M2 with both optimizers, a NaN-stopped E7M0, a bit-stalling
+E0M7, a killed E1M6 and an E7M0 run with a hostile name) goes through `refresh` into a real
+Dagster instance; the tests then read the Parquet assets, the asset checks and the reports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+import wandb
+
+from altgrad_pipeline.examples import example_spec, simulate_history, write_example_runs, write_run
+from altgrad_pipeline.refresh import refresh
+
+EVIL_NAME = "| <script> ** [x](y)"
+STEPS = 220
+
+# ##### FIXTURES
+
+
+def _study():
+    specs = [example_spec("BF16", "adamw", seed, max_steps=STEPS + 40) for seed in (1, 2)]
+    for fmt in ("E3M4", "E5M2"):
+        specs += [example_spec(fmt, opt, seed, max_steps=STEPS) for opt in ("adamw", "manifold") for seed in (1, 2, 3)]
+    specs.append(example_spec("E7M0", "adamw", 1, max_steps=STEPS))
+    specs.append(example_spec("E0M7", "adamw", 1, max_steps=STEPS))
+    specs.append(example_spec("E1M6", "adamw", 4, max_steps=STEPS, kill_after_steps=90))
+    return specs
+
+
+def _write_evil_run(root: Path) -> None:
+    """An E7M0 run whose display name is Markdown and HTML: it must appear escaped everywhere."""
+    spec = example_spec("E7M0", "adamw", 9, max_steps=STEPS)
+    run = wandb.init(
+        mode="offline", dir=str(root), project="altgrad", name=EVIL_NAME, config=spec.config(),
+        tags=["<b>bold</b>"], settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+    )  # fmt: skip
+    for step, row in enumerate(simulate_history(spec)):
+        run.log(row, step=step)
+    run.finish()
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pipeline")
+    store, data = base / "runs", base / "data"
+    study = write_example_runs(store, _study())
+    _write_evil_run(store)
+    with dg.instance_for_test() as instance:
+        messages: list[str] = []
+        report = refresh(runs=str(store), data_dir=str(data), instance=instance, echo=messages.append)
+        yield {"study": study, "store": store, "data": data, "instance": instance, "report": report, "messages": messages}
+
+
+def _asset(data: Path, name: str) -> pl.DataFrame:
+    return pl.read_parquet(data / "assets" / f"{name}.parquet")
+
+
+def _partitioned(data: Path, name: str) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(p) for p in sorted((data / "assets" / name).glob("*.parquet"))], how="diagonal_relaxed")
+
+
+# ##### INGEST
+
+
+def test_refresh_builds_every_format_partition(pipeline):
+    report, data = pipeline["report"], pipeline["data"]
+    assert report.ok, report.failed
+    assert sorted(report.formats) == ["BF16", "E0M7", "E1M6", "E3M4", "E5M2", "E7M0"]
+    for asset in ("raw_runs", "run_histories", "layer_metrics"):
+        assert sorted(p.stem for p in (data / "assets" / asset).glob("*.parquet")) == sorted(report.formats)
+    partitions = dg.DynamicPartitionsDefinition(name="fp8_format").get_partition_keys(dynamic_partitions_store=pipeline["instance"])
+    assert sorted(partitions) == sorted(report.formats)
+
+
+def test_histories_hold_exactly_what_was_logged(pipeline):
+    data = pipeline["data"]
+    runs = _partitioned(data, "raw_runs")
+    spec = example_spec("E7M0", "adamw", 1, max_steps=STEPS)
+    run_id = runs.filter(pl.col("name") == spec.run_name).item(0, "run_id")
+    stored = pl.read_parquet(data / "assets" / "run_histories" / "E7M0.parquet").filter(pl.col("run_id") == run_id)
+    logged = {(step, key): value for step, row in enumerate(simulate_history(spec)) for key, value in row.items()}
+    got = {(s, k): v for s, k, v in stored.select("step", "key", "value").iter_rows()}
+    assert got.keys() == logged.keys()
+    mismatched = [k for k, v in logged.items() if not (v == got[k] or (math.isnan(v) and math.isnan(got[k])))]
+    assert mismatched == []
+    assert sum(math.isnan(v) for v in got.values()) > 0  # the NaN evidence survived
+
+
+def test_raw_runs_state_format_and_optimizer(pipeline):
+    runs = _partitioned(pipeline["data"], "raw_runs")
+    by_name = {r["name"]: r for r in runs.iter_rows(named=True)}
+    assert by_name["bf16-adamw-s1"]["fp8_format"] == "BF16"  # config still says fp8_format: E5M2
+    assert by_name["e5m2-manifold-s2"]["optimizer"] == "ManifoldAdamW"
+    assert by_name["e7m0-adamw-s1"]["state"] == "finished"  # NaN-stopped, yet exit code 0
+    assert by_name["e1m6-adamw-s4"]["state"] in ("crashed", "running")  # no exit record
+    assert by_name["e1m6-adamw-s4"]["exit_code"] is None
+    assert by_name[EVIL_NAME]["tags"] == ["<b>bold</b>"]
+    assert runs.height == 18
+
+
+# ##### ANALYSIS
+
+
+def test_analysis_recovers_the_known_answers(pipeline):
+    data, truth = pipeline["data"], pipeline["study"].truth
+    rankings = _asset(data, "format_rankings")
+    overall = rankings.filter((pl.col("layer_type") == "all") & pl.col("is_sweet_spot"))
+    assert overall.get_column("fp8_format").to_list() == ["E3M4"]
+    modes = _asset(data, "failure_modes").join(
+        _partitioned(data, "raw_runs").select("run_id", "name"), on="run_id"
+    )
+    by_name = {r["name"]: r for r in modes.iter_rows(named=True)}
+    nan_run = by_name["e7m0-adamw-s1"]
+    assert nan_run["failure_mode"] == "nan_loss" and nan_run["outcome"] == "nan_stopped"
+    assert abs(nan_run["failure_step"] - 37) < 10
+    stall_truth = truth.runs["e0m7-adamw-s1"]
+    assert by_name["e0m7-adamw-s1"]["failure_mode"] == "bit_stall"
+    assert abs(by_name["e0m7-adamw-s1"]["failure_step"] - stall_truth.bit_stall_crossing_step) < 25
+    assert by_name["e3m4-adamw-s1"]["failure_mode"] == "none"
+    manifold = _asset(data, "manifold_stats").filter(pl.col("metric") == "final_loss")
+    e5m2 = manifold.filter(pl.col("fp8_format") == "E5M2").row(0, named=True)
+    assert e5m2["ci_low"] <= -0.08 <= e5m2["ci_high"] and e5m2["ci_high"] < 0
+
+
+def test_asset_checks_pass(pipeline):
+    """Every check ran (partitioned ones once per format) and passed on this clean study."""
+    from altgrad_pipeline.definitions import ASSET_CHECKS
+
+    storage = pipeline["instance"].event_log_storage
+    keys = [spec.key for check in ASSET_CHECKS for spec in check.check_specs]
+    outcomes = {}
+    for key in keys:
+        history = storage.get_asset_check_execution_history(key, limit=50)
+        assert history, f"{key.name} never ran"
+        outcomes[key.name] = {r.status.value for r in history}
+    partitioned = storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey("run_histories"), "steps_are_unique_and_increasing"), limit=50
+    )
+    assert len(partitioned) == 6  # one per format partition
+    assert all(statuses == {"SUCCEEDED"} for statuses in outcomes.values()), outcomes
+
+
+# ##### REPORTS
+
+
+def test_reports_exist_with_their_figures(pipeline):
+    reports = pipeline["data"] / "reports"
+    for name in ("format_comparison", "failure_modes", "manifold_comparison", "index"):
+        text = (reports / f"{name}.md").read_text()
+        assert "TBD" not in text and "placeholder" not in text.lower()
+        for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+            assert (reports / image).is_file(), image
+        html = (reports / f"{name}.html").read_text()
+        assert "<script" not in html
+
+
+def test_hostile_run_name_is_escaped(pipeline):
+    text = (pipeline["data"] / "reports" / "failure_modes.md").read_text()
+    assert r"\| &lt;script&gt; \*\* \[x\]\(y\)" in text
+    assert "<script>" not in text
+
+
+def test_no_personal_data_reaches_tables_or_reports(pipeline):
+    """The SDK records host and user names in the run folder's metadata: none reach our outputs."""
+    import getpass
+    import socket
+
+    data = pipeline["data"]
+    texts = [p.read_text() for p in (data / "reports").glob("*.md")]
+    texts += [json.dumps(_partitioned(data, "raw_runs").select("config", "summary", "notes").to_dicts())]
+    for secret in {socket.gethostname(), getpass.getuser()} - {"root"}:
+        assert not any(secret in t for t in texts), secret
+
+
+def test_second_refresh_is_a_no_op_and_a_new_format_is_picked_up(pipeline):
+    store, data, instance = pipeline["store"], pipeline["data"], pipeline["instance"]
+    again = refresh(runs=str(store), data_dir=str(data), instance=instance, echo=lambda _: None)
+    assert again.refreshed_formats == [] and not again.analysis_refreshed
+    write_run(store, example_spec("E3M4", "adamw", 7, max_steps=60, loss_floor=3.1))
+    newer = refresh(runs=str(store), data_dir=str(data), instance=instance, echo=lambda _: None)
+    assert newer.refreshed_formats == ["E3M4"] and newer.analysis_refreshed
+    runs = pl.read_parquet(data / "assets" / "raw_runs" / "E3M4.parquet")
+    assert "e3m4-adamw-s7" in runs.get_column("name").to_list()
+    assert json.loads(runs.filter(pl.col("name") == "e3m4-adamw-s7").item(0, "config"))["max_steps"] == 60
