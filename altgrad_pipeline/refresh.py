@@ -103,8 +103,7 @@ def refresh(
     resources = build_resources(runs=runs, data_dir=data_dir)
     run_stores: RunStores = resources["run_stores"]  # type: ignore[assignment]
     if instance is None:
-        os.environ["DAGSTER_HOME"] = str(dagster_home(data_dir))
-        instance = dg.DagsterInstance.get()
+        instance = dg.DagsterInstance.from_config(str(dagster_home(data_dir)))
     echo(f"Run stores: {', '.join(e.label for e in run_stores.store_entries())}")
     echo(f"Dagster instance: {instance.root_directory}")
 

@@ -25,7 +25,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as wandb_pb
 
-from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, empty_history
+from altgrad_pipeline.ingest.model import IngestIssue, empty_history
 
 LOG_HEADER = b":W&B" + (0xBEE1).to_bytes(2, "little") + bytes([0])
 BLOCK_SIZE = 32 * 1024
@@ -272,11 +272,9 @@ class WandbLog:
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     started_at: dt.datetime | None = None
-    resumed: bool = False
     sdk_version: str | None = None
     ended: bool = False
     exit_code: int | None = None
-    exit_runtime: float | None = None
     history: pl.DataFrame = field(default_factory=empty_history)
     value_types: dict[str, str] = field(default_factory=dict)
     issues: list[IngestIssue] = field(default_factory=list)
@@ -549,7 +547,6 @@ class WandbLogReader:
             log.notes = run.notes or None
             log.tags = list(run.tags)
             log.started_at = _timestamp_utc(run.start_time)
-            log.resumed = run.resumed
             log.private_strings = {run.host} - {""}
         version = self._header_version or (run.telemetry.cli_version if run is not None else "")
         log.sdk_version = version.split("+", 1)[0] or None
@@ -558,7 +555,6 @@ class WandbLogReader:
         if self._exit is not None:
             log.ended = True
             log.exit_code = self._exit.exit_code
-            log.exit_runtime = float(self._exit.runtime)
         log.history, log.value_types, history_issues = build_history(
             self._columns,
             run_id=log.run_id or "",

@@ -1,0 +1,143 @@
+"""The Dagster UI, as a person sees it: dagster-webserver on an instance where a small example
+study was materialized, opened in headless Chromium (Debian's, driven by Playwright).
+
+Screenshots are saved under `test-artifacts/browser/` for humans to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from altgrad_pipeline.examples import example_spec, write_example_runs
+from altgrad_pipeline.refresh import refresh
+
+pytestmark = pytest.mark.browser
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "browser"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+STARTUP_TIMEOUT_S = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Dagster ignores SIGINT and can hang on SIGTERM: end the whole group, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def webserver(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    pytest.importorskip("playwright.sync_api")
+    base = tmp_path_factory.mktemp("ui")
+    store, data = base / "runs", base / "data"
+    specs = [example_spec("BF16", "adamw", 1, max_steps=160)]
+    specs += [example_spec("E5M2", opt, seed, max_steps=120) for opt in ("adamw", "manifold") for seed in (1, 2)]
+    specs.append(example_spec("E7M0", "adamw", 1, max_steps=120))
+    write_example_runs(store, specs)
+    assert refresh(runs=str(store), data_dir=str(data), echo=lambda _: None).ok
+    home = data / "dagster_home"  # where refresh keeps the instance when DAGSTER_HOME is unset
+    env = {**os.environ, "DAGSTER_HOME": str(home), "ALTGRAD_RUNS": str(store), "ALTGRAD_DATA_DIR": str(data)}
+    port = _free_port()
+    log = (base / "webserver.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/server_info", timeout=2).read()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"dagster-webserver did not start: {(base / 'webserver.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        _stop(process)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(webserver):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        context = browser.new_context(viewport={"width": 1600, "height": 1000})
+        yield context.new_page()
+        browser.close()
+
+
+def _open(page, url: str) -> None:
+    """Open a UI page and dismiss the one-time community dialog if it shows up."""
+    page.goto(url, wait_until="networkidle")
+    skip = page.get_by_role("button", name="Skip")
+    if skip.count():
+        skip.click()
+
+
+@pytest.mark.parametrize(
+    ("group", "assets"),
+    [
+        ("ingest", ("raw_runs", "run_histories", "ingest_issues")),
+        ("analysis", ("layer_metrics", "run_outcomes", "format_rankings", "failure_modes", "manifold_stats")),
+        ("reports", ("format_comparison_report", "failure_modes_report", "manifold_comparison_report", "reports_index")),
+    ],
+)
+def test_asset_graph_shows_every_asset(page, webserver, group, assets):
+    _open(page, f"{webserver}/locations/altgrad_pipeline/asset-groups/{group}")
+    page.get_by_text(assets[0], exact=True).first.wait_for(timeout=30_000)
+    page.get_by_text("Loading...").first.wait_for(state="detached", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / f"asset_graph_{group}.png"))
+    page.get_by_role("tab", name="List").click()  # the graph draws only the nodes in view
+    for name in assets:
+        page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / f"asset_list_{group}.png"))
+
+
+def test_report_asset_page_shows_metadata_and_figure(page, webserver):
+    _open(page, f"{webserver}/assets/format_comparison_report")
+    for text in ("report_path", "format_comparison.md", "html_path", "n_figures", "main_figure"):
+        page.get_by_text(text).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "format_comparison_report.png"))
+    page.get_by_text("[Show Markdown]").first.click()
+    figure = page.locator("img[src^='data:image/png']").first
+    figure.wait_for(timeout=30_000)
+    assert figure.evaluate("img => img.complete && img.naturalWidth > 100")
+    page.screenshot(path=str(ARTIFACTS / "format_comparison_report_figure.png"))
+
+
+def test_asset_checks_show_their_result(page, webserver):
+    _open(page, f"{webserver}/assets/manifold_stats?view=checks")
+    page.get_by_text("intervals_contain_the_effect").first.wait_for(timeout=30_000)
+    page.get_by_text("Passed").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "manifold_stats_checks.png"))
