@@ -22,10 +22,13 @@ step), so arms of different length stay comparable. Lower is better for every me
 Statistics: `diff` = mean_manifold - mean_standard. Runs are paired by seed when both arms have
 distinct, non-null seeds and the same seed set; then the per-seed differences are bootstrapped
 (one-sample mean). Otherwise the two arms are resampled independently and the statistic is the
-difference of means. 95% BCa interval (`scipy.stats.bootstrap`, `n_resamples`, a generator seeded
-with `seed` for each row), falling back to the percentile interval when BCa is degenerate;
-`method` says which ("BCa paired", "percentile unpaired", or "none ..." when an arm has fewer
-than two values: no interval). `prob_improvement` = probability that ManifoldAdamW is lower:
+difference of means. With at least `min_bootstrap_n` (default 8) values per arm: 95% BCa interval
+(`scipy.stats.bootstrap`, `n_resamples`, a generator seeded with `seed` for each row), falling
+back to the percentile interval when BCa is degenerate. With fewer, the bootstrap undercovers (at
+n = 3 it has only 10 distinct resamples), so the interval is Student's t on the per-seed
+differences (paired) or Welch's t (unpaired). `method` says which ("BCa paired", "percentile
+unpaired", "t paired", "Welch t unpaired", or "none ..." when an arm has fewer than two values:
+no interval). `prob_improvement` = probability that ManifoldAdamW is lower:
 paired, the share of seeds with a negative difference; unpaired, P(X_manifold < X_adamw) over all
 manifold x adamw pairs (common-language effect size); ties count one half. `low_n` is True when
 either arm has fewer than 3 values: the numbers are observations, not expectations.
@@ -37,7 +40,7 @@ import numpy as np
 import polars as pl
 
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
-from altgrad_pipeline.analysis.stats import bootstrap_mean_difference, finite, mean_of_last_k, probability_lower
+from altgrad_pipeline.analysis.stats import finite, mean_difference_interval, mean_of_last_k, probability_lower
 
 STANDARD = "AdamW"
 MANIFOLD = "ManifoldAdamW"
@@ -45,6 +48,8 @@ NO_FORMAT = "no_format"
 METRICS = ("final_loss", "best_loss", "steps_to_threshold", "bit_stall_rate")
 BIT_STALL_KEYS = ("quantization/bit_stall_rate", "bit_stall_rate")
 LOW_N = 3
+#: Below this many values per arm the CI is Student/Welch t, not the bootstrap (see stats.mean_difference_interval).
+MIN_BOOTSTRAP_N = 8
 
 MANIFOLD_SCHEMA: dict[str, pl.DataType] = {
     "project": pl.String(),
@@ -164,7 +169,7 @@ def per_run_metrics(
     )
 
 
-def _compare(manifold: pl.DataFrame, standard: pl.DataFrame, metric: str, n_resamples: int, seed: int) -> dict:
+def _compare(manifold: pl.DataFrame, standard: pl.DataFrame, metric: str, n_resamples: int, seed: int, min_bootstrap_n: int) -> dict:
     """Statistics of one (format, metric): the two arms hold seed and the metric's values."""
     m = manifold.filter(pl.col(metric).is_not_null() & pl.col(metric).is_not_nan())
     s = standard.filter(pl.col(metric).is_not_null() & pl.col(metric).is_not_nan())
@@ -181,7 +186,7 @@ def _compare(manifold: pl.DataFrame, standard: pl.DataFrame, metric: str, n_resa
         m, s = m.sort("seed"), s.sort("seed")
     x, y = m[metric].to_numpy(), s[metric].to_numpy()
     have_both = len(x) > 0 and len(y) > 0
-    interval = bootstrap_mean_difference(x, y, paired=paired, n_resamples=n_resamples, seed=seed)
+    interval = mean_difference_interval(x, y, paired=paired, n_resamples=n_resamples, seed=seed, min_bootstrap_n=min_bootstrap_n)
     return {
         "n_manifold": len(x),
         "n_standard": len(y),
@@ -204,6 +209,7 @@ def manifold_stats(
     *,
     n_resamples: int = 9999,
     seed: int = 0,
+    min_bootstrap_n: int = MIN_BOOTSTRAP_N,
     last_k: int = 10,
     smoothing_span: int = 20,
     threshold_fraction: float = 0.8,
@@ -248,7 +254,7 @@ def manifold_stats(
                     "n_excluded_standard": n_excluded_standard,
                     "common_step": group["common_step"].first() if group.height else None,
                     "loss_threshold": group["loss_threshold"].first() if metric == "steps_to_threshold" and group.height else None,
-                    **_compare(manifold, standard, metric, n_resamples, seed),
+                    **_compare(manifold, standard, metric, n_resamples, seed, min_bootstrap_n),
                 }
             )
     return pl.DataFrame(rows, schema=MANIFOLD_SCHEMA).select(list(MANIFOLD_SCHEMA))

@@ -37,9 +37,10 @@ def _arm_study(effect: float, seeds_manifold, seeds_standard, *, noise=0.02, fai
     return raw, histories, run_outcomes(raw, histories)
 
 
-def _stats(effect, seeds_m, seeds_s, **kw):
+def _stats(effect, seeds_m, seeds_s, min_bootstrap_n=8, **kw):
     raw, histories, outcomes = _arm_study(effect, seeds_m, seeds_s, **kw)
-    return raw, histories, outcomes, manifold_stats(raw, histories, outcomes, n_resamples=N_RESAMPLES, seed=11)
+    stats = manifold_stats(raw, histories, outcomes, n_resamples=N_RESAMPLES, seed=11, min_bootstrap_n=min_bootstrap_n)
+    return raw, histories, outcomes, stats
 
 
 def test_large_effect_is_covered_and_excludes_zero():
@@ -56,7 +57,7 @@ def test_zero_effect_interval_contains_zero():
 
 
 def test_paired_statistics_equal_scipy():
-    raw, histories, outcomes, got = _stats(-0.1, [3, 1, 2, 4], [4, 2, 3, 1], failed_manifold=1)
+    raw, histories, outcomes, got = _stats(-0.1, [3, 1, 2, 4], [4, 2, 3, 1], failed_manifold=1, min_bootstrap_n=2)
     assert got.schema == pl.Schema(MANIFOLD_SCHEMA)
     values = per_run_metrics(raw, histories, outcomes)
     for metric in ("final_loss", "best_loss", "steps_to_threshold", "bit_stall_rate"):
@@ -75,7 +76,7 @@ def test_paired_statistics_equal_scipy():
 
 
 def test_unpaired_when_seeds_differ():
-    raw, histories, outcomes, got = _stats(-0.1, [1, 2, 3], [7, 8, 9, 10, 11])
+    raw, histories, outcomes, got = _stats(-0.1, [1, 2, 3], [7, 8, 9, 10, 11], min_bootstrap_n=2)
     values = per_run_metrics(raw, histories, outcomes)
     m = values.filter(pl.col("optimizer") == "ManifoldAdamW")["final_loss"].to_numpy()
     s = values.filter(pl.col("optimizer") == "AdamW")["final_loss"].to_numpy()
@@ -85,6 +86,21 @@ def test_unpaired_when_seeds_differ():
     assert row["method"] == "BCa unpaired" and not row["paired"]
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high), abs=1e-9)
     assert row["prob_improvement"] == pytest.approx(np.mean(m[:, None] < s[None, :]), abs=1e-12)
+
+
+def test_small_arms_get_student_t_intervals_equal_to_scipy():
+    """Three seeds per arm: the bootstrap would undercover, so the interval is t (paired) or Welch."""
+    raw, histories, outcomes, got = _stats(-0.1, [1, 2, 3], [1, 2, 3], rng_seed=5)
+    values = per_run_metrics(raw, histories, outcomes)
+    m = values.filter(pl.col("optimizer") == "ManifoldAdamW").sort("seed")["final_loss"].to_numpy()
+    s = values.filter(pl.col("optimizer") == "AdamW").sort("seed")["final_loss"].to_numpy()
+    row = got.filter(pl.col("metric") == "final_loss").row(0, named=True)
+    d = m - s
+    half = sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    assert row["method"] == "t paired"
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-9)
+    *_, unpaired = _stats(-0.1, [1, 2, 3], [7, 8, 9], rng_seed=5)
+    assert unpaired.filter(pl.col("metric") == "final_loss")["method"].to_list() == ["Welch t unpaired"]
 
 
 def test_per_run_metrics_equal_numpy():
