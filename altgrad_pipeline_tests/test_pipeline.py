@@ -28,8 +28,12 @@ STEPS = 220
 
 def _study():
     specs = [example_spec("BF16", "adamw", seed, max_steps=STEPS + 40) for seed in (1, 2)]
-    for fmt in ("E3M4", "E5M2"):
-        specs += [example_spec(fmt, opt, seed, max_steps=STEPS) for opt in ("adamw", "manifold") for seed in (1, 2, 3)]
+    for fmt in ("E3M4", "E5M2"):  # quiet runs: the manifold effect (-0.08 on E5M2) is large against the noise
+        specs += [
+            example_spec(fmt, opt, seed, max_steps=STEPS, step_noise_sd=0.01)
+            for opt in ("adamw", "manifold")
+            for seed in (1, 2, 3)
+        ]
     specs.append(example_spec("E7M0", "adamw", 1, max_steps=STEPS))
     specs.append(example_spec("E0M7", "adamw", 1, max_steps=STEPS))
     specs.append(example_spec("E1M6", "adamw", 4, max_steps=STEPS, kill_after_steps=90))
@@ -129,6 +133,8 @@ def test_analysis_recovers_the_known_answers(pipeline):
     manifold = _asset(data, "manifold_stats").filter(pl.col("metric") == "final_loss")
     e5m2 = manifold.filter(pl.col("fp8_format") == "E5M2").row(0, named=True)
     assert e5m2["ci_low"] <= -0.08 <= e5m2["ci_high"] and e5m2["ci_high"] < 0
+    e3m4 = manifold.filter(pl.col("fp8_format") == "E3M4").row(0, named=True)
+    assert e3m4["ci_low"] <= 0.0 <= e3m4["ci_high"]  # no true effect on E3M4
 
 
 def test_asset_checks_pass(pipeline):
