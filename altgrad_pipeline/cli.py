@@ -1,11 +1,16 @@
 """Console script `altgrad-pipeline`: `example-runs DIR` writes the example study; `refresh`
-brings every asset and report up to date (exit status 1 if anything failed)."""
+brings every asset and report up to date (exit status 1 if anything failed); `worker` serves
+Celery steps (ALTGRAD_EXECUTOR=celery) on this machine."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+#: Imported by the Celery worker before it forks its pool, so every task starts with the project loaded.
+WORKER_INCLUDES = "altgrad_pipeline.definitions"
 
 
 def _example_runs(args: argparse.Namespace) -> int:
@@ -27,6 +32,48 @@ def _refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_command(args: argparse.Namespace, environ: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The `dagster-celery worker start` command line and environment for this machine: the
+    broker and backend of ALTGRAD_CELERY_BROKER / _BACKEND, the instance of DAGSTER_HOME (default
+    as for `refresh`), and this interpreter's `bin/` first on PATH, because dagster-celery starts
+    `celery` by name."""
+    from altgrad_pipeline import settings
+    from altgrad_pipeline.refresh import dagster_home
+
+    bin_dir = Path(sys.executable).parent
+    env = dict(environ)
+    env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
+    env[settings.EXECUTOR_ENV] = "celery"
+    home = dagster_home(settings.absolute_data_dir(env.get(settings.DATA_DIR_ENV)))
+    env["DAGSTER_HOME"] = str(home)
+    choice = settings.ExecutorChoice(
+        name="celery",
+        celery_broker=env.get(settings.CELERY_BROKER_ENV) or settings.DEFAULT_CELERY_URL,
+        celery_backend=env.get(settings.CELERY_BACKEND_ENV) or settings.DEFAULT_CELERY_URL,
+    )
+    config = home / "altgrad_celery.yaml"
+    config.write_text(f"broker: {choice.celery_broker!r}\nbackend: {choice.celery_backend!r}\n")
+    command = [
+        str(bin_dir / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(config),
+        "-i", WORKER_INCLUDES, "-l", args.loglevel,
+    ]  # fmt: skip
+    if args.name:
+        command += ["-n", args.name]
+    for queue in args.queue:
+        command += ["-q", queue]
+    return [*command, "--", f"--concurrency={args.concurrency}"], env
+
+
+def _worker(args: argparse.Namespace) -> int:
+    try:
+        import dagster_celery  # noqa: F401
+    except ImportError:
+        print("altgrad-pipeline worker needs the scale extra: pip install 'altgrad-pipeline[scale]'", file=sys.stderr)
+        return 2
+    command, env = worker_command(args, dict(os.environ))
+    os.execve(command[0], command, env)  # the worker is this process: signals reach it directly
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="altgrad-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     refresh.add_argument("--data-dir", default=None, help="override ALTGRAD_DATA_DIR")
     refresh.add_argument("--full", action="store_true", help="rebuild every partition, stale or not")
     refresh.set_defaults(handler=_refresh)
+    worker = commands.add_parser(
+        "worker", help="serve Celery steps for runs launched with ALTGRAD_EXECUTOR=celery (needs the scale extra)"
+    )
+    worker.add_argument("--concurrency", type=int, default=os.cpu_count() or 1, help="steps at once (default: cores)")
+    worker.add_argument("--name", default=None, help="Celery node name (default: dagster-<uuid>@<host>)")
+    worker.add_argument("--queue", action="append", default=[], help="queue to listen on (repeatable; default: dagster)")
+    worker.add_argument("--loglevel", default="INFO", help="Celery log level")
+    worker.set_defaults(handler=_worker)
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -9,6 +9,8 @@ from altgrad_pipeline import settings
 from altgrad_pipeline.analysis import assets as analysis_assets
 from altgrad_pipeline.analysis.checks import ANALYSIS_CHECKS
 from altgrad_pipeline.automation.definitions import automation_defs
+from altgrad_pipeline.dynamics import assets as dynamics_assets
+from altgrad_pipeline.execution import executor_from_env
 from altgrad_pipeline.ingest import assets as ingest_assets
 from altgrad_pipeline.io_manager import PolarsParquetIOManager
 from altgrad_pipeline.reports import assets as report_assets
@@ -25,6 +27,10 @@ ASSETS = [
     report_assets.format_comparison_report,
     report_assets.failure_modes_report,
     report_assets.manifold_comparison_report,
+    dynamics_assets.training_dynamics,
+    dynamics_assets.sweep_summary,
+    dynamics_assets.training_dynamics_report,
+    dynamics_assets.sweep_summary_report,
     report_assets.reports_index,
 ]
 ASSET_CHECKS = ANALYSIS_CHECKS
@@ -45,13 +51,14 @@ def build_resources(*, runs: str | None = None, data_dir: str | None = None) -> 
 
 def build_defs(*, runs: str | None = None, data_dir: str | None = None) -> dg.Definitions:
     """Definitions bound to run stores and a data dir (defaults: the environment), so tests and the
-    CLI build the very graph the UI shows, against any store."""
+    CLI build the very graph the UI shows, against any store. Steps execute as ALTGRAD_EXECUTOR says
+    (`execution.py`)."""
     return dg.Definitions.merge(
         dg.Definitions(
             assets=ASSETS,
             asset_checks=ASSET_CHECKS,
             resources=build_resources(runs=runs, data_dir=data_dir),
-            executor=dg.in_process_executor,
+            executor=executor_from_env(),
         ),
         automation_defs(),
     )

@@ -5,6 +5,11 @@ Hand-written on Dagster's `UPathIOManager` because dagster-polars 0.27.12 fails 
 (`scan_parquet` lost `rechunk`) and dagster-duckdb-polars fails on DuckDB 2 (`.arrow()` is gone).
 Downstream assets that take many partitions get one frame (lazy if annotated `pl.LazyFrame`),
 not a dict of frames: analysis reads every format through a single `scan_parquet`.
+
+`base_dir` may be an object-store URL: files are written through fsspec (UPath) and scanned by
+Polars' own object-store reader, both with the credentials and endpoint of the standard `AWS_*`
+variables (`settings.fsspec_storage_options`), so a lazy scan over S3 reads only the row groups
+and columns a query needs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any, ClassVar
 import dagster as dg
 import polars as pl
 from upath import UPath
+
+from altgrad_pipeline import settings
 
 
 def _wants_lazy(context: dg.InputContext) -> bool:
@@ -29,7 +36,7 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
     extension: ClassVar[str] = ".parquet"
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._base_path = UPath(self.base_dir) / "assets"
+        self._base_path = UPath(self.base_dir, **settings.fsspec_storage_options(self.base_dir)) / "assets"
 
     def dump_to_path(self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame, path: UPath) -> None:
         frame = obj.collect() if isinstance(obj, pl.LazyFrame) else obj
@@ -44,7 +51,8 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
     def _scan(self, path: UPath) -> pl.LazyFrame:
         if not path.exists():
             raise FileNotFoundError(str(path))
-        return pl.scan_parquet(str(path), storage_options=path.storage_options or None)
+        options = settings.polars_storage_options(dict(path.storage_options))
+        return pl.scan_parquet(str(path), storage_options=options or None)
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.DataFrame | pl.LazyFrame:
         lazy = self._scan(path)

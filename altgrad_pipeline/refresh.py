@@ -1,24 +1,31 @@
 """`altgrad-pipeline refresh`: discover runs, register format partitions, and materialize what is
-stale in the persistent Dagster instance, so `dagster dev` shows the same history afterwards."""
+stale in the persistent Dagster instance, so `dagster dev` shows the same history afterwards.
+
+Each format partition is one Dagster run, executed as ALTGRAD_EXECUTOR says (`execution.py`); with
+Celery, several partition runs are kept in flight so every worker has steps to take."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
-from altgrad_pipeline import settings
-from altgrad_pipeline.definitions import ASSET_CHECKS, ASSETS, build_resources
+from altgrad_pipeline import execution, settings
+from altgrad_pipeline.definitions import ASSETS, build_resources
 from altgrad_pipeline.ingest.assets import CATALOG_FINGERPRINT
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline.resources import RunStores
 
 #: Dagster's console logger prints every step event at DEBUG; the CLI shows progress, not the event log.
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+#: Partition runs in flight at once when steps run on Celery workers (each run's own process only
+#: orchestrates; the workers do the work).
+PARALLEL_PARTITION_RUNS = 4
 
 INSTANCE_YAML = """\
 # Written by altgrad-pipeline. Standard Dagster instance config: edit freely.
@@ -31,8 +38,9 @@ concurrency:
 
 
 def dagster_home(data_dir: str) -> Path:
-    """DAGSTER_HOME if set, else `<data dir>/dagster_home`, created with a small dagster.yaml."""
-    home = Path(os.environ.get("DAGSTER_HOME") or Path(data_dir) / "dagster_home").resolve()
+    """DAGSTER_HOME if set, else `<data dir>/dagster_home` (for an object-store data dir, the local
+    state dir beside it), created with a small dagster.yaml."""
+    home = Path(os.environ.get("DAGSTER_HOME") or settings.local_state_dir(data_dir) / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
@@ -118,32 +126,51 @@ def refresh(
     todo = formats if full else stale
     partitioned = [a for a in ASSETS if _partitioned(a)]
     unpartitioned = [a for a in ASSETS if not _partitioned(a)]
-    for fmt in todo:
+    job = execution.reconstructable_refresh_job(runs, data_dir)
+    choice = settings.executor_choice()
+    if choice.name != "in_process":
+        echo(f"Executor: {choice.name}")
+
+    def run_partition(fmt: str) -> dg.ExecutionResult:
         echo(f"Materializing format partition {fmt} ({', '.join(k.to_user_string() for k in _asset_keys(partitioned))})")
-        result = dg.materialize(
-            [*ASSETS, *ASSET_CHECKS], selection=_asset_keys(partitioned), partition_key=fmt, instance=instance,
-            resources=resources, raise_on_error=False, run_config=QUIET_RUN_CONFIG,
+        return dg.execute_job(
+            job, instance, asset_selection=_asset_keys(partitioned), tags={"dagster/partition": fmt},
+            run_config=QUIET_RUN_CONFIG,
         )  # fmt: skip
+
+    for fmt, result in _each_result(run_partition, todo, parallel=execution.runs_in_parallel(choice)):
         if not result.success:
             report.failed.append(f"partition {fmt}")
-            echo(f"  FAILED: see run {result.run_id} in the Dagster UI")
+            echo(f"  FAILED: partition {fmt}, see run {result.run_id} in the Dagster UI")
         report.refreshed_formats.append(fmt)
     never_built = any(instance.get_latest_materialization_event(k) is None for k in _asset_keys(unpartitioned))
     if todo or full or never_built:
         echo(f"Materializing analysis and reports ({len(_asset_keys(unpartitioned))} assets)")
-        result = dg.materialize(
-            [*ASSETS, *ASSET_CHECKS], selection=_asset_keys(unpartitioned), instance=instance,
-            resources=resources, raise_on_error=False, run_config=QUIET_RUN_CONFIG,
-        )  # fmt: skip
+        result = dg.execute_job(job, instance, asset_selection=_asset_keys(unpartitioned), run_config=QUIET_RUN_CONFIG)
         report.analysis_refreshed = True
         if not result.success:
             report.failed.append("analysis")
             echo(f"  FAILED: see run {result.run_id} in the Dagster UI")
     if not todo and not never_built and not full:
         echo("Everything is up to date.")
-    echo(f"Assets: {Path(data_dir) / 'assets'}")
-    echo(f"Reports: {Path(data_dir) / 'reports'}")
+    echo(f"Assets: {_child(data_dir, 'assets')}")
+    echo(f"Reports: {_child(data_dir, 'reports')}")
     return report
+
+
+def _child(data_dir: str, name: str) -> str:
+    return f"{data_dir}/{name}" if settings.is_url(data_dir) else str(Path(data_dir) / name)
+
+
+def _each_result(
+    run: Callable[[str], dg.ExecutionResult], formats: Sequence[str], *, parallel: bool
+) -> list[tuple[str, dg.ExecutionResult]]:
+    """(format, result) for every format, in the given order; with `parallel`, up to
+    PARALLEL_PARTITION_RUNS runs at once, each orchestrated from its own thread."""
+    if not parallel or len(formats) < 2:
+        return [(fmt, run(fmt)) for fmt in formats]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL_PARTITION_RUNS) as pool:
+        return list(zip(formats, pool.map(run, formats), strict=True))
 
 
 def ensure_example_store(data_dir: str, echo: Callable[[str], None]) -> Path:

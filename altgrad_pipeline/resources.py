@@ -1,11 +1,15 @@
-"""The run stores as a Dagster resource: configured from ALTGRAD_RUNS / ALTGRAD_DATA_DIR, it hands
-out the run catalog that every ingest asset, sensor and check reads through."""
+"""The run stores and the report folder as Dagster resources: configured from ALTGRAD_RUNS /
+ALTGRAD_DATA_DIR, they hand out the run catalog that every ingest asset, sensor and check reads
+through, and the folder the reports are written to."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import dagster as dg
+from pydantic import PrivateAttr
+from upath import UPath
 
 from altgrad_pipeline import settings
 from altgrad_pipeline.ingest.catalog import RunCatalog
@@ -29,7 +33,8 @@ class RunStores(dg.ConfigurableResource):
 
     @property
     def cache_dir(self) -> Path:
-        return Path(self.data_dir) / "cache"
+        """Local on every machine, even when the data dir is an object-store URL (see settings)."""
+        return settings.cache_dir(self.data_dir)
 
     def catalog(self) -> RunCatalog:
         sources = build_sources(
@@ -37,17 +42,51 @@ class RunStores(dg.ConfigurableResource):
             api_cache_dir=self.cache_dir / "wandb_api",
             grace_period_s=self.crash_grace_seconds,
         )
-        return RunCatalog(self.cache_dir / "runs", sources)
+        return RunCatalog(self.cache_dir / "runs", sources, workers=settings.ingest_workers())
 
     def local_roots(self) -> list[Path]:
         return [Path(e.target) for e in self.store_entries() if e.kind == "local"]
 
 
 class ReportFiles(dg.ConfigurableResource):
-    """Where report files go: `<data dir>/reports/` (figures in `reports/figures/`)."""
+    """Where report files go: `<data dir>/reports/` (figures in `reports/figures/`).
+
+    The report writers need a local folder (matplotlib, relative links). For an object-store data
+    dir they write to `<local state dir>/reports`, a path that is the same on every machine, so the
+    index links reports another worker wrote; when the step ends, the files written during it are
+    uploaded to `<data dir>/reports/`, and only those, so an older local copy never overwrites a
+    newer report from another machine.
+    """
 
     data_dir: str = settings.DEFAULT_DATA_DIR
+    _started_at: float = PrivateAttr(default=0.0)
+
+    @property
+    def is_remote(self) -> bool:
+        return settings.is_url(self.data_dir)
 
     @property
     def reports_dir(self) -> Path:
-        return Path(self.data_dir) / "reports"
+        return settings.local_state_dir(self.data_dir) / "reports"
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # A second of slack: file systems store mtimes coarser than time.time().
+        self._started_at = time.time() - 1.0
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self.is_remote:
+            self.publish(since=self._started_at)
+
+    def publish(self, *, since: float = 0.0) -> list[str]:
+        """Upload the report files modified at or after `since` (epoch seconds); returns their
+        paths relative to the reports folder."""
+        if not self.reports_dir.is_dir():
+            return []
+        target = UPath(self.data_dir, **settings.fsspec_storage_options(self.data_dir)) / "reports"
+        uploaded = []
+        for path in sorted(self.reports_dir.rglob("*")):
+            if path.is_file() and path.stat().st_mtime >= since:
+                relative = path.relative_to(self.reports_dir).as_posix()
+                (target / relative).write_bytes(path.read_bytes())
+                uploaded.append(relative)
+        return uploaded

@@ -39,6 +39,7 @@ def layer_metrics(context: dg.AssetExecutionContext, run_histories: pl.LazyFrame
             "dagster/row_count": frame.height,
             "rows_by_layer_type": counts(frame, "layer_type"),
             "n_params": frame.get_column("param").n_unique() if frame.height else 0,
+            "preview": preview(frame, rows=8),
         },
     )
 
@@ -55,7 +56,11 @@ def run_outcomes(raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame) -> dg.Mate
     frame = outcomes.run_outcomes(raw_runs, run_histories)
     return dg.MaterializeResult(
         value=frame,
-        metadata={"dagster/row_count": frame.height, "runs_by_outcome": counts(frame, "outcome")},
+        metadata={
+            "dagster/row_count": frame.height,
+            "runs_by_outcome": counts(frame, "outcome"),
+            "preview": preview(frame, ["run_id", "state", "outcome", "last_step", "last_finite_loss", "first_nan_step"]),
+        },
     )
 
 
@@ -84,6 +89,7 @@ def failure_modes(
         value=frame,
         metadata={
             "dagster/row_count": frame.height,
+            "dagster/column_schema": table_schema(frame.schema),
             "runs_by_failure_mode": counts(frame, "failure_mode"),
             "failed_runs": preview(
                 failed, ["fp8_format", "optimizer", "run_id", "failure_mode", "failure_step", "last_finite_loss"], rows=15
@@ -108,6 +114,7 @@ def format_rankings(
         value=frame,
         metadata={
             "dagster/row_count": frame.height,
+            "dagster/column_schema": table_schema(frame.schema),
             "sweet_spots": dg.MetadataValue.json({str(t): str(f) for t, f in sweet.select("layer_type", "fp8_format").rows()}),
             "ranking_all_layers": preview(
                 frame.filter(pl.col("layer_type") == "all").sort("rank", nulls_last=True),

@@ -15,6 +15,7 @@ from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ISSUE_SCHEMA
 from altgrad_pipeline.ingest.tables import RAW_RUNS_DESCRIPTIONS, RAW_RUNS_SCHEMA
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline.resources import RunStores
+from altgrad_pipeline.settings import WANDB_API_POOL
 from altgrad_pipeline.ui import counts, preview, table_schema
 
 INGEST_GROUP = "ingest"
@@ -54,6 +55,7 @@ ISSUE_DESCRIPTIONS = {
         ),
     },
     partitions_def=fp8_format_partitions,
+    pool=WANDB_API_POOL,
 )
 def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
     """Sync the run catalog (re-reading only changed runs) and emit this format's runs."""
@@ -84,6 +86,7 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
             "n_runs": runs.height,
             "n_keys": histories.get_column("key").n_unique() if histories.height else 0,
             "n_nonfinite": int(histories.filter(~pl.col("value").is_finite()).height),
+            "preview": preview(histories, rows=8),
         },
     )
 

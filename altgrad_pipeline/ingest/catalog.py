@@ -12,15 +12,24 @@ Layout under the cache dir:
 Every file is written atomically; the index is merged under a file lock, so concurrent syncs
 never lose each other's runs. Superseded files are removed once they are old enough that no
 reader can still be using them.
+
+Changed runs are read in parallel when there are many (`workers` processes, at least
+PARALLEL_MIN_RUNS changed runs): each worker parses a run and writes its two cache files, and the
+parent merges the index once. Parsing is CPU-bound Python (protobuf records, JSON lines), so
+threads would share one core; a forkserver pool pays its start once per sync, not per run. A
+source that cannot be sent to another process (an API client) is read in this process.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import hashlib
 import json
+import multiprocessing
 import os
+import pickle
 import tempfile
 import time
 import traceback
@@ -45,6 +54,8 @@ RUNS_DIR = "runs"
 #: A superseded run file is deleted only after this long: a run that synced just before may
 #: still be scanning it.
 SUPERSEDED_FILE_GRACE_S = 600.0
+#: Below this many changed runs a sync reads them in this process: starting a pool costs more.
+PARALLEL_MIN_RUNS = 8
 
 
 def entry_key(source: str, location: str) -> str:
@@ -150,13 +161,26 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
+@dataclass(frozen=True)
+class ReadFailure:
+    """Why one run could not be read, in a form that crosses process boundaries."""
+
+    error: str
+    message: str
+    where: str
+
+
 class RunCatalog:
     """Discover runs in every source, re-read only changed ones, and serve per-format tables."""
 
-    def __init__(self, cache_dir: Path, sources: Sequence[RunSource], rules: StudyRules = StudyRules()):
+    def __init__(
+        self, cache_dir: Path, sources: Sequence[RunSource], rules: StudyRules = StudyRules(), *, workers: int = 1
+    ):
         self.cache_dir = Path(cache_dir)
         self.sources = list(sources)
         self.rules = rules
+        #: Processes that read changed runs in parallel (1: always in this process).
+        self.workers = max(1, workers)
 
     @property
     def _index_path(self) -> Path:
@@ -256,7 +280,9 @@ class RunCatalog:
 
         Cost when nothing changed: each source's `discover()` plus reading the one index file."""
         issues: list[IngestIssue] = []
-        entries: list[CatalogEntry] = []
+        #: One slot per run in discovery order; a changed run's slot is filled once it was read.
+        slots: list[CatalogEntry | None] = []
+        pending: list[tuple[int, RunSource, RunLocator, CatalogEntry | None]] = []
         stored: list[CatalogEntry] = []
         seen_keys: set[str] = set()
         index = self._read_index()
@@ -275,7 +301,7 @@ class RunCatalog:
                 )
                 for key, record in index.items():
                     if record["source"] == source.name and key not in seen_keys:
-                        entries.append(self._entry(key, record))
+                        slots.append(self._entry(key, record))
                         seen_keys.add(key)
                 continue
             for locator in locators:
@@ -285,32 +311,60 @@ class RunCatalog:
                 seen_keys.add(key)
                 entry = self._entry(key, index[key]) if key in index else None
                 if entry is None or entry.fingerprint != locator.fingerprint:
-                    try:
-                        run = source.read(locator)
-                    except Exception as exc:  # noqa: BLE001 - one unreadable run must not stop the others
-                        issues.append(
-                            IngestIssue(
-                                location=locator.location,
-                                source=locator.source,
-                                run_id=locator.run_id_hint,
-                                kind="reader_error",
-                                reason=f"{type(exc).__name__}: {exc} "
-                                f"(at {traceback.extract_tb(exc.__traceback__)[-1].name})",
-                                lost="the whole run" if entry is None else "the update (previous version kept)",
-                            )
-                        )
-                        if entry is None:
-                            continue
-                    else:
-                        entry = self._store(locator, run)
-                        stored.append(entry)
-                        if progress:
-                            progress(f"read {locator.source} run {entry.run_id} ({entry.fp8_format})")
-                entries.append(entry)
+                    pending.append((len(slots), source, locator, entry))
+                slots.append(entry)
+        for (slot, _, locator, previous), outcome in zip(pending, self._read_changed(pending), strict=True):
+            if isinstance(outcome, ReadFailure):
+                issues.append(
+                    IngestIssue(
+                        location=locator.location,
+                        source=locator.source,
+                        run_id=locator.run_id_hint,
+                        kind="reader_error",
+                        reason=f"{outcome.error}: {outcome.message} (at {outcome.where})",
+                        lost="the whole run" if previous is None else "the update (previous version kept)",
+                    )
+                )
+                continue
+            slots[slot] = outcome
+            stored.append(outcome)
+            if progress:
+                progress(f"read {locator.source} run {outcome.run_id} ({outcome.fp8_format})")
+        entries = [entry for entry in slots if entry is not None]
         removed = set(index) - seen_keys
         if stored or removed:
             self._commit(stored, removed)
         return SyncResult(entries=_unique_run_ids(entries, issues), reread=[e.run_id for e in stored], issues=issues)
+
+    def read_and_store(self, source: RunSource, locator: RunLocator) -> CatalogEntry | ReadFailure:
+        """Parse one run and write its cache files (not the index): the unit of work of a sync."""
+        try:
+            run = source.read(locator)
+        except Exception as exc:  # noqa: BLE001 - one unreadable run must not stop the others
+            return ReadFailure(type(exc).__name__, str(exc), traceback.extract_tb(exc.__traceback__)[-1].name)
+        return self._store(locator, run)
+
+    def _read_changed(
+        self, pending: Sequence[tuple[int, RunSource, RunLocator, CatalogEntry | None]]
+    ) -> list[CatalogEntry | ReadFailure]:
+        """The outcome of reading each pending run, in order: in a process pool when it pays."""
+        outcomes: list[CatalogEntry | ReadFailure | None] = [None] * len(pending)
+        if self.workers > 1 and len(pending) >= PARALLEL_MIN_RUNS and not multiprocessing.current_process().daemon:
+            portable = [source if _can_send(source) else None for source in self.sources]
+            position = {id(source): i for i, source in enumerate(self.sources)}
+            parallel = [i for i, item in enumerate(pending) if portable[position[id(item[1])]] is not None]
+            if len(parallel) >= PARALLEL_MIN_RUNS:
+                with concurrent.futures.ProcessPoolExecutor(
+                    min(self.workers, len(parallel)), mp_context=multiprocessing.get_context("forkserver"),
+                    initializer=_start_worker, initargs=(self.cache_dir, portable, self.rules),
+                ) as pool:  # fmt: skip
+                    futures = {i: pool.submit(_read_in_worker, position[id(pending[i][1])], pending[i][2]) for i in parallel}
+                    for i, future in futures.items():
+                        outcomes[i] = future.result()
+        for i, (_, source, locator, _) in enumerate(pending):
+            if outcomes[i] is None:
+                outcomes[i] = self.read_and_store(source, locator)
+        return outcomes  # type: ignore[return-value]
 
     def raw_runs(self, entries: Sequence[CatalogEntry], *, now: dt.datetime | None = None, grace_s: float = 3600.0) -> pl.DataFrame:
         rows = [dict(e.row, run_id=e.run_id) for e in entries]
@@ -357,6 +411,31 @@ class RunCatalog:
         return pl.concat(
             [issues_frame(result.issues), pl.DataFrame(stored, schema=issues_frame([]).schema)], how="vertical"
         )
+
+
+_WORKER_CATALOG: RunCatalog | None = None
+
+
+def _can_send(source: RunSource) -> bool:
+    """Whether a source can be copied into a worker process (an API client usually cannot)."""
+    try:
+        pickle.dumps(source)
+    except Exception:  # noqa: BLE001 - any pickling failure means "read it here"
+        return False
+    return True
+
+
+def _start_worker(cache_dir: Path, sources: list[RunSource | None], rules: StudyRules) -> None:
+    """A pool worker's catalog; `sources` keeps the parent's order, None where a source stays there."""
+    global _WORKER_CATALOG
+    _WORKER_CATALOG = RunCatalog(cache_dir, sources, rules)  # type: ignore[arg-type]
+
+
+def _read_in_worker(source_index: int, locator: RunLocator) -> CatalogEntry | ReadFailure:
+    assert _WORKER_CATALOG is not None, "worker started without _start_worker"
+    source = _WORKER_CATALOG.sources[source_index]
+    assert source is not None, "a source that stays in the parent was sent to a worker"
+    return _WORKER_CATALOG.read_and_store(source, locator)
 
 
 def _unique_run_ids(entries: list[CatalogEntry], issues: list[IngestIssue]) -> list[CatalogEntry]:

@@ -26,6 +26,8 @@ import datetime as dt
 import hashlib
 import json
 import re
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,8 @@ RUN_NAME_KEYS = ("run_name", "name")
 SIBLING_CONFIG_FILES = ("config.json", "config.yaml", "hparams.yaml")
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+#: How many logs that may still grow a source keeps parsed, to resume them from their last offset.
+DEFAULT_CACHED_LOGS = 32
 #: W&B run folders (`run-20240101_120000-abc123`) and files (`wandb-history.jsonl`) belong to the W&B reader.
 WANDB_RUN_DIR = re.compile(r"^(offline-)?run-\d{8}_\d{6}-\w+$")
 
@@ -480,16 +484,23 @@ def plain_config_files(log: Path, root: Path) -> list[Path]:
 
 
 class JsonlSource:
-    """Every `*.jsonl` under `root` that is not a W&B file is one run."""
+    """Every `*.jsonl` under `root` that is not a W&B file is one run.
+
+    A log that may still be written (not ended, modified within `grace_period_s`) stays parsed
+    so its next read parses only the appended bytes. Ended and quiet logs are dropped after
+    their read, and at most `max_cached_logs` are kept (least recently read dropped first), so
+    a long-lived process does not grow with the number of runs it has seen; a dropped log that
+    grows after all is simply read again from its start."""
 
     name = SOURCE_NAME
 
-    def __init__(self, root: Path, grace_period_s: float = 3600) -> None:
+    def __init__(self, root: Path, grace_period_s: float = 3600, max_cached_logs: int = DEFAULT_CACHED_LOGS) -> None:
         self.root = Path(root)
         self.grace_period_s = grace_period_s
+        self.max_cached_logs = max_cached_logs
         self.label = str(self.root)
-        #: Logs read before, so a grown file is parsed only from where the last read stopped.
-        self._logs: dict[Path, JsonlLog] = {}
+        #: Logs that may still grow, least recently read first.
+        self._logs: OrderedDict[Path, JsonlLog] = OrderedDict()
 
     def run_id(self, path: Path) -> str:
         return stable_run_id(path.stem, relative_posix(path, self.root).encode())
@@ -512,7 +523,7 @@ class JsonlSource:
 
     def read(self, locator: RunLocator) -> ParsedRun:
         path = Path(locator.location)
-        log = self._logs.setdefault(path, JsonlLog(path, location=locator.location))
+        log = self._logs.pop(path, None) or JsonlLog(path, location=locator.location)
         log.update()
         run_id = self.run_id(path)
         run = log.parsed_run(run_id)
@@ -522,7 +533,20 @@ class JsonlSource:
         run_name = next((run.config[k] for k in RUN_NAME_KEYS if isinstance(run.config.get(k), str)), None)
         run.name = run_name or run.name
         run.fingerprint = locator.fingerprint
+        if not run.ended and self._written_recently(path):
+            self._keep(path, log)
         return run
+
+    def _written_recently(self, path: Path) -> bool:
+        try:
+            return time.time() - path.stat().st_mtime < self.grace_period_s
+        except OSError:
+            return False
+
+    def _keep(self, path: Path, log: JsonlLog) -> None:
+        self._logs[path] = log
+        while len(self._logs) > self.max_cached_logs:
+            self._logs.popitem(last=False)
 
     def _apply_job_file(self, run: ParsedRun, log: Path) -> dict[str, Any] | None:
         """Status and tags from the dr_exp job file, if there is one; returns its config."""

@@ -42,26 +42,17 @@ def parse_json_lines(
             continue
         try:
             obj = json.loads(text)
+            problem = None if isinstance(obj, dict) else f"expected a JSON object, found {type(obj).__name__}"
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problem = f"not valid JSON: {exc}"
+        if problem:
             out.issues.append(
                 IngestIssue(
                     location=location,
                     source=source,
                     position=f"line {line_no}",
                     kind="malformed_line",
-                    reason=f"not valid JSON: {exc}",
-                    lost=f"line {line_no} ({len(raw)} bytes)",
-                )
-            )
-            continue
-        if not isinstance(obj, dict):
-            out.issues.append(
-                IngestIssue(
-                    location=location,
-                    source=source,
-                    position=f"line {line_no}",
-                    kind="malformed_line",
-                    reason=f"expected a JSON object, found {type(obj).__name__}",
+                    reason=problem,
                     lost=f"line {line_no} ({len(raw)} bytes)",
                 )
             )

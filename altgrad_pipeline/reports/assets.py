@@ -18,6 +18,7 @@ from altgrad_pipeline.analysis import manifold
 from altgrad_pipeline.automation.conditions import analysis_automation_condition
 from altgrad_pipeline.reports import documents
 from altgrad_pipeline.resources import ReportFiles
+from altgrad_pipeline.ui import table_schema
 
 REPORTS_GROUP = "reports"
 THUMBNAIL_SCALE = 0.45
@@ -75,6 +76,7 @@ def _result(result: documents.ReportResult) -> dg.MaterializeResult:
     description="ANAL-01 report `format_comparison.md`: sweet spot overall and per layer type, ranking tables "
     "with n, completion rates, improvement over BF16, loss curves with CI bands, format × layer-type heatmap.",
     automation_condition=analysis_automation_condition(),
+    metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA)},
     kinds={"markdown", "matplotlib"},
 )
 def format_comparison_report(
@@ -90,6 +92,7 @@ def format_comparison_report(
     description="ANAL-02 report `failure_modes.md`: every failed run with mode, failure step, last finite loss and "
     "evidence; per failing format the metric traces before collapse beside a successful format.",
     automation_condition=analysis_automation_condition(),
+    metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA)},
     kinds={"markdown", "matplotlib"},
 )
 def failure_modes_report(
@@ -109,6 +112,7 @@ def failure_modes_report(
     description="ANAL-03 report `manifold_comparison.md`: ManifoldAdamW − AdamW per format and metric with CI, "
     "method and n, a paired-seed plot, and 'observed' wording where n is low.",
     automation_condition=analysis_automation_condition(),
+    metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA)},
     kinds={"markdown", "matplotlib"},
 )
 def manifold_comparison_report(
@@ -128,16 +132,27 @@ def manifold_comparison_report(
     group_name=REPORTS_GROUP,
     description="`reports/index.md` (and .html): links to every report with the build time and the runs they were built from.",
     automation_condition=analysis_automation_condition(),
+    metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA)},
     kinds={"markdown"},
 )
 def reports_index(
     format_comparison_report: pl.DataFrame,
     failure_modes_report: pl.DataFrame,
     manifold_comparison_report: pl.DataFrame,
+    training_dynamics_report: pl.DataFrame,
+    sweep_summary_report: pl.DataFrame,
     raw_runs: pl.DataFrame,
     report_files: ReportFiles,
 ) -> dg.MaterializeResult:
-    manifests = pl.concat([format_comparison_report, failure_modes_report, manifold_comparison_report])
+    manifests = pl.concat(
+        [
+            format_comparison_report,
+            failure_modes_report,
+            manifold_comparison_report,
+            training_dynamics_report,
+            sweep_summary_report,
+        ]
+    )
     entries = [
         documents.ReportEntry(title, Path(path), description)
         for title, path, description in manifests.select("title", "path", "description").rows()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -367,6 +368,51 @@ def test_source_reuses_its_log_between_reads(tmp_path: Path) -> None:
         handle.write(json.dumps({"step": 1, "loss": 0.5}) + "\n")
     run = source.read(source.discover()[0])
     assert values_of(run, "loss") == [(0, 1.0), (1, 0.5)]
+
+
+def test_source_caches_at_most_its_cap_of_logs(tmp_path: Path) -> None:
+    for index in range(40):
+        write_lines(tmp_path / f"run{index:02d}.jsonl", [{"step": 0, "loss": float(index)}])
+    source = JsonlSource(tmp_path, max_cached_logs=8)
+    for locator in source.discover():
+        assert values_of(source.read(locator), "loss") == [(0, float(Path(locator.location).stem[len("run") :]))]
+        assert len(source._logs) <= 8
+    assert len(source._logs) == 8
+    assert list(source._logs) == [tmp_path / f"run{index:02d}.jsonl" for index in range(32, 40)]
+
+
+def test_quiet_and_ended_logs_are_dropped_while_a_growing_log_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    growing = write_lines(tmp_path / "growing.jsonl", [{"step": 0, "loss": 1.0}])
+    quiet = write_lines(tmp_path / "quiet.jsonl", [{"step": 0, "loss": 1.0}])
+    ended = write_lines(
+        tmp_path / "ended.jsonl", [{"data_name": "train", "agg_stats": {"loss": 1.0}}, {"type": "str", "value": "Training time 1s"}]
+    )
+    an_hour_ago = quiet.stat().st_mtime - 3600
+    os.utime(quiet, (an_hour_ago, an_hour_ago))
+    source = JsonlSource(tmp_path, grace_period_s=600)
+    for locator in source.discover():
+        source.read(locator)
+    assert list(source._logs) == [growing]
+    parsed_sizes: list[int] = []
+    real_parse = jsonl_module.parse_json_lines
+
+    def spying_parse(data: bytes, **kwargs: Any) -> Any:
+        parsed_sizes.append(len(data))
+        return real_parse(data, **kwargs)
+
+    monkeypatch.setattr(jsonl_module, "parse_json_lines", spying_parse)
+    appended = json.dumps({"step": 1, "loss": 0.5}) + "\n"
+    with growing.open("a") as handle:
+        handle.write(appended)
+    [locator] = [loc for loc in source.discover() if loc.location == str(growing)]
+    assert values_of(source.read(locator), "loss") == [(0, 1.0), (1, 0.5)]
+    assert parsed_sizes == [len(appended)]
+    [locator] = [loc for loc in source.discover() if loc.location == str(quiet)]
+    assert values_of(source.read(locator), "loss") == [(0, 1.0)]
+    assert parsed_sizes[1:] == [quiet.stat().st_size]
+    assert list(source._logs) == [growing]
 
 
 @pytest.mark.corpora

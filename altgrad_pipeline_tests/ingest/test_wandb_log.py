@@ -232,3 +232,84 @@ def test_folder_without_a_log_is_an_issue(tmp_path: Path) -> None:
     segment = read_segment(RunFolder(folder, "nolog123", "20260101_000000"), grace_period_s=3600)
     assert [i.kind for i in segment.log.issues] == ["missing_log"]
     assert segment.log.history.height == 0 and segment.last_write is not None
+
+
+def write_metric_summary_run(root: Path) -> Path:
+    """A run whose summary is not the last history row: `define_metric` min / max+last
+    summaries, a summary-only key, and a manual summary value that a later row overwrites."""
+    import wandb
+
+    run = wandb.init(mode="offline", dir=root, project="altgrad-test")
+    run.define_metric("loss", summary="min")
+    run.define_metric("acc", summary="max,last")
+    losses, accuracies = [3.0, 1.0, 2.0, 0.5, 4.0, 2.5], [0.1, 0.9, 0.3, 0.2, 0.5, 0.4]
+    for step, (loss, acc) in enumerate(zip(losses, accuracies, strict=True)):
+        run.log({"loss": loss, "acc": acc, "lr": 0.1 * step}, step=step)
+        if step == 2:
+            run.summary["best"] = 1.0
+    run.finish()
+    (log,) = root.glob("wandb/offline-run-*/run-*.wandb")
+    return log
+
+
+class RecordingReader(WandbLogReader):
+    """Keeps every record's bytes, to fold the summary independently of the reader's fast path."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.payloads: list[bytes] = []
+
+    def _decode(self, payload: bytes | memoryview, offset: int) -> None:
+        self.payloads.append(bytes(payload))
+        super()._decode(payload, offset)
+
+
+def reference_summary(payloads: list[bytes]) -> dict[str, object]:
+    """Every summary record decoded by wandb's own classes and folded in order (the slow path)."""
+    import json
+
+    from wandb.proto import wandb_internal_pb2 as wandb_pb
+
+    flat: dict[tuple[str, ...], object] = {}
+    for payload in payloads:
+        record = wandb_pb.Record.FromString(payload)
+        if record.WhichOneof("record_type") != "summary":
+            continue
+        for item in record.summary.update:
+            flat[tuple(item.nested_key) or (item.key,)] = json.loads(item.value_json)
+        for item in record.summary.remove:
+            path = tuple(item.nested_key) or (item.key,)
+            flat = {p: v for p, v in flat.items() if p[: len(path)] != path}
+    tree: dict[str, object] = {}
+    for path, value in flat.items():
+        if path[0] == "_wandb":
+            continue
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})  # type: ignore[assignment]
+        node[path[-1]] = value
+    return tree
+
+
+def test_summary_fold_matches_the_slow_path_when_summary_differs_from_history(tmp_path: Path) -> None:
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "WANDB_CONSOLE": "off",
+            "WANDB_DISABLE_GIT": "true",
+            "WANDB_CONFIG_DIR": str(tmp_path / "config"),
+            "WANDB_CACHE_DIR": str(tmp_path / "cache"),
+        }.items():
+            env.setenv(name, value)
+        path = write_metric_summary_run(tmp_path)
+    reader = RecordingReader(str(path))
+    reader.feed_file(path)
+    log = reader.result()
+    assert log.summary == reference_summary(reader.payloads)
+    print(log.summary)
+    assert log.summary["loss"] == {"min": 0.5}
+    assert log.summary["acc"] == {"max": 0.9, "last": 0.4}
+    assert log.summary["best"] == 1.0 and log.summary["_step"] == 5
+    last_row = {k: v for s, k, v in log.history.select("step", "key", "value").iter_rows() if s == 5}
+    assert last_row == {"loss": 2.5, "acc": 0.4, "lr": 0.5}

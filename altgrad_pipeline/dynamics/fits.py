@@ -1,0 +1,442 @@
+"""Learning-curve models fitted to one metric series, and the shape facts read off a curve.
+
+Time is `t = step - first_step + 1`: steps since the series' first logged value, starting at 1, so
+a power law is defined at the first point and a resumed run starting at step 186,061 fits like
+any other. Only the finite prefix of a series is fitted (everything before its first NaN/inf).
+
+Models (parameter names are the table's column names):
+
+- `power_law`:    L(t) = a·t^(−b) + c
+- `exponential`:  L(t) = a·e^(−t/τ) + c                      (column `tau`)
+- `two_power`:    L(t) = a1·t^(−b1) + c for t < T, a2·t^(−b2) + c for t ≥ T, T = `break_step`,
+                  joined at T (a2 = a1·T^(b2−b1): a loss curve does not jump), so a2 is derived
+                  and its standard error comes from the delta method
+
+A rising curve (accuracy, F1) is the same models with a < 0, so higher-is-better metrics are
+fitted the same way. Each fit starts from a variable-projection grid: for each exponent b (or
+time constant τ) on a log grid, (a, c) is the linear least-squares solution, and the best grid
+point seeds `scipy.optimize.least_squares` (trf, `soft_l1` loss with `f_scale` the robust noise
+level 1.4826·MAD(Δy)/√2, so isolated spikes do not pull the curve, `x_scale="jac"`, analytic
+Jacobians). The two-power break is found by dynamic programming over candidate breaks (each
+segment at least max(4, 5% of the points)): with two segments the optimal partition is the
+minimum over k of prefix cost + suffix cost, every segment cost minimised over the exponent
+grid in closed form from cumulative sums; this runs once with a free asymptote per segment and
+once more with the shared c of the first nonlinear fit.
+
+Standard errors come from the Jacobian at the solution: cov = s²·(JᵀJ)⁻¹ with s² = RSS/(n − p).
+AIC = n·ln(RSS/n) + 2k and AICc = AIC + 2k(k+1)/(n − k − 1), k counting the curve parameters and
+the noise variance. The break of `two_power` is charged as 3 parameters, not 1: a change point
+searched over n positions overfits like ~3 free parameters (Ninomiya 2005, "Information criterion
+for Gaussian change-point model"), so a clean single power law is not mistaken for a broken one.
+`selected` marks the lowest AICc per series.
+
+Shape facts per series:
+
+- `knee_step`: the end of burn-in, the break that minimises the two-segment model's AIC (with k
+  fixed, the lowest RSS), i.e. the `two_power` break.
+- `plateau_step`: the first step from which the smoothed slope stays below `PLATEAU_TOLERANCE`
+  for good. The slope is Δy/Δstep, smoothed by an EWMA (span 5% of the points) run forwards
+  and then backwards (zero phase, like `scipy.signal.filtfilt`, so the plateau is not reported
+  late by the smoother's lag), and measured relative to the run: |slope|·(run length in steps)
+  / |total change of the smoothed curve|. Below 0.05 means that at this rate the rest of a run
+  as long as this one would move the metric by less than 5% of what the run achieved.
+- `spectral_slope`: slope of log PSD against log frequency of the residuals from the selected
+  model (Welch's method, `scipy.signal.welch`, segments of min(256, n/4) points, frequencies in
+  cycles per logged point): about 0 for white noise, −2 for a random walk, so a strongly negative
+  value says the misfit is slow drift rather than noise.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import optimize, signal
+
+MODELS = ("power_law", "exponential", "two_power")
+MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "power_law": ("a", "b", "c"),
+    "exponential": ("a", "tau", "c"),
+    "two_power": ("a1", "b1", "a2", "b2", "c"),
+}
+#: How many parameters the AIC charges for the searched break of `two_power` (see module doc).
+BREAK_PENALTY_PARAMETERS = 3
+#: Fewest points a series needs to be fitted (two segments of 4 and more points than parameters).
+MIN_POINTS = 12
+PLATEAU_TOLERANCE = 0.05
+PLATEAU_SPAN_FRACTION = 0.05
+#: A smoothed slope within this many noise standard deviations of zero is not movement.
+PLATEAU_NOISE_SIGMAS = 4.0
+MIN_SEGMENT_FRACTION = 0.05
+MIN_SEGMENT_POINTS = 4
+WELCH_SEGMENT = 256
+MIN_SPECTRAL_POINTS = 32
+
+_EXPONENT_GRID = np.geomspace(0.02, 5.0, 48)
+_MAX_EXPONENT = 20.0
+
+
+@dataclass(frozen=True)
+class CurveFit:
+    """One model fitted to one series: parameters and standard errors by name, fit quality."""
+
+    model: str
+    params: dict[str, float]
+    standard_errors: dict[str, float]
+    n_points: int
+    n_aic_parameters: int
+    rss: float
+    aic: float
+    aicc: float
+    success: bool
+    break_step: float | None = None
+    fitted: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+
+
+# ---------------------------------------------------------------- model functions
+
+
+def power_law(t: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    return a * t ** (-b) + c
+
+
+def exponential(t: np.ndarray, a: float, tau: float, c: float) -> np.ndarray:
+    return a * np.exp(-t / tau) + c
+
+
+def two_power(t: np.ndarray, a1: float, b1: float, a2: float, b2: float, c: float, break_t: float) -> np.ndarray:
+    return np.where(t < break_t, a1 * t ** (-b1), a2 * t ** (-b2)) + c
+
+
+def _power_jacobian(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    a, b, _ = p
+    x = t ** (-b)
+    return np.column_stack([x, -a * np.log(t) * x, np.ones_like(t)])
+
+
+def _exponential_jacobian(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    a, tau, _ = p
+    x = np.exp(-t / tau)
+    return np.column_stack([x, a * x * t / tau**2, np.ones_like(t)])
+
+
+def _two_power_jacobian(t: np.ndarray, p: np.ndarray, break_t: float) -> np.ndarray:
+    """Jacobian in the continuous parameters (a1, b1, b2, c); a2 = a1·T^(b2−b1)."""
+    a1, b1, b2, _ = p
+    before = t < break_t
+    first = np.where(before, t ** (-b1), 0.0)
+    second = np.where(before, 0.0, break_t ** (-b1) * (t / break_t) ** (-b2))
+    return np.column_stack(
+        [
+            first + second,
+            -a1 * (np.log(t) * first + math.log(break_t) * second),
+            -a1 * np.log(t / break_t) * second,
+            np.ones_like(t),
+        ]
+    )
+
+
+def continuous_a2(a1: float, b1: float, b2: float, break_t: float) -> float:
+    """The second segment's prefactor that joins the segments at the break."""
+    return a1 * break_t ** (b2 - b1)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def noise_scale(y: np.ndarray) -> float:
+    """Robust per-point noise level: 1.4826·MAD of first differences / √2 (a smooth trend barely
+    moves first differences, so this measures the noise, not the curve)."""
+    if len(y) < 3:
+        return 0.0
+    d = np.diff(y)
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2))
+
+
+def information_criteria(rss: float, n: int, k: int) -> tuple[float, float]:
+    """(AIC, AICc) of a Gaussian least-squares fit with k parameters (noise variance included)."""
+    rss = max(rss, np.finfo(float).tiny * n)
+    aic = n * math.log(rss / n) + 2 * k
+    aicc = aic + 2 * k * (k + 1) / (n - k - 1) if n - k - 1 > 0 else math.inf
+    return aic, aicc
+
+
+def _covariance(jacobian: np.ndarray, rss: float, n: int) -> np.ndarray:
+    """s²·(JᵀJ)⁻¹ with s² = RSS/(n − p) (pseudo-inverse, so a flat direction gives a finite,
+    large variance instead of an error); NaN when n ≤ p."""
+    p = jacobian.shape[1]
+    if n <= p:
+        return np.full((p, p), np.nan)
+    return rss / (n - p) * np.linalg.pinv(jacobian.T @ jacobian)
+
+
+def _standard_errors(jacobian: np.ndarray, rss: float, n: int) -> np.ndarray:
+    return np.sqrt(np.clip(np.diag(_covariance(jacobian, rss, n)), 0.0, None))
+
+
+def _projected_fits(basis: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each row x of `basis` (m × n), the least-squares (a, c) of y ≈ a·x + c and its RSS."""
+    n = y.shape[0]
+    sx = basis.sum(axis=1)
+    sxx = (basis * basis).sum(axis=1)
+    sxy = basis @ y
+    sy, syy = y.sum(), y @ y
+    var_x = sxx - sx * sx / n
+    cov_xy = sxy - sx * sy / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(var_x > 0, cov_xy / var_x, 0.0)
+    c = (sy - a * sx) / n
+    rss = np.maximum(syy - sy * sy / n - a * cov_xy, 0.0)
+    return a, c, rss
+
+
+def _robust_options(y: np.ndarray) -> dict[str, object]:
+    scale = noise_scale(y)
+    if scale > 0 and np.isfinite(scale):
+        return {"loss": "soft_l1", "f_scale": scale}
+    return {"loss": "linear"}
+
+
+def _least_squares(fun, jac, x0: np.ndarray, bounds, y: np.ndarray):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return optimize.least_squares(fun, x0, jac=jac, bounds=bounds, x_scale="jac", method="trf", max_nfev=200, **_robust_options(y))
+
+
+def _finish(model: str, names: tuple[str, ...], result, y: np.ndarray, fitted: np.ndarray, jacobian: np.ndarray) -> CurveFit:
+    n = len(y)
+    rss = float(np.sum((y - fitted) ** 2))
+    k = len(names) + 1
+    aic, aicc = information_criteria(rss, n, k)
+    se = _standard_errors(jacobian, rss, n)
+    return CurveFit(
+        model=model,
+        params={name: float(v) for name, v in zip(names, result.x)},
+        standard_errors={name: float(v) for name, v in zip(names, se)},
+        n_points=n,
+        n_aic_parameters=k,
+        rss=rss,
+        aic=aic,
+        aicc=aicc,
+        success=bool(result.success) and bool(np.all(np.isfinite(fitted))),
+        fitted=fitted,
+    )
+
+
+# ---------------------------------------------------------------- single-curve fits
+
+
+def fit_power_law(t: np.ndarray, y: np.ndarray) -> CurveFit:
+    """L(t) = a·t^(−b) + c (t ≥ 1)."""
+    t, y = np.asarray(t, float), np.asarray(y, float)
+    a, c, rss = _projected_fits(t[None, :] ** -_EXPONENT_GRID[:, None], y)
+    best = int(np.argmin(rss))
+    x0 = np.array([a[best], _EXPONENT_GRID[best], c[best]])
+    result = _least_squares(
+        lambda p: power_law(t, *p) - y, lambda p: _power_jacobian(t, p), x0, ([-np.inf, 0.0, -np.inf], [np.inf, _MAX_EXPONENT, np.inf]), y
+    )
+    return _finish("power_law", MODEL_PARAMETERS["power_law"], result, y, power_law(t, *result.x), _power_jacobian(t, result.x))
+
+
+def fit_exponential(t: np.ndarray, y: np.ndarray) -> CurveFit:
+    """L(t) = a·e^(−t/τ) + c."""
+    t, y = np.asarray(t, float), np.asarray(y, float)
+    span = max(float(t[-1] - t[0]), 1.0)
+    taus = np.geomspace(span / 500.0, span * 5.0, 48)
+    a, c, rss = _projected_fits(np.exp(-t[None, :] / taus[:, None]), y)
+    best = int(np.argmin(rss))
+    x0 = np.array([a[best], taus[best], c[best]])
+    result = _least_squares(
+        lambda p: exponential(t, *p) - y,
+        lambda p: _exponential_jacobian(t, p),
+        x0,
+        ([-np.inf, span * 1e-6, -np.inf], [np.inf, span * 1e3, np.inf]),
+        y,
+    )
+    return _finish("exponential", MODEL_PARAMETERS["exponential"], result, y, exponential(t, *result.x), _exponential_jacobian(t, result.x))
+
+
+# ---------------------------------------------------------------- two power-law segments
+
+
+def _segment_costs(basis: np.ndarray, y: np.ndarray, *, intercept: bool) -> tuple[np.ndarray, np.ndarray]:
+    """RSS of the best fit of every prefix y[:k] and suffix y[k:] (k = 0..n), minimised over the
+    basis rows (one per exponent): with `intercept` y ≈ a·x + c per segment, else y ≈ a·x (the
+    caller has subtracted a shared c). Closed form from cumulative sums, so all segments of all
+    exponents cost O(m·n)."""
+
+    def cumulative(values: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.zeros(values.shape[:-1] + (1,)), np.cumsum(values, axis=-1)], axis=-1)
+
+    def reverse_cumulative(values: np.ndarray) -> np.ndarray:
+        """Sums of values[k:] for k = 0..n, summed from the end: subtracting prefix sums from the
+        total would lose the tiny tails of steep bases (t^-5) to rounding."""
+        return cumulative(values[..., ::-1])[..., ::-1]
+
+    def rss(sums) -> np.ndarray:
+        n, sx, sxx, sxy, sy, syy = sums
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if intercept:
+                var_x = sxx - sx * sx / n
+                cov = sxy - sx * sy / n
+                value = syy - sy * sy / n - np.where(var_x > 1e-12 * sxx, cov * cov / var_x, 0.0)
+            else:
+                value = syy - np.where(sxx > 0, sxy * sxy / sxx, 0.0)
+        return np.nan_to_num(np.maximum(value, 0.0), nan=np.inf).min(axis=0)
+
+    columns = (np.ones_like(y), basis, basis * basis, basis * y, y, y * y)
+    prefix = rss([cumulative(c) for c in columns])
+    suffix = rss([reverse_cumulative(c) for c in columns])
+    return prefix, suffix
+
+
+def _best_break(prefix: np.ndarray, suffix: np.ndarray, n: int) -> int:
+    """The DP over two segments: argmin over allowed k of prefix cost + suffix cost."""
+    min_segment = max(MIN_SEGMENT_POINTS, math.ceil(MIN_SEGMENT_FRACTION * n))
+    candidates = np.arange(min_segment, n - min_segment + 1)
+    return int(candidates[np.argmin(prefix[candidates] + suffix[candidates])])
+
+
+def _segment_start(t: np.ndarray, y: np.ndarray, basis: np.ndarray, shift: float) -> tuple[float, float]:
+    """(a, b) of the best grid fit of y − shift ≈ a·t^(−b) on one segment."""
+    target = y - shift
+    sxx = (basis * basis).sum(axis=1)
+    sxy = basis @ target
+    rss = target @ target - sxy * sxy / np.where(sxx > 0, sxx, np.inf)
+    best = int(np.argmin(rss))
+    return float(sxy[best] / sxx[best]), float(_EXPONENT_GRID[best])
+
+
+def _fit_two_power_at(t: np.ndarray, y: np.ndarray, basis: np.ndarray, k: int, c0: float):
+    before = np.arange(len(t)) < k
+    a1, b1 = _segment_start(t[before], y[before], basis[:, before], c0)
+    _, b2 = _segment_start(t[~before], y[~before], basis[:, ~before], c0)
+    break_t = float(t[k])
+    result = _least_squares(
+        lambda p: two_power(t, p[0], p[1], continuous_a2(p[0], p[1], p[2], break_t), p[2], p[3], break_t) - y,
+        lambda p: _two_power_jacobian(t, p, break_t),
+        np.array([a1, b1, b2, c0]),
+        ([-np.inf, 0.0, 0.0, -np.inf], [np.inf, _MAX_EXPONENT, _MAX_EXPONENT, np.inf]),
+        y,
+    )
+    return result, break_t
+
+
+def fit_two_power(t: np.ndarray, y: np.ndarray) -> CurveFit:
+    """Two power-law segments joined at the break T (a2 = a1·T^(b2−b1), so the curve is
+    continuous) and sharing the asymptote c; T found by dynamic programming (the segment costs
+    of the search let each segment move freely, the final fit joins them).
+    `break_step` is in the units of `t` (the caller converts it back to a step)."""
+    t, y = np.asarray(t, float), np.asarray(y, float)
+    n = len(y)
+    basis = t[None, :] ** -_EXPONENT_GRID[:, None]
+    k = _best_break(*_segment_costs(basis, y - float(np.mean(y)), intercept=True), n)
+    c0 = float(fit_power_law(t[k:], y[k:]).params["c"]) if n - k >= 4 else float(np.min(y))
+    result, _ = _fit_two_power_at(t, y, basis, k, c0)
+    k = _best_break(*_segment_costs(basis, y - float(result.x[3]), intercept=False), n)
+    result, break_t = _fit_two_power_at(t, y, basis, k, float(result.x[3]))
+    a1, b1, b2, c = result.x
+    a2 = continuous_a2(a1, b1, b2, break_t)
+    fitted = two_power(t, a1, b1, a2, b2, c, break_t)
+    rss = float(np.sum((y - fitted) ** 2))
+    k_aic = 4 + 1 + BREAK_PENALTY_PARAMETERS
+    aic, aicc = information_criteria(rss, n, k_aic)
+    jacobian = _two_power_jacobian(t, result.x, break_t)
+    covariance = _covariance(jacobian, rss, n)
+    gradient_a2 = np.array([a2 / a1 if a1 != 0 else break_t ** (b2 - b1), -a2 * math.log(break_t), a2 * math.log(break_t), 0.0])
+    variances = {"a1": covariance[0, 0], "b1": covariance[1, 1], "a2": gradient_a2 @ covariance @ gradient_a2, "b2": covariance[2, 2], "c": covariance[3, 3]}
+    return CurveFit(
+        model="two_power",
+        params={"a1": float(a1), "b1": float(b1), "a2": float(a2), "b2": float(b2), "c": float(c)},
+        standard_errors={name: float(math.sqrt(max(v, 0.0))) if np.isfinite(v) else math.nan for name, v in variances.items()},
+        n_points=n,
+        n_aic_parameters=k_aic,
+        rss=rss,
+        aic=aic,
+        aicc=aicc,
+        success=bool(result.success) and bool(np.all(np.isfinite(fitted))),
+        break_step=break_t,
+        fitted=fitted,
+    )
+
+
+def fit_models(t: np.ndarray, y: np.ndarray) -> list[CurveFit]:
+    """All three models fitted to one finite series (at least `MIN_POINTS` points), in `MODELS` order."""
+    return [fit_power_law(t, y), fit_exponential(t, y), fit_two_power(t, y)]
+
+
+def selected_model(fits: list[CurveFit]) -> CurveFit:
+    """The fit with the lowest AICc among the successful ones (all, if none succeeded)."""
+    pool = [f for f in fits if f.success] or fits
+    return min(pool, key=lambda f: f.aicc)
+
+
+# ---------------------------------------------------------------- shape facts
+
+
+def finite_prefix_length(values: np.ndarray) -> int:
+    """How many leading values are finite: a series is fitted only up to its first NaN/inf."""
+    bad = ~np.isfinite(np.asarray(values, float))
+    return int(np.argmax(bad)) if bad.any() else len(values)
+
+
+def zero_phase_ewma(values: np.ndarray, span: float) -> np.ndarray:
+    """EWMA (alpha = 2/(span+1), bias-corrected start) run forwards, then backwards over the
+    result, so the smoothing has no lag."""
+    decay = 1.0 - 2.0 / (span + 1.0)
+
+    def one_pass(x: np.ndarray) -> np.ndarray:
+        numerator = signal.lfilter([1.0], [1.0, -decay], x)
+        denominator = signal.lfilter([1.0], [1.0, -decay], np.ones_like(x))
+        return numerator / denominator
+
+    return one_pass(one_pass(np.asarray(values, float))[::-1])[::-1]
+
+
+def plateau_step(steps: np.ndarray, y: np.ndarray, *, tolerance: float = PLATEAU_TOLERANCE) -> float | None:
+    """First step from which the zero-phase EWMA slope stays below `tolerance` (relative, see
+    module doc); None when the curve is still moving at its last point."""
+    steps, y = np.asarray(steps, float), np.asarray(y, float)
+    if len(y) < 3:
+        return None
+    span = max(3.0, PLATEAU_SPAN_FRACTION * len(y))
+    step_sizes = np.diff(steps)
+    slope = zero_phase_ewma(np.diff(y) / step_sizes, span)
+    smoothed = zero_phase_ewma(y, span)
+    change = abs(smoothed[-1] - smoothed[0])
+    length = steps[-1] - steps[0]
+    if change == 0 or length <= 0:
+        return float(steps[0])
+    relative = np.abs(slope) * length / change
+    noise = smoothed_slope_noise(span) * noise_scale(y) / float(np.median(step_sizes)) * length / change
+    judged = relative[: max(1, len(relative) - int(span // 2))]
+    above = np.flatnonzero(judged >= max(tolerance, PLATEAU_NOISE_SIGMAS * noise))
+    if len(above) == 0:
+        return float(steps[0])
+    if above[-1] == len(judged) - 1:
+        return None
+    return float(steps[above[-1] + 1])
+
+
+def smoothed_slope_noise(span: float) -> float:
+    """Standard deviation of the zero-phase EWMA of first differences of unit white noise, away
+    from the ends: Σ(g_j − g_(j+1))² for the smoother's impulse response g."""
+    half = int(math.ceil(20 * span))
+    impulse = np.zeros(2 * half + 1)
+    impulse[half] = 1.0
+    response = zero_phase_ewma(impulse, span)
+    return float(np.sqrt(np.sum(np.diff(response) ** 2)))
+
+
+def spectral_slope(residuals: np.ndarray) -> float | None:
+    """Slope of log PSD vs log frequency of the residuals (Welch); None below 32 points."""
+    r = np.asarray(residuals, float)
+    if len(r) < MIN_SPECTRAL_POINTS or not np.any(r != r[0]):
+        return None
+    frequencies, power = signal.welch(r - r.mean(), fs=1.0, nperseg=min(WELCH_SEGMENT, len(r) // 4))
+    keep = (frequencies > 0) & (power > 0)
+    if keep.sum() < 3:
+        return None
+    return float(np.polyfit(np.log(frequencies[keep]), np.log(power[keep]), 1)[0])

@@ -1,0 +1,285 @@
+"""Sweep summary: which hyperparameters a project varied, and each metric per setting over seeds.
+
+Varying hyperparameters are found per project (runs of different projects are different
+studies): a flattened config key varies when its values (compared as text, a missing key being
+a value of its own) differ between the project's runs. Noise keys never count: the run's
+identity and bookkeeping rather than the experiment (`DEFAULT_NOISE_PATTERNS`: seeds,
+run names and ids, tags, project/entity/W&B settings, `paths.*`, `*_dir`/`*_path`/`*_file`,
+checkpoint settings, `*_interval` and log/eval/save frequencies, `eval_iters`, timestamps,
+device placement, `_wandb`); pass other patterns to change that.
+
+Runs with the same varying values form a group (their seeds collapse into it). Per group and
+curve metric (see `dynamics.curves`):
+
+- the run's value is its final value, the mean of its last `last_k` (10) finite logged values;
+- a run is complete when it logged the metric at as many distinct steps as the group's most
+  complete run (`expected_steps`); `completeness` is the mean over the group's runs of
+  logged steps / expected steps (0 for a run that never logged the metric);
+- a run whose last logged value is NaN/inf is `diverged`;
+- statistics are over the complete, not diverged runs (`n_values`): a run cut short reports an
+  earlier, not a final, value, and mixing it in biases the group toward early losses.
+  `mean`, `median`, `iqm` (interquartile mean: `scipy.stats.trim_mean(x, 0.25)`), `std` (ddof 1);
+- 95% bootstrap CIs of the mean and of the IQM, resampling within the group
+  (`scipy.stats.bootstrap`, BCa, 2,000 resamples, generator seeded with `seed`; percentile when
+  BCa is degenerate, `ci_method` says which). Groups with fewer than `min_n` values (default 3)
+  get no CI (`low_n` true, `ci_note` says why): a bootstrap of two values has three distinct
+  resamples and no honest interval.
+
+Display names come from an optional YAML file: `keys: {model.weights: Init}` renames keys and
+`values: {model.weights: {None: random}}` renames values (matched on the value's text; a missing
+or null value reads `None`). Unmapped keys show as their dotted name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import yaml
+from scipy import stats as sps
+
+from altgrad_pipeline.analysis.stats import finite
+from altgrad_pipeline.dynamics.curves import curve_series
+from altgrad_pipeline.ingest.tables import CONFIG_PREFIX
+
+DEFAULT_NOISE_PATTERNS: tuple[str, ...] = (
+    r"(^|\.)_wandb(\.|$)",
+    r"(^|\.|_)seed$",
+    r"(^|\.)(run_name|run_id|tags?|project|entity|notes|group)$",
+    r"(^|\.)wandb_\w+$",
+    r"(^|\.)paths?(\.|$)",
+    r"_(dir|path|file)$",
+    r"checkpoint",
+    r"_interval$",
+    r"(^|\.)(log|eval|save|print|val_check)_(every|freq|frequency|steps|iters)$",
+    r"(^|\.|_)(time|timestamp|date|datetime)$",
+    r"(^|\.)(device|backend|num_workers)$",
+)
+LAST_K = 10
+MIN_N_FOR_CI = 3
+N_RESAMPLES = 2000
+CONFIDENCE = 0.95
+IQM_PROPORTION = 0.25
+
+SWEEP_SUMMARY_SCHEMA: dict[str, pl.DataType] = {
+    "project": pl.String(),
+    "group_key": pl.String(),
+    "group_label": pl.String(),
+    "varying_keys": pl.List(pl.String()),
+    "metric": pl.String(),
+    "n_runs": pl.Int64(),
+    "n_seeds": pl.Int64(),
+    "n_logged": pl.Int64(),
+    "n_complete": pl.Int64(),
+    "n_diverged": pl.Int64(),
+    "n_values": pl.Int64(),
+    "expected_steps": pl.Int64(),
+    "completeness": pl.Float64(),
+    "mean": pl.Float64(),
+    "median": pl.Float64(),
+    "iqm": pl.Float64(),
+    "std": pl.Float64(),
+    "ci_low": pl.Float64(),
+    "ci_high": pl.Float64(),
+    "iqm_ci_low": pl.Float64(),
+    "iqm_ci_high": pl.Float64(),
+    "ci_method": pl.String(),
+    "low_n": pl.Boolean(),
+    "ci_note": pl.String(),
+    "last_k": pl.Int64(),
+}
+
+
+@dataclass(frozen=True)
+class DisplayNames:
+    """Key and value renames for tables and legends (`keys`, `values` as in the YAML file)."""
+
+    keys: Mapping[str, str] = field(default_factory=dict)
+    values: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_yaml(cls, path: Path | str | None) -> DisplayNames:
+        """Read the remapping file; no path, or a file that does not exist, means no renames."""
+        if path is None or not Path(path).is_file():
+            return cls()
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        keys = {str(k): str(v) for k, v in (document.get("keys") or {}).items()}
+        values = {str(k): {value_text(v): str(d) for v, d in (m or {}).items()} for k, m in (document.get("values") or {}).items()}
+        return cls(keys, values)
+
+    def key(self, key: str) -> str:
+        return self.keys.get(key, key)
+
+    def value(self, key: str, value: object) -> str:
+        text = value_text(value)
+        return self.values.get(key, {}).get(text, text)
+
+
+def value_text(value: object) -> str:
+    """A config value as text, the way it is compared and displayed (None for missing/null)."""
+    if value is None:
+        return "None"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def is_noise_key(key: str, patterns: Sequence[str] = DEFAULT_NOISE_PATTERNS) -> bool:
+    return any(re.search(p, key) for p in patterns)
+
+
+def config_keys(frame: pl.DataFrame | pl.LazyFrame) -> list[str]:
+    """The flattened config keys of a raw_runs frame (without the `config.` prefix)."""
+    return [c[len(CONFIG_PREFIX):] for c in frame.lazy().collect_schema().names() if c.startswith(CONFIG_PREFIX)]
+
+
+def varying_keys(runs: pl.DataFrame, patterns: Sequence[str] = DEFAULT_NOISE_PATTERNS) -> list[str]:
+    """Config keys (sorted) whose text values differ between `runs`, noise keys left out. Keys
+    missing from every run are ignored; a key present in some runs only varies."""
+    candidates = [k for k in config_keys(runs) if not is_noise_key(k, patterns)]
+    if runs.height < 2 or not candidates:
+        return []
+    as_text = runs.select(pl.col(CONFIG_PREFIX + k).cast(pl.String).alias(k) for k in candidates)
+    counts = as_text.select(pl.all().n_unique()).row(0, named=True)
+    present = as_text.select(pl.all().is_not_null().any()).row(0, named=True)
+    return sorted(k for k in candidates if present[k] and counts[k] > 1)
+
+
+def sweep_groups(raw_runs: pl.LazyFrame | pl.DataFrame, *, noise_patterns: Sequence[str] = DEFAULT_NOISE_PATTERNS, display: DisplayNames = DisplayNames()) -> pl.DataFrame:
+    """One row per run: project, run_id, seed, group_key (JSON object of the project's varying
+    keys and the run's values, keys sorted), group_label (display names), varying_keys."""
+    runs = raw_runs.lazy().collect()
+    schema = {"project": pl.String(), "run_id": pl.String(), "seed": pl.Int64(), "group_key": pl.String(), "group_label": pl.String(), "varying_keys": pl.List(pl.String())}
+    rows = []
+    if runs.is_empty():
+        return pl.DataFrame(schema=schema)
+    for (project,), part in runs.group_by("project", maintain_order=True):
+        keys = varying_keys(part, noise_patterns)
+        columns = [CONFIG_PREFIX + k for k in keys]
+        for run in part.select("run_id", "seed", *columns).iter_rows(named=True):
+            values = {k: run[CONFIG_PREFIX + k] for k in keys}
+            label = ", ".join(f"{display.key(k)}={display.value(k, v)}" for k, v in values.items()) or "all runs"
+            rows.append({
+                "project": project,
+                "run_id": run["run_id"],
+                "seed": run["seed"],
+                "group_key": json.dumps(values, sort_keys=True, default=str),
+                "group_label": label,
+                "varying_keys": keys,
+            })
+    return pl.DataFrame(rows, schema=schema)
+
+
+def final_values(histories: pl.LazyFrame | pl.DataFrame, last_k: int = LAST_K) -> pl.LazyFrame:
+    """run_id, metric, final (mean of the last `last_k` finite values), n_steps (distinct
+    logged steps), diverged (last logged value not finite)."""
+    series = curve_series(histories)
+    is_finite = finite(pl.col("value"))
+    return series.group_by("run_id", "metric").agg(
+        pl.col("value").filter(is_finite).tail(last_k).mean().alias("final"),
+        pl.col("step").n_unique().alias("n_steps"),
+        (~finite(pl.col("value").last())).alias("diverged"),
+    )
+
+
+def interquartile_mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    return sps.trim_mean(values, IQM_PROPORTION, axis=axis)
+
+
+def bootstrap_interval(values: np.ndarray, statistic, *, n_resamples: int, seed: int, confidence: float) -> tuple[float, float, str]:
+    """BCa bootstrap CI of `statistic` over one group's values; percentile when BCa is
+    degenerate (a warning or a non-finite bound)."""
+    data = (np.asarray(values, float),)
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error" if method == "BCa" else "ignore")
+            try:
+                interval = sps.bootstrap(
+                    data, statistic, vectorized=True, n_resamples=n_resamples, confidence_level=confidence,
+                    method=method, random_state=np.random.default_rng(seed),
+                ).confidence_interval
+            except (sps.DegenerateDataWarning, RuntimeWarning):
+                continue
+        if method == "percentile" or (np.isfinite(interval.low) and np.isfinite(interval.high)):
+            return float(interval.low), float(interval.high), method
+    raise AssertionError("the percentile bootstrap always returns")
+
+
+def _group_statistics(values: np.ndarray, *, min_n: int, n_resamples: int, seed: int, confidence: float) -> dict:
+    n = len(values)
+    if n == 0:
+        return {"low_n": True, "ci_note": "no complete run with a finite final value"}
+    out = {
+        "mean": float(np.mean(values)),
+        "median": float(np.median(values)),
+        "iqm": float(interquartile_mean(values)),
+        "std": float(np.std(values, ddof=1)) if n >= 2 else None,
+        "low_n": n < min_n,
+    }
+    if n < min_n:
+        out["ci_note"] = f"no CI: {n} value{'s' if n != 1 else ''}, fewer than {min_n}"
+        return out
+    out["ci_low"], out["ci_high"], mean_method = bootstrap_interval(values, np.mean, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    out["iqm_ci_low"], out["iqm_ci_high"], iqm_method = bootstrap_interval(values, interquartile_mean, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    out["ci_method"] = mean_method if mean_method == iqm_method else f"mean {mean_method}, iqm {iqm_method}"
+    return out
+
+
+def sweep_summary(
+    raw_runs: pl.LazyFrame | pl.DataFrame,
+    histories: pl.LazyFrame | pl.DataFrame,
+    *,
+    noise_patterns: Sequence[str] = DEFAULT_NOISE_PATTERNS,
+    display: DisplayNames = DisplayNames(),
+    last_k: int = LAST_K,
+    min_n: int = MIN_N_FOR_CI,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> pl.DataFrame:
+    """One row per (project, group, metric); columns `SWEEP_SUMMARY_SCHEMA` (see module doc)."""
+    if "run_id" not in raw_runs.lazy().collect_schema().names() or "key" not in histories.lazy().collect_schema().names():
+        return pl.DataFrame(schema=SWEEP_SUMMARY_SCHEMA)
+    groups = sweep_groups(raw_runs, noise_patterns=noise_patterns, display=display)
+    finals = final_values(histories, last_k).join(groups.lazy().select("run_id"), on="run_id", how="semi").collect()
+    metrics_by_project = (
+        finals.join(groups.select("run_id", "project"), on="run_id").select("project", "metric").unique()
+    )
+    per_run = (
+        groups.join(metrics_by_project, on="project", how="inner", nulls_equal=True)
+        .join(finals, on=["run_id", "metric"], how="left")
+        .with_columns(pl.col("n_steps").fill_null(0), pl.col("diverged").fill_null(False))
+        .with_columns(pl.col("n_steps").max().over("project", "group_key", "metric").alias("expected_steps"))
+        .with_columns(
+            (pl.col("n_steps") == pl.col("expected_steps")).alias("complete"),
+            (pl.col("n_steps") / pl.col("expected_steps")).alias("coverage"),
+        )
+    )
+    rows = []
+    for (project, group_key, metric), part in per_run.group_by("project", "group_key", "metric", maintain_order=True):
+        usable = part.filter(pl.col("complete") & ~pl.col("diverged") & pl.col("final").is_not_null())
+        values = usable["final"].to_numpy().astype(float)
+        rows.append({
+            "project": project,
+            "group_key": group_key,
+            "group_label": part["group_label"][0],
+            "varying_keys": list(part["varying_keys"][0]),
+            "metric": metric,
+            "n_runs": part.height,
+            "n_seeds": part["seed"].drop_nulls().n_unique(),
+            "n_logged": int((part["n_steps"] > 0).sum()),
+            "n_complete": int(part["complete"].sum()),
+            "n_diverged": int(part["diverged"].sum()),
+            "n_values": len(values),
+            "expected_steps": int(part["expected_steps"][0]),
+            "completeness": float(part["coverage"].mean()),
+            "last_k": last_k,
+            **_group_statistics(values, min_n=min_n, n_resamples=n_resamples, seed=seed, confidence=confidence),
+        })
+    return pl.DataFrame(rows, schema=SWEEP_SUMMARY_SCHEMA).sort("project", "metric", "group_key", nulls_last=True)

@@ -1,0 +1,68 @@
+"""How the steps of a Dagster run execute, chosen once by ALTGRAD_EXECUTOR:
+
+- `in_process` (default): every step in the run's own process. A Dagster run already costs 4–5 CPU-s
+  of process start; a step subprocess costs as much again, so on one machine this is the fastest.
+- `multiprocess`: steps in forkserver children that preload the project once, so a step starts
+  by forking a warm process instead of importing Dagster, Polars and wandb again.
+- `celery`: steps are Celery tasks on `altgrad-pipeline worker` processes, on any machine that shares
+  the Dagster instance (Postgres) and the data dir (object store); broker and result backend are
+  ALTGRAD_CELERY_BROKER / ALTGRAD_CELERY_BACKEND. Needs the `scale` extra.
+
+Out-of-process executors need a job they can rebuild from its code: `refresh_job` is that job
+for `altgrad-pipeline refresh` (the code location's own jobs serve the daemon and the UI).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableJob
+
+from altgrad_pipeline import settings
+
+#: Imported once by the forkserver, so every step process starts with the project loaded.
+PRELOAD_MODULES = ["altgrad_pipeline.definitions"]
+
+
+def executor_for(choice: settings.ExecutorChoice) -> dg.ExecutorDefinition:
+    if choice.name == "multiprocess":
+        return dg.multiprocess_executor.configured(
+            {"start_method": {"forkserver": {"preload_modules": PRELOAD_MODULES}}}, name="multiprocess"
+        )
+    if choice.name == "celery":
+        try:
+            from dagster_celery import celery_executor
+        except ImportError as exc:
+            raise ImportError(
+                f"{settings.EXECUTOR_ENV}=celery needs the scale extra: pip install 'altgrad-pipeline[scale]'"
+            ) from exc
+        return celery_executor.configured({"broker": choice.celery_broker, "backend": choice.celery_backend}, name="celery")
+    return dg.in_process_executor
+
+
+def executor_from_env() -> dg.ExecutorDefinition:
+    return executor_for(settings.executor_choice())
+
+
+REFRESH_JOB_NAME = "refresh"
+
+
+def refresh_job(runs: str, data_dir: str) -> dg.JobDefinition:
+    """Every asset of the graph against these run stores and this data dir, with the configured
+    executor; a step process or Celery worker rebuilds it from these two arguments."""
+    from altgrad_pipeline.definitions import build_defs
+
+    job = dg.define_asset_job(REFRESH_JOB_NAME, selection=dg.AssetSelection.all(), description="altgrad-pipeline refresh")
+    return dg.Definitions.merge(build_defs(runs=runs, data_dir=data_dir), dg.Definitions(jobs=[job])).resolve_job_def(REFRESH_JOB_NAME)
+
+
+def reconstructable_refresh_job(runs: str, data_dir: str) -> ReconstructableJob:
+    return dg.build_reconstructable_job(
+        "altgrad_pipeline.execution", "refresh_job", reconstructable_kwargs={"runs": runs, "data_dir": data_dir}
+    )
+
+
+def runs_in_parallel(choice: settings.ExecutorChoice) -> bool:
+    """Celery steps run on other processes, so `refresh` keeps several partition runs in flight to
+    give every worker something to do; in-process and multiprocess runs share this machine's cores
+    and run one after another."""
+    return choice.name == "celery"

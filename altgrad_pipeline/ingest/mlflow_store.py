@@ -1,0 +1,426 @@
+"""MLflow tracking stores, read directly (never through the MLflow client, which is 20-100x slower).
+
+File store layout: `<store>/<experiment id>/meta.yaml` (the experiment) and
+`<store>/<experiment id>/<run id>/{meta.yaml, metrics/, params/, tags/}` (a run). Metric files hold
+lines `timestamp_ms value [step [dataset_name dataset_digest]]`; a metric name with `/` is stored as
+sub-folders (`metrics/rollout/ep_rew_mean`). `.trash` (deleted runs) is ignored. A run folder is a
+child of an experiment folder holding `meta.yaml`, `metrics/`, `params/` or `tags/`: a run whose
+`meta.yaml` is missing or invalid is still read (with an issue) from what the folder holds.
+
+SQL store (`sqlite:///path/mlruns.db`, or any SQLAlchemy URL): the tables `experiments`, `runs`,
+`metrics`, `params`, `tags` and `alembic_version`. It keeps +-inf as +-1.797e308 and NaN as 0 with an
+`is_nan` flag; both become NaN and +-inf again here. A schema revision this reader was not written
+for is reported once per run; the store is still read if the columns it needs are there.
+
+Both stores map the same way: params -> config (numeric-looking text becomes a number, as the
+study's rules compare numbers), experiment name -> project, `mlflow.runName` -> name,
+`mlflow.parentRunId` -> group, `mlflow.note.content` -> notes, user tags -> `tags` as `key=value`
+(`mlflow.*` system tags are left out: they carry user names and local paths), status FINISHED ->
+ended with exit 0, FAILED -> ended with exit 1, KILLED -> not ended but cut short, RUNNING -> not ended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+
+from altgrad_pipeline.ingest.jsonl import (
+    file_stamp,
+    keep_last_writes,
+    load_config_file,
+    relative_posix,
+    stable_run_id,
+    utc_from_epoch,
+)
+from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator
+
+SOURCE_NAME = "mlflow"
+TRASH = ".trash"
+RUN_PARTS = ("meta.yaml", "metrics", "params", "tags")
+#: The file store writes the status as RunStatus numbers.
+FILE_STATUS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
+#: status -> (ended, exit_code, cut_short)
+STATUS_OUTCOME: dict[str, tuple[bool, int | None, bool]] = {
+    "FINISHED": (True, 0, False),
+    "FAILED": (True, 1, False),
+    "KILLED": (False, None, True),
+}
+RUN_NAME_TAG = "mlflow.runName"
+PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"
+SYSTEM_TAG_PREFIX = "mlflow."
+#: MLflow's SQL store clamps +-inf to the largest double.
+SQL_INF_SENTINEL = 1.7976931348623157e308
+#: Alembic revisions of MLflow's SQL schema whose `metrics` table has `step` and `is_nan`
+#: (MLflow 1.1 to 3.x, oldest first), as the migrations in MLflow 3.17 list them.
+KNOWN_SQL_REVISIONS = (
+    "181f10493468", "df50e92ffc5e", "7ac759974ad8", "89d4b8295536", "2b4d017a5e9b", "cfd24bdc0731",
+    "0a8213491aaa", "728d730b5ebd", "27a6a02d2cf1", "84291f40a231", "a8c4a736bde6", "39d1c3be5f05",
+    "c48cb773bb87", "bd07f7e963c5", "0c779009ac13", "cc1f77228345", "97727af70f4d", "3500859a5d39",
+    "7f2a7d5fae7d", "2d6e25af4d3e", "acf3f17fdcc7", "867495a8f9d4", "5b0e9adcef9c", "4465047574b1",
+    "f5a4f2784254", "0584bdc529eb", "400f98739977", "6953534de441", "bda7b8c39065", "cbc13b556ace",
+    "770bee3ae1dd", "a1b2c3d4e5f6", "de4033877273", "1a0cddfcaa16", "534353b11cbc", "71994744cf8e",
+    "3da73c924c2f", "bf29a5ff90ea", "1bd49d398cd23", "b7c8d9e0f1a2", "5d2d30f0abce", "c9d4e5f6a7b8",
+    "2c33131f4dae", "d3e4f5a6b7c8", "d0e1f2a3b4c5", "c8d9e0f1a2b3", "1b5f0d9ad7c1", "e1f2a3b4c5d6",
+    "76601a5f987d", "c3d6457b6d8a", "a5b4c3d2e1f0", "ae8bbe7743c9", "7d34483879f0", "da6fb0208061",
+    "89d3d66ed43f", "b7e4c1a90f23", "a8b9c0d1e2f3", "c1d2e3f4a5b6", "c3d9e7f1a2b4", "6f8d9c3b2a1e",
+    "1971f2d9a75b", "17e22815139b", "b7e2c1a4d9f3", "75868b020152", "dc11669786a5",
+)  # fmt: skip
+#: The columns read, per table: a store missing any of them cannot be read.
+REQUIRED_SQL_COLUMNS = {
+    "runs": {"run_uuid", "name", "status", "start_time", "end_time", "lifecycle_stage", "experiment_id"},
+    "metrics": {"run_uuid", "key", "value", "timestamp", "step", "is_nan"},
+    "params": {"run_uuid", "key", "value"},
+    "tags": {"run_uuid", "key", "value"},
+    "experiments": {"experiment_id", "name"},
+}
+#: One metric line split in columns; a line with another shape is reported, not guessed at.
+METRIC_LINE = r"^(\S+) (\S+)(?: (\S+))?(?: \S+ \S+)?$"
+
+
+def config_value(text: str) -> Any:
+    """An MLflow param (always text) as the value it spells: int, float, bool, None or the text."""
+    if text in ("True", "False"):
+        return text == "True"
+    if text == "None":
+        return None
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _status_name(status: Any) -> str | None:
+    if isinstance(status, int) and not isinstance(status, bool):
+        return FILE_STATUS.get(status)
+    return str(status) if status is not None else None
+
+
+def apply_run_facts(run: ParsedRun, *, status: str | None, start_ms: Any, end_ms: Any, tags: dict[str, str]) -> None:
+    """Status, times and tags, shared by both stores."""
+    run.ended, run.exit_code, run.cut_short = STATUS_OUTCOME.get(status or "", (False, None, False))
+    if isinstance(start_ms, int | float) and not isinstance(start_ms, bool):
+        run.started_at = utc_from_epoch(start_ms / 1000)
+    if isinstance(end_ms, int | float) and not isinstance(end_ms, bool) and end_ms:
+        run.last_write = utc_from_epoch(end_ms / 1000)
+    run.name = tags.get(RUN_NAME_TAG) or run.name
+    run.group = tags.get(PARENT_TAG)
+    run.notes = tags.get(NOTE_TAG)
+    run.tags = sorted(f"{k}={v}" for k, v in tags.items() if not k.startswith(SYSTEM_TAG_PREFIX))
+
+
+def _history_from_rows(
+    rows: pl.DataFrame, *, run_id: str, location: str, start_ms: Any
+) -> tuple[pl.DataFrame, list[IngestIssue]]:
+    """(key, step, value, timestamp_ms) rows -> history; the write order is the timestamp order."""
+    origin = start_ms / 1000 if isinstance(start_ms, int | float) and not isinstance(start_ms, bool) else None
+    ordered = rows.sort("timestamp_ms", maintain_order=True).select(
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("line"),
+        pl.col("step").cast(pl.Int64),
+        pl.col("key").cast(pl.String),
+        pl.col("value").cast(pl.Float64),
+        (pl.col("timestamp_ms") / 1000 - (origin if origin is not None else pl.col("timestamp_ms").min() / 1000)).alias(
+            "runtime"
+        ),
+        (pl.col("timestamp_ms") / 1000).alias("timestamp"),
+    )
+    return keep_last_writes(ordered, run_id=run_id, location=location, source=SOURCE_NAME)
+
+
+# -- file store ------------------------------------------------------------------------------------
+
+
+def _read_text_files(folder: Path) -> dict[str, str]:
+    """`params/` or `tags/`: file path relative to the folder ('/'-joined) -> its text."""
+    if not folder.is_dir():
+        return {}
+    return {
+        path.relative_to(folder).as_posix(): path.read_text(encoding="utf-8", errors="replace")
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def read_metric_files(metrics_dir: Path, *, location: str) -> tuple[pl.DataFrame, list[IngestIssue]]:
+    """Every metric file under `metrics_dir` in one Polars scan: rows (key, step, value,
+    timestamp_ms) and an issue per file holding lines that do not parse (those lines only are lost)."""
+    files = sorted(p for p in metrics_dir.rglob("*") if p.is_file()) if metrics_dir.is_dir() else []
+    empty = pl.DataFrame(schema={"key": pl.String, "step": pl.Int64, "value": pl.Float64, "timestamp_ms": pl.Int64})
+    files = [p for p in files if p.stat().st_size]
+    if not files:
+        return empty, []
+    lines = pl.scan_csv(
+        files,
+        has_header=False,
+        separator="\x1f",
+        quote_char=None,
+        schema={"line": pl.String},
+        include_file_paths="file",
+        comment_prefix=None,
+    )
+    fields = pl.col("line").str.strip_chars_end("\r").str.extract_groups(METRIC_LINE)
+    parsed = (
+        lines.with_row_index("row")
+        .with_columns(fields.alias("fields"))
+        .select(
+            "file",
+            "row",
+            pl.col("fields").struct.field("1").cast(pl.Int64, strict=False).alias("timestamp_ms"),
+            pl.col("fields").struct.field("2").cast(pl.Float64, strict=False).alias("value"),
+            pl.col("fields").struct.field("3").cast(pl.Int64, strict=False).fill_null(0).alias("step"),
+            (pl.col("fields").struct.field("3").is_not_null() & pl.col("fields").struct.field("3").cast(pl.Int64, strict=False).is_null()).alias("bad_step"),
+        )
+        .collect()
+    )
+    bad = parsed.filter(pl.col("timestamp_ms").is_null() | pl.col("value").is_null() | pl.col("bad_step"))
+    issues = [
+        IngestIssue(
+            file,
+            "malformed_metric_line",
+            f"{count} lines are not `timestamp value [step]` numbers",
+            f"{count} values",
+            source=SOURCE_NAME,
+        )
+        for file, count in bad.group_by("file", maintain_order=True).len().iter_rows()
+    ]
+    base = str(metrics_dir) + "/"
+    rows = parsed.filter(~(pl.col("timestamp_ms").is_null() | pl.col("value").is_null() | pl.col("bad_step"))).select(
+        pl.col("file").str.strip_prefix(base).alias("key"), "step", "value", "timestamp_ms"
+    )
+    return rows, [dataclasses.replace(i, location=i.location or location) for i in issues]
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / part).exists() for part in RUN_PARTS)
+
+
+def file_store_runs(root: Path) -> list[Path]:
+    """Run folders of every MLflow file store under `root` (see the module docstring)."""
+    metas = {p.parent for p in root.rglob("meta.yaml") if TRASH not in p.relative_to(root).parts}
+    experiments = sorted(folder for folder in metas if folder.parent not in metas)
+    runs = []
+    for experiment in experiments:
+        runs.extend(child for child in sorted(experiment.iterdir()) if _is_run_folder(child))
+    return runs
+
+
+class MlflowFileSource:
+    """Runs of the MLflow file stores (`mlruns/` folders) found anywhere under `root`."""
+
+    name = SOURCE_NAME
+
+    def __init__(self, root: Path, grace_period_s: float = 3600) -> None:
+        self.root = Path(root)
+        self.grace_period_s = grace_period_s
+        self.label = str(self.root)
+
+    def run_id(self, folder: Path) -> str:
+        return stable_run_id(folder.name, SOURCE_NAME.encode(), relative_posix(folder, self.root).encode())
+
+    def discover(self) -> list[RunLocator]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"run store folder {self.root} does not exist")
+        locators = []
+        for folder in file_store_runs(self.root):
+            stamps = [file_stamp(folder / "meta.yaml"), file_stamp(folder.parent / "meta.yaml")]
+            for part in ("metrics", "params", "tags"):
+                if (folder / part).is_dir():
+                    stamps.extend(f"{part}/{file_stamp(p)}" for p in sorted((folder / part).rglob("*")) if p.is_file())
+            locators.append(
+                RunLocator(self.name, str(folder), ";".join(stamps), run_id_hint=self.run_id(folder))
+            )
+        return locators
+
+    def read(self, locator: RunLocator) -> ParsedRun:
+        folder = Path(locator.location)
+        run_id = self.run_id(folder)
+        issues: list[IngestIssue] = []
+        meta = self._meta(folder / "meta.yaml", issues, what="the run's status, start and end times")
+        experiment = self._meta(folder.parent / "meta.yaml", issues, what="the experiment name")
+        rows, metric_issues = read_metric_files(folder / "metrics", location=str(folder / "metrics"))
+        issues.extend(metric_issues)
+        history, history_issues = _history_from_rows(
+            rows, run_id=run_id, location=str(folder), start_ms=meta.get("start_time")
+        )
+        issues.extend(history_issues)
+        tags = _read_text_files(folder / "tags")
+        run = ParsedRun(
+            run_id=run_id,
+            source=SOURCE_NAME,
+            location=str(folder),
+            history=history,
+            project=experiment.get("name") if isinstance(experiment.get("name"), str) else None,
+            name=meta.get("run_name") or folder.name,
+            config={key: config_value(text) for key, text in _read_text_files(folder / "params").items()},
+            fingerprint=locator.fingerprint,
+        )
+        apply_run_facts(
+            run, status=_status_name(meta.get("status")), start_ms=meta.get("start_time"), end_ms=meta.get("end_time"), tags=tags
+        )
+        if run.last_write is None:
+            newest = max((p.stat().st_mtime for p in folder.rglob("*") if p.is_file()), default=None)
+            run.last_write = utc_from_epoch(newest) if newest is not None else None
+        run.issues = [dataclasses.replace(issue, run_id=run_id) for issue in issues]
+        return run
+
+    @staticmethod
+    def _meta(path: Path, issues: list[IngestIssue], *, what: str) -> dict[str, Any]:
+        if not path.is_file():
+            issues.append(IngestIssue(str(path), "missing_meta", "meta.yaml is missing", what, source=SOURCE_NAME))
+            return {}
+        meta, meta_issues = load_config_file(path, source=SOURCE_NAME)
+        issues.extend(dataclasses.replace(i, lost=what) if i.kind == "malformed_config" else i for i in meta_issues)
+        return meta or {}
+
+
+# -- SQL store -------------------------------------------------------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for locations and messages."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+class MlflowSqlError(RuntimeError):
+    """The SQL store cannot be read at all (unreachable, or not an MLflow schema)."""
+
+
+class MlflowSqlSource:
+    """Runs of one MLflow SQL store, read with plain SQL through SQLAlchemy."""
+
+    name = SOURCE_NAME
+
+    def __init__(self, url: str, grace_period_s: float = 3600) -> None:
+        self.url = url
+        self.grace_period_s = grace_period_s
+        self.label = redact_url(url)
+        self._engine: sa.Engine | None = None
+
+    def _connect(self) -> sa.Connection:
+        if self._engine is None:
+            self._engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        return self._engine.connect()
+
+    def run_id(self, run_uuid: str) -> str:
+        return stable_run_id(run_uuid, SOURCE_NAME.encode(), self.label.encode())
+
+    def _schema_problem(self, connection: sa.Connection) -> tuple[str | None, str | None]:
+        """(revision, why the store cannot be read or None)."""
+        inspector = sa.inspect(connection)
+        tables = set(inspector.get_table_names())
+        revision = None
+        if "alembic_version" in tables:
+            found = connection.exec_driver_sql("SELECT version_num FROM alembic_version").fetchall()
+            revision = found[0][0] if found else None
+        missing = []
+        for table, columns in REQUIRED_SQL_COLUMNS.items():
+            have = {c["name"] for c in inspector.get_columns(table)} if table in tables else set()
+            missing.extend(f"{table}.{column}" for column in sorted(columns - have))
+        return revision, (f"not an MLflow store this reader knows: missing {', '.join(missing)}" if missing else None)
+
+    def discover(self) -> list[RunLocator]:
+        try:
+            with self._connect() as connection:
+                revision, problem = self._schema_problem(connection)
+                if problem:
+                    raise MlflowSqlError(f"{self.label} (schema revision {revision}): {problem}")
+                listing = connection.exec_driver_sql(
+                    "SELECT r.run_uuid, r.status, r.end_time, m.n, m.last_ts, m.last_step, "
+                    "(SELECT COUNT(*) FROM params p WHERE p.run_uuid = r.run_uuid), "
+                    "(SELECT COUNT(*) FROM tags t WHERE t.run_uuid = r.run_uuid) "
+                    "FROM runs r LEFT JOIN (SELECT run_uuid, COUNT(*) AS n, MAX(timestamp) AS last_ts, "
+                    "MAX(step) AS last_step FROM metrics GROUP BY run_uuid) m ON m.run_uuid = r.run_uuid "
+                    "WHERE r.lifecycle_stage = 'active' ORDER BY r.start_time, r.run_uuid"
+                ).fetchall()
+        except sa.exc.SQLAlchemyError as exc:
+            raise MlflowSqlError(f"{self.label}: {type(exc).__name__}: {exc}") from None
+        return [
+            RunLocator(
+                self.name,
+                f"{self.label}#{row[0]}",
+                f"{revision}|" + "|".join(str(value) for value in row[1:]),
+                run_id_hint=self.run_id(row[0]),
+            )
+            for row in listing
+        ]
+
+    def read(self, locator: RunLocator) -> ParsedRun:
+        run_uuid = locator.location.rsplit("#", 1)[1]
+        run_id = self.run_id(run_uuid)
+        issues: list[IngestIssue] = []
+        with self._connect() as connection:
+            revision, _ = self._schema_problem(connection)
+            if revision not in KNOWN_SQL_REVISIONS:
+                issues.append(
+                    IngestIssue(
+                        self.label,
+                        "unknown_schema_version",
+                        f"alembic revision {revision!r} is not one this reader was written for (MLflow up to "
+                        f"3.17); read by column names",
+                        "nothing (columns whose meaning changed would be misread)",
+                        source=SOURCE_NAME,
+                    )
+                )
+            meta = connection.execute(
+                sa.text(
+                    "SELECT r.name, r.status, r.start_time, r.end_time, e.name FROM runs r "
+                    "LEFT JOIN experiments e ON e.experiment_id = r.experiment_id WHERE r.run_uuid = :run"
+                ),
+                {"run": run_uuid},
+            ).fetchone()
+            metric_rows = self._select(connection, "SELECT key, step, value, is_nan, timestamp FROM metrics", run_uuid)
+            params = dict(self._select(connection, "SELECT key, value FROM params", run_uuid))
+            tags = dict(self._select(connection, "SELECT key, value FROM tags", run_uuid))
+        if meta is None:
+            raise MlflowSqlError(f"run {run_uuid} is no longer in {self.label}")
+        name, status, start_ms, end_ms, experiment = meta
+        rows = sql_metric_frame(metric_rows)
+        history, history_issues = _history_from_rows(rows, run_id=run_id, location=locator.location, start_ms=start_ms)
+        run = ParsedRun(
+            run_id=run_id,
+            source=SOURCE_NAME,
+            location=locator.location,
+            history=history,
+            project=experiment,
+            name=name or run_uuid,
+            config={key: config_value(text) for key, text in params.items() if text is not None},
+            fingerprint=locator.fingerprint,
+        )
+        apply_run_facts(run, status=status, start_ms=start_ms, end_ms=end_ms, tags=tags)
+        if run.last_write is None and rows.height:
+            run.last_write = utc_from_epoch(rows.get_column("timestamp_ms").max() / 1000)
+        run.last_write = run.last_write or run.started_at or dt.datetime.now(dt.UTC)
+        run.issues = [dataclasses.replace(i, run_id=run_id) for i in [*issues, *history_issues]]
+        return run
+
+    @staticmethod
+    def _select(connection: sa.Connection, query: str, run_uuid: str) -> list[Any]:
+        return list(connection.execute(sa.text(query + " WHERE run_uuid = :run"), {"run": run_uuid}).fetchall())
+
+
+def sql_metric_frame(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
+    """(key, step, value, is_nan, timestamp) rows as columns, with MLflow's stand-ins for the
+    non-finite floats undone: `is_nan` -> NaN, +-1.797e308 -> +-inf."""
+    schema = {"key": pl.String, "step": pl.Int64, "value": pl.Float64, "is_nan": pl.Boolean, "timestamp_ms": pl.Int64}
+    frame = pl.DataFrame(rows, schema=schema, orient="row")
+    return frame.select(
+        "key",
+        "step",
+        pl.when(pl.col("is_nan"))
+        .then(float("nan"))
+        .when(pl.col("value") >= SQL_INF_SENTINEL)
+        .then(float("inf"))
+        .when(pl.col("value") <= -SQL_INF_SENTINEL)
+        .then(float("-inf"))
+        .otherwise(pl.col("value"))
+        .alias("value"),
+        "timestamp_ms",
+    )

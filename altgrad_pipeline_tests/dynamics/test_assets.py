@@ -1,0 +1,62 @@
+"""The four dynamics assets materialized by Dagster on small example frames, the reports
+written with every referenced image present, and honest empty reports."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from altgrad_pipeline.dynamics import assets
+from altgrad_pipeline.examples import example_spec
+from altgrad_pipeline.io_manager import PolarsParquetIOManager
+from altgrad_pipeline.reports.dynamics_documents import write_sweep_summary_report, write_training_dynamics_report
+from altgrad_pipeline.resources import ReportFiles
+from altgrad_pipeline_tests.dynamics.synthetic import example_frames
+
+
+def _images(markdown_path: Path) -> list[Path]:
+    text = markdown_path.read_text()
+    return [markdown_path.parent / target for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)]
+
+
+def test_materialize_dynamics_assets_and_reports(tmp_path: Path) -> None:
+    specs = [example_spec(fmt, "adamw", seed, max_steps=200) for fmt in ("BF16", "E5M2") for seed in (1, 2, 3)]
+    raw, histories = example_frames(specs)
+
+    @dg.asset(key="raw_runs")
+    def raw_runs() -> pl.DataFrame:
+        return raw
+
+    @dg.asset(key="run_histories")
+    def run_histories() -> pl.DataFrame:
+        return histories
+
+    result = dg.materialize(
+        [raw_runs, run_histories, assets.training_dynamics, assets.sweep_summary, assets.training_dynamics_report, assets.sweep_summary_report],
+        resources={"report_files": ReportFiles(data_dir=str(tmp_path)), "io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))},
+    )
+    assert result.success
+    dynamics = result.output_for_node("training_dynamics")
+    assert dynamics.filter(pl.col("metric") == "loss")["run_id"].n_unique() == 6
+    summary = result.output_for_node("sweep_summary")
+    # altgrad's BF16 baseline keeps fp8_format "E5M2", so against E5M2 only the flags vary
+    assert list(summary["varying_keys"][0]) == ["use_fp8", "use_shadow"]
+    assert set(summary.filter(pl.col("metric") == "loss")["n_runs"]) == {3}
+    for name in ("training_dynamics", "sweep_summary"):
+        markdown = tmp_path / "reports" / f"{name}.md"
+        images = _images(markdown)
+        assert images and all(p.is_file() for p in images)
+        assert (tmp_path / "reports" / f"{name}.html").read_text().count("data:image/png;base64,") == len(images)
+    assert (tmp_path / "assets" / "sweep_summary.parquet").is_file()
+
+
+def test_empty_inputs_give_honest_reports(tmp_path: Path) -> None:
+    empty = pl.DataFrame()
+    dynamics = write_training_dynamics_report(pl.DataFrame(schema={"project": pl.String}), empty, empty, tmp_path)
+    sweep = write_sweep_summary_report(pl.DataFrame(schema={"project": pl.String}), empty, empty, tmp_path)
+    assert "nothing to fit" in dynamics.path.read_text() and not dynamics.figure_paths
+    assert "no sweep to summarise" in sweep.path.read_text() and not sweep.figure_paths
+    assert "No runs have been ingested yet." in sweep.path.read_text()

@@ -1,0 +1,131 @@
+"""Curve fits on curves generated from known formulas with seeded noise: AICc picks the
+generating model, the power-law exponent, the knee and the plateau are recovered."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from altgrad_pipeline.dynamics import fits
+from altgrad_pipeline.dynamics.training import training_dynamics
+from altgrad_pipeline_tests.dynamics.synthetic import curve_history, runs_frame
+
+N_POINTS = 300
+STEPS_PER_EPOCH = 25
+NOISE_SD = 0.03
+N_TRIALS = 200
+
+
+def _generate(kind: str, rng: np.random.Generator, t: np.ndarray) -> tuple[np.ndarray, dict]:
+    if kind == "power_law":
+        truth = {"a": rng.uniform(3, 8), "b": rng.uniform(0.4, 1.2), "c": rng.uniform(1, 4)}
+        return fits.power_law(t, **truth), truth
+    if kind == "exponential":
+        truth = {"a": rng.uniform(3, 8), "tau": rng.uniform(20, 80), "c": rng.uniform(1, 4)}
+        return fits.exponential(t, **truth), truth
+    # burn-in: a slow first segment, then a steeper power law, joined at the break
+    a1, b1, b2, c, break_t = rng.uniform(3, 6), rng.uniform(0.1, 0.3), rng.uniform(0.8, 1.5), rng.uniform(1, 3), rng.uniform(40, 120)
+    truth = {"a1": a1, "b1": b1, "b2": b2, "c": c, "break_t": break_t}
+    return fits.two_power(t, a1, b1, fits.continuous_a2(a1, b1, b2, break_t), b2, c, break_t), truth
+
+
+def test_aicc_picks_the_generating_model_and_recovers_exponent_and_knee() -> None:
+    rng = np.random.default_rng(20260101)
+    t = np.arange(1, N_POINTS + 1, dtype=float)
+    picked: dict[str, list[bool]] = {m: [] for m in fits.MODELS}
+    exponent_errors, knee_errors_epochs = [], []
+    for trial in range(N_TRIALS):
+        kind = fits.MODELS[trial % 3]
+        clean, truth = _generate(kind, rng, t)
+        fitted = fits.fit_models(t, clean + rng.normal(0.0, NOISE_SD, N_POINTS))
+        picked[kind].append(fits.selected_model(fitted).model == kind)
+        if kind == "power_law":
+            exponent_errors.append(abs(fitted[0].params["b"] / truth["b"] - 1))
+        if kind == "two_power":
+            knee_errors_epochs.append(abs(fitted[2].break_step - truth["break_t"]) / STEPS_PER_EPOCH)
+    rates = {m: float(np.mean(v)) for m, v in picked.items()}
+    overall = float(np.mean([x for v in picked.values() for x in v]))
+    assert overall >= 0.95 and min(rates.values()) >= 0.95, rates
+    assert max(exponent_errors) < 0.05
+    assert max(knee_errors_epochs) <= 1.0
+
+
+def test_plateau_within_five_percent_of_the_run() -> None:
+    """Exponential curves with a known plateau: the first step where the noiseless slope,
+    relative to the run, falls below the tolerance (solved in closed form)."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    t = np.arange(1, n + 1, dtype=float)
+    steps = t - 1
+    length = steps[-1] - steps[0]
+    errors = []
+    for _ in range(30):
+        a, tau, c = rng.uniform(4, 8), rng.uniform(150, 450), rng.uniform(1, 4)
+        y = fits.exponential(t, a, tau, c) + rng.normal(0.0, 0.005, n)
+        change = a * (np.exp(-t[0] / tau) - np.exp(-t[-1] / tau))
+        true_t = tau * np.log(a * length / (tau * fits.PLATEAU_TOLERANCE * change))
+        found = fits.plateau_step(steps, y)
+        assert found is not None
+        errors.append(abs(found - (true_t - 1)) / length)
+    assert max(errors) <= 0.05
+
+
+def test_a_curve_still_falling_has_no_plateau() -> None:
+    t = np.arange(1, 301, dtype=float)
+    assert fits.plateau_step(t - 1, 10.0 - 0.02 * t) is None
+
+
+def test_standard_errors_match_the_jacobian_computed_here() -> None:
+    rng = np.random.default_rng(3)
+    t = np.arange(1, 301, dtype=float)
+    y = fits.power_law(t, 5.0, 0.7, 2.0) + rng.normal(0, 0.03, t.size)
+    fit = fits.fit_power_law(t, y)
+    a, b, c = fit.params["a"], fit.params["b"], fit.params["c"]
+    step = 1e-6
+    jacobian = np.column_stack(
+        [(fits.power_law(t, *(np.array([a, b, c]) + step * e)) - fits.power_law(t, *(np.array([a, b, c]) - step * e))) / (2 * step) for e in np.eye(3)]
+    )
+    rss = np.sum((y - fits.power_law(t, a, b, c)) ** 2)
+    expected = np.sqrt(np.diag(rss / (t.size - 3) * np.linalg.inv(jacobian.T @ jacobian)))
+    np.testing.assert_allclose([fit.standard_errors[k] for k in "abc"], expected, rtol=1e-5)
+    assert fit.rss == pytest.approx(rss, rel=1e-12)
+    k = 4
+    aic = t.size * np.log(rss / t.size) + 2 * k
+    assert fit.aic == pytest.approx(aic, abs=1e-9)
+    assert fit.aicc == pytest.approx(aic + 2 * k * (k + 1) / (t.size - k - 1), abs=1e-9)
+
+
+def test_spectral_slope_tells_white_noise_from_a_random_walk() -> None:
+    rng = np.random.default_rng(5)
+    white = rng.normal(size=4096)
+    assert abs(fits.spectral_slope(white)) < 0.3
+    assert fits.spectral_slope(np.cumsum(white)) < -1.5
+
+
+def test_training_dynamics_table_cuts_nan_tails_and_converts_epochs() -> None:
+    rng = np.random.default_rng(11)
+    steps = np.arange(0, 400)
+    loss = fits.power_law(steps + 1.0, 6.0, 0.8, 2.0) + rng.normal(0, 0.02, steps.size)
+    loss[350:] = np.nan
+    accuracy = 0.9 - 0.7 * np.exp(-(steps + 1.0) / 60.0) + rng.normal(0, 0.005, steps.size)
+    histories = pl.concat([curve_history("r1", steps, loss), curve_history("r1", steps, accuracy, key="eval/accuracy"), curve_history("r1", steps, steps * 0.1, key="eval/runtime")])
+    raw = runs_frame([{"steps_per_epoch": 40, "lr": 0.1}], run_ids=["r1"], projects=["p"], seeds=[1])
+    table = training_dynamics(raw, histories)
+    assert set(table["metric"]) == {"loss", "eval/accuracy"}
+    assert table.height == 6 and table.group_by("metric").agg(pl.col("selected").sum())["selected"].to_list() == [1, 1]
+    loss_rows = table.filter(pl.col("metric") == "loss")
+    assert loss_rows["n_points"].unique().to_list() == [350]
+    assert loss_rows["first_nonfinite_step"].unique().to_list() == [350]
+    power = loss_rows.filter(pl.col("model") == "power_law").row(0, named=True)
+    assert power["b"] == pytest.approx(0.8, rel=0.05)
+    assert power["knee_epoch"] == round(power["knee_step"] / 40 * 4) / 4
+    assert power["final_loss_bits"] == pytest.approx(np.mean(loss[340:350]) / np.log(2), abs=1e-12)
+    accuracy_rows = table.filter(pl.col("metric") == "eval/accuracy")
+    exponential = accuracy_rows.filter(pl.col("model") == "exponential").row(0, named=True)
+    assert exponential["selected"] and exponential["a"] < 0 and exponential["tau"] == pytest.approx(60, rel=0.1)
+    assert exponential["final_loss_bits"] is None
+
+
+def test_empty_inputs_give_an_empty_table() -> None:
+    assert training_dynamics(pl.DataFrame(), pl.DataFrame()).is_empty()

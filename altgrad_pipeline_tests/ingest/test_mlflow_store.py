@@ -1,0 +1,128 @@
+"""MLflow file and SQLite stores written by mlflow-skinny's own client, read without it."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from altgrad_pipeline.ingest.mlflow_store import MlflowFileSource, MlflowSqlSource
+
+VALUES = [0.5, math.nan, math.inf, -math.inf, 1e-30, -2.0]
+
+
+def log_runs(uri: str) -> tuple[str, str]:
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("fp8-study")
+    with mlflow.start_run(run_name="parent") as parent:
+        with mlflow.start_run(run_name="child", nested=True) as child:
+            mlflow.log_params({"fp8_format": "E5M2", "lr": 0.001, "max_steps": 120})
+            mlflow.set_tag("team", "altgrad")
+            for step, value in enumerate(VALUES):
+                mlflow.log_metric("train/loss", value, step=step)
+                mlflow.log_metric("grad_norm_l2/layers.0.weight", step * 2.0, step=step)
+        mlflow.end_run()
+    import mlflow.tracking
+
+    mlflow.tracking.MlflowClient().set_terminated(parent.info.run_id, "FAILED")
+    return parent.info.run_id, child.info.run_id
+
+
+def check_child(runs, parent_id: str, child_id: str) -> None:
+    by_name = {r.name: r for r in runs}
+    child, parent = by_name["child"], by_name["parent"]
+    loss = child.history.filter(key="train/loss").sort("step").get_column("value").to_list()
+    assert len(loss) == len(VALUES)
+    assert all((math.isnan(a) and math.isnan(b)) or a == b for a, b in zip(loss, VALUES, strict=True))
+    assert child.history.filter(key="grad_norm_l2/layers.0.weight").get_column("value").to_list() == [0, 2, 4, 6, 8, 10]
+    assert child.config == {"fp8_format": "E5M2", "lr": 0.001, "max_steps": 120}
+    assert child.project == "fp8-study" and child.group == parent_id and child.tags == ["team=altgrad"]
+    assert (child.ended, child.exit_code) == (True, 0) and (parent.ended, parent.exit_code) == (True, 1)
+    assert child.source == "mlflow" and child_id in child.location or child_id == Path(child.location).name
+
+
+def test_file_store_every_value_arrives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    parent_id, child_id = log_runs("file:" + str(tmp_path / "mlruns"))
+    source = MlflowFileSource(tmp_path)
+
+    runs = [source.read(loc) for loc in source.discover()]
+
+    assert len(runs) == 2
+    check_child(runs, parent_id, child_id)
+    assert all(r.issues == [] for r in runs)
+
+
+def test_file_store_bad_line_and_missing_meta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    parent_id, child_id = log_runs("file:" + str(tmp_path / "mlruns"))
+    child_dir = next((tmp_path / "mlruns").glob(f"*/{child_id}"))
+    with open(child_dir / "metrics" / "train" / "loss", "a") as handle:
+        handle.write("not a metric line\n4102444800000 0.25 6\n")
+    (next((tmp_path / "mlruns").glob(f"*/{parent_id}")) / "meta.yaml").unlink()
+    source = MlflowFileSource(tmp_path)
+
+    runs = {Path(r.location).name: r for r in (source.read(loc) for loc in source.discover())}
+
+    child = runs[child_id]
+    assert [(i.kind, i.lost) for i in child.issues] == [("malformed_metric_line", "1 values")]
+    assert child.history.filter(key="train/loss", step=6).get_column("value").to_list() == [0.25]
+    assert [i.kind for i in runs[parent_id].issues] == ["missing_meta"]
+
+
+def test_sqlite_store_restores_nan_and_inf(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    parent_id, child_id = log_runs(url)
+    source = MlflowSqlSource(url)
+
+    runs = [source.read(loc) for loc in source.discover()]
+
+    check_child(runs, parent_id, child_id)
+    assert all(r.issues == [] for r in runs)
+
+
+def test_sqlite_unknown_schema_revision(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    log_runs(url)
+    with sqlite3.connect(tmp_path / "mlruns.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    source = MlflowSqlSource(url)
+
+    runs = [source.read(loc) for loc in source.discover()]
+
+    assert len(runs) == 2 and all([i.kind for i in r.issues] == ["unknown_schema_version"] for r in runs)
+    assert {r.name: r.history.height for r in runs} == {"parent": 0, "child": 12}
+
+
+def test_sqlite_without_mlflow_tables_cannot_be_listed(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE runs (x)").connection.commit()
+    with pytest.raises(RuntimeError, match="missing"):
+        MlflowSqlSource(f"sqlite:///{tmp_path / 'other.db'}").discover()
+
+
+@pytest.mark.corpora
+@pytest.mark.parametrize(
+    ("corpus", "runs", "points"), [("BozzoloLu__GAN", 26, 3896), ("Finnk11__bilevel-rl", 7, 4 * 345)]
+)
+def test_corpus_file_stores(corpora_dir: Path, corpus: str, runs: int, points: int) -> None:
+    source = MlflowFileSource(corpora_dir / corpus)
+    read = [source.read(loc) for loc in source.discover()]
+    assert len(read) == runs
+    # Lines in files; duplicate (step, key) lines are merged into one value with an issue.
+    duplicates = sum(int(i.lost.split()[0]) for r in read for i in r.issues if i.kind == "duplicate_step")
+    assert sum(r.history.height for r in read) + duplicates <= points
+    assert all(i.kind == "duplicate_step" for r in read for i in r.issues)
+
+
+@pytest.mark.corpora
+def test_corpus_sqlite_stores(corpora_dir: Path) -> None:
+    doha = corpora_dir / "17-doha__GANS"
+    full = MlflowSqlSource(f"sqlite:///{doha / 'mlruns.db'}")
+    runs = [full.read(loc) for loc in full.discover()]
+    assert sorted(r.history.height for r in runs) == [0, 0, 20, 20]
+    assert {r.name for r in runs} >= {"rambunctious-bat-651", "dazzling-loon-103"}
+    assert MlflowSqlSource(f"sqlite:///{doha / 'mlflow.db'}").discover() == []
