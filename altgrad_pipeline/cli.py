@@ -37,6 +37,8 @@ def worker_command(args: argparse.Namespace, environ: dict[str, str]) -> tuple[l
     broker and backend of ALTGRAD_CELERY_BROKER / _BACKEND, the instance of DAGSTER_HOME (default
     as for `refresh`), and this interpreter's `bin/` first on PATH, because dagster-celery starts
     `celery` by name."""
+    import yaml
+
     from altgrad_pipeline import settings
     from altgrad_pipeline.refresh import dagster_home
 
@@ -52,7 +54,9 @@ def worker_command(args: argparse.Namespace, environ: dict[str, str]) -> tuple[l
         celery_backend=env.get(settings.CELERY_BACKEND_ENV) or settings.DEFAULT_CELERY_URL,
     )
     config = home / "altgrad_celery.yaml"
-    config.write_text(f"broker: {choice.celery_broker!r}\nbackend: {choice.celery_backend!r}\n")
+    # The same block as the executor's config, where dagster-celery's CLI looks for it.
+    executor_config = {"broker": choice.celery_broker, "backend": choice.celery_backend}
+    config.write_text(yaml.safe_dump({"execution": {"config": executor_config}}))
     command = [
         str(bin_dir / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(config),
         "-i", WORKER_INCLUDES, "-l", args.loglevel,

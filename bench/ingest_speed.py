@@ -132,8 +132,14 @@ def main() -> None:
         results["jsonl"] = "skipped (--skip-jsonl)"
     else:
         write_jsonl_store(store / "jsonl_runs", args.runs, steps, args.keys)
-        results["jsonl"] = {"one_run": measure("jsonl", store / "jsonl_runs", 1),
-                            "all_runs": measure("jsonl", store / "jsonl_runs", None)}
+        newest_write = max(p.stat().st_mtime for p in (store / "jsonl_runs").glob("*.jsonl"))
+        results["jsonl"] = {
+            # JsonlSource keeps logs written within its grace period (1 h) parsed, to resume them:
+            # peak memory with a fresh store is that of a live study, with an older one of a finished one.
+            "newest_file_age_s": round(time.time() - newest_write),
+            "one_run": measure("jsonl", store / "jsonl_runs", 1),
+            "all_runs": measure("jsonl", store / "jsonl_runs", None),
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     json.dump(results, sys.stdout, indent=2)

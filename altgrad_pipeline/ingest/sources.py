@@ -14,7 +14,7 @@ from pathlib import Path
 from altgrad_pipeline.ingest.jsonl import JsonlSource
 from altgrad_pipeline.ingest.lightning_csv import LightningCsvSource
 from altgrad_pipeline.ingest.mlflow_store import MlflowFileSource, MlflowSqlSource
-from altgrad_pipeline.ingest.model import RunLocator, ParsedRun, RunSource
+from altgrad_pipeline.ingest.model import ParsedRun, RunLocator, RunSource
 from altgrad_pipeline.ingest.tensorboard import TensorBoardSource
 from altgrad_pipeline.ingest.wandb_api import WandbApiSource
 from altgrad_pipeline.ingest.wandb_export import WandbExportSource

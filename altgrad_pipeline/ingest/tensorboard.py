@@ -20,6 +20,10 @@ every point read before it at a step >= s was orphaned by a crash: those points 
 TensorBoard drops them, and an issue says how many. Out-of-order steps without a START are kept
 (TF2 writers living across several trainings restart at 0 that way).
 
+Event files name no project: a string `project` hyperparameter (altgrad's TrainConfig and many
+trainers log the tracker project among their settings) is taken as the run's project, so runs of
+one study logged to W&B and to TensorBoard are compared as one study.
+
 A file still being written is read up to its last whole record; the next read of the grown file
 continues from there. `ended` is always False: event files never record an end, so the file age
 against the grace period decides between running and stopped.
@@ -55,6 +59,8 @@ SCALARS_PLUGIN = "scalars"
 HPARAMS_PLUGIN = "hparams"
 #: Lightning writes its hyperparameters beside the event file as well.
 LIGHTNING_HPARAMS = "hparams.yaml"
+#: The hyperparameter that names the run's project (see the module docstring).
+PROJECT_HPARAM = "project"
 HEADER_BYTES = 12  # u64 length + u32 masked CRC of the length
 FOOTER_BYTES = 4  # u32 masked CRC of the data
 RECORD_LENGTH = struct.Struct("<Q")
@@ -319,16 +325,21 @@ class EventFile:
     torn_tail: int = 0
     framing_lost: bool = False
 
+    def continues(self) -> bool:
+        """Whether the file still holds what was read so far (it may have grown); False when it
+        was truncated or replaced, and must be read again as a new file."""
+        anchor = self.position.anchor
+        with self.path.open("rb") as handle:
+            handle.seek(self.position.offset - len(anchor))
+            return handle.read(len(anchor)) == anchor
+
     def update(self) -> None:
-        """Decode what was appended since the last call, CHUNK_BYTES at a time."""
+        """Decode what was appended since the last call, CHUNK_BYTES at a time (the caller has
+        checked `continues()`)."""
         if self.framing_lost:
             return
         with self.path.open("rb") as handle:
-            anchor = self.position.anchor
-            handle.seek(self.position.offset - len(anchor))
-            if handle.read(len(anchor)) != anchor:
-                self.__init__(self.path, self.tags, self.tag_plugins)  # type: ignore[misc]
-                handle.seek(0)
+            handle.seek(self.position.offset)
             pending = b""
             while not self.framing_lost:
                 block = handle.read(CHUNK_BYTES)
@@ -359,7 +370,6 @@ class EventFile:
             return 0
         padded = np.zeros(offset + 24, dtype=np.uint8)
         padded[:offset] = np.frombuffer(data[:offset], dtype=np.uint8)
-        size = offset
         lengths = _gather_le(padded, starts, 8, "<u8").astype(np.int64)
         stored_length_crc = _gather_le(padded, starts + 8, 4, "<u4")
         bad_length = np.flatnonzero(length_crcs(padded, starts) != stored_length_crc)
@@ -535,7 +545,10 @@ class TensorBoardRun:
 
     def update(self, paths: list[Path]) -> None:
         for path in paths:
-            self.files.setdefault(path, EventFile(path, self.tags, self.tag_plugins)).update()
+            events = self.files.get(path)
+            if events is None or not events.continues():
+                events = self.files[path] = EventFile(path, self.tags, self.tag_plugins)
+            events.update()
         for gone in set(self.files) - set(paths):
             del self.files[gone]
 
@@ -699,5 +712,7 @@ class TensorBoardSource:
             config, issues = load_config_file(directory / LIGHTNING_HPARAMS, source=SOURCE_NAME)
             run.config = config or {}
             run.issues.extend(dataclasses.replace(issue, run_id=run.run_id) for issue in issues)
+        project = run.config.get(PROJECT_HPARAM)
+        run.project = project if isinstance(project, str) and project else None
         run.fingerprint = locator.fingerprint
         return run

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import mmap
 import os
 import struct
 import time
@@ -365,24 +364,21 @@ class WandbLogReader:
     def feed_file(self, path: Path) -> None:
         """Read whatever the file holds past `offset` (the whole file on the first call).
 
-        The file is memory-mapped rather than read: copying a large log into a fresh buffer
-        costs more CPU (page faults) than checking its CRCs. The map is not closed explicitly;
-        it is released with the last view of it, so nothing kept by mistake can make this raise.
+        Read into memory, not memory-mapped: a run folder truncated or deleted while it is read
+        would kill a mapped reader with SIGBUS, taking the sensor or the whole run down with it.
         """
         try:
             with open(path, "rb") as handle:
                 stat = os.fstat(handle.fileno())
-                data: bytes | memoryview = b""
-                if stat.st_size > self.offset:
-                    data = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))[self.offset :]
+                handle.seek(self.offset)
+                data = handle.read() if stat.st_size > self.offset else b""
         except OSError as exc:
             self._issues.append(self._issue("unreadable_file", f"cannot read the log: {exc}", "the whole log"))
             return
         self.feed(data, file_age_s=max(0.0, time.time() - stat.st_mtime))
 
     def feed(self, data: bytes | memoryview, *, file_age_s: float | None = None) -> None:
-        """Decode `data`, the file's bytes from `offset` to its current end (nothing of it is
-        kept, so it may be a view of a memory-mapped file)."""
+        """Decode `data`, the file's bytes from `offset` to its current end."""
         base = self.offset
         if not self._header_seen:
             if len(data) < len(LOG_HEADER):

@@ -155,6 +155,20 @@ def test_torn_record_is_read_once_complete(tmp_path: Path) -> None:
     assert second.issues == []
 
 
+def test_replaced_file_is_read_again_from_its_start(tmp_path: Path) -> None:
+    path = write(tmp_path / "r", [scalar_event("loss", s, float(s), 1.0 + s) for s in range(20)])
+    source = TensorBoardSource(tmp_path)
+    first = source.read(source.discover()[0])
+    replacement = write(tmp_path / "new", [scalar_event("acc", s, -float(s), 5.0 + s) for s in range(5)])
+    replacement.replace(path)
+
+    second = source.read(source.discover()[0])
+
+    assert first.history.height == 20
+    assert second.history.select("key", "step", "value").rows() == [("acc", s, -float(s)) for s in range(5)]
+    assert second.issues == []
+
+
 def test_crc_mismatch_skips_only_that_record(tmp_path: Path) -> None:
     path = write(tmp_path / "r", [scalar_event("loss", s, float(s), 1.0 + s) for s in range(10)])
     data = bytearray(path.read_bytes())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -249,6 +250,9 @@ def write_metric_summary_run(root: Path) -> Path:
             run.summary["best"] = 1.0
     run.finish()
     (log,) = root.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + 60
+    while not read_wandb_log(log).ended and time.monotonic() < deadline:
+        time.sleep(0.1)  # finish() can return before the service has flushed the log
     return log
 
 
@@ -307,7 +311,6 @@ def test_summary_fold_matches_the_slow_path_when_summary_differs_from_history(tm
     reader.feed_file(path)
     log = reader.result()
     assert log.summary == reference_summary(reader.payloads)
-    print(log.summary)
     assert log.summary["loss"] == {"min": 0.5}
     assert log.summary["acc"] == {"max": 0.9, "last": 0.4}
     assert log.summary["best"] == 1.0 and log.summary["_step"] == 5
