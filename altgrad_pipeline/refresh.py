@@ -2,18 +2,22 @@
 stale in the persistent Dagster instance, so `dagster dev` shows the same history afterwards.
 
 Each format partition is one Dagster run, executed as ALTGRAD_EXECUTOR says (`execution.py`); with
-Celery, several partition runs are kept in flight so every worker has steps to take."""
+Celery, several partition runs are kept in flight (one orchestrating process each) so every worker
+has steps to take."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableJob
+from dagster._core.instance.ref import InstanceRef
 
 from altgrad_pipeline import execution, settings
 from altgrad_pipeline.definitions import ASSETS, build_resources
@@ -130,27 +134,23 @@ def refresh(
     choice = settings.executor_choice()
     if choice.name != "in_process":
         echo(f"Executor: {choice.name}")
-
-    def run_partition(fmt: str) -> dg.ExecutionResult:
+    parallel = execution.runs_in_parallel(choice) and len(todo) > 1
+    for fmt in todo:
         echo(f"Materializing format partition {fmt} ({', '.join(k.to_user_string() for k in _asset_keys(partitioned))})")
-        return dg.execute_job(
-            job, instance, asset_selection=_asset_keys(partitioned), tags={"dagster/partition": fmt},
-            run_config=QUIET_RUN_CONFIG,
-        )  # fmt: skip
-
-    for fmt, result in _each_result(run_partition, todo, parallel=execution.runs_in_parallel(choice)):
-        if not result.success:
-            report.failed.append(f"partition {fmt}")
-            echo(f"  FAILED: partition {fmt}, see run {result.run_id} in the Dagster UI")
-        report.refreshed_formats.append(fmt)
+        if not parallel:
+            outcome = _run(instance, job, _asset_keys(partitioned), fmt)
+            _record(report, fmt, outcome, echo)
+    if parallel:
+        for fmt, outcome in _run_partitions_in_parallel(instance, runs, data_dir, _asset_keys(partitioned), todo):
+            _record(report, fmt, outcome, echo)
     never_built = any(instance.get_latest_materialization_event(k) is None for k in _asset_keys(unpartitioned))
     if todo or full or never_built:
         echo(f"Materializing analysis and reports ({len(_asset_keys(unpartitioned))} assets)")
-        result = dg.execute_job(job, instance, asset_selection=_asset_keys(unpartitioned), run_config=QUIET_RUN_CONFIG)
+        success, run_id = _run(instance, job, _asset_keys(unpartitioned), None)
         report.analysis_refreshed = True
-        if not result.success:
+        if not success:
             report.failed.append("analysis")
-            echo(f"  FAILED: see run {result.run_id} in the Dagster UI")
+            echo(f"  FAILED: see run {run_id} in the Dagster UI")
     if not todo and not never_built and not full:
         echo("Everything is up to date.")
     echo(f"Assets: {_child(data_dir, 'assets')}")
@@ -162,15 +162,39 @@ def _child(data_dir: str, name: str) -> str:
     return f"{data_dir}/{name}" if settings.is_url(data_dir) else str(Path(data_dir) / name)
 
 
-def _each_result(
-    run: Callable[[str], dg.ExecutionResult], formats: Sequence[str], *, parallel: bool
-) -> list[tuple[str, dg.ExecutionResult]]:
-    """(format, result) for every format, in the given order; with `parallel`, up to
-    PARALLEL_PARTITION_RUNS runs at once, each orchestrated from its own thread."""
-    if not parallel or len(formats) < 2:
-        return [(fmt, run(fmt)) for fmt in formats]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL_PARTITION_RUNS) as pool:
-        return list(zip(formats, pool.map(run, formats), strict=True))
+def _record(report: RefreshReport, fmt: str, outcome: tuple[bool, str], echo: Callable[[str], None]) -> None:
+    success, run_id = outcome
+    if not success:
+        report.failed.append(f"partition {fmt}")
+        echo(f"  FAILED: partition {fmt}, see run {run_id} in the Dagster UI")
+    report.refreshed_formats.append(fmt)
+
+
+def _run(
+    instance: dg.DagsterInstance, job: ReconstructableJob, keys: Sequence[dg.AssetKey], fmt: str | None
+) -> tuple[bool, str]:
+    """(success, run id) of one run of `keys`: one format partition, or the unpartitioned assets."""
+    tags = {"dagster/partition": fmt} if fmt else {}
+    result = dg.execute_job(job, instance, asset_selection=list(keys), tags=tags, run_config=QUIET_RUN_CONFIG)
+    return result.success, result.run_id
+
+
+def _run_partition_from_ref(
+    instance_ref: InstanceRef, runs: str, data_dir: str, keys: Sequence[dg.AssetKey], fmt: str
+) -> tuple[bool, str]:
+    with dg.DagsterInstance.from_ref(instance_ref) as instance:
+        return _run(instance, execution.reconstructable_refresh_job(runs, data_dir), keys, fmt)
+
+
+def _run_partitions_in_parallel(
+    instance: dg.DagsterInstance, runs: str, data_dir: str, keys: Sequence[dg.AssetKey], formats: Sequence[str]
+) -> list[tuple[str, tuple[bool, str]]]:
+    """Up to PARALLEL_PARTITION_RUNS partition runs at once, each orchestrated by its own process:
+    Dagster's run setup configures `logging` globally, so runs cannot share a process's threads."""
+    context = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ProcessPoolExecutor(min(PARALLEL_PARTITION_RUNS, len(formats)), mp_context=context) as pool:
+        futures = [pool.submit(_run_partition_from_ref, instance.get_ref(), runs, data_dir, keys, fmt) for fmt in formats]
+        return [(fmt, future.result()) for fmt, future in zip(formats, futures, strict=True)]
 
 
 def ensure_example_store(data_dir: str, echo: Callable[[str], None]) -> Path:

@@ -14,13 +14,20 @@ Answered operations (by GraphQL operation name):
   HistoryPage                                              - scan_history's pages: rows with
                                                              minStep <= _step < maxStep, at most
                                                              pageSize (1000 by default) of them
-  RunParquetHistory                                        - wandb-core's probe for Parquet exports:
-                                                             none, so it falls back to HistoryPage
+  RunParquetHistory                                        - the run's Parquet history exports: for a
+                                                             run with `export_parts` > 0, URLs of
+                                                             Parquet files this server writes from
+                                                             its history and serves itself (GET
+                                                             /exports/<run>/<part>.parquet), plus
+                                                             `liveData` for rows after `exported_rows`;
+                                                             for other runs no URLs (the client then
+                                                             pages HistoryPage)
 Telemetry posted to /sdk/otel/... is accepted and ignored.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import threading
@@ -31,12 +38,16 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 #: A fake API key of the real shape (40 characters), distinctive enough to search for in outputs.
 FAKE_API_KEY = "altgradfake0key0never0valid0anywhere0042"
 
 _OPERATION = re.compile(r"\b(query|mutation)\s+(\w+)")
+#: Where the server serves the Parquet export files it announces in RunParquetHistory.
+EXPORTS_PATH = "/exports/"
 
 
 @dataclass
@@ -56,6 +67,10 @@ class FakeRun:
     created_at: str = "2024-05-01T10:00:00"
     heartbeat_at: str = "2024-05-01T11:00:00"
     updated_at: str = "2024-05-01T11:00:00"
+    #: How many Parquet export files the history is split into; 0: the run has no exports.
+    export_parts: int = 0
+    #: History rows covered by the exports (None: all); later rows are the run's live data.
+    exported_rows: int | None = None
 
     def lines(self) -> list[str]:
         return [json.dumps(row) for row in self.history]
@@ -63,6 +78,30 @@ class FakeRun:
     def last_step(self) -> int:
         steps = [json.loads(line).get("_step", -1) for line in self.lines()]
         return max(steps, default=-1)
+
+    def export_files(self) -> list[bytes]:
+        """The exported rows as `export_parts` Parquet files, in W&B's export layout: one column
+        per history key (`_step`, `_runtime`, `_timestamp` and the metrics), null where a row did
+        not log the key (columns of all the part's rows). Non-finite floats sent as strings ("NaN", "Infinity") are floats here, as
+        the export stores them; nested values (media) are structs, strings stay strings."""
+        rows = self.history[: self.exported_rows]
+        bounds = [len(rows) * part // self.export_parts for part in range(self.export_parts + 1)]
+        files = []
+        for low, high in zip(bounds, bounds[1:], strict=False):
+            keys = list(dict.fromkeys(key for row in rows[low:high] for key in row))
+            part = [{key: _export_value(row.get(key)) for key in keys} for row in rows[low:high]]
+            buffer = io.BytesIO()
+            # pyarrow's plain `string` columns, as W&B writes them: wandb-core's own Parquet reader
+            # (used by scan_history when exports exist) aborts on Polars' large/view strings.
+            pq.write_table(pa.Table.from_pylist(part), buffer)
+            files.append(buffer.getvalue())
+        return files
+
+    def live_rows(self) -> list[dict[str, Any]]:
+        """Rows not yet exported, as `liveData` lists them (only the keys asked for: `_step`)."""
+        if self.exported_rows is None:
+            return []
+        return [{"_step": float(row["_step"])} for row in self.history[self.exported_rows :]]
 
     def node(self, query: str) -> dict[str, Any]:
         """The run as a GraphQL `Run` node, with only the fields the query names (as a real
@@ -192,6 +231,8 @@ class FakeWandbServer:
 
     def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
         text = body.decode("utf-8", errors="replace")
+        if path.startswith(EXPORTS_PATH):
+            return self._export_file(path, headers, text)
         if not path.endswith("/graphql"):
             # Telemetry (/sdk/otel/v1/metrics) and anything else not GraphQL: accepted, ignored.
             self._record(path, None, {}, 200, headers, text)
@@ -219,6 +260,21 @@ class FakeWandbServer:
         except _GraphQLError as exc:
             payload = {"data": None, "errors": [{"message": str(exc)}]}
         return 200, {"Content-Type": "application/json"}, json.dumps(payload).encode()
+
+    def _export_file(self, path: str, headers: dict[str, str], text: str) -> tuple[int, dict[str, str], bytes]:
+        found = re.fullmatch(rf"{EXPORTS_PATH}([^/]+)/(\d+)\.parquet", path)
+        runs = [run for run in self.runs if found and run.id == found.group(1)]
+        files = runs[0].export_files() if runs and runs[0].export_parts else []
+        if not found or int(found.group(2)) >= len(files):
+            self._record(path, None, {}, 404, headers, text)
+            return 404, {"Content-Type": "text/plain"}, b"no such export"
+        self._record(path, None, {}, 200, headers, text)
+        return 200, {"Content-Type": "application/octet-stream"}, files[int(found.group(2))]
+
+    def exports_downloaded(self) -> list[str]:
+        """Paths of the export files served so far, in order."""
+        with self._lock:
+            return [r.path for r in self.requests if r.path.startswith(EXPORTS_PATH) and r.status == 200]
 
     def _record(self, path: str, operation: str | None, variables: dict, status: int, headers: dict, body: str) -> None:
         with self._lock:
@@ -281,7 +337,8 @@ class FakeWandbServer:
         if operation == "RunHistoryKeys":
             return {"historyKeys": {"lastStep": run.last_step(), "keys": {}}}
         if operation == "RunParquetHistory":
-            return {"parquetHistory": {"parquetUrls": [], "liveData": []}}
+            urls = [f"{self.url}{EXPORTS_PATH}{run.id}/{part}.parquet" for part in range(run.export_parts)]
+            return {"parquetHistory": {"parquetUrls": urls, "liveData": run.live_rows() if urls else []}}
         low, high, size = int(variables["minStep"]), int(variables["maxStep"]), int(variables["pageSize"])
         rows = [line for line in run.lines() if low <= _step_of(line) < high]
         return {"history": rows[:size]}
@@ -289,6 +346,10 @@ class FakeWandbServer:
 
 class _GraphQLError(Exception):
     pass
+
+
+def _export_value(value: Any) -> Any:
+    return float(value) if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity") else value
 
 
 def _step_of(line: str) -> int:

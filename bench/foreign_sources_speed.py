@@ -1,6 +1,8 @@
 """Values/s and peak memory of the TensorBoard and MLflow readers against the tools' own readers,
 on generated stores of about 2 M values each. Each measurement runs in a fresh subprocess, so peak
-RSS (minus the process's RSS after imports) is that reader's alone.
+RSS (minus the process's RSS after imports) is that reader's alone. Memory is also given as a ratio
+to the size of the table our reader hands back (its long history, `estimated_size()`), the same
+yardstick for every reader of a store (the issue's goal for TensorBoard: under 2x).
 
     python bench/foreign_sources_speed.py [--values 2000000]
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import resource
 import sqlite3
@@ -76,11 +79,16 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _ours_tensorboard(path: str) -> int:
+def _read_all(source) -> tuple[int, int]:
+    """(values, bytes of the history tables) of every run of `source`."""
+    histories = [source.read(loc).history for loc in source.discover()]
+    return sum(h.height for h in histories), sum(h.estimated_size() for h in histories)
+
+
+def _ours_tensorboard(path: str) -> tuple[int, int]:
     from altgrad_pipeline.ingest.tensorboard import TensorBoardSource
 
-    source = TensorBoardSource(Path(path))
-    return sum(source.read(loc).history.height for loc in source.discover())
+    return _read_all(TensorBoardSource(Path(path)))
 
 
 def _event_accumulator(path: str) -> int:
@@ -97,11 +105,10 @@ def _tbparse(path: str) -> int:
     return len(SummaryReader(path).scalars)
 
 
-def _ours_mlflow_file(path: str) -> int:
+def _ours_mlflow_file(path: str) -> tuple[int, int]:
     from altgrad_pipeline.ingest.mlflow_store import MlflowFileSource
 
-    source = MlflowFileSource(Path(path))
-    return sum(source.read(loc).history.height for loc in source.discover())
+    return _read_all(MlflowFileSource(Path(path)))
 
 
 def _mlflow_client_file(path: str) -> int:
@@ -115,11 +122,10 @@ def _mlflow_client_file(path: str) -> int:
     return sum(len(client.get_metric_history(run.info.run_id, t)) for t in TAGS)
 
 
-def _ours_sqlite(path: str) -> int:
+def _ours_sqlite(path: str) -> tuple[int, int]:
     from altgrad_pipeline.ingest.mlflow_store import MlflowSqlSource
 
-    source = MlflowSqlSource(f"sqlite:///{path}")
-    return sum(source.read(loc).history.height for loc in source.discover())
+    return _read_all(MlflowSqlSource(f"sqlite:///{path}"))
 
 
 def _sqlite_rows(path: str) -> int:
@@ -134,12 +140,16 @@ def _measure(name: str, path: str, queue: mp.Queue) -> None:
     base = _rss_mb()
     start = time.perf_counter()
     try:
-        count = globals()[name](path)
+        outcome = globals()[name](path)
     except Exception as exc:  # noqa: BLE001 - a missing optional reader is reported, not fatal
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
         return
     seconds = time.perf_counter() - start
-    queue.put({"values": count, "seconds": seconds, "values_per_s": count / seconds, "peak_mb": _rss_mb() - base})
+    count, output_bytes = outcome if isinstance(outcome, tuple) else (outcome, None)
+    result = {"values": count, "seconds": seconds, "values_per_s": count / seconds, "peak_mb": _rss_mb() - base}
+    if output_bytes is not None:
+        result["output_mb"] = output_bytes / 2**20
+    queue.put(result)
 
 
 def measure(name: str, path: Path) -> dict:
@@ -176,12 +186,19 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - a missing optional reader is reported, not fatal
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             results.append({"store": store, "reader": reader, **result})
-    print(f"{'store':<20}{'reader':<36}{'values':>10}{'s':>8}{'values/s':>12}{'peak MB':>9}")
+    # Our reader comes first for each store: its output table is the yardstick for the store's readers.
+    output_mb: dict[str, float] = {}
+    for r in results:
+        output_mb.setdefault(r["store"], r.get("output_mb", 0.0))
+        if "peak_mb" in r and output_mb[r["store"]]:
+            r["peak_over_output"] = r["peak_mb"] / output_mb[r["store"]]
+    print(f"{'store':<20}{'reader':<36}{'values':>10}{'s':>8}{'values/s':>12}{'peak MB':>9}{'output MB':>11}{'peak/out':>10}")
     for r in results:
         if "error" in r:
             print(f"{r['store']:<20}{r['reader']:<36}  {r['error']}")
         else:
-            print(f"{r['store']:<20}{r['reader']:<36}{r['values']:>10}{r['seconds']:>8.2f}{r['values_per_s']:>12,.0f}{r['peak_mb']:>9.0f}")
+            print(f"{r['store']:<20}{r['reader']:<36}{r['values']:>10}{r['seconds']:>8.2f}{r['values_per_s']:>12,.0f}"
+                  f"{r['peak_mb']:>9.0f}{output_mb[r['store']]:>11.0f}{r.get('peak_over_output', math.nan):>10.2f}")  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"values": args.values, "results": results}, indent=2))
 

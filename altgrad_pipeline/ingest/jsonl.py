@@ -175,43 +175,51 @@ def keep_last_writes(
     are reported (per key: dr_gen's splits count their epochs separately). Identical rewrites
     (Lightning's `epoch` cell on rows sharing a step) lose nothing and are merged silently."""
     issues: list[IngestIssue] = []
-    rows = rows.sort("line", maintain_order=True)
-    backwards = rows.filter(pl.col("step") < pl.col("step").cum_max().shift(1).over("key"))
-    if backwards.height:
-        first = backwards.row(0, named=True)
-        issues.append(
-            IngestIssue(
-                location,
-                "step_backwards",
-                f"{backwards.get_column('line').n_unique()} lines log a key at a step lower than that key's "
-                f"earlier steps (first: {first['key']!r} at step {first['step']}); kept and sorted by step",
-                position=f"line {first['line']}",
-                source=source,
-                run_id=run_id,
+    if not rows.get_column("line").is_sorted():
+        rows = rows.sort("line", maintain_order=True)
+    if not rows.get_column("step").is_sorted():  # only then can some key's steps go backwards
+        backwards = rows.filter(pl.col("step") < pl.col("step").cum_max().shift(1).over("key"))
+        if backwards.height:
+            first = backwards.row(0, named=True)
+            issues.append(
+                IngestIssue(
+                    location,
+                    "step_backwards",
+                    f"{backwards.get_column('line').n_unique()} lines log a key at a step lower than that key's "
+                    f"earlier steps (first: {first['key']!r} at step {first['step']}); kept and sorted by step",
+                    position=f"line {first['line']}",
+                    source=source,
+                    run_id=run_id,
+                )
             )
+    # One stable sort puts the writes of each (step, key) side by side, in write order: the last
+    # of a run of equal (step, key) is the one kept, and rewrites are found without hashing.
+    ordered = rows.sort("step", "key", "line")
+    rewritten = (pl.col("step") == pl.col("step").shift(-1)) & (pl.col("key") == pl.col("key").shift(-1))
+    ordered = ordered.with_columns(rewritten.fill_null(False).alias("_rewritten"))
+    if ordered.get_column("_rewritten").any():
+        written_twice = ordered.filter(pl.col("_rewritten")).select("step", "key").unique()
+        conflicts = (
+            ordered.join(written_twice, on=["step", "key"])
+            .group_by("step", "key", maintain_order=True)
+            .agg(pl.len().alias("writes"), pl.col("value").n_unique().alias("distinct"))
+            .filter(pl.col("distinct") > 1)
         )
-    conflicts = (
-        rows.group_by("step", "key", maintain_order=True)
-        .agg(pl.len().alias("writes"), pl.col("value").n_unique().alias("distinct"))
-        .filter(pl.col("distinct") > 1)
-    )
-    if conflicts.height:
-        first = conflicts.row(0, named=True)
-        issues.append(
-            IngestIssue(
-                location,
-                "duplicate_step",
-                f"{conflicts.height} (step, key) pairs written more than once with different values "
-                f"(first: step {first['step']}, key {first['key']!r}); the last write is kept",
-                lost=f"{int(conflicts.get_column('writes').sum()) - conflicts.height} earlier values",
-                source=source,
-                run_id=run_id,
+        if conflicts.height:
+            first = conflicts.row(0, named=True)
+            issues.append(
+                IngestIssue(
+                    location,
+                    "duplicate_step",
+                    f"{conflicts.height} (step, key) pairs written more than once with different values "
+                    f"(first: step {first['step']}, key {first['key']!r}); the last write is kept",
+                    lost=f"{int(conflicts.get_column('writes').sum()) - conflicts.height} earlier values",
+                    source=source,
+                    run_id=run_id,
+                )
             )
-        )
-    history = (
-        rows.unique(["step", "key"], keep="last", maintain_order=True)
-        .sort("step", "key")
-        .select(pl.lit(run_id, pl.String).alias("run_id"), "step", "key", "value", "runtime", "timestamp")
+    history = ordered.filter(~pl.col("_rewritten")).select(
+        pl.lit(run_id, pl.String).alias("run_id"), "step", "key", "value", "runtime", "timestamp"
     )
     return history, issues
 

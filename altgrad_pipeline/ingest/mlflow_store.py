@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import sqlalchemy as sa
 
@@ -82,6 +83,16 @@ REQUIRED_SQL_COLUMNS = {
 }
 #: One metric line split in columns; a line with another shape is reported, not guessed at.
 METRIC_LINE = r"^(\S+) (\S+)(?: (\S+))?(?: \S+ \S+)?$"
+#: The same line as typed columns (`step` and the dataset fields are optional).
+METRIC_COLUMNS = {
+    "timestamp_ms": pl.Int64(),
+    "value": pl.Float64(),
+    "step": pl.Int64(),
+    "dataset_name": pl.String(),
+    "dataset_digest": pl.String(),
+}
+#: A metric row as read from the SQL store, before `is_nan` and the infinity stand-ins are undone.
+SQL_METRIC_ROW = np.dtype([("step", "<i8"), ("value", "<f8"), ("is_nan", "?"), ("timestamp_ms", "<i8")])
 
 
 def config_value(text: str) -> Any:
@@ -149,14 +160,31 @@ def _read_text_files(folder: Path) -> dict[str, str]:
     }
 
 
-def read_metric_files(metrics_dir: Path, *, location: str) -> tuple[pl.DataFrame, list[IngestIssue]]:
-    """Every metric file under `metrics_dir` in one Polars scan: rows (key, step, value,
-    timestamp_ms) and an issue per file holding lines that do not parse (those lines only are lost)."""
-    files = sorted(p for p in metrics_dir.rglob("*") if p.is_file()) if metrics_dir.is_dir() else []
-    empty = pl.DataFrame(schema={"key": pl.String, "step": pl.Int64, "value": pl.Float64, "timestamp_ms": pl.Int64})
-    files = [p for p in files if p.stat().st_size]
-    if not files:
-        return empty, []
+def _scan_metric_files(files: list[Path]) -> pl.DataFrame | None:
+    """(file, timestamp_ms, value, step) of well-formed metric files, read as space-separated
+    columns in one Polars scan (NaN and +-inf spelled as Python writes them parse as such);
+    None when any line of any file has another shape."""
+    try:
+        parsed = pl.scan_csv(
+            files,
+            has_header=False,
+            separator=" ",
+            quote_char=None,
+            comment_prefix=None,
+            schema=METRIC_COLUMNS,
+            missing_columns="insert",
+            include_file_paths="file",
+        ).collect()
+    except pl.exceptions.PolarsError:
+        return None
+    if parsed.get_column("timestamp_ms").has_nulls() or parsed.get_column("value").has_nulls():
+        return None  # an empty field (blank line, doubled space)
+    return parsed.select("file", "timestamp_ms", "value", pl.col("step").fill_null(0))
+
+
+def _match_metric_lines(files: list[Path]) -> tuple[pl.DataFrame, list[IngestIssue]]:
+    """The slow path for files `_scan_metric_files` refused: each line matched against
+    METRIC_LINE, so only the lines that do not fit are lost (one issue per file)."""
     lines = pl.scan_csv(
         files,
         has_header=False,
@@ -180,7 +208,7 @@ def read_metric_files(metrics_dir: Path, *, location: str) -> tuple[pl.DataFrame
         )
         .collect()
     )
-    bad = parsed.filter(pl.col("timestamp_ms").is_null() | pl.col("value").is_null() | pl.col("bad_step"))
+    malformed = pl.col("timestamp_ms").is_null() | pl.col("value").is_null() | pl.col("bad_step")
     issues = [
         IngestIssue(
             file,
@@ -189,12 +217,37 @@ def read_metric_files(metrics_dir: Path, *, location: str) -> tuple[pl.DataFrame
             f"{count} values",
             source=SOURCE_NAME,
         )
-        for file, count in bad.group_by("file", maintain_order=True).len().iter_rows()
+        for file, count in parsed.filter(malformed).group_by("file", maintain_order=True).len().iter_rows()
     ]
+    return parsed.filter(~malformed).select("file", "timestamp_ms", "value", "step"), issues
+
+
+def read_metric_files(metrics_dir: Path, *, location: str) -> tuple[pl.DataFrame, list[IngestIssue]]:
+    """Every metric file under `metrics_dir`: rows (key, step, value, timestamp_ms) and an issue
+    per file holding lines that do not parse (those lines only are lost).
+
+    All files are read in one columnar scan; only when that refuses some line are the files
+    scanned one by one, and those that fail matched line by line (`_match_metric_lines`)."""
+    files = sorted(p for p in metrics_dir.rglob("*") if p.is_file()) if metrics_dir.is_dir() else []
+    files = [p for p in files if p.stat().st_size]
+    if not files:
+        return pl.DataFrame(schema={"key": pl.String, "step": pl.Int64, "value": pl.Float64, "timestamp_ms": pl.Int64}), []
+    issues: list[IngestIssue] = []
+    parsed = _scan_metric_files(files)
+    if parsed is None:
+        frames, refused = [], []
+        for path in files:
+            scanned = _scan_metric_files([path])
+            if scanned is None:
+                refused.append(path)
+            else:
+                frames.append(scanned)
+        if refused:
+            matched, issues = _match_metric_lines(refused)
+            frames.append(matched)
+        parsed = pl.concat(frames)
     base = str(metrics_dir) + "/"
-    rows = parsed.filter(~(pl.col("timestamp_ms").is_null() | pl.col("value").is_null() | pl.col("bad_step"))).select(
-        pl.col("file").str.strip_prefix(base).alias("key"), "step", "value", "timestamp_ms"
-    )
+    rows = parsed.select(pl.col("file").str.strip_prefix(base).alias("key"), "step", "value", "timestamp_ms")
     return rows, [dataclasses.replace(i, location=i.location or location) for i in issues]
 
 
@@ -376,13 +429,13 @@ class MlflowSqlSource:
                 ),
                 {"run": run_uuid},
             ).fetchone()
-            metric_rows = self._select(connection, "SELECT key, step, value, is_nan, timestamp FROM metrics", run_uuid)
+            metrics = sql_metric_columns(connection, run_uuid)
             params = dict(self._select(connection, "SELECT key, value FROM params", run_uuid))
             tags = dict(self._select(connection, "SELECT key, value FROM tags", run_uuid))
         if meta is None:
             raise MlflowSqlError(f"run {run_uuid} is no longer in {self.label}")
         name, status, start_ms, end_ms, experiment = meta
-        rows = sql_metric_frame(metric_rows)
+        rows = sql_metric_frame(metrics)
         history, history_issues = _history_from_rows(rows, run_id=run_id, location=locator.location, start_ms=start_ms)
         run = ParsedRun(
             run_id=run_id,
@@ -406,11 +459,37 @@ class MlflowSqlSource:
         return list(connection.execute(sa.text(query + " WHERE run_uuid = :run"), {"run": run_uuid}).fetchall())
 
 
-def sql_metric_frame(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
-    """(key, step, value, is_nan, timestamp) rows as columns, with MLflow's stand-ins for the
+def sql_metric_columns(connection: sa.Connection, run_uuid: str) -> pl.DataFrame:
+    """The run's metric rows (key, step, value, is_nan, timestamp_ms), one query per key.
+
+    The driver's cursor is read straight into typed numpy columns: no Python tuple list, no key
+    string per row, which is most of the cost of reading through SQLAlchemy rows (the floor is
+    the driver's own row iteration)."""
+    keys = connection.execute(
+        sa.text("SELECT DISTINCT key FROM metrics WHERE run_uuid = :run"), {"run": run_uuid}
+    ).scalars().all()
+    frames = []
+    for key in keys:
+        result = connection.execute(
+            sa.text("SELECT step, value, is_nan, timestamp FROM metrics WHERE run_uuid = :run AND key = :key"),
+            {"run": run_uuid, "key": key},
+        )
+        columns = np.fromiter(result.cursor, dtype=SQL_METRIC_ROW)
+        result.close()
+        frames.append(
+            pl.DataFrame({name: columns[name] for name in SQL_METRIC_ROW.names}).select(
+                pl.lit(key, pl.String).alias("key"), pl.all()
+            )
+        )
+    if not frames:
+        return pl.DataFrame(schema={"key": pl.String, "step": pl.Int64, "value": pl.Float64, "is_nan": pl.Boolean,
+                                    "timestamp_ms": pl.Int64})  # fmt: skip
+    return pl.concat(frames)
+
+
+def sql_metric_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """(key, step, value, is_nan, timestamp_ms) columns with MLflow's stand-ins for the
     non-finite floats undone: `is_nan` -> NaN, +-1.797e308 -> +-inf."""
-    schema = {"key": pl.String, "step": pl.Int64, "value": pl.Float64, "is_nan": pl.Boolean, "timestamp_ms": pl.Int64}
-    frame = pl.DataFrame(rows, schema=schema, orient="row")
     return frame.select(
         "key",
         "step",

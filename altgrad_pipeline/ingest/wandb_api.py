@@ -7,9 +7,14 @@ as JSON, such as `32` or `true`, are compared as such).
 
 What the client really sends (wandb 0.31, through its wandb-core sidecar): `Runs` to list (the
 light fragment: no config, summary or `updatedAt`), `Run` with the full fragment to read one run,
-then `RunHistoryKeys`, `RunParquetHistory` and one `HistoryPage` per 1000 steps for
-`scan_history()`. Because `updatedAt` is not among the fields the client asks for, a run's
-fingerprint is `heartbeatAt`, `state`, `historyLineCount` and a digest of its tags, name, group and
+then the history. Where the server keeps Parquet exports of a run's history (`RunParquetHistory`
+answers with file URLs), the client's `run.download_history_exports()` fetches those files and
+they are read with the history-export reader (`wandb_export`): a few large downloads instead of
+one JSON `HistoryPage` per 1000 steps. Rows logged since the last export (the answer's live data,
+a running run's tail) are paged with `scan_history(min_step=...)`. A run without exports, or whose
+exports fail to download or to read, is paged whole with `scan_history()` (`RunHistoryKeys`,
+then `HistoryPage`s); the 500-point sampled `history()` is never used. Because `updatedAt` is not
+among the fields the client asks for, a run's fingerprint is `heartbeatAt`, `state`, `historyLineCount` and a digest of its tags, name, group and
 notes: it changes whenever the run logs, ends or is relabelled.
 
 wandb-core already retries 429 and 5xx answers with exponential backoff (about 2 s, doubling) and
@@ -20,12 +25,14 @@ client (it reads `WANDB_API_KEY`); texts this module produces are scrubbed of it
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import math
 import os
+import tempfile
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +41,7 @@ from typing import Any
 import polars as pl
 
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator
+from altgrad_pipeline.ingest.wandb_export import read_history_export
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,8 @@ SCHEME = "wandb://"
 HISTORY_PAGE_SIZE = 1000
 #: How W&B (and Python's json) spell the non-finite floats when they arrive as strings.
 NON_FINITE_STRINGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+#: Issues of the export reader meaning a downloaded part was lost: the history is paged instead.
+UNUSABLE_EXPORT = ("unreadable_export", "not_a_history_export")
 #: History columns that are the row's coordinates rather than metrics.
 ROW_COORDINATES = ("_step", "_runtime", "_timestamp")
 
@@ -171,12 +181,11 @@ class WandbApiSource:
         api.flush()  # `Api.run` memoises Run objects per path: a changed run must be asked afresh
         run = api.run(f"{self.path}/{run_id}")
         fields = listing_fields(run)
-        rows = list(run.scan_history(page_size=HISTORY_PAGE_SIZE, use_cache=False))
-        history, value_types, issues = history_frame(rows, run_id=run_id, location=location, source=self.name)
+        history, value_types, issues = self._history(run, run_id, location)
         state = fields["state"] or "unknown"
         last_write = parse_timestamp(fields["heartbeat_at"])
         ended, exit_code, cut_short = state_outcome(state, last_write, self.grace_period_s)
-        log.info("W&B run %s read: %d history rows, state %s", run_id, len(rows), state)
+        log.info("W&B run %s read: %d history values, state %s", run_id, history.height, state)
         parsed = ParsedRun(
             run_id=run_id,
             source=self.name,
@@ -203,6 +212,42 @@ class WandbApiSource:
             fingerprint=run_fingerprint(fields),
         )
         return parsed, state
+
+    def _history(self, run: Any, run_id: str, location: str) -> tuple[pl.DataFrame, dict[str, str], list[IngestIssue]]:
+        """The run's full history: from its Parquet exports plus the live tail when the server has
+        exports, else paged with `scan_history` (see the module docstring)."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="exports-", dir=self.cache_dir) as folder:
+            try:
+                exports = run.download_history_exports(folder, require_complete_history=False)
+            except Exception as exc:  # an older server without exports, or a failed download
+                log.info("W&B run %s: no history exports (%s); paging its history", run_id, self._redact(exc))
+                exports = None
+            if exports is None or not exports.paths or exports.errors:
+                if exports is not None and exports.errors:
+                    log.warning("W&B run %s: %d export files failed to download; paging its history", run_id, len(exports.errors))
+                return self._scanned_history(run, run_id, location, min_step=0)
+            history, value_types, issues = read_history_export(
+                exports.paths, run_id=run_id, location=location, source=self.name
+            )
+            if any(issue.kind in UNUSABLE_EXPORT for issue in issues):
+                log.warning("W&B run %s: an export file is not a readable history; paging its history", run_id)
+                return self._scanned_history(run, run_id, location, min_step=0)
+        issues = [dataclasses.replace(issue, run_id=run_id) for issue in issues]
+        if not exports.contains_live_data:
+            return history, value_types, issues
+        exported_up_to = history.get_column("step").max()
+        tail, tail_types, tail_issues = self._scanned_history(
+            run, run_id, location, min_step=0 if exported_up_to is None else int(exported_up_to) + 1
+        )
+        combined = pl.concat([history, tail]).sort("step", "key", maintain_order=True)
+        return combined, {**tail_types, **value_types}, [*issues, *tail_issues]
+
+    def _scanned_history(
+        self, run: Any, run_id: str, location: str, *, min_step: int
+    ) -> tuple[pl.DataFrame, dict[str, str], list[IngestIssue]]:
+        rows = list(run.scan_history(page_size=HISTORY_PAGE_SIZE, min_step=min_step, use_cache=False))
+        return history_frame(rows, run_id=run_id, location=location, source=self.name)
 
     def _redact(self, exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {exc}"

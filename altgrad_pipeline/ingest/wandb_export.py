@@ -9,8 +9,11 @@ export. A `config.yaml` or `wandb-summary.json` in the same folder (or in a W&B 
 same id beside it, under `files/`) supplies config and summary.
 
 Columns `_step`, `_runtime` and `_timestamp` are the row's coordinates; numeric columns are
-metrics (nulls mean "not logged at that step" and are dropped); other columns (media structs,
-strings) are listed in `value_types`.
+metrics (nulls mean "not logged at that step" and are dropped); other columns are listed in
+`value_types` under the names the API reader gives them (a media struct by its `_type`, such as
+`histogram`; `str`; `bool`). Parts are combined in the order of their first step, whatever their
+file names, so a later write of a (step, key) wins. The same reader reads the exports the W&B API
+source downloads (`wandb_api`).
 """
 
 from __future__ import annotations
@@ -38,31 +41,45 @@ def export_run_id(folder: Path) -> str:
     return name.removeprefix("run-") if folder.name.endswith(EXPORT_SUFFIX) else name
 
 
+def _value_type(column: pl.Series) -> str:
+    """What a non-numeric export column holds, named as the API reader names it."""
+    if isinstance(column.dtype, pl.Struct) and "_type" in [f.name for f in column.dtype.fields]:
+        kinds = column.struct.field("_type").drop_nulls()
+        return str(kinds[0]) if kinds.len() else "dict"
+    if isinstance(column.dtype, pl.Struct):
+        return "dict"
+    return {pl.String: "str", pl.Boolean: "bool"}.get(column.dtype.base_type(), str(column.dtype))
+
+
 def read_history_export(
-    files: list[Path], *, run_id: str, location: str
+    files: list[Path], *, run_id: str, location: str, source: str = SOURCE_NAME
 ) -> tuple[pl.DataFrame, dict[str, str], list[IngestIssue]]:
     """Long history from the export's Parquet parts; an unreadable part is an issue, the others kept."""
     issues: list[IngestIssue] = []
-    frames = []
-    value_types: dict[str, str] = {}
-    for index, path in enumerate(files):
+    parts = []
+    for path in files:
         try:
             wide = pl.read_parquet(path)
         except (OSError, pl.exceptions.PolarsError) as exc:
             issues.append(
                 IngestIssue(str(path), "unreadable_export", f"not a readable Parquet file: {exc}", "this part's rows",
-                            source=SOURCE_NAME)  # fmt: skip
+                            source=source)  # fmt: skip
             )
             continue
         if "_step" not in wide.columns:
             issues.append(
-                IngestIssue(str(path), "not_a_history_export", "no `_step` column", "this part's rows", source=SOURCE_NAME)
+                IngestIssue(str(path), "not_a_history_export", "no `_step` column", "this part's rows", source=source)
             )
             continue
+        parts.append((wide.get_column("_step").min(), str(path), wide))
+    parts.sort(key=lambda part: (part[0] is None, part[0] or 0, part[1]))
+    frames = []
+    value_types: dict[str, str] = {}
+    for index, (_, _, wide) in enumerate(parts):
         metrics = [c for c, t in wide.schema.items() if c not in COORDINATES and isinstance(t, NUMERIC)]
-        for column, dtype in wide.schema.items():
+        for column in wide.columns:
             if column not in COORDINATES and column not in metrics and not column.startswith("_"):
-                value_types.setdefault(column, str(dtype))
+                value_types.setdefault(column, _value_type(wide.get_column(column)))
         coordinates = [
             pl.col("_step").cast(pl.Int64).alias("step"),
             *(
@@ -83,7 +100,7 @@ def read_history_export(
         schema={"line": pl.Int64, "step": pl.Int64, "key": pl.String, "value": pl.Float64, "runtime": pl.Float64,
                 "timestamp": pl.Float64}
     )  # fmt: skip
-    history, merge_issues = keep_last_writes(rows, run_id=run_id, location=location, source=SOURCE_NAME)
+    history, merge_issues = keep_last_writes(rows, run_id=run_id, location=location, source=source)
     return history, value_types, [*issues, *merge_issues]
 
 

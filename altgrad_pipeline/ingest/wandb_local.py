@@ -29,6 +29,7 @@ from altgrad_pipeline.ingest.wandb_log import (
     RUNTIME_KEY,
     STEP_KEY,
     TIMESTAMP_KEY,
+    MEDIA_SCHEMA,
     HistoryColumns,
     WandbLog,
     build_history,
@@ -253,10 +254,9 @@ def _old_format_log(folder: Path, grace_period_s: float) -> WandbLog:
         columns.row_counts.append(len(names))
         columns.row_runtimes.append(json.dumps(record.get(RUNTIME_KEY)))
         columns.row_timestamps.append(json.dumps(record.get(TIMESTAMP_KEY)))
-    log.history, log.value_types, history_issues = build_history(
-        columns, run_id="", location=str(path), source=SOURCE_NAME
-    )
-    log.issues.extend(history_issues)
+    table = build_history(columns, run_id="", location=str(path), source=SOURCE_NAME)
+    log.history, log.value_types, log.media = table.history, table.value_types, table.media
+    log.issues.extend(table.issues)
     return log
 
 
@@ -447,3 +447,44 @@ class LocalWandbSource:
             run_id_hint=locator.run_id_hint or folders[0].run_id,
             fingerprint_text=fingerprint(paths),
         )
+
+
+#: A run's media values with the folder their relative `path`s resolve against.
+RUN_MEDIA_SCHEMA: dict[str, pl.DataType] = {**MEDIA_SCHEMA, "files_dir": pl.String()}
+
+
+def run_folders_at(location: Path) -> list[RunFolder]:
+    """The folders of the run whose first folder is `location` (a catalog entry's location): it
+    and every resumed folder of the same run id in the same `wandb` directory, in write order."""
+    location = Path(location)
+    match = RUN_FOLDER.match(location.name)
+    run_id = match["id"] if match else _latest_copy_id(location)
+    if run_id is None or not location.parent.is_dir():
+        return [RunFolder(location, location.name, "", is_latest_copy=match is None)]
+    folders = [f for f in _run_folders_in(location.parent) if f.run_id == run_id]
+    grouped = group_runs(folders).get(run_id, [])
+    return grouped or [RunFolder(location, run_id, "", is_latest_copy=match is None)]
+
+
+def read_run_media(location: Path, *, grace_period_s: float = 3600.0) -> pl.DataFrame:
+    """Every media value (table, histogram, image, ...) a local run logged in its history
+    (`RUN_MEDIA_SCHEMA`), over all its folders; where resumed folders logged the same (step, key)
+    the later folder wins, as in the history. Damage to the logs is not reported here: the
+    catalog read the same files and its `ingest_issues` already say what was lost."""
+    frames = []
+    for folder in run_folders_at(location):
+        log_path = _log_path(folder.path)
+        if log_path is not None:
+            log, files_dir = read_wandb_log(log_path, source=SOURCE_NAME, grace_period_s=grace_period_s), folder.path / "files"
+        elif (folder.path / "wandb-history.jsonl").exists():
+            log, files_dir = _old_format_log(folder.path, grace_period_s), folder.path
+        else:
+            continue
+        frames.append(log.media.with_columns(pl.lit(str(files_dir), pl.String).alias("files_dir")))
+    if not frames:
+        return pl.DataFrame(schema=RUN_MEDIA_SCHEMA)
+    return (
+        pl.concat(frames)
+        .unique(subset=["step", "key"], keep="last", maintain_order=True)
+        .sort("step", "key", maintain_order=True)
+    )

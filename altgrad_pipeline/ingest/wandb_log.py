@@ -151,6 +151,15 @@ def _timestamp_utc(ts: Any) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, dt.UTC)
 
 
+#: Non-scalar history values that are W&B media (a dict with `_type`: tables, histograms, images,
+#: ...), kept as their JSON text (0.19+ split items rebuilt into one object) for the media assets.
+MEDIA_SCHEMA: dict[str, pl.DataType] = {"step": pl.Int64(), "key": pl.String(), "value_json": pl.String()}
+
+
+def empty_media() -> pl.DataFrame:
+    return pl.DataFrame(schema=MEDIA_SCHEMA)
+
+
 def json_value_type(texts: pl.Expr) -> pl.Expr:
     """Type name of non-numeric JSON values: a dict's `_type` (histogram, table-file, ...) when
     present, else string / dict / list / bool / null."""
@@ -169,6 +178,17 @@ def json_value_type(texts: pl.Expr) -> pl.Expr:
         .then(pl.lit("null"))
         .otherwise(pl.lit("unknown"))
     )
+
+
+@dataclass
+class HistoryTable:
+    """What `build_history` makes of a run's items: the numeric long history, the non-numeric keys'
+    types, the media values (`MEDIA_SCHEMA`) and what could not be used."""
+
+    history: pl.DataFrame
+    value_types: dict[str, str]
+    media: pl.DataFrame
+    issues: list[IngestIssue]
 
 
 @dataclass
@@ -197,13 +217,11 @@ def _text_series(texts: list[bytes | None] | list[str | None]) -> pl.Series:
         return pl.Series([None if t is None else _text(t) for t in texts], dtype=pl.String)
 
 
-def build_history(
-    columns: HistoryColumns, *, run_id: str, location: str, source: str
-) -> tuple[pl.DataFrame, dict[str, str], list[IngestIssue]]:
+def build_history(columns: HistoryColumns, *, run_id: str, location: str, source: str) -> HistoryTable:
     """Flat item lists to the long table (numeric values only, sorted by step and key, last write
-    of each (step, key) kept) plus the non-numeric keys' types."""
+    of each (step, key) kept) plus the non-numeric keys' types and the media values."""
     if not columns.row_counts:
-        return empty_history(), {}, []
+        return HistoryTable(empty_history(), {}, empty_media(), [])
     return _history_table(
         _text_series(columns.keys),
         _text_series(columns.texts),
@@ -240,7 +258,7 @@ def _history_table(
     run_id: str,
     location: str,
     source: str,
-) -> tuple[pl.DataFrame, dict[str, str], list[IngestIssue]]:
+) -> HistoryTable:
     """`build_history` on columns: item keys and JSON texts, and per row its step, item count,
     runtime and timestamp. Keys become integer codes so the sort and the de-duplication are
     numpy operations."""
@@ -292,14 +310,14 @@ def _history_table(
             "timestamp": row_timestamps.gather(kept_rows),
         }
     )
-    value_types = dict(
-        pl.DataFrame({"key": frame["key"], "text": texts})
+    non_numeric = (
+        pl.DataFrame({"step": frame["step"], "key": frame["key"], "value_json": texts})
         .filter(~numeric)
-        .select("key", json_value_type(pl.col("text")).alias("type"))
-        .unique(subset="key", keep="last", maintain_order=True)
-        .iter_rows()
+        .with_columns(json_value_type(pl.col("value_json")).alias("type"))
     )
-    return frame.filter(numeric), value_types, issues
+    value_types = dict(non_numeric.select("key", "type").unique(subset="key", keep="last", maintain_order=True).iter_rows())
+    media = non_numeric.filter(pl.col("value_json").str.contains('"_type"', literal=True)).select(*MEDIA_SCHEMA)
+    return HistoryTable(frame.filter(numeric), value_types, media, issues)
 
 
 @dataclass
@@ -322,6 +340,8 @@ class WandbLog:
     exit_code: int | None = None
     history: pl.DataFrame = field(default_factory=empty_history)
     value_types: dict[str, str] = field(default_factory=dict)
+    #: Media values of the history (`MEDIA_SCHEMA`): tables, histograms, images, ...
+    media: pl.DataFrame = field(default_factory=empty_media)
     issues: list[IngestIssue] = field(default_factory=list)
     #: Host names and the like this run recorded: never shown, only removed from what is shown.
     private_strings: set[str] = field(default_factory=set)
@@ -598,16 +618,17 @@ class WandbLogReader:
         if self._exit is not None:
             log.ended = True
             log.exit_code = self._exit.exit_code
-        log.history, log.value_types, history_issues = self._history_frame(log.run_id or "")
-        log.issues.extend(history_issues)
+        table = self._history_frame(log.run_id or "")
+        log.history, log.value_types, log.media = table.history, table.value_types, table.media
+        log.issues.extend(table.issues)
         return log
 
-    def _history_frame(self, run_id: str) -> tuple[pl.DataFrame, dict[str, str], list[IngestIssue]]:
+    def _history_frame(self, run_id: str) -> HistoryTable:
         """The rows read so far as the long table. Each row's step, runtime and timestamp come
         from its first `_step`, `_runtime` and `_timestamp` items, found for all rows at once;
         the step falls back to `HistoryRecord.step.num`, and a row with neither is dropped."""
         if not self._row_counts:
-            return empty_history(), {}, []
+            return HistoryTable(empty_history(), {}, empty_media(), [])
         keys, texts = _text_series(self._keys), _text_series(self._texts)
         counts = np.asarray(self._row_counts, dtype=np.int64)
         item_rows = np.repeat(np.arange(len(counts)), counts)
@@ -637,8 +658,8 @@ class WandbLogReader:
             counts = counts[~missing]
             steps, runtimes, timestamps = steps.filter(kept_rows), runtimes.filter(kept_rows), timestamps.filter(kept_rows)
             if not len(counts):
-                return empty_history(), {}, issues
-        frame, value_types, table_issues = _history_table(
+                return HistoryTable(empty_history(), {}, empty_media(), issues)
+        table = _history_table(
             keys,
             texts,
             row_steps=steps.to_numpy(),
@@ -649,7 +670,8 @@ class WandbLogReader:
             location=self.location,
             source=self.source,
         )
-        return frame, value_types, issues + table_issues
+        table.issues[:0] = issues
+        return table
 
 def read_wandb_log(path: Path, *, source: str = DEFAULT_SOURCE, grace_period_s: float = 3600.0) -> WandbLog:
     """Read one `.wandb` file whole; never raises on bad content (it becomes issues)."""

@@ -126,3 +126,24 @@ def test_corpus_sqlite_stores(corpora_dir: Path) -> None:
     assert sorted(r.history.height for r in runs) == [0, 0, 20, 20]
     assert {r.name for r in runs} >= {"rambunctious-bat-651", "dazzling-loon-103"}
     assert MlflowSqlSource(f"sqlite:///{doha / 'mlflow.db'}").discover() == []
+
+
+def test_file_store_line_forms_and_a_refused_file_beside_good_ones(tmp_path: Path) -> None:
+    run = tmp_path / "mlruns" / "1" / "abc123"
+    (run / "metrics" / "train").mkdir(parents=True)
+    (run.parent / "meta.yaml").write_text("name: study\n")
+    (run / "meta.yaml").write_text("run_name: hand-made\nstatus: 3\nstart_time: 1000\nend_time: 9000\n")
+    # Pre-1.0 lines without a step (step 0), dataset fields, CRLF and Python's non-finite spellings.
+    (run / "metrics" / "train" / "loss").write_bytes(b"1000 1.5\n2000 nan 1 ds 9f2c\r\n3000 -inf 2\n4000 inf 3\n")
+    (run / "metrics" / "acc").write_text("1000 0.5 0\n2000  0.75 1\n3000 0.8 2\n")  # a doubled space
+    source = MlflowFileSource(tmp_path)
+
+    [parsed] = [source.read(loc) for loc in source.discover()]
+
+    got = {(k, s): v for k, s, v in parsed.history.select("key", "step", "value").iter_rows()}
+    assert got[("train/loss", 0)] == 1.5 and math.isnan(got[("train/loss", 1)])
+    assert got[("train/loss", 2)] == -math.inf and got[("train/loss", 3)] == math.inf
+    assert {s: v for (k, s), v in got.items() if k == "acc"} == {0: 0.5, 2: 0.8}
+    assert [(i.kind, i.location, i.lost) for i in parsed.issues] == [
+        ("malformed_metric_line", str(run / "metrics" / "acc"), "1 values")
+    ]

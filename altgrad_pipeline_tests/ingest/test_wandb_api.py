@@ -138,6 +138,45 @@ def test_read_scans_the_full_history_value_by_value(server: FakeWandbServer, tmp
     pages = [r.variables for r in server.requests if r.operation == "HistoryPage"]
     assert [(p["minStep"], p["maxStep"]) for p in pages] == [(0, 1000), (1000, ROWS)]
     assert "RunFullHistory" not in server.operations()
+    # The server was asked for exports first and had none.
+    assert server.count("RunParquetHistory") >= 1 and server.exports_downloaded() == []
+
+
+def test_history_exports_are_downloaded_instead_of_paged(server: FakeWandbServer, tmp_path: Path) -> None:
+    paged = source(tmp_path / "paged").read(locator("alpha"))
+    server.run("alpha").export_parts = 3
+    server.clear_requests()
+
+    run = source(tmp_path / "exported").read(locator("alpha"))
+
+    assert sorted(server.exports_downloaded()) == [f"/exports/alpha/{part}.parquet" for part in range(3)]
+    assert server.count("HistoryPage") == 0 and server.count("RunHistoryKeys") == 0
+    assert run.issues == []
+    # Value by value the same history as paging gives, NaN and +-inf included.
+    assert run.history.schema == paged.history.schema
+    assert run.history.equals(paged.history)
+    assert run.history.height == ROWS
+    assert run.value_types == paged.value_types == {"weights": "histogram", "lr_text": "str", "samples": "table-file"}
+    assert not list((tmp_path / "exported" / "cache").glob("exports-*"))  # downloads removed once read
+
+
+def test_rows_after_the_last_export_are_paged(server: FakeWandbServer, tmp_path: Path) -> None:
+    fake = server.run("alpha")
+    fake.state = "running"
+    fake.export_parts, fake.exported_rows = 2, 1200
+
+    run = source(tmp_path).read(locator("alpha"))
+
+    # Read once here; wandb-core's scan_history fetches them again to find where the live rows start.
+    assert sorted(server.exports_downloaded()) == ["/exports/alpha/0.parquet"] * 2 + ["/exports/alpha/1.parquet"] * 2
+    pages = [r.variables for r in server.requests if r.operation == "HistoryPage"]
+    assert [(p["minStep"], p["maxStep"]) for p in pages] == [(1200, ROWS)]
+    assert run.history["step"].to_list() == list(range(ROWS))
+    expected = [1.0 / (step + 1) for step in range(ROWS)]
+    expected[3:8] = [math.nan, math.inf, -math.inf, math.nan, math.inf]
+    values = run.history["value"].to_list()
+    assert all(math.isnan(v) if math.isnan(e) else v == e for v, e in zip(values, expected, strict=True))
+    assert run.history["timestamp"].to_list() == [1.7e9 + step for step in range(ROWS)]
 
 
 @pytest.mark.parametrize(

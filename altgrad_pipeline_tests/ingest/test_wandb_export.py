@@ -28,5 +28,5 @@ def test_export_folder_is_one_run_with_every_value(tmp_path: Path) -> None:
     got = {(k, s): v for k, s, v in run.history.select("key", "step", "value").iter_rows()}
     assert got[("loss", 0)] == 1.0 and math.isnan(got[("loss", 1)]) and got[("loss", 2)] == math.inf
     assert got[("grad_norm_l2/w", 1)] == -math.inf and got[("loss", 3)] == 0.25 and len(got) == 6
-    assert run.value_types == {"caption": "String"}
+    assert run.value_types == {"caption": "str"}  # named as the API reader names it
     assert run.issues == []

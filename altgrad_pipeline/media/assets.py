@@ -1,0 +1,163 @@
+"""Media assets: `run_media`, `media_tables`, `histograms`, `media_issues` (one multi-asset per FP8
+format partition, built from the runs the catalog lists), `run_summaries` (per partition, over
+`run_histories`) and `media_report`. Thin wiring around the pure modules beside it."""
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from altgrad_pipeline import settings
+from altgrad_pipeline.automation.conditions import analysis_automation_condition
+from altgrad_pipeline.ingest.model import ISSUE_SCHEMA, issues_frame
+from altgrad_pipeline.media import store, summaries, tables, values
+from altgrad_pipeline.media.attention import AttentionShape
+from altgrad_pipeline.partitions import fp8_format_partitions
+from altgrad_pipeline.reports.assets import MANIFEST_SCHEMA, REPORTS_GROUP, _result
+from altgrad_pipeline.reports.media_documents import MediaReportOptions, write_media_report
+from altgrad_pipeline.resources import ReportFiles, RunStores
+from altgrad_pipeline.ui import counts, preview, table_schema
+
+MEDIA_GROUP = "media"
+#: Where each table's rows go: `<data dir>/assets/media_tables/<partition>/<hash>.parquet`.
+TABLES_FOLDER = Path("assets") / "media_tables"
+
+
+def _write_tables(found: list[tables.TableRows], folder: Path) -> pl.DataFrame:
+    """Store each table's rows as one Parquet file; remove files of tables no longer logged."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for table in found:
+        path = folder / f"{table.stem}.parquet"
+        table.frame.write_parquet(path)
+        rows.append(tables.table_index_row(table, str(path)))
+    kept = {Path(r["table_file"]).name for r in rows}
+    for stale in folder.glob("*.parquet"):
+        if stale.name not in kept:
+            stale.unlink(missing_ok=True)
+    return pl.DataFrame(rows, schema=tables.MEDIA_TABLES_SCHEMA)
+
+
+@dg.multi_asset(
+    outs={
+        "run_media": dg.AssetOut(
+            description=(values.__doc__ or "").strip(),
+            group_name=MEDIA_GROUP,
+            metadata={"dagster/column_schema": table_schema(values.RUN_MEDIA_SCHEMA, values.RUN_MEDIA_DESCRIPTIONS)},
+            kinds={"polars", "parquet"},
+        ),
+        "media_tables": dg.AssetOut(
+            description="One row per logged W&B Table; its rows are in `table_file`.\n\n" + (tables.__doc__ or "").strip(),
+            group_name=MEDIA_GROUP,
+            metadata={"dagster/column_schema": table_schema(tables.MEDIA_TABLES_SCHEMA, tables.MEDIA_TABLES_DESCRIPTIONS)},
+            kinds={"polars", "parquet"},
+        ),
+        "histograms": dg.AssetOut(
+            description="Every logged W&B histogram: one row per (run_id, step, key) with bin edges and counts.",
+            group_name=MEDIA_GROUP,
+            metadata={"dagster/column_schema": table_schema(values.HISTOGRAMS_SCHEMA, values.HISTOGRAM_DESCRIPTIONS)},
+            kinds={"polars", "parquet"},
+        ),
+        "media_issues": dg.AssetOut(
+            description="Media that could not be used (missing, truncated or invalid table files, tables whose rows "
+            "disagree with their columns, histograms whose bins and counts do not match), with what was lost.",
+            group_name=MEDIA_GROUP,
+            metadata={"dagster/column_schema": table_schema(ISSUE_SCHEMA)},
+            kinds={"polars", "parquet"},
+        ),
+    },
+    ins={"raw_runs": dg.AssetIn()},
+    partitions_def=fp8_format_partitions,
+)
+def media_format(context: dg.AssetExecutionContext, raw_runs: pl.DataFrame, run_stores: RunStores):
+    """Read the media values of this format's runs (cached per run version), then their tables."""
+    fmt = context.partition_key
+    catalog = run_stores.catalog()
+    result = catalog.sync()
+    entries = [e for e in result.for_format(fmt) if e.run_id in set(raw_runs["run_id"].to_list())]
+    media = store.media_values(entries, run_stores.cache_dir)
+    store.remove_superseded(result.entries, run_stores.cache_dir)
+    decoded = values.decode_media(media)
+    sources = {e.run_id: e.source for e in entries}
+    read = tables.read_tables(decoded.run_media.filter(pl.col("run_id").is_in(list(sources))), tables.read_local_file, sources=sources)
+    table_index = _write_tables(read.tables, settings.local_state_dir(run_stores.data_dir) / TABLES_FOLDER / fmt)
+    issues = issues_frame(decoded.issues + read.issues)
+    context.log.info(f"{fmt}: {decoded.run_media.height} media values, {table_index.height} tables, {decoded.histograms.height} histograms, {issues.height} issues")
+    yield dg.Output(decoded.run_media, output_name="run_media", metadata={
+        "dagster/row_count": decoded.run_media.height, "values_by_media_type": counts(decoded.run_media, "media_type"),
+        "preview": preview(decoded.run_media, ["run_id", "step", "key", "media_type", "path", "nrows", "ncols"])})  # fmt: skip
+    yield dg.Output(table_index, output_name="media_tables", metadata={
+        "dagster/row_count": table_index.height, "preview": preview(table_index, ["run_id", "step", "key", "nrows", "ncols", "columns"])})  # fmt: skip
+    yield dg.Output(decoded.histograms, output_name="histograms", metadata={
+        "dagster/row_count": decoded.histograms.height, "n_keys": decoded.histograms["key"].n_unique()})  # fmt: skip
+    yield dg.Output(issues, output_name="media_issues", metadata={
+        "dagster/row_count": issues.height, "issues_by_kind": counts(issues, "kind"),
+        "preview": preview(issues, ["kind", "location", "position", "reason", "lost"])})  # fmt: skip
+
+
+class ThresholdConfig(dg.Config):
+    """Thresholds for keys matching `pattern` (a regular expression, searched)."""
+
+    pattern: str
+    below: float | None = None
+    above: float | None = None
+
+
+class RunSummariesConfig(dg.Config):
+    final_fraction: float = summaries.DEFAULT_FINAL_FRACTION
+    thresholds: list[ThresholdConfig] = []
+
+
+@dg.asset(
+    group_name=MEDIA_GROUP,
+    partitions_def=fp8_format_partitions,
+    description=(summaries.__doc__ or "").strip(),
+    metadata={"dagster/column_schema": table_schema(summaries.RUN_SUMMARIES_SCHEMA)},
+    kinds={"polars", "parquet"},
+)
+def run_summaries(config: RunSummariesConfig, run_histories: pl.LazyFrame) -> dg.MaterializeResult:
+    thresholds = [summaries.Threshold(t.pattern, t.below, t.above) for t in config.thresholds]
+    frame = summaries.run_summaries(run_histories, final_fraction=config.final_fraction, thresholds=thresholds)
+    return dg.MaterializeResult(value=frame, metadata={
+        "dagster/row_count": frame.height, "keys_with_nan": int(frame.filter(pl.col("n_nan") > 0).height),
+        "preview": preview(frame, ["run_id", "key", "last", "min", "argmin_step", "final_mean", "first_nan_step"], rows=8)})  # fmt: skip
+
+
+class MediaReportConfig(dg.Config):
+    """Which runs and steps the attention figures show (empty: every run, at its last table step),
+    the KL / validation-loss key pattern, and the histogram keys (empty: all)."""
+
+    runs: list[str] = []
+    steps: list[int] = []
+    curve_pattern: str = MediaReportOptions.curve_pattern
+    histogram_keys: list[str] = []
+    attention_matrix_column: str = AttentionShape.matrix_column
+
+
+@dg.asset(
+    group_name=REPORTS_GROUP,
+    description="Media report `media.md`: attention heads from W&B Tables (per head and heads as colour channels), "
+    "histograms over training (step × bin), KL divergence and validation loss coloured by differing config.",
+    automation_condition=analysis_automation_condition(),
+    metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA)},
+    kinds={"markdown", "matplotlib"},
+)
+def media_report(
+    config: MediaReportConfig,
+    run_media: pl.DataFrame,
+    media_tables: pl.DataFrame,
+    histograms: pl.DataFrame,
+    raw_runs: pl.DataFrame,
+    run_histories: pl.LazyFrame,
+    report_files: ReportFiles,
+) -> dg.MaterializeResult:
+    options = MediaReportOptions(
+        runs=tuple(config.runs) or None,
+        steps=tuple(config.steps) or None,
+        attention=AttentionShape(matrix_column=config.attention_matrix_column),
+        curve_pattern=config.curve_pattern,
+        histogram_keys=tuple(config.histogram_keys) or None,
+    )
+    frames = [f if f.width else pl.DataFrame(schema=s) for f, s in (
+        (run_media, values.RUN_MEDIA_SCHEMA), (media_tables, tables.MEDIA_TABLES_SCHEMA), (histograms, values.HISTOGRAMS_SCHEMA))]  # fmt: skip
+    return _result(write_media_report(*frames, run_histories, raw_runs, report_files.reports_dir, options=options))

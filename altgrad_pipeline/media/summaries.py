@@ -1,0 +1,127 @@
+"""Run summaries: one row per (run, numeric history key), computed from the full history.
+
+- `last` is the last logged value (NaN if the run ended on NaN); `last_finite` the last finite one.
+- `min`/`max` and their steps (`argmin_step`/`argmax_step`, the first step reaching them) are
+  over finite values only: NaN and ±inf never win, so a run whose loss went NaN keeps its best
+  finite value, and `first_nan_step` says when NaN began (`first_inf_step` likewise for ±inf).
+- `final_mean` is the mean of the finite values among the last `ceil(final_fraction · n)` logged
+  values of the key (n = values logged for that key; default fraction 0.1).
+- `auc` is the trapezoid area under the finite values with the step axis normalised to [0, 1]
+  (first finite step 0, last finite step 1); null with fewer than two finite steps.
+- `first_step_below`/`first_step_above`: the first step whose finite value is below/above the
+  threshold configured for the first key pattern (regular expression, searched) that matches
+  the key; null when no pattern matches or the value never crossed.
+- `n_values`, `n_finite`, `n_nan`, `n_inf` count the logged values.
+
+All of it is one Polars group_by over (run_id, key): no Python loop over runs or values.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+DEFAULT_FINAL_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Crossing thresholds for every key matching `pattern` (a regular expression, searched)."""
+
+    pattern: str
+    below: float | None = None
+    above: float | None = None
+
+
+RUN_SUMMARIES_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(),
+    "key": pl.String(),
+    "n_values": pl.UInt32(),
+    "n_finite": pl.UInt32(),
+    "n_nan": pl.UInt32(),
+    "n_inf": pl.UInt32(),
+    "first_step": pl.Int64(),
+    "last_step": pl.Int64(),
+    "last": pl.Float64(),
+    "last_finite": pl.Float64(),
+    "min": pl.Float64(),
+    "argmin_step": pl.Int64(),
+    "max": pl.Float64(),
+    "argmax_step": pl.Int64(),
+    "final_mean": pl.Float64(),
+    "auc": pl.Float64(),
+    "first_nan_step": pl.Int64(),
+    "first_inf_step": pl.Int64(),
+    "threshold_below": pl.Float64(),
+    "first_step_below": pl.Int64(),
+    "threshold_above": pl.Float64(),
+    "first_step_above": pl.Int64(),
+}
+
+
+def _thresholds_per_key(keys: pl.Series, thresholds: Sequence[Threshold]) -> pl.DataFrame:
+    """key -> (below, above) of the first matching pattern (a loop over distinct keys, not values)."""
+    compiled = [(re.compile(t.pattern), t) for t in thresholds]
+    rows = []
+    for key in keys.to_list():
+        match = next((t for pattern, t in compiled if pattern.search(key)), None)
+        rows.append((key, match.below if match else None, match.above if match else None))
+    return pl.DataFrame(rows, schema={"key": pl.String, "threshold_below": pl.Float64, "threshold_above": pl.Float64}, orient="row")
+
+
+def run_summaries(
+    run_histories: pl.LazyFrame | pl.DataFrame,
+    *,
+    final_fraction: float = DEFAULT_FINAL_FRACTION,
+    thresholds: Sequence[Threshold] = (),
+) -> pl.DataFrame:
+    """One row per (run_id, key) of `run_histories` (`HISTORY_SCHEMA`); see the module docstring."""
+    if not 0 < final_fraction <= 1:
+        raise ValueError(f"final_fraction must be in (0, 1], got {final_fraction}")
+    history = run_histories.lazy().select("run_id", "step", "key", "value")
+    keys = history.select(pl.col("key").unique()).collect().to_series()
+    history = history.join(_thresholds_per_key(keys, thresholds).lazy(), on="key", how="left").sort("run_id", "key", "step")
+    group = ("run_id", "key")
+    n = pl.len().over(group)
+    position = pl.int_range(pl.len()).over(group)
+    history = history.with_columns(
+        pl.col("value").is_finite().alias("_finite"),
+        (position >= n - (n.cast(pl.Float64) * final_fraction).ceil().cast(pl.UInt32)).alias("_final"),
+    )
+    finite = pl.col("_finite")
+    value, step = pl.col("value"), pl.col("step")
+    finite_value, finite_step = value.filter(finite), step.filter(finite)
+    span = finite_step.last() - finite_step.first()
+    trapezoids = (finite_step.diff() * (finite_value + finite_value.shift(1)) / 2).sum()
+    summary = history.group_by(group).agg(
+        pl.len().alias("n_values"),
+        finite.sum().cast(pl.UInt32).alias("n_finite"),
+        value.is_nan().sum().cast(pl.UInt32).alias("n_nan"),
+        value.is_infinite().sum().cast(pl.UInt32).alias("n_inf"),
+        step.first().alias("first_step"),
+        step.last().alias("last_step"),
+        value.last().alias("last"),
+        finite_value.last().alias("last_finite"),
+        finite_value.min().alias("min"),
+        finite_step.filter(finite_value == finite_value.min()).first().alias("argmin_step"),
+        finite_value.max().alias("max"),
+        finite_step.filter(finite_value == finite_value.max()).first().alias("argmax_step"),
+        value.filter(finite & pl.col("_final")).mean().alias("final_mean"),
+        pl.when(span > 0).then(trapezoids / span.cast(pl.Float64)).alias("auc"),
+        step.filter(value.is_nan()).first().alias("first_nan_step"),
+        step.filter(value.is_infinite()).first().alias("first_inf_step"),
+        pl.col("threshold_below").first(),
+        step.filter(finite & (value < pl.col("threshold_below"))).first().alias("first_step_below"),
+        pl.col("threshold_above").first(),
+        step.filter(finite & (value > pl.col("threshold_above"))).first().alias("first_step_above"),
+    )
+    return summary.select(*RUN_SUMMARIES_SCHEMA).sort(group).collect().cast(RUN_SUMMARIES_SCHEMA)  # type: ignore[arg-type]
+
+
+def final_count(n_values: int, final_fraction: float = DEFAULT_FINAL_FRACTION) -> int:
+    """How many of a key's last logged values `final_mean` averages (for tests and reports)."""
+    return math.ceil(n_values * final_fraction)
