@@ -46,7 +46,8 @@ def worker_command(args: argparse.Namespace, environ: dict[str, str]) -> tuple[l
     env = dict(environ)
     env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
     env[settings.EXECUTOR_ENV] = "celery"
-    home = dagster_home(settings.absolute_data_dir(env.get(settings.DATA_DIR_ENV)))
+    home = Path(env["DAGSTER_HOME"]) if env.get("DAGSTER_HOME") else dagster_home(settings.absolute_data_dir(env.get(settings.DATA_DIR_ENV)))
+    home.mkdir(parents=True, exist_ok=True)
     env["DAGSTER_HOME"] = str(home)
     choice = settings.ExecutorChoice(
         name="celery",

@@ -12,6 +12,7 @@ from altgrad_pipeline.automation.definitions import automation_defs
 from altgrad_pipeline.dynamics import assets as dynamics_assets
 from altgrad_pipeline.execution import executor_from_env
 from altgrad_pipeline.ingest import assets as ingest_assets
+from altgrad_pipeline.media import assets as media_assets
 from altgrad_pipeline.io_manager import PolarsParquetIOManager
 from altgrad_pipeline.reports import assets as report_assets
 from altgrad_pipeline.resources import ReportFiles, RunStores
@@ -31,6 +32,9 @@ ASSETS = [
     dynamics_assets.sweep_summary,
     dynamics_assets.training_dynamics_report,
     dynamics_assets.sweep_summary_report,
+    media_assets.media_format,
+    media_assets.run_summaries,
+    media_assets.media_report,
     report_assets.reports_index,
 ]
 ASSET_CHECKS = ANALYSIS_CHECKS

@@ -21,13 +21,12 @@ from altgrad_pipeline import settings
 
 #: Imported once by the forkserver, so every step process starts with the project loaded.
 PRELOAD_MODULES = ["altgrad_pipeline.definitions"]
+MULTIPROCESS_CONFIG = {"start_method": {"forkserver": {"preload_modules": PRELOAD_MODULES}}}
 
 
 def executor_for(choice: settings.ExecutorChoice) -> dg.ExecutorDefinition:
     if choice.name == "multiprocess":
-        return dg.multiprocess_executor.configured(
-            {"start_method": {"forkserver": {"preload_modules": PRELOAD_MODULES}}}, name="multiprocess"
-        )
+        return dg.multiprocess_executor.configured(MULTIPROCESS_CONFIG, name="multiprocess")
     if choice.name == "celery":
         try:
             from dagster_celery import celery_executor

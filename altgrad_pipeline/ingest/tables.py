@@ -78,6 +78,8 @@ class StudyRules:
     optimizer_off: str = "AdamW"
     seed_key: str = "seed"
     max_steps_key: str = "max_steps"
+    #: Runs from stores without projects (JSONL, CSV, TensorBoard) join their study by this config key.
+    project_key: str = "project"
     #: Classification runs name themselves `E5M2_manifold` / `BF16_adamw` and may lack config keys.
     name_pattern: str = r"^(?i:(BF16|FP8_E\dM\d|E\dM\d))_(?i:(adamw|manifold))\b"
 
@@ -262,6 +264,10 @@ def raw_runs_frame(
         _state_expr(now, grace_s),
         _int_config(rules.seed_key, has(rules.seed_key)).alias("seed"),
         _int_config(rules.max_steps_key, has(rules.max_steps_key)).alias("max_steps"),
+        pl.coalesce(
+            pl.col("project"),
+            pl.col(CONFIG_PREFIX + rules.project_key).cast(pl.String) if has(rules.project_key) else pl.lit(None, pl.String),
+        ).alias("project"),
     ).drop("ended", "cut_short")
     leading = list(RAW_RUNS_SCHEMA)
     return frame.select(leading + sorted(c for c in frame.columns if c not in RAW_RUNS_SCHEMA)).sort("run_id")

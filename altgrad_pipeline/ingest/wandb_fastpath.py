@@ -17,27 +17,30 @@ Arrow buffer and validated as UTF-8 once per column. Field numbers come from the
 `wandb.proto` descriptors, never hard-coded.
 
 Contract: the fast path decodes the common case only and says which records it did not decode.
-A record is *refused* (its index is returned in `slow_records`, and none of its items appear in
-the batch) when anything in it is not the plain shape below, instead of being guessed at:
-  - malformed wire data: a varint longer than allowed, a length or field past the message end,
-    field number 0, group or reserved wire types;
-  - a `Record` that has the history (summary) field other than exactly once as a length-delimited
-    field, or that also has one of the other fields the reader's view declares (summary/history,
-    run, config, exit, header);
-  - in `HistoryRecord`: a field other than `item`, one `step` and `_info`; in `HistoryStep`: a
-    field other than one varint `num`; in `SummaryRecord`: any `remove` item, a field other than
-    `update` and `_info`;
-  - an item that is not exactly one name (`key` or a one-element `nested_key`) plus one
-    `value_json`: multi-element nested keys (split histograms/tables, SDK >= 0.19), empty names
-    or values (proto3 omits them), extra or unknown item fields;
-  - names or values that are not valid UTF-8 (history only; summary texts stay raw bytes as the
-    reader keeps them);
-  - when few messages remain in a long lockstep walk (`min_active` after `min_rounds` rounds):
-    a handful of very wide records is cheaper for upb than for per-round numpy overhead, so a
-    batch of one or two records mostly comes back refused: use this path for large batches.
-Refused records must be decoded by the caller with its protobuf path, in record order; the
-helpers `merge_history` and `apply_summary` do the interleaving. For every record it accepts, the
-fast path yields exactly what `WandbLogReader._decode` yields for it (tested value by value).
+`decode_records` takes every record of a batch (any kind, in log order) and returns the history
+rows and summary updates it decoded plus `slow_records`: the records the caller must decode with
+its protobuf path (`WandbLogReader._decode`), in record order. A record is slow (never guessed at)
+when anything in it is not the plain shape:
+  - another record kind, or malformed wire data: a varint too long, a length or field past the
+    message end, field number 0, group or reserved wire types, more than 16 top-level fields;
+  - a `Record` whose history (summary) field is not there exactly once as a length-delimited
+    field, or that also has another field the reader's upb view declares (run, config, ...);
+  - `HistoryRecord`: a field other than `item`, one `step` and `_info`; `HistoryStep`: anything
+    but one varint `num`; `SummaryRecord`: a `remove`, or a field other than `update`/`_info`;
+  - a history item that is not exactly one name (`key` or a one-element `nested_key`) plus one
+    `value_json` (multi-element nested keys = split histograms/tables of SDK >= 0.19, empty
+    names or values which proto3 omits, extra or unknown fields), a record mixing `key` and
+    `nested_key` items (the reader decodes those item by item), names or values not UTF-8;
+  - a very wide record in a small batch: after `min_rounds` lockstep rounds, when fewer than
+    `min_active` records are still being walked, they are left to upb (per-round numpy overhead
+    would cost more than upb): a batch of a few records mostly comes back slow.
+Summary records whose only oddity is their item names (`["_wandb", "runtime"]`, which wandb-core
+writes after every row; mixed `key`/`nested_key`) are not left to the caller: they are parsed
+with protobuf here (they are small) and folded exactly as `WandbLogReader._fold_items` would.
+For every record it decodes, the fast path yields exactly what `WandbLogReader._decode` yields
+for it (tested record by record on SDK-written and all corpus files, and on random bytes).
+`DecodedRecords.replay` interleaves the summary fold with the caller's slow decoding in record
+order; `merge_history` puts the slow records' history rows between the fast ones.
 """
 
 from __future__ import annotations
@@ -316,50 +319,57 @@ def _items_general(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, **walk:
     name_start, name_end, value_start, value_end = (np.zeros(n, dtype=np.int64) for _ in range(4))
     name_start[f.msg[name]], name_end[f.msg[name]] = f.start[name], f.end[name]
     value_start[f.msg[value]], value_end[f.msg[value]] = f.start[value], f.end[value]
-    return ok, name_start, name_end, value_start, value_end
+    nested_name = np.zeros(n, dtype=bool)
+    nested_name[f.msg[name]] = f.field[name] == F_ITEM_NESTED_KEY
+    return ok, name_start, name_end, value_start, value_end, nested_name
 
 
 def _items(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, **walk: int) -> tuple[np.ndarray, ...]:
     """Items (`HistoryItem`/`SummaryItem`) in the plain shape: one name (`key` or a one-element
-    `nested_key`) and one `value_json`. Returns ok per item and the name and value spans.
+    `nested_key`) and one `value_json`. Returns ok per item, the name and value spans, and
+    whether the name is a `nested_key`.
 
     Items as the SDK writes them (name, then value; a name under 128 bytes, a value under 16 KiB)
     are matched byte by byte against that template in a few whole-array operations; the others
     are tokenised with the general lockstep walk."""
     n = len(starts)
-    if n == 0 or len(u8) == 0:
+    if n == 0 or len(u8) < 4 or len(_VALUE_TAG) > 2 or len(_NAME_TAGS[0]) != 1 or len(_NAME_TAGS[1]) != 1:
         return _items_general(u8, starts, ends, **walk)
-    last = len(u8) - 1
-
-    def at(positions: np.ndarray) -> np.ndarray:
-        return u8[np.minimum(positions, last)]
-
-    first = at(starts)
-    name_length = at(starts + 1)
-    ok = (starts < ends) & (name_length < 0x80)
-    if len(_NAME_TAGS[0]) == 1 and len(_NAME_TAGS[1]) == 1:
-        ok &= (first == _NAME_TAGS[0][0]) | (first == _NAME_TAGS[1][0])
-    else:
-        ok[:] = False
+    # Four bytes at a time: a strided view gathers (name tag, name length) at each item start
+    # and (value tag, value length) after the name with one fancy index each.
+    words = np.lib.stride_tricks.as_strided(u8, shape=(len(u8) - 3, 4), strides=(1, 1))
+    top = len(u8) - 4
+    head = words[np.minimum(starts, top)].view("<u4").ravel()
+    first = (head & 0xFF).astype(np.uint8)
+    name_length = ((head >> 8) & 0xFF).astype(np.int64)
+    ok = (starts < ends) & (starts <= top) & (name_length < 0x80)
+    ok &= (first == _NAME_TAGS[0][0]) | (first == _NAME_TAGS[1][0])
     name_start = starts + 2
     name_end = name_start + name_length
     q = name_end
-    for j, byte in enumerate(_VALUE_TAG):
-        ok &= at(q + j) == byte
-    q = q + len(_VALUE_TAG)
-    l0 = at(q).astype(np.int64)
-    l1 = at(q + 1).astype(np.int64)
+    after = words[np.minimum(q, top)].view("<u4").ravel().astype(np.int64)
+    tag_bits = 8 * len(_VALUE_TAG)
+    ok &= (q <= top) & ((after & ((1 << tag_bits) - 1)) == int.from_bytes(_VALUE_TAG, "little"))
+    l0 = (after >> tag_bits) & 0xFF
     two = l0 >= 0x80
-    ok &= ~two | (l1 < 0x80)
-    value_start = q + 1 + two
-    value_end = value_start + np.where(two, (l0 & 0x7F) | (l1 << 7), l0)
+    if len(_VALUE_TAG) == 2:
+        l1 = after >> 24
+        ok &= ~two | (l1 < 0x80)
+        length = np.where(two, (l0 & 0x7F) | (l1 << 7), l0)
+    else:
+        ok &= ~two
+        length = l0
+    value_start = q + len(_VALUE_TAG) + 1 + two
+    value_end = value_start + length
     ok &= value_end == ends
+    nested_name = first == _NAME_TAGS[1][0]
     if not ok.all():
         other = np.flatnonzero(~ok)
-        g_ok, g_ns, g_ne, g_vs, g_ve = _items_general(u8, starts[other], ends[other], **walk)
+        g_ok, g_ns, g_ne, g_vs, g_ve, g_nested = _items_general(u8, starts[other], ends[other], **walk)
         ok[other] = g_ok
         name_start[other], name_end[other], value_start[other], value_end[other] = g_ns, g_ne, g_vs, g_ve
-    return ok, name_start, name_end, value_start, value_end
+        nested_name[other] = g_nested
+    return ok, name_start, name_end, value_start, value_end, nested_name
 
 
 def _binary(data: pa.Buffer, u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
@@ -515,8 +525,23 @@ def merge_history(*batches: HistoryBatch) -> HistoryBatch:
     batches = tuple(b for b in batches)
     if not batches:
         return empty_history_batch()
+    batches = tuple(b for b in batches if len(b.records) or len(b.slow_records))
+    if len(batches) == 1:
+        return batches[0]
+    if not batches:
+        return empty_history_batch()
     records = np.concatenate([b.records for b in batches])
     counts = np.concatenate([b.row_counts for b in batches])
+    if (np.diff(records) >= 0).all():  # already in order: concatenate, no gather
+        return HistoryBatch(
+            records=records,
+            step_nums=np.concatenate([b.step_nums for b in batches]),
+            has_step_num=np.concatenate([b.has_step_num for b in batches]),
+            row_counts=counts,
+            keys=pl.concat([b.keys for b in batches]),
+            texts=pl.concat([b.texts for b in batches]),
+            slow_records=np.setdiff1d(np.concatenate([b.slow_records for b in batches]), records),
+        )
     order = np.argsort(records, kind="stable")
     first = np.zeros(len(counts), dtype=np.int64)
     np.cumsum(counts[:-1], out=first[1:])
@@ -777,7 +802,12 @@ def decode_records(
     # Items of both kinds in one pass (message-major, so in record then write order).
     is_item = is_item_h | is_item_s
     item_msg = fields.msg[is_item]
-    i_ok, name_start, name_end, value_start, value_end = _items(u8, fields.start[is_item], fields.end[is_item], **walk)
+    i_ok, name_start, name_end, value_start, value_end, nested_name = _items(u8, fields.start[is_item], fields.end[is_item], **walk)
+    # A record mixing `key` and `nested_key` items is one the reader decodes item by item with
+    # a full protobuf parse (its view cannot pair names and values by position): not plain.
+    n_msgs = nh + ns
+    mixed = (np.bincount(item_msg[i_ok & nested_name], minlength=n_msgs) > 0) & (np.bincount(item_msg[i_ok & ~nested_name], minlength=n_msgs) > 0)
+    i_ok &= ~mixed[item_msg]
     # Summary records whose only oddity is item names of several elements: parsed with protobuf
     # (rare records), so they need not be left to the caller, which would flush the fold.
     parsed_msgs = np.unique(item_msg[~i_ok & (item_msg >= nh) & msg_ok[item_msg]])
@@ -809,7 +839,9 @@ def decode_records(
         if entries is not None:
             msg_ok[msg] = True
             parsed.extend((record, entry) for entry in entries)
-    keep_s = ~item_h & msg_ok[item_msg] & i_ok
+    plain_s = msg_ok.copy()
+    plain_s[parsed_msgs] = False
+    keep_s = ~item_h & plain_s[item_msg]
     s_ok = msg_ok[nh:]
     summary = SummaryBatch(
         records=msg_rec[item_msg[keep_s]],

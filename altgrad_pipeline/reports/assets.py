@@ -141,6 +141,7 @@ def reports_index(
     manifold_comparison_report: pl.DataFrame,
     training_dynamics_report: pl.DataFrame,
     sweep_summary_report: pl.DataFrame,
+    media_report: pl.DataFrame,
     raw_runs: pl.DataFrame,
     report_files: ReportFiles,
 ) -> dg.MaterializeResult:
@@ -151,6 +152,7 @@ def reports_index(
             manifold_comparison_report,
             training_dynamics_report,
             sweep_summary_report,
+            media_report,
         ]
     )
     entries = [

@@ -62,6 +62,9 @@ REPORT_RC: dict[str, object] = {
     "lines.linewidth": 1.6,
     "savefig.facecolor": "white",
     "figure.facecolor": "white",
+    # Titles and legends carry run names and metric keys (untrusted text): a `$` must stay a `$`,
+    # never start a mathtext formula that mangles the label or fails to render.
+    "text.parse_math": False,
 }
 
 

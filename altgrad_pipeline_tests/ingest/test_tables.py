@@ -109,3 +109,11 @@ def test_pivot_history_widens_chosen_keys_and_keeps_nan():
     assert wide.columns == ["run_id", "step", "loss"]
     assert wide.get_column("loss").to_list()[0] == 1.0
     assert wide.get_column("loss").is_nan().to_list() == [False, True]
+
+
+def test_runs_without_a_project_join_their_study_by_config():
+    frame = raw_runs_frame(
+        [_run("a", project="altgrad"), _run("b", config={"project": "altgrad"}), _run("c"), _run("d", project="p", config={"project": "q"})],
+        now=NOW,
+    )
+    assert frame.get_column("project").to_list() == ["altgrad", "altgrad", None, "p"]

@@ -109,13 +109,28 @@ def _open(page, url: str) -> None:
     ("group", "assets"),
     [
         ("ingest", ("raw_runs", "run_histories", "ingest_issues")),
-        ("analysis", ("layer_metrics", "run_outcomes", "format_rankings", "failure_modes", "manifold_stats")),
-        ("reports", ("format_comparison_report", "failure_modes_report", "manifold_comparison_report", "reports_index")),
+        ("media", ("run_media", "media_tables", "histograms", "media_issues", "run_summaries")),
+        (
+            "analysis",
+            ("layer_metrics", "run_outcomes", "format_rankings", "failure_modes", "manifold_stats", "training_dynamics", "sweep_summary"),
+        ),
+        (
+            "reports",
+            (
+                "format_comparison_report",
+                "failure_modes_report",
+                "manifold_comparison_report",
+                "training_dynamics_report",
+                "sweep_summary_report",
+                "media_report",
+                "reports_index",
+            ),
+        ),
     ],
 )
 def test_asset_graph_shows_every_asset(page, webserver, group, assets):
     _open(page, f"{webserver}/locations/altgrad_pipeline/asset-groups/{group}")
-    page.get_by_text(assets[0], exact=True).first.wait_for(timeout=30_000)
+    page.get_by_text("Materialized", exact=True).first.wait_for(timeout=30_000)  # nodes drawn with their status
     page.get_by_text("Loading...").first.wait_for(state="detached", timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / f"asset_graph_{group}.png"))
     page.get_by_role("tab", name="List").click()  # the graph draws only the nodes in view

@@ -167,3 +167,15 @@ def test_paired_seed_figure_draws_one_line_per_seed(tmp_path: Path) -> None:
     )
     path = paired_seed_figure(per_run, tmp_path / "p.png", metric_label="final loss (nats)", optimizers=("AdamW", "ManifoldAdamW"))
     assert path is not None and path.is_file()
+
+
+def test_dollar_signs_in_run_names_stay_literal(tmp_path):
+    """`$` in a run name must not become a (possibly broken) mathtext formula."""
+    from altgrad_pipeline.reports.style import new_figure, report_style, save_figure
+
+    with report_style():
+        figure, axes = new_figure()
+        title = axes.set_title("run $x_1$ costs $5 and $")
+        assert title.get_parse_math() is False
+        save_figure(figure, tmp_path / "dollars.png")
+    assert (tmp_path / "dollars.png").stat().st_size > 0

@@ -96,7 +96,7 @@ def _instance(cluster: Cluster) -> Iterator[dg.DagsterInstance]:
 def _step_pids(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, int]:
     """`<run>:<step>` -> the pid that executed the step (from its STEP_START event)."""
     return {
-        f"{run_id[:8]}:{entry.step_key}": entry.pid
+        f"{run_id[:8]}:{entry.step_key}": entry.dagster_event.pid
         for run_id in run_ids
         for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
     }
@@ -114,27 +114,22 @@ def test_steps_ran_on_both_celery_workers(cluster: Cluster, cluster_refresh):
     assert all(by_worker.values()), f"steps per worker: {by_worker}"
 
 
-def test_daemon_sensor_materializes_a_new_format_through_the_cluster(cluster: Cluster, tmp_path):
+def test_daemon_sensor_materializes_a_new_format_through_the_cluster(cluster: Cluster, cluster_refresh, tmp_path):
     """dagster-daemon on the Postgres instance: a finished run of a format no partition has yet
     (E2M5) is noticed by the sensor, which registers the partition and launches its run; the run's
-    steps go to the Celery workers and its Parquet lands on S3."""
-    store = tmp_path / "runs"
-    store.mkdir()
-    env = cluster.env | {
-        "ALTGRAD_RUNS": str(store),
-        "ALTGRAD_DATA_DIR": cluster.data_url("daemon"),
-        "ALTGRAD_CACHE_DIR": str(tmp_path / "cache"),
-        "ALTGRAD_SENSOR_INTERVAL_SECONDS": "3",
-        "ALTGRAD_AUTOMATION_INTERVAL_SECONDS": "3600",
-    }
+    steps go to the Celery workers and its Parquet lands on S3.
+
+    The workers load the code location with their own ALTGRAD_RUNS / ALTGRAD_DATA_DIR, so the daemon
+    shares the cluster's configuration, as every machine of a deployment must."""
+    env = cluster.env | {"ALTGRAD_SENSOR_INTERVAL_SECONDS": "3", "ALTGRAD_AUTOMATION_INTERVAL_SECONDS": "3600"}
     daemon = servers.start(
         "dagster-daemon", [str(servers.BIN / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
         tmp_path / "daemon.log", env=env, cwd=PROJECT_ROOT,
     )  # fmt: skip
     fs = _s3(cluster)
-    partition = f"{cluster.data_url('daemon').removeprefix('s3://')}/assets/raw_runs/E2M5.parquet"
+    partition = f"{cluster.data_url('refresh').removeprefix('s3://')}/assets/raw_runs/E2M5.parquet"
     try:
-        written = write_run(store, ExampleRunSpec(format_name="E2M5", optimizer="adamw", seed=3, max_steps=12))
+        written = write_run(cluster.study_store, ExampleRunSpec(format_name="E2M5", optimizer="adamw", seed=3, max_steps=12))
         deadline = time.monotonic() + DAEMON_WAIT_S
         while time.monotonic() < deadline and not fs.exists(partition):
             assert daemon.process.poll() is None, daemon.log.read_text()[-3000:]
@@ -146,7 +141,11 @@ def test_daemon_sensor_materializes_a_new_format_through_the_cluster(cluster: Cl
         daemon.stop()
     with _instance(cluster) as instance:
         assert "E2M5" in instance.get_dynamic_partitions("fp8_format")
-        sensor_runs = [r for r in instance.get_runs() if r.tags.get("altgrad/trigger") == "finished_runs"]
-        assert sensor_runs and sensor_runs[0].tags["dagster/partition"] == "E2M5"
+        sensor_runs = [
+            r for r in instance.get_runs()
+            if r.tags.get("altgrad/trigger") == "finished_runs" and r.tags.get("dagster/partition") == "E2M5"
+        ]  # fmt: skip
+        assert sensor_runs
         trees = set().union(*(servers.process_tree(w.process.pid) for w in cluster.workers))
-        assert set(_step_pids(instance, [sensor_runs[0].run_id]).values()) <= trees
+        step_pids = set(_step_pids(instance, [sensor_runs[0].run_id]).values())
+        assert step_pids and step_pids <= trees
