@@ -519,19 +519,25 @@ class WandbLogReader:
                 self._issue("bad_record", f"record is not a valid protobuf Record: {exc}", f"{len(payload)} bytes", position=f"byte {offset}")
             )
             return
-        if view.HasField("history"):
-            self._history(view.history, payload)
-        elif view.HasField("summary"):
-            self._fold_summary(view.summary, payload)
-        elif view.HasField("config"):
-            self._fold_items(self._config, wandb_pb.ConfigRecord.FromString(view.config))
-        elif view.HasField("run"):
-            self._run = wandb_pb.RunRecord.FromString(view.run)
-            self._fold_items(self._config, self._run.config)
-        elif view.HasField("exit"):
-            self._exit = wandb_pb.RunExitRecord.FromString(view.exit)
-        elif view.HasField("header"):
-            self._header_version = wandb_pb.HeaderRecord.FromString(view.header).version_info.producer or None
+        try:  # the lenient view can accept what the full messages reject (e.g. invalid UTF-8)
+            if view.HasField("history"):
+                self._history(view.history, payload)
+            elif view.HasField("summary"):
+                self._fold_summary(view.summary, payload)
+            elif view.HasField("config"):
+                self._fold_items(self._config, wandb_pb.ConfigRecord.FromString(view.config))
+            elif view.HasField("run"):
+                run = wandb_pb.RunRecord.FromString(view.run)
+                self._fold_items(self._config, run.config)
+                self._run = run
+            elif view.HasField("exit"):
+                self._exit = wandb_pb.RunExitRecord.FromString(view.exit)
+            elif view.HasField("header"):
+                self._header_version = wandb_pb.HeaderRecord.FromString(view.header).version_info.producer or None
+        except DecodeError as exc:
+            self._issues.append(
+                self._issue("bad_record", f"record does not decode as its declared type: {exc}", f"{len(payload)} bytes", position=f"byte {offset}")
+            )
 
     @staticmethod
     def _single_names(columns: Any) -> Any:

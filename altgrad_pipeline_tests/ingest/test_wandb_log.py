@@ -316,3 +316,35 @@ def test_summary_fold_matches_the_slow_path_when_summary_differs_from_history(tm
     assert log.summary["best"] == 1.0 and log.summary["_step"] == 5
     last_row = {k: v for s, k, v in log.history.select("step", "key", "value").iter_rows() if s == 5}
     assert last_row == {"loss": 2.5, "acc": 0.4, "lr": 0.5}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def test_a_record_with_invalid_utf8_is_an_issue_not_a_crash(sdk_runs: dict[str, Path]) -> None:
+    """A history item whose name is not UTF-8 parses in the lenient view but not as a Record:
+    the record becomes an issue and every other value of the run is kept."""
+    import wandb.proto.wandb_internal_pb2 as pb
+
+    item_fields = pb.HistoryItem.DESCRIPTOR.fields_by_name
+    item = _field(item_fields["nested_key"].number, b"\xff\xfe") + _field(item_fields["nested_key"].number, b"x")
+    item += _field(item_fields["value_json"].number, b"1.0")
+    history = _field(pb.HistoryRecord.DESCRIPTOR.fields_by_name["item"].number, item)
+    record = _field(pb.Record.DESCRIPTOR.fields_by_name["history"].number, history)
+    reader = WandbLogReader("synthetic")
+    reader.feed_file(sdk_runs["finished"])
+    before = reader.result().history.height
+    reader._decode(record, offset=0)  # noqa: SLF001 - one record, exactly as the framing hands it over
+    log = reader.result()
+    assert log.history.height == before
+    assert [i.kind for i in log.issues] == ["bad_record"]
