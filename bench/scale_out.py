@@ -21,7 +21,6 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -184,7 +183,6 @@ def main() -> None:
             server.stop()
         shutil.rmtree(pg_root, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-    results["bench_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

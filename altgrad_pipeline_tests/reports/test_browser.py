@@ -130,7 +130,7 @@ def _open(page, url: str) -> None:
 )
 def test_asset_graph_shows_every_asset(page, webserver, group, assets):
     _open(page, f"{webserver}/locations/altgrad_pipeline/asset-groups/{group}")
-    page.get_by_text("Materialized", exact=True).first.wait_for(timeout=30_000)  # nodes drawn with their status
+    page.get_by_text("Latest event", exact=True).first.wait_for(timeout=30_000)  # asset nodes drawn
     page.get_by_text("Loading...").first.wait_for(state="detached", timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / f"asset_graph_{group}.png"))
     page.get_by_role("tab", name="List").click()  # the graph draws only the nodes in view
