@@ -139,10 +139,10 @@ def refresh(
         echo(f"Materializing format partition {fmt} ({', '.join(k.to_user_string() for k in _asset_keys(partitioned))})")
         if not parallel:
             outcome = _run(instance, job, _asset_keys(partitioned), fmt)
-            _record(report, fmt, outcome, echo)
+            _record(report, fmt, outcome, echo, instance)
     if parallel:
         for fmt, outcome in _run_partitions_in_parallel(instance, runs, data_dir, _asset_keys(partitioned), todo):
-            _record(report, fmt, outcome, echo)
+            _record(report, fmt, outcome, echo, instance)
     never_built = any(instance.get_latest_materialization_event(k) is None for k in _asset_keys(unpartitioned))
     if todo or full or never_built:
         echo(f"Materializing analysis and reports ({len(_asset_keys(unpartitioned))} assets)")
@@ -151,6 +151,7 @@ def refresh(
         if not success:
             report.failed.append("analysis")
             echo(f"  FAILED: see run {run_id} in the Dagster UI")
+            _echo_step_failures(instance, run_id, echo)
     if not todo and not never_built and not full:
         echo("Everything is up to date.")
     echo(f"Assets: {_child(data_dir, 'assets')}")
@@ -162,11 +163,25 @@ def _child(data_dir: str, name: str) -> str:
     return f"{data_dir}/{name}" if settings.is_url(data_dir) else str(Path(data_dir) / name)
 
 
-def _record(report: RefreshReport, fmt: str, outcome: tuple[bool, str], echo: Callable[[str], None]) -> None:
+def _echo_step_failures(instance: dg.DagsterInstance, run_id: str, echo: Callable[[str], None]) -> None:
+    """Say which steps failed and why, so a failed refresh is readable without opening the UI."""
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
+        event = record.event_log_entry.dagster_event
+        error = event.step_failure_data.error if event and event.step_failure_data else None
+        while error is not None and error.cause is not None:  # Dagster wraps the user's exception
+            error = error.cause
+        message = error.message.strip().splitlines()[0] if error and error.message.strip() else "no error message"
+        echo(f"    {event.step_key if event else '?'}: {message}")
+
+
+def _record(
+    report: RefreshReport, fmt: str, outcome: tuple[bool, str], echo: Callable[[str], None], instance: dg.DagsterInstance
+) -> None:
     success, run_id = outcome
     if not success:
         report.failed.append(f"partition {fmt}")
         echo(f"  FAILED: partition {fmt}, see run {run_id} in the Dagster UI")
+        _echo_step_failures(instance, run_id, echo)
     report.refreshed_formats.append(fmt)
 
 

@@ -17,7 +17,7 @@ from altgrad_pipeline.definitions import build_defs
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline_tests.automation.conftest import copy_run, wandb_file
 
-FORMAT_ASSETS = {"raw_runs", "run_histories", "layer_metrics"}
+FORMAT_ASSETS = {"raw_runs", "run_histories", "layer_metrics", "run_media", "media_tables", "histograms", "media_issues", "run_summaries"}
 
 
 # ##### FIXTURES
