@@ -1,5 +1,6 @@
 """End to end: `dagster-daemon run` on a temporary DAGSTER_HOME picks up a newly finished run by
-itself (sensor tick -> partition run) and the format's Parquet then holds it.
+itself (sensor tick -> partition run -> declarative automation of the analysis and reports), and
+`format_comparison.md` then reflects it.
 
 The daemon is started in its own session and stopped by process group (SIGTERM, then SIGKILL
 after a bound), since dagster maps SIGTERM onto its SIGINT handling and children can linger.
@@ -21,16 +22,21 @@ from altgrad_pipeline.examples import ExampleRunSpec, write_run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAEMON = Path(sys.executable).parent / "dagster-daemon"
-WAIT_S = 120.0
+WAIT_S = 240.0
 STOP_S = 15.0
 FORMAT = "E2M5"
 
 
 def reflects_new_run(data_dir: Path, run_id: str) -> bool:
-    """What "the asset reflects the run" means here. When the reports land, switch to:
-    `run_id in (data_dir / "reports" / "format_comparison.md").read_text()` (if it exists)."""
+    """The format's partition holds the run and the ANAL-01 report ranks its (new) format."""
     partition = data_dir / "assets" / "raw_runs" / f"{FORMAT}.parquet"
-    return partition.exists() and run_id in pl.read_parquet(partition).get_column("run_id").to_list()
+    report = data_dir / "reports" / "format_comparison.md"
+    return (
+        partition.exists()
+        and run_id in pl.read_parquet(partition).get_column("run_id").to_list()
+        and report.exists()
+        and f"| {FORMAT} |" in report.read_text()
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:
