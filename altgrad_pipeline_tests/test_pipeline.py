@@ -125,10 +125,10 @@ def test_analysis_recovers_the_known_answers(pipeline):
     by_name = {r["name"]: r for r in modes.iter_rows(named=True)}
     nan_run = by_name["e7m0-adamw-s1"]
     assert nan_run["failure_mode"] == "nan_loss" and nan_run["outcome"] == "nan_stopped"
-    assert abs(nan_run["failure_step"] - 37) < 10
+    assert abs(nan_run["failure_step"] - 37) <= nan_run["nan_patience"]  # within the run's own patience
     stall_truth = truth.runs["e0m7-adamw-s1"]
     assert by_name["e0m7-adamw-s1"]["failure_mode"] == "bit_stall"
-    assert abs(by_name["e0m7-adamw-s1"]["failure_step"] - stall_truth.bit_stall_crossing_step) < 25
+    assert abs(by_name["e0m7-adamw-s1"]["failure_step"] - stall_truth.bit_stall_crossing_step) <= 10
     assert by_name["e3m4-adamw-s1"]["failure_mode"] == "none"
     manifold = _asset(data, "manifold_stats").filter(pl.col("metric") == "final_loss")
     e5m2 = manifold.filter(pl.col("fp8_format") == "E5M2").row(0, named=True)
