@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from altgrad_pipeline.escaping import escape_markdown
 from altgrad_pipeline.markdown import format_cell, markdown_table
 from altgrad_pipeline.media.attention import AttentionShape, attention_weights
 from altgrad_pipeline.media.tables import TableRows
+from altgrad_pipeline.dynamics.sweeps import is_noise_key
 from altgrad_pipeline.notebook import differing_config
 from altgrad_pipeline.reports.documents import FIGURES_DIR, ReportResult, _header, _image, _write
 from altgrad_pipeline.reports.style import FALLBACK_COLOURS, FORMAT_COLOURS, new_figure, report_style, save_figure
@@ -176,34 +178,44 @@ def histogram_heatmap_figure(series: pl.DataFrame, path: Path, *, title: str) ->
 # ---------------------------------------------------------------- KL / validation loss
 
 
+#: Characters per legend line: long differing-config labels wrap instead of leaving the figure.
+LEGEND_WRAP = 90
+
+
+def _plain(value: object) -> str:
+    """A config value as plain text for a legend (escaping happens where Markdown is written)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def config_labels(raw_runs: pl.DataFrame, run_ids: Sequence[str]) -> dict[str, str]:
-    """run_id -> the config values that differ between these runs ("lr=0.001, seed=2")."""
+    """run_id -> the config values that differ between these runs ("lr=0.001, seed=2"), noise
+    keys (names, tags, paths, seeds, intervals: `dynamics.sweeps.is_noise_key`) left out."""
     runs = raw_runs.filter(pl.col("run_id").is_in(list(run_ids)))
     differing = differing_config(runs)
-    keys = [c for c in differing.columns if c.startswith("config.")]
+    keys = [c for c in differing.columns if c.startswith("config.") and not is_noise_key(c.removeprefix("config."))]
     labels = {}
     for row in differing.iter_rows(named=True):
-        labels[row["run_id"]] = ", ".join(f"{k.removeprefix('config.')}={format_cell(row[k])}" for k in keys) or "same config"
+        labels[row["run_id"]] = ", ".join(f"{k.removeprefix('config.')}={_plain(row[k])}" for k in keys) or "same config"
     return {r: labels.get(r, "config unknown") for r in run_ids}
 
 
 def curves_figure(curves: pl.DataFrame, keys: list[str], labels: dict[str, str], names: dict[str, str], path: Path) -> Path:
-    """One panel per key, one line per run, the colour shared by runs whose differing config is equal."""
+    """One panel per key, one line per run, the colour shared by runs whose differing config is
+    equal; one legend entry per colour, below the panels (run names are listed in the report)."""
     groups = sorted(set(labels.values()))
     colours = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
     with report_style():
-        figure, axes = new_figure(1, len(keys), panel_size=(6.0, 4.0))
+        figure, axes = new_figure(1, len(keys), panel_size=(8.0, 4.0 + 0.3 * len(groups)))
         for ax, key in zip(np.atleast_1d(axes).ravel(), keys):
             for run_id in sorted(labels):
                 line = curves.filter((pl.col("run_id") == run_id) & (pl.col("key") == key)).sort("step")
-                if line.is_empty():
-                    continue
-                ax.plot(line["step"].to_numpy(), line["value"].to_numpy(), color=colours[labels[run_id]],
-                        label=f"{_label(run_id, names)}: {labels[run_id]}")  # fmt: skip
+                if not line.is_empty():
+                    ax.plot(line["step"].to_numpy(), line["value"].to_numpy(), color=colours[labels[run_id]], linewidth=1.0)
             ax.set_title(key)
-            ax.set_xlabel("step")
+            ax.set_xlabel("training step")
             ax.set_ylabel(key)
-            ax.legend(fontsize=7)
+        handles = [Patch(color=colours[g], label="\n".join(textwrap.wrap(g, LEGEND_WRAP))) for g in groups]
+        figure.legend(handles=handles, loc="outside lower center", fontsize=8, title="config values that differ")
         figure.suptitle("colour = config values that differ between the runs")
         return save_figure(figure, path)
 

@@ -67,7 +67,8 @@ def test_media_report_figures_load_in_the_browser(built) -> None:
     assert "step 2, table attn/layer0" in text and "No tables logged yet" not in text
     # attention at the last step: 2 runs × 2 tables × (per head + colour channels); 2 histogram heatmaps; 1 curves figure
     assert len(figures) == 8 + 2 + 1 and all(p.exists() for p in figures)
-    assert r"(med1\): lr=0\.001, seed=1" in text and r"(med2\): lr=0\.003, seed=2" in text
+    # the differing config without noise keys: the seed differs too, but a seed never splits a colour
+    assert r"(med1\): lr=0\.001" in text and r"(med2\): lr=0\.003" in text and "seed=" not in text
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for figure in figures:
         shutil.copy(figure, ARTIFACTS / figure.name)
