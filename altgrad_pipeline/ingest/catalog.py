@@ -41,14 +41,14 @@ from typing import Any
 import polars as pl
 
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator, RunSource, issues_frame
-from altgrad_pipeline.ingest.tables import StudyRules, _state_expr, history_with_run_id, raw_runs_frame, run_row
+from altgrad_pipeline.ingest.tables import StudyRules, state_expr, history_with_run_id, raw_runs_frame, run_row
 
 try:
     import fcntl
 except ImportError:  # Windows: concurrent syncs may then re-read a run the other one stored
     fcntl = None  # type: ignore[assignment]
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: cached histories are sorted by (step, key)
 INDEX_NAME = "index.json"
 RUNS_DIR = "runs"
 #: A superseded run file is deleted only after this long: a run that synced just before may
@@ -386,7 +386,7 @@ class RunCatalog:
                     "updated_at": pl.Datetime("us", "UTC")},
         )  # fmt: skip
         now = now.astimezone(dt.UTC) if now.tzinfo else now.replace(tzinfo=dt.UTC)
-        return dict(facts.select("key", _state_expr(now, grace_s)).iter_rows())
+        return dict(facts.select("key", state_expr(now, grace_s)).iter_rows())
 
     def histories(self, entries: Sequence[CatalogEntry]) -> pl.LazyFrame:
         """The long histories of these runs, read lazily from the cache."""

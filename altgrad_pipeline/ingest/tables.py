@@ -214,7 +214,7 @@ def _optimizer_expr(rules: StudyRules, has_flag: bool) -> pl.Expr:
     )
 
 
-def _state_expr(now: dt.datetime, grace_s: float) -> pl.Expr:
+def state_expr(now: dt.datetime, grace_s: float) -> pl.Expr:
     """Tracker state: an exit record decides; without one, a cut log or an old file means crashed."""
     stale = pl.col("updated_at").is_null() | (
         pl.col("updated_at") < pl.lit(now - dt.timedelta(seconds=grace_s), pl.Datetime("us", "UTC"))
@@ -261,7 +261,7 @@ def raw_runs_frame(
     frame = frame.with_columns(
         _format_expr(rules, has(rules.format_key), has(rules.enabled_key)),
         _optimizer_expr(rules, has(rules.optimizer_key)),
-        _state_expr(now, grace_s),
+        state_expr(now, grace_s),
         _int_config(rules.seed_key, has(rules.seed_key)).alias("seed"),
         _int_config(rules.max_steps_key, has(rules.max_steps_key)).alias("max_steps"),
         pl.coalesce(
@@ -274,8 +274,14 @@ def raw_runs_frame(
 
 
 def history_with_run_id(run: ParsedRun) -> pl.DataFrame:
-    """The run's history in the public column order, tagged with its run id."""
-    return run.history.with_columns(pl.lit(run.run_id, pl.String).alias("run_id")).select(list(HISTORY_SCHEMA))
+    """The run's history in the public column order, tagged with its run id and sorted by (step,
+    key), so a partition is the plain concatenation of its runs in run_id order (no re-sort of the
+    unchanged runs on every refresh)."""
+    return (
+        run.history.with_columns(pl.lit(run.run_id, pl.String).alias("run_id"))
+        .select(list(HISTORY_SCHEMA))
+        .sort("step", "key", maintain_order=True)
+    )
 
 
 def pivot_history(histories: pl.DataFrame | pl.LazyFrame, keys: list[str]) -> pl.DataFrame:
