@@ -31,6 +31,7 @@ import dagster as dg
 from altgrad_pipeline.automation.runs_sensor import finished_runs_sensor
 from altgrad_pipeline.automation.targets import format_partitioned_keys
 from altgrad_pipeline.definitions import build_defs
+from altgrad_pipeline.refresh import QUIET_RUN_CONFIG
 from altgrad_pipeline.examples import ExampleRunSpec, write_run
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
@@ -101,13 +102,13 @@ def measure(size: int, templates: dict[str, Path], workdir: Path, *, refresh: bo
         figures["tick_idle_s"] = statistics.median(idle)
         if refresh:
             keys = format_partitioned_keys(defs.get_repository_def())
-            warm = dg.materialize(defs.assets, selection=keys, partition_key=NEW_RUN_FORMAT, instance=instance, resources=defs.resources)
+            warm = dg.materialize(defs.assets, selection=keys, partition_key=NEW_RUN_FORMAT, instance=instance, resources=defs.resources, run_config=QUIET_RUN_CONFIG)
             assert warm.success
             copy_run(templates[NEW_RUN_FORMAT], store, "newrun00")
             figures["tick_new_run_s"], seen = _tick(defs, instance, first.cursor)
             assert [r.partition_key for r in seen.run_requests if r.partition_key] == [NEW_RUN_FORMAT], seen
             start = time.perf_counter()
-            result = dg.materialize(defs.assets, selection=keys, partition_key=NEW_RUN_FORMAT, instance=instance, resources=defs.resources)
+            result = dg.materialize(defs.assets, selection=keys, partition_key=NEW_RUN_FORMAT, instance=instance, resources=defs.resources, run_config=QUIET_RUN_CONFIG)
             figures["ingest_partition_s"] = time.perf_counter() - start
             assert result.success
             [materialization] = [

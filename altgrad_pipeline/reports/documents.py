@@ -6,7 +6,7 @@ Each `write_*_report` function takes the analysis frames and a reports directory
 in the text and tables is taken from the input frames and printed with `format_cell`; every run
 name, tag, project and failure-report string is escaped; file names come from fixed stems,
 format names and `safe_filename`, never from run names. An empty input gives a sentence saying
-that there are no runs of that kind yet, never a placeholder.
+that there are no runs of that kind yet, never a stand-in text.
 """
 
 from __future__ import annotations
