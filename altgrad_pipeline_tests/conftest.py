@@ -19,12 +19,21 @@ def corpora_dir() -> Path:
     return CORPORA
 
 
+def offline_wandb_env(env: pytest.MonkeyPatch, base: Path) -> None:
+    """Keep the wandb SDK offline, quiet and out of the home dir (config and cache under `base`).
+    Module-scoped fixtures that write runs call this with their own `MonkeyPatch.context()`."""
+    for name, value in {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_CONSOLE": "off",
+        "WANDB_DISABLE_GIT": "true",
+        "WANDB_CONFIG_DIR": str(base / "wandb-config"),
+        "WANDB_CACHE_DIR": str(base / "wandb-cache"),
+    }.items():
+        env.setenv(name, value)
+
+
 @pytest.fixture(autouse=True)
 def _offline_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Every test that touches the wandb SDK stays offline and writes nothing into the home dir."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_CONSOLE", "off")
-    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path_factory.getbasetemp() / "wandb-config"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "wandb-cache"))
+    offline_wandb_env(monkeypatch, tmp_path_factory.getbasetemp())

@@ -14,18 +14,7 @@ import pytest
 
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA
 from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
-
-
-def sdk_env(env: pytest.MonkeyPatch, base: Path) -> None:
-    for name, value in {
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "WANDB_CONSOLE": "off",
-        "WANDB_DISABLE_GIT": "true",
-        "WANDB_CONFIG_DIR": str(base / "config"),
-        "WANDB_CACHE_DIR": str(base / "cache"),
-    }.items():
-        env.setenv(name, value)
+from altgrad_pipeline_tests.conftest import offline_wandb_env
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +24,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     base = tmp_path_factory.mktemp("store")
     with pytest.MonkeyPatch.context() as env:
-        sdk_env(env, base)
+        offline_wandb_env(env, base)
         run = wandb.init(mode="offline", dir=base / "proj_a", project="a", id="resumed01", config={"lr": 0.1})
         for step in range(5):
             run.log({"loss": float(step)}, step=step)

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from altgrad_pipeline.ingest.wandb_log import BLOCK_SIZE, LOG_HEADER, WandbLogReader, read_wandb_log
+from altgrad_pipeline_tests.conftest import offline_wandb_env
 
 STEPS = 40
 KEYS = ("train/loss", "val loss", "grad.norm", "lr")
@@ -63,15 +64,7 @@ def write_sdk_run(root: Path, *, exit_code: int, steps: int = STEPS, padding: in
 def sdk_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("sdk")
     with pytest.MonkeyPatch.context() as env:
-        for name, value in {
-            "WANDB_MODE": "offline",
-            "WANDB_SILENT": "true",
-            "WANDB_CONSOLE": "off",
-            "WANDB_DISABLE_GIT": "true",
-            "WANDB_CONFIG_DIR": str(base / "config"),
-            "WANDB_CACHE_DIR": str(base / "cache"),
-        }.items():
-            env.setenv(name, value)
+        offline_wandb_env(env, base)
         return {
             "finished": write_sdk_run(base / "finished", exit_code=0),
             "failed": write_sdk_run(base / "failed", exit_code=1, steps=3),
@@ -297,15 +290,7 @@ def reference_summary(payloads: list[bytes]) -> dict[str, object]:
 
 def test_summary_fold_matches_the_slow_path_when_summary_differs_from_history(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as env:
-        for name, value in {
-            "WANDB_MODE": "offline",
-            "WANDB_SILENT": "true",
-            "WANDB_CONSOLE": "off",
-            "WANDB_DISABLE_GIT": "true",
-            "WANDB_CONFIG_DIR": str(tmp_path / "config"),
-            "WANDB_CACHE_DIR": str(tmp_path / "cache"),
-        }.items():
-            env.setenv(name, value)
+        offline_wandb_env(env, tmp_path)
         path = write_metric_summary_run(tmp_path)
     reader = RecordingReader(str(path))
     reader.feed_file(path)
