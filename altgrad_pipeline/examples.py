@@ -48,6 +48,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import struct
 import time
@@ -1004,6 +1005,17 @@ class ExampleStudy:
             "written": [dataclasses.asdict(run) for run in self.written],
             "specs": plain([dataclasses.asdict(spec) for spec in self.specs]),
         }
+
+
+def clone_run(template: Path, store: Path, run_id: str, *, hard_link: bool = False) -> Path:
+    """A copy of a written run folder under a new run id (folder and `.wandb` file renamed), for
+    stores of thousands of runs in tests and benchmarks without writing each through the SDK;
+    `hard_link` shares the bytes with the template instead of copying them."""
+    stamp, old_id = template.name.rsplit("-", 1)
+    target = store / "wandb" / f"{stamp}-{run_id}"
+    shutil.copytree(template, target, copy_function=os.link if hard_link else shutil.copy2)
+    (target / f"run-{old_id}.wandb").rename(target / f"run-{run_id}.wandb")
+    return target
 
 
 def write_example_runs(root: Path, specs: Sequence[ExampleRunSpec] | None = None, workers: int = 2) -> ExampleStudy:

@@ -20,7 +20,6 @@ import argparse
 import copy
 import json
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -32,7 +31,7 @@ from altgrad_pipeline.automation.runs_sensor import finished_runs_sensor
 from altgrad_pipeline.automation.targets import format_partitioned_keys
 from altgrad_pipeline.definitions import build_defs
 from altgrad_pipeline.refresh import QUIET_RUN_CONFIG
-from altgrad_pipeline.examples import ExampleRunSpec, write_run
+from altgrad_pipeline.examples import ExampleRunSpec, clone_run, write_run
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
 
@@ -48,15 +47,6 @@ def write_templates(root: Path) -> dict[str, Path]:
         written = write_run(root / fmt, ExampleRunSpec(format_name=fmt, optimizer="adamw", seed=1, max_steps=20))
         runs[fmt] = root / fmt / written.run_dir
     return runs
-
-
-def copy_run(template: Path, store: Path, run_id: str) -> Path:
-    """Hard-linked copy of a run folder under a new id (the bytes are the template's)."""
-    stamp, old_id = template.name.rsplit("-", 1)
-    target = store / "wandb" / f"{stamp}-{run_id}"
-    shutil.copytree(template, target, copy_function=os.link)
-    (target / f"run-{old_id}.wandb").rename(target / f"run-{run_id}.wandb")
-    return target
 
 
 class _ReuseParses(LocalWandbSource):
@@ -90,7 +80,7 @@ def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
 def measure(size: int, templates: dict[str, Path], workdir: Path, *, refresh: bool) -> dict[str, float | int]:
     store, data = workdir / f"store-{size}", workdir / f"data-{size}"
     for i in range(size):
-        copy_run(templates[FORMATS[i % len(FORMATS)]], store, f"b{i:07d}")
+        clone_run(templates[FORMATS[i % len(FORMATS)]], store, f"b{i:07d}", hard_link=True)
     defs = build_defs(runs=str(store), data_dir=str(data))
     run_stores = defs.resources["run_stores"]
     seed_start = time.perf_counter()
@@ -104,7 +94,7 @@ def measure(size: int, templates: dict[str, Path], workdir: Path, *, refresh: bo
             keys = format_partitioned_keys(defs.get_repository_def())
             warm = dg.materialize(defs.assets, selection=keys, partition_key=NEW_RUN_FORMAT, instance=instance, resources=defs.resources, run_config=QUIET_RUN_CONFIG)
             assert warm.success
-            copy_run(templates[NEW_RUN_FORMAT], store, "newrun00")
+            clone_run(templates[NEW_RUN_FORMAT], store, "newrun00", hard_link=True)
             figures["tick_new_run_s"], seen = _tick(defs, instance, first.cursor)
             assert [r.partition_key for r in seen.run_requests if r.partition_key] == [NEW_RUN_FORMAT], seen
             start = time.perf_counter()

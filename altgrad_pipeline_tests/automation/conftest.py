@@ -4,13 +4,12 @@ copied per test: a store of real `.wandb` folders costs a file copy, not an SDK 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from altgrad_pipeline.examples import ExampleRunSpec, write_run
+from altgrad_pipeline.examples import ExampleRunSpec, clone_run, write_run
 
 TEMPLATE_FORMATS = ("E5M2", "E3M4", "E2M5")
 
@@ -27,11 +26,8 @@ def template_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def copy_run(template: Path, store: Path, run_id: str) -> Path:
-    """A copy of a real run folder under a new id (folder and `.wandb` file renamed), fresh mtimes."""
-    stamp, _ = template.name.rsplit("-", 1)
-    target = store / "wandb" / f"{stamp}-{run_id}"
-    shutil.copytree(template, target)
-    (target / f"run-{template.name.rsplit('-', 1)[1]}.wandb").rename(target / f"run-{run_id}.wandb")
+    """A copy of a real run folder under a new id with fresh mtimes (a run that just finished)."""
+    target = clone_run(template, store, run_id)
     now = time.time()
     for path in target.rglob("*"):
         os.utime(path, (now, now))
