@@ -23,6 +23,18 @@ import polars as pl
 from upath import UPath
 
 from altgrad_pipeline import settings
+from altgrad_pipeline.partition_tables import RunVersionedFrame, read_build
+
+
+def _storage_path(base_dir: str) -> UPath:
+    return UPath(base_dir, **settings.fsspec_storage_options(base_dir)) / "assets"
+
+
+def previous_build(base_dir: str, asset: str, partition: str) -> RunVersionedFrame | None:
+    """A partition as this IO manager last stored it, with its run versions (`partition_tables`)."""
+    path = _storage_path(base_dir) / asset / f"{partition}{PolarsParquetIOManager.extension}"
+    options = settings.polars_storage_options(dict(path.storage_options))
+    return read_build(str(path), options or None)
 
 
 def _wants_lazy(context: dg.InputContext) -> bool:
@@ -36,17 +48,21 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
     extension: ClassVar[str] = ".parquet"
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._base_path = UPath(self.base_dir, **settings.fsspec_storage_options(self.base_dir)) / "assets"
+        self._base_path = _storage_path(self.base_dir)
 
-    def dump_to_path(self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame, path: UPath) -> None:
-        frame = obj.collect() if isinstance(obj, pl.LazyFrame) else obj
+    def dump_to_path(
+        self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame | RunVersionedFrame, path: UPath
+    ) -> None:
+        """A `RunVersionedFrame` keeps its run versions in the same file, as Parquet metadata."""
+        metadata = obj.parquet_metadata() if isinstance(obj, RunVersionedFrame) else None
+        frame = obj.frame if isinstance(obj, RunVersionedFrame) else obj.collect() if isinstance(obj, pl.LazyFrame) else obj
         if path.protocol in ("", "file"):
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            frame.write_parquet(str(tmp))
+            frame.write_parquet(str(tmp), metadata=metadata)
             os.replace(str(tmp), str(path))  # readers (sensors, other runs) never see half a file
         else:
             with path.open("wb") as handle:
-                frame.write_parquet(handle)
+                frame.write_parquet(handle, metadata=metadata)
 
     def _scan(self, path: UPath) -> pl.LazyFrame:
         if not path.exists():
@@ -68,6 +84,8 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         return lazy if _wants_lazy(context) else lazy.collect()
 
     def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict[str, Any]:
+        if isinstance(obj, RunVersionedFrame):
+            return {"dagster/row_count": obj.frame.height}
         if isinstance(obj, pl.DataFrame):
             return {"dagster/row_count": obj.height}
         return {}

@@ -5,15 +5,19 @@ through, and the folder the reports are written to."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 from pydantic import PrivateAttr
 from upath import UPath
 
 from altgrad_pipeline import settings
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.sources import build_sources
+from altgrad_pipeline.io_manager import previous_build
+from altgrad_pipeline.partition_tables import Rebuilt, rebuild
 
 
 class RunStores(dg.ConfigurableResource):
@@ -43,6 +47,18 @@ class RunStores(dg.ConfigurableResource):
             grace_period_s=self.crash_grace_seconds,
         )
         return RunCatalog(self.cache_dir / "runs", sources, workers=settings.ingest_workers())
+
+    def rebuild_partition(
+        self,
+        asset: str,
+        partition: str,
+        versions: Mapping[str, str],
+        built_with: str,
+        compute: Callable[[list[str]], pl.DataFrame],
+    ) -> Rebuilt:
+        """A partition table computed run by run, reusing the stored partition's unchanged runs
+        (see `partition_tables`); the asset returns `.table` for the IO manager to store."""
+        return rebuild(previous_build(self.data_dir, asset, partition), versions, built_with, compute)
 
     def local_roots(self) -> list[Path]:
         return [Path(e.target) for e in self.store_entries() if e.kind == "local"]

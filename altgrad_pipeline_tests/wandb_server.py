@@ -18,20 +18,34 @@ Answered operations (by GraphQL operation name):
                                                              run with `export_parts` > 0, URLs of
                                                              Parquet files this server writes from
                                                              its history and serves itself (GET
-                                                             /exports/<run>/<part>.parquet), plus
+                                                             /exports/<run>/<part>.parquet, byte
+                                                             ranges honoured), plus
                                                              `liveData` for rows after `exported_rows`;
                                                              for other runs no URLs (the client then
                                                              pages HistoryPage)
-Telemetry posted to /sdk/otel/... is accepted and ignored.
+  SampledHistoryPage                                       - `scan_history(keys=...)`: rows with
+                                                             minStep <= _step <= maxStep (wandb-core
+                                                             sends the inclusive bound) holding
+                                                             every key of the spec, at most `samples`
+  RunOutputArtifacts                                       - `run.logged_artifacts()`, paged
+  FetchArtifactManifest                                    - the URL of an artifact's manifest, which
+                                                             this server serves (GET /manifests/<id>)
+Artifact files are served where the client's storage policy looks for them (layout V2:
+GET /artifactsV2/default/<entity>/<project>/<collection>/<birth id>/<md5 hex>/<file name>); a file
+an artifact lists in `missing` answers 404, as a deleted object would. Telemetry posted to
+/sdk/otel/... is accepted and ignored.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +62,59 @@ FAKE_API_KEY = "altgradfake0key0never0valid0anywhere0042"
 _OPERATION = re.compile(r"\b(query|mutation)\s+(\w+)")
 #: Where the server serves the Parquet export files it announces in RunParquetHistory.
 EXPORTS_PATH = "/exports/"
+#: Where the server serves artifact manifests (FetchArtifactManifest's `directUrl`) and files.
+MANIFESTS_PATH = "/manifests/"
+ARTIFACT_FILES_PATH = "/artifactsV2/default/"
+
+
+@dataclass
+class FakeArtifact:
+    """One artifact version a run logged, with its files by entry name (`attn/layer0.table.json`).
+    Entries named in `missing` stay in the manifest but their files answer 404."""
+
+    name: str
+    version: int
+    files: dict[str, bytes]
+    type: str = "run_table"
+    missing: set[str] = field(default_factory=set)
+
+    @property
+    def id(self) -> str:
+        return base64.b64encode(f"Artifact:{self.name}:v{self.version}".encode()).decode()
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as W&B stores it: MD5 digests (base64), storage layout V2."""
+        contents = {
+            entry: {"digest": base64.b64encode(hashlib.md5(data).digest()).decode(), "size": len(data), "birthArtifactID": self.id}
+            for entry, data in self.files.items()
+        }
+        return {"version": 1, "storagePolicy": "wandb-storage-policy-v1", "storagePolicyConfig": {"storageLayout": "V2"}, "contents": contents}
+
+    def node(self, entity: str, project: str) -> dict[str, Any]:
+        """The artifact as the `ArtifactFragment` of RunOutputArtifacts."""
+        project_info = {"id": "project-1", "internalId": "project-1", "name": project, "entity": {"name": entity}}
+        digest = hashlib.md5(b"".join(sorted(self.files.values()))).hexdigest()
+        return {
+            "__typename": "Artifact",
+            "id": self.id,
+            "artifactSequence": {"__typename": "ArtifactSequence", "name": self.name, "project": project_info},
+            "versionIndex": self.version,
+            "artifactType": {"name": self.type},
+            "description": None,
+            "metadata": "{}",
+            "ttlDurationSeconds": -2,
+            "ttlIsInherited": True,
+            "tags": [],
+            "historyStep": None,
+            "state": "COMMITTED",
+            "size": sum(len(data) for data in self.files.values()),
+            "digest": digest,
+            "commitHash": digest[:12],
+            "fileCount": len(self.files),
+            "createdAt": "2024-05-01T10:30:00",
+            "updatedAt": "2024-05-01T10:30:00",
+            "aliases": [],
+        }
 
 
 @dataclass
@@ -71,6 +138,8 @@ class FakeRun:
     export_parts: int = 0
     #: History rows covered by the exports (None: all); later rows are the run's live data.
     exported_rows: int | None = None
+    #: Artifact versions the run logged (`run.logged_artifacts()`), in logging order.
+    artifacts: list[FakeArtifact] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         return [json.dumps(row) for row in self.history]
@@ -233,6 +302,8 @@ class FakeWandbServer:
         text = body.decode("utf-8", errors="replace")
         if path.startswith(EXPORTS_PATH):
             return self._export_file(path, headers, text)
+        if path.startswith((MANIFESTS_PATH, ARTIFACT_FILES_PATH)):
+            return self._artifact_file(path, headers, text)
         if not path.endswith("/graphql"):
             # Telemetry (/sdk/otel/v1/metrics) and anything else not GraphQL: accepted, ignored.
             self._record(path, None, {}, 200, headers, text)
@@ -268,8 +339,45 @@ class FakeWandbServer:
         if not found or int(found.group(2)) >= len(files):
             self._record(path, None, {}, 404, headers, text)
             return 404, {"Content-Type": "text/plain"}, b"no such export"
-        self._record(path, None, {}, 200, headers, text)
-        return 200, {"Content-Type": "application/octet-stream"}, files[int(found.group(2))]
+        data = files[int(found.group(2))]
+        wanted = re.fullmatch(r"bytes=(\d*)-(\d*)", headers.get("range", ""))
+        if wanted is None:
+            self._record(path, None, {}, 200, headers, text)
+            return 200, {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}, data
+        # A range request, as wandb-core's Parquet reader sends when `scan_history` reads exports.
+        first, last = wanted.groups()
+        start = int(first) if first else max(0, len(data) - int(last))
+        stop = min(len(data) - 1, int(last)) if first and last else len(data) - 1
+        self._record(path, None, {}, 206, headers, text)
+        return 206, {"Content-Type": "application/octet-stream", "Content-Range": f"bytes {start}-{stop}/{len(data)}"}, data[start : stop + 1]
+
+    def _artifacts(self) -> Iterator[FakeArtifact]:
+        return (artifact for run in self.runs for artifact in run.artifacts)
+
+    def _artifact_file(self, path: str, headers: dict[str, str], text: str) -> tuple[int, dict[str, str], bytes]:
+        """A manifest (GET /manifests/<id>) or a file (GET /artifactsV2/default/.../<md5 hex>/<name>)."""
+        payload: bytes | None = None
+        if path.startswith(MANIFESTS_PATH):
+            wanted = urllib.parse.unquote(path[len(MANIFESTS_PATH) :])
+            found = [a for a in self._artifacts() if a.id == wanted]
+            payload = json.dumps(found[0].manifest()).encode() if found else None
+        else:
+            md5_hex = urllib.parse.unquote(path).rstrip("/").split("/")[-2]
+            payload = next(
+                (data for a in self._artifacts() for entry, data in a.files.items()
+                 if entry not in a.missing and hashlib.md5(data).hexdigest() == md5_hex),
+                None,
+            )  # fmt: skip
+        status = 404 if payload is None else 200
+        self._record(path, None, {}, status, headers, text)
+        if payload is None:
+            return 404, {"Content-Type": "text/plain"}, b"no such object"
+        return 200, {"Content-Type": "application/octet-stream"}, payload
+
+    def artifact_files_downloaded(self) -> list[str]:
+        """Paths of the artifact files (not manifests) served so far, in order."""
+        with self._lock:
+            return [r.path for r in self.requests if r.path.startswith(ARTIFACT_FILES_PATH) and r.status == 200]
 
     def exports_downloaded(self) -> list[str]:
         """Paths of the export files served so far, in order."""
@@ -287,8 +395,12 @@ class FakeWandbServer:
             return {"serverInfo": {"features": []}}
         if operation == "Runs":
             return {"project": self._runs_page(query, variables)}
+        if operation == "FetchArtifactManifest":
+            known = any(a.id == variables.get("id") for a in self._artifacts())
+            url = f"{self.url}{MANIFESTS_PATH}{urllib.parse.quote(variables['id'], safe='')}"
+            return {"artifact": {"currentManifest": {"file": {"directUrl": url}}} if known else None}
         run_name = variables.get("name") or variables.get("run") or variables.get("runName")
-        if operation in ("Run", "RunHistoryKeys", "HistoryPage", "RunParquetHistory"):
+        if operation in ("Run", "RunHistoryKeys", "HistoryPage", "RunParquetHistory", "SampledHistoryPage", "RunOutputArtifacts"):
             if (variables.get("entity"), variables.get("project")) != (self.entity, self.project):
                 return {"project": None}
             found = [run for run in self.runs if run.id == run_name]
@@ -339,6 +451,24 @@ class FakeWandbServer:
         if operation == "RunParquetHistory":
             urls = [f"{self.url}{EXPORTS_PATH}{run.id}/{part}.parquet" for part in range(run.export_parts)]
             return {"parquetHistory": {"parquetUrls": urls, "liveData": run.live_rows() if urls else []}}
+        if operation == "SampledHistoryPage":
+            spec = json.loads(variables["spec"])
+            low, high, size = int(spec["minStep"]), int(spec["maxStep"]), int(spec["samples"])
+            keys = set(spec["keys"])
+            rows = [json.loads(line) for line in run.lines()]
+            # maxStep is inclusive here (wandb-core asks for [0, 1000) as minStep 0, maxStep 999).
+            return {"sampledHistory": [[row for row in rows if low <= row.get("_step", -1) <= high and keys <= row.keys()][:size]]}
+        if operation == "RunOutputArtifacts":
+            start = int(variables["cursor"]) if variables.get("cursor") else 0
+            per_page = int(variables.get("perPage") or 50)
+            page = run.artifacts[start : start + per_page]
+            return {
+                "artifacts": {
+                    "totalCount": len(run.artifacts),
+                    "pageInfo": {"__typename": "PageInfo", "endCursor": str(start + len(page)), "hasNextPage": start + per_page < len(run.artifacts)},
+                    "edges": [{"node": artifact.node(self.entity, self.project)} for artifact in page],
+                }
+            }
         low, high, size = int(variables["minStep"]), int(variables["maxStep"]), int(variables["pageSize"])
         rows = [line for line in run.lines() if low <= _step_of(line) < high]
         return {"history": rows[:size]}

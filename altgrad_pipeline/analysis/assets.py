@@ -12,11 +12,13 @@ import polars as pl
 from altgrad_pipeline.analysis import failures, layers, manifold, outcomes, rankings
 from altgrad_pipeline.analysis.failure_reports import FAILURE_REPORTS_SCHEMA, find_failure_reports
 from altgrad_pipeline.automation.conditions import analysis_automation_condition
+from altgrad_pipeline.partition_tables import recipe, run_versions
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline.resources import RunStores
 from altgrad_pipeline.ui import counts, preview, table_schema
 
 ANALYSIS_GROUP = "analysis"
+LAYER_METRICS_RECIPE = recipe(layers)
 ALL_FORMATS = {"raw_runs": dg.AssetIn(), "run_histories": dg.AssetIn()}
 
 
@@ -31,14 +33,24 @@ def _doc(module: object) -> str:
     metadata={"dagster/column_schema": table_schema(layers.LAYER_METRICS_SCHEMA)},
     kinds={"polars", "parquet"},
 )
-def layer_metrics(context: dg.AssetExecutionContext, run_histories: pl.LazyFrame) -> dg.MaterializeResult:
-    frame = layers.layer_metrics(run_histories)
+def layer_metrics(
+    context: dg.AssetExecutionContext, raw_runs: pl.DataFrame, run_histories: pl.LazyFrame, run_stores: RunStores
+) -> dg.MaterializeResult:
+    built = run_stores.rebuild_partition(
+        "layer_metrics",
+        context.partition_key,
+        run_versions(raw_runs),
+        LAYER_METRICS_RECIPE,
+        lambda run_ids: layers.layer_metrics(run_histories.filter(pl.col("run_id").is_in(run_ids))),
+    )
+    frame = built.table.frame
     return dg.MaterializeResult(
-        value=frame,
+        value=built.table,
         metadata={
             "dagster/row_count": frame.height,
             "rows_by_layer_type": counts(frame, "layer_type"),
             "n_params": frame.get_column("param").n_unique() if frame.height else 0,
+            "runs_rebuilt": len(built.computed),
             "preview": preview(frame, rows=8),
         },
     )
@@ -126,14 +138,16 @@ def format_rankings(
 
 @dg.asset(
     group_name=ANALYSIS_GROUP,
-    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn()},
+    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn(), "run_summaries": dg.AssetIn()},
     description="ANAL-03: ManifoldAdamW against AdamW per format and metric, with bootstrap CIs.\n\n" + _doc(manifold),
     metadata={"dagster/column_schema": table_schema(manifold.MANIFOLD_SCHEMA)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet", "scipy"},
 )
-def manifold_stats(raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame) -> dg.MaterializeResult:
-    frame = manifold.manifold_stats(raw_runs, run_histories, run_outcomes)
+def manifold_stats(
+    raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, run_summaries: pl.LazyFrame
+) -> dg.MaterializeResult:
+    frame = manifold.manifold_stats(raw_runs, run_histories, run_outcomes, run_summaries)
     return dg.MaterializeResult(
         value=frame,
         metadata={

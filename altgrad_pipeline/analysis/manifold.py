@@ -1,17 +1,27 @@
-"""ManifoldAdamW against AdamW, per format, with bootstrap confidence intervals.
+"""ManifoldAdamW against AdamW, per format, with 95% confidence intervals.
 
 For every (project, fp8_format) that has runs with both optimizers, one row per metric. Only
-completed runs enter the statistics; the others are counted in `n_excluded_*`. All metrics are
-measured up to the format's common step (the minimum over its completed runs of their last loss
-step), so arms of different length stay comparable. Lower is better for every metric:
+completed runs enter the statistics; the others are counted in `n_excluded_*`. All metrics but
+`best_loss` are measured up to the format's common step (the minimum over its completed runs of
+their last loss step), so arms of different length stay comparable. Lower is better for every
+metric:
 
 - `final_loss`: mean of the run's last `last_k` finite losses at or before the common step.
-- `best_loss`: minimum of the smoothed loss, smoothing = exponentially weighted moving average
-  without bias adjustment, alpha = 2 / (smoothing_span + 1) (y_0 = x_0,
-  y_t = (1 - alpha) y_{t-1} + alpha x_t over the run's finite losses in step order).
-  altgrad logs no best loss.
+- `best_loss`: the run's best finite loss, read from the `run_summaries` asset (the `min` of its
+  loss key: NaN and ±inf never win, so a run whose loss went NaN keeps its best finite value).
+  It is what a best-checkpoint callback keeps and what altgrad's own analysis reads as
+  `best_loss` (never logged), so it covers the whole run: the two arms of a format run the same
+  `max_steps` in the study, so for completed runs that window ends at the common step anyway;
+  where arms differ in length the longer one has more steps to reach its best, and `final_loss`
+  is the like-for-like comparison. It is not smoothed: the minimum of noisy losses lies below the
+  loss curve by an amount that grows with the noise and the number of logged steps, but both
+  arms of a format share the logging cadence and, to first order, the noise, so the offset
+  largely cancels in `diff`, and the value stays the one a reader finds in the run.
 - `steps_to_threshold`: first step at which the smoothed loss is <= the threshold; a run that
   never gets there counts as common_step + 1 (censored at the end of the compared window).
+  Smoothing (so that one noisy step does not count as a crossing) = exponentially weighted
+  moving average without bias adjustment, alpha = 2 / (smoothing_span + 1) (y_0 = x_0,
+  y_t = (1 - alpha) y_{t-1} + alpha x_t over the run's finite losses in step order).
   The threshold is `loss_threshold` when given, else L0 + threshold_fraction * (L_base - L0):
   L0 = mean first finite loss of the format's compared runs, L_base = mean final loss (as above,
   at the same common step) of the project's completed baseline runs, or of the compared runs
@@ -86,6 +96,7 @@ def per_run_metrics(
     raw_runs: pl.LazyFrame | pl.DataFrame,
     histories: pl.LazyFrame | pl.DataFrame,
     outcomes: pl.LazyFrame | pl.DataFrame,
+    run_summaries: pl.LazyFrame | pl.DataFrame,
     *,
     last_k: int = 10,
     smoothing_span: int = 20,
@@ -94,11 +105,18 @@ def per_run_metrics(
     baseline: str = "BF16",
 ) -> pl.DataFrame:
     """One row per completed run of a format that has both optimizers: run_id, project,
-    fp8_format, optimizer, seed, common_step, loss_threshold and the four `METRICS`."""
+    fp8_format, optimizer, seed, common_step, loss_threshold and the four `METRICS`.
+    `run_summaries` is the `run_summaries` asset (one row per run and key, `min` among them)."""
     runs = raw_runs.lazy().filter(pl.col("fp8_format") != NO_FORMAT)
     history = histories.lazy()
     completed_ids = outcomes.lazy().filter(pl.col("outcome") == "completed").select("run_id")
-    loss = loss_history(history).select("run_id", "step", "value")
+    loss_series = loss_history(history)
+    loss = loss_series.select("run_id", "step", "value")
+    best = (
+        run_summaries.lazy()
+        .join(loss_series.select("run_id", "key").unique(), on=["run_id", "key"], how="semi")
+        .select("run_id", pl.col("min").alias("best_loss"))
+    )
     last_loss_step = loss.group_by("run_id").agg(pl.col("step").max().alias("last_loss_step"))
     key = ["project", "fp8_format"]
     both = (
@@ -146,8 +164,7 @@ def per_run_metrics(
         .join(compared.select("run_id", *key), on="run_id")
         .join(thresholds, on=key)
     )
-    smooth_summary = smooth.group_by("run_id").agg(
-        pl.col("value").min().alias("best_loss"),
+    threshold_steps = smooth.group_by("run_id").agg(
         pl.col("step").filter(pl.col("value") <= pl.col("loss_threshold")).min().alias("threshold_step"),
     )
     stall = (
@@ -160,7 +177,8 @@ def per_run_metrics(
     return (
         compared.join(thresholds, on=key, how="left")
         .join(final, on="run_id", how="left")
-        .join(smooth_summary, on="run_id", how="left")
+        .join(best, on="run_id", how="left")
+        .join(threshold_steps, on="run_id", how="left")
         .join(stall, on="run_id", how="left")
         .with_columns(pl.coalesce("threshold_step", pl.col("common_step") + 1).cast(pl.Float64).alias("steps_to_threshold"))
         .select("run_id", *key, "optimizer", "seed", "common_step", "loss_threshold", *METRICS)
@@ -206,6 +224,7 @@ def manifold_stats(
     raw_runs: pl.LazyFrame | pl.DataFrame,
     histories: pl.LazyFrame | pl.DataFrame,
     outcomes: pl.LazyFrame | pl.DataFrame,
+    run_summaries: pl.LazyFrame | pl.DataFrame,
     *,
     n_resamples: int = 9999,
     seed: int = 0,
@@ -237,7 +256,7 @@ def manifold_stats(
         .collect()
     )
     values = per_run_metrics(
-        raw_runs, histories, outcomes, last_k=last_k, smoothing_span=smoothing_span,
+        raw_runs, histories, outcomes, run_summaries, last_k=last_k, smoothing_span=smoothing_span,
         threshold_fraction=threshold_fraction, loss_threshold=loss_threshold, baseline=baseline,
     )
     rows = []

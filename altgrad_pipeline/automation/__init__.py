@@ -9,5 +9,6 @@
 - `stale_formats_schedule` (daily) catches whatever the sensor missed; `full_rebuild` rebuilds all.
 
 `definitions.automation_defs()` bundles them; `conditions.analysis_automation_condition()` goes on
-the analysis and report assets. `store_scan` and `finished_runs` are plain Python (no Dagster).
+the analysis and report assets. `finished_runs` is plain Python (no Dagster); the store digest it
+compares lives in `ingest.listing`.
 """

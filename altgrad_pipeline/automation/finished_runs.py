@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from altgrad_pipeline.automation.store_scan import store_digest
+from altgrad_pipeline.ingest.listing import store_digest
 from altgrad_pipeline.ingest.catalog import CatalogEntry, RunCatalog
 
 TERMINAL_STATES = frozenset({"finished", "failed", "crashed"})

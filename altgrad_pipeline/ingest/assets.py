@@ -10,15 +10,18 @@ import datetime as dt
 import dagster as dg
 import polars as pl
 
-from altgrad_pipeline.ingest.catalog import RunCatalog
+from altgrad_pipeline.ingest.catalog import CACHE_VERSION, RunCatalog
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ISSUE_SCHEMA
 from altgrad_pipeline.ingest.tables import RAW_RUNS_DESCRIPTIONS, RAW_RUNS_SCHEMA
+from altgrad_pipeline.partition_tables import recipe
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline.resources import RunStores
 from altgrad_pipeline.settings import WANDB_API_POOL
 from altgrad_pipeline.ui import counts, preview, table_schema
 
 INGEST_GROUP = "ingest"
+#: Histories are the catalog's cached ones: a new catalog format means rebuilding the partitions.
+HISTORY_RECIPE = recipe(catalog_cache=CACHE_VERSION)
 #: Metadata key on raw_runs: what the partition was built from (the refresh and sensor compare it).
 CATALOG_FINGERPRINT = "catalog_fingerprint"
 
@@ -64,9 +67,17 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
     result = catalog.sync(progress=context.log.info)
     entries = result.for_format(fmt)
     runs = catalog.raw_runs(entries, now=dt.datetime.now(dt.UTC), grace_s=run_stores.crash_grace_seconds)
-    # Each cached history is sorted by (step, key) when it is read: in run_id order, the partition
-    # is already sorted, and unchanged runs cost a copy, not a sort.
-    histories = catalog.histories(sorted(entries, key=lambda e: e.run_id)).collect()
+    # Each cached history is sorted by (step, key): in run_id order a partition needs no sort, and
+    # only changed runs are read from the catalog; the others' rows come from the last build.
+    by_run = {e.run_id: e for e in entries}
+    built = run_stores.rebuild_partition(
+        "run_histories",
+        fmt,
+        {e.run_id: e.version for e in entries},
+        HISTORY_RECIPE,
+        lambda run_ids: catalog.histories([by_run[run] for run in run_ids]).collect(),
+    )
+    histories = built.table.frame
     context.log.info(f"{fmt}: {runs.height} runs, {histories.height} values; re-read {len(result.reread)} changed runs")
     yield dg.Output(
         runs,
@@ -81,11 +92,12 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
         },
     )
     yield dg.Output(
-        histories,
+        built.table,
         output_name="run_histories",
         metadata={
             "dagster/row_count": histories.height,
             "n_runs": runs.height,
+            "runs_rebuilt": len(built.computed),
             "n_keys": histories.get_column("key").n_unique() if histories.height else 0,
             "n_nonfinite": int(histories.filter(~pl.col("value").is_finite()).height),
             "preview": preview(histories, rows=8),

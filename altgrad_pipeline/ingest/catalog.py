@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import datetime as dt
 import hashlib
 import json
@@ -34,12 +35,13 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from altgrad_pipeline.ingest.listing import shared_walks, store_digest
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator, RunSource, issues_frame
 from altgrad_pipeline.ingest.tables import StudyRules, state_expr, history_with_run_id, raw_runs_frame, run_row
 
@@ -50,6 +52,8 @@ except ImportError:  # Windows: concurrent syncs may then re-read a run the othe
 
 CACHE_VERSION = 3  # 3: cached histories are sorted by (step, key)
 INDEX_NAME = "index.json"
+#: What the last full sync saw: the stores' digest, its runs in discovery order, its issues.
+LAST_SYNC_NAME = "last_sync.json"
 RUNS_DIR = "runs"
 #: A superseded run file is deleted only after this long: a run that synced just before may
 #: still be scanning it.
@@ -88,12 +92,17 @@ class CatalogEntry:
     run_id: str
     fp8_format: str
     facts: RunFacts
-    details_path: Path
+    #: The catalog's folder of per-run files (a string: thousands of entries are made per sync).
+    runs_dir: str
     _details: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def version(self) -> str:
         return _version(self.fingerprint)
+
+    @property
+    def details_path(self) -> Path:
+        return Path(self.runs_dir) / f"{self.key}-{self.version}.json"
 
     @property
     def ended(self) -> bool:
@@ -186,12 +195,9 @@ class RunCatalog:
     def _index_path(self) -> Path:
         return self.cache_dir / INDEX_NAME
 
-    @property
+    @functools.cached_property
     def _runs_dir(self) -> Path:
         return self.cache_dir / RUNS_DIR
-
-    def _details_path(self, key: str, version: str) -> Path:
-        return self._runs_dir / f"{key}-{version}.json"
 
     def history_path(self, entry: CatalogEntry) -> Path:
         return self._runs_dir / f"{entry.key}-{entry.version}.history.parquet"
@@ -206,7 +212,7 @@ class RunCatalog:
             run_id=record["run_id"],
             fp8_format=record["fp8_format"],
             facts=facts,
-            details_path=self._details_path(key, _version(record["fingerprint"])),
+            runs_dir=str(self._runs_dir),
         )
 
     def _read_index(self) -> dict[str, dict[str, Any]]:
@@ -219,6 +225,17 @@ class RunCatalog:
     def load(self) -> list[CatalogEntry]:
         """The runs as of the last sync, without looking at any source."""
         return [self._entry(k, r) for k, r in self._read_index().items()]
+
+    def entries_of(self, raw_runs: pl.DataFrame) -> list[CatalogEntry]:
+        """The entries behind a `raw_runs` table, as of the last sync and with its run ids: assets
+        downstream of raw_runs read the same runs without listing the stores again."""
+        index = self._read_index()
+        entries = []
+        for run_id, source, location in raw_runs.select("run_id", "source", "location").iter_rows():
+            key = entry_key(source, location)
+            if key in index:
+                entries.append(replace(self._entry(key, index[key]), run_id=run_id))
+        return entries
 
     @contextlib.contextmanager
     def _index_lock(self) -> Iterator[None]:
@@ -240,7 +257,7 @@ class RunCatalog:
             run_id=run.run_id,
             fp8_format=fmt,
             facts=RunFacts(ended=run.ended, exit_code=run.exit_code, cut_short=run.cut_short, updated_at=row["updated_at"]),
-            details_path=self._details_path(key, _version(locator.fingerprint)),
+            runs_dir=str(self._runs_dir),
         )
         details = {
             "row": row,
@@ -263,10 +280,13 @@ class RunCatalog:
                 index[entry.key] = entry.index_record()
             payload = json.dumps({"version": CACHE_VERSION, "entries": index}, default=_encode)
             _atomic_write(self._index_path, lambda p: p.write_text(payload))
-            self._remove_superseded(index)
+            self._remove_superseded(_live_versions(index))
 
-    def _remove_superseded(self, index: dict[str, dict[str, Any]]) -> None:
-        live = {f"{key}-{_version(r['fingerprint'])}" for key, r in index.items()}
+    def live_versions(self) -> set[str]:
+        """`<entry key>-<version>` of every run as of the last sync: the stems of cache files in use."""
+        return _live_versions(self._read_index())
+
+    def _remove_superseded(self, live: set[str]) -> None:
         cutoff = time.time() - SUPERSEDED_FILE_GRACE_S
         with os.scandir(self._runs_dir) as listing:
             for item in listing:
@@ -274,11 +294,45 @@ class RunCatalog:
                 if stem and stem not in live and item.stat().st_mtime < cutoff:
                     Path(item.path).unlink(missing_ok=True)
 
+    def _store_roots(self) -> list[Path] | None:
+        """The folders the sources read, when every source is a local store (then a digest of
+        their files decides whether anything changed); None with an API or SQL source."""
+        roots = [getattr(source, "root", None) for source in self.sources]
+        return None if any(root is None for root in roots) else sorted({Path(root) for root in roots})
+
+    def _unchanged_since_last_sync(self, digest: str | None) -> SyncResult | None:
+        """The last full sync's result again, if no file under the stores changed since it began."""
+        try:
+            last = json.loads((self.cache_dir / LAST_SYNC_NAME).read_text())
+        except (OSError, ValueError):
+            return None
+        if digest is None or last.get("version") != CACHE_VERSION or last.get("store_digest") != digest:
+            return None
+        index = self._read_index()
+        if not all(key in index for key in last["keys"]):
+            return None  # another sync changed the index: look again
+        entries = [self._entry(key, index[key]) for key in last["keys"]]
+        issues = [IngestIssue(**issue) for issue in last["issues"]]
+        return SyncResult(entries=_unique_run_ids(entries, issues), reread=[], issues=issues)
+
+    def _record_sync(self, digest: str | None, entries: list[CatalogEntry], issues: list[IngestIssue]) -> None:
+        if digest is None:
+            return
+        payload = json.dumps(
+            {"version": CACHE_VERSION, "store_digest": digest, "keys": [e.key for e in entries], "issues": [asdict(i) for i in issues]}
+        )
+        _atomic_write(self.cache_dir / LAST_SYNC_NAME, lambda p: p.write_text(payload))
+
     def sync(self, *, progress: Callable[[str], None] | None = None) -> SyncResult:
         """Bring the cache up to date with the sources. Never raises for bad input or a failing source:
         a source that cannot be listed keeps its previously cached runs and says why.
 
-        Cost when nothing changed: each source's `discover()` plus reading the one index file."""
+        Cost when nothing changed: for local stores, one digest of their files (path, size, mtime)
+        and reading the index; with an API or SQL source, each source's `discover()` as well."""
+        roots = self._store_roots()
+        digest = store_digest(roots) if roots is not None else None  # taken before looking: a change
+        if (unchanged := self._unchanged_since_last_sync(digest)) is not None:  # during the sync is seen next time
+            return unchanged
         issues: list[IngestIssue] = []
         #: One slot per run in discovery order; a changed run's slot is filled once it was read.
         slots: list[CatalogEntry | None] = []
@@ -286,16 +340,16 @@ class RunCatalog:
         stored: list[CatalogEntry] = []
         seen_keys: set[str] = set()
         index = self._read_index()
-        for source in self.sources:
-            try:
-                locators = source.discover()
-            except Exception as exc:  # noqa: BLE001 - a broken source must not stop the others
+        with shared_walks():
+            discovered = [(source, _discover(source)) for source in self.sources]
+        for source, locators in discovered:
+            if isinstance(locators, Exception):
                 issues.append(
                     IngestIssue(
                         location=getattr(source, "label", source.name),
                         source=source.name,
                         kind="source_unavailable",
-                        reason=f"could not list runs: {type(exc).__name__}: {exc}",
+                        reason=f"could not list runs: {type(locators).__name__}: {locators}",
                         lost="nothing stored: previously ingested runs of this source are kept",
                     )
                 )
@@ -334,6 +388,7 @@ class RunCatalog:
         removed = set(index) - seen_keys
         if stored or removed:
             self._commit(stored, removed)
+        self._record_sync(digest, entries, issues)
         return SyncResult(entries=_unique_run_ids(entries, issues), reread=[e.run_id for e in stored], issues=issues)
 
     def read_and_store(self, source: RunSource, locator: RunLocator) -> CatalogEntry | ReadFailure:
@@ -367,7 +422,7 @@ class RunCatalog:
         return outcomes  # type: ignore[return-value]
 
     def raw_runs(self, entries: Sequence[CatalogEntry], *, now: dt.datetime | None = None, grace_s: float = 3600.0) -> pl.DataFrame:
-        rows = [dict(e.row, run_id=e.run_id) for e in entries]
+        rows = [dict(e.row, run_id=e.run_id, run_version=e.version) for e in entries]
         return raw_runs_frame(rows, rules=self.rules, now=now, grace_s=grace_s)
 
     @staticmethod
@@ -436,6 +491,18 @@ def _read_in_worker(source_index: int, locator: RunLocator) -> CatalogEntry | Re
     source = _WORKER_CATALOG.sources[source_index]
     assert source is not None, "a source that stays in the parent was sent to a worker"
     return _WORKER_CATALOG.read_and_store(source, locator)
+
+
+def _live_versions(index: dict[str, dict[str, Any]]) -> set[str]:
+    return {f"{key}-{_version(record['fingerprint'])}" for key, record in index.items()}
+
+
+def _discover(source: RunSource) -> list[RunLocator] | Exception:
+    """A source's runs, or why it could not list them: a broken source must not stop the others."""
+    try:
+        return source.discover()
+    except Exception as exc:  # noqa: BLE001 - any listing failure becomes a source_unavailable issue
+        return exc
 
 
 def _unique_run_ids(entries: list[CatalogEntry], issues: list[IngestIssue]) -> list[CatalogEntry]:

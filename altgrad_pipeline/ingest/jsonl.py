@@ -34,6 +34,7 @@ from typing import Any
 import polars as pl
 import yaml
 
+from altgrad_pipeline.ingest import listing
 from altgrad_pipeline.ingest.growing import ReadPosition, read_appended
 from altgrad_pipeline.ingest.jsonlines import parse_json_lines
 from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator
@@ -517,7 +518,7 @@ class JsonlSource:
         if not self.root.is_dir():
             raise FileNotFoundError(f"run store folder {self.root} does not exist")
         locators = []
-        for path in sorted(self.root.rglob("*.jsonl")):
+        for path in sorted(listing.rglob(self.root, "*.jsonl")):
             if _is_wandb_file(path.relative_to(self.root)) or not path.is_file():
                 continue
             config_files = [*dr_exp_job_files(path, self.root), *plain_config_files(path, self.root)]

@@ -18,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from altgrad_pipeline.ingest import listing
 from altgrad_pipeline.ingest.jsonl import (
     ROWS_SCHEMA,
     file_stamp,
@@ -245,10 +246,10 @@ class LightningCsvSource:
     def discover(self) -> list[RunLocator]:
         if not self.root.is_dir():
             raise FileNotFoundError(f"run store folder {self.root} does not exist")
-        with_metrics = {path.parent for path in self.root.rglob(METRICS_FILE)}
+        with_metrics = {path.parent for path in listing.rglob(self.root, METRICS_FILE)}
         hparams_only = {
             path.parent
-            for path in self.root.rglob(HPARAMS_FILE)
+            for path in listing.rglob(self.root, HPARAMS_FILE)
             if VERSION_DIR.match(path.parent.name) and next(path.parent.glob(TENSORBOARD_GLOB), None) is None
         }
         return [

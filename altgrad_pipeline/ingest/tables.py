@@ -22,6 +22,7 @@ RAW_RUNS_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String(),
     "source": pl.String(),
     "location": pl.String(),
+    "run_version": pl.String(),
     "url": pl.String(),
     "entity": pl.String(),
     "project": pl.String(),
@@ -52,6 +53,8 @@ RAW_RUNS_DESCRIPTIONS: dict[str, str] = {
     "run_id": "Run id as the tracker gave it (W&B id), or a stable id derived from path and content",
     "source": "Which reader produced the run: wandb-local, wandb-api, jsonl, lightning-csv",
     "location": "Run folder, file or URL",
+    "run_version": "Hash of the run's files (paths, sizes, mtimes): changes exactly when its logged data can have "
+    "changed; partition tables recompute a run only when it does",
     "url": "W&B URL for runs from the API",
     "state": "finished (exit 0), failed (non-zero exit), crashed (no exit, untouched past the grace period or log cut), running",
     "exit_code": "Exit code from the exit record, if any",

@@ -250,11 +250,24 @@ class WandbApiSource:
         return history_frame(rows, run_id=run_id, location=location, source=self.name)
 
     def _redact(self, exc: BaseException) -> str:
-        text = f"{type(exc).__name__}: {exc}"
+        return self.redact(f"{type(exc).__name__}: {exc}")
+
+    def redact(self, text: str) -> str:
+        """`text` without the API key (the environment's or the client's)."""
         for secret in {os.environ.get("WANDB_API_KEY"), getattr(self._api, "api_key", None)}:
             if secret:
                 text = text.replace(secret, "[redacted]")
         return text
+
+    # -- what a run logged besides its history ---------------------------------------------------
+
+    def owns(self, location: str) -> bool:
+        return location.startswith(self._location(""))
+
+    def api_run(self, location: str) -> Any:
+        """The client's `Run` behind one of this source's locations, for the readers of its
+        artifacts (`ingest.wandb_media_api`)."""
+        return self._client().run(f"{self.path}/{location.rsplit('/', 1)[-1]}")
 
     # -- local copy ------------------------------------------------------------------------------
 

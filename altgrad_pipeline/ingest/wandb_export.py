@@ -26,6 +26,7 @@ from typing import Any
 
 import polars as pl
 
+from altgrad_pipeline.ingest import listing
 from altgrad_pipeline.ingest.jsonl import file_stamp, keep_last_writes, load_config_file, mtime_utc, utc_from_epoch
 from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator
 
@@ -123,7 +124,7 @@ class WandbExportSource:
 
     def _exports(self) -> dict[Path, list[Path]]:
         folders: dict[Path, list[Path]] = {}
-        for path in self.root.rglob("*.parquet"):
+        for path in listing.rglob(self.root, "*.parquet"):
             if path.is_file() and "_step" in _parquet_columns(path):
                 folders.setdefault(path.parent, []).append(path)
         return {folder: sorted(files) for folder, files in sorted(folders.items())}

@@ -2,6 +2,8 @@
 format partition, built from the runs the catalog lists), `run_summaries` (per partition, over
 `run_histories`) and `media_report`. Thin wiring around the pure modules beside it."""
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -9,9 +11,12 @@ import polars as pl
 
 from altgrad_pipeline import settings
 from altgrad_pipeline.automation.conditions import analysis_automation_condition
+from altgrad_pipeline.ingest import wandb_media_api
+from altgrad_pipeline.ingest.catalog import CatalogEntry
 from altgrad_pipeline.ingest.model import ISSUE_SCHEMA, issues_frame
 from altgrad_pipeline.media import store, summaries, tables, values
 from altgrad_pipeline.media.attention import AttentionShape
+from altgrad_pipeline.partition_tables import recipe, run_versions
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline.reports.assets import MANIFEST_SCHEMA, REPORTS_GROUP, _result
 from altgrad_pipeline.reports.media_documents import MediaReportOptions, write_media_report
@@ -23,19 +28,49 @@ MEDIA_GROUP = "media"
 TABLES_FOLDER = Path("assets") / "media_tables"
 
 
+#: The media tables are rebuilt run by run (`partition_tables`); this decides when to start afresh.
+MEDIA_RECIPE = recipe(values, tables, store, wandb_media_api)
+
+
 def _write_tables(found: list[tables.TableRows], folder: Path) -> pl.DataFrame:
-    """Store each table's rows as one Parquet file; remove files of tables no longer logged."""
+    """Store each table's rows as one Parquet file; the index of what was written."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for table in found:
         path = folder / f"{table.stem}.parquet"
         table.frame.write_parquet(path)
         rows.append(tables.table_index_row(table, str(path)))
-    kept = {Path(r["table_file"]).name for r in rows}
-    for stale in folder.glob("*.parquet"):
-        if stale.name not in kept:
-            stale.unlink(missing_ok=True)
     return pl.DataFrame(rows, schema=tables.MEDIA_TABLES_SCHEMA)
+
+
+def _remove_unlisted_tables(folder: Path, table_index: pl.DataFrame) -> None:
+    """Table files of runs that left the partition, or of run versions since replaced."""
+    listed = {Path(file).name for file in table_index.get_column("table_file")}
+    for stale in folder.glob("*.parquet"):
+        if stale.name not in listed:
+            stale.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class MediaOfRuns:
+    """The four media tables of some runs, each sorted by run_id first (see `partition_tables`)."""
+
+    run_media: pl.DataFrame
+    media_tables: pl.DataFrame
+    histograms: pl.DataFrame
+    media_issues: pl.DataFrame
+
+
+def _read_media(entries: list[CatalogEntry], cache_dir: Path, api_runs: store.ApiRuns, tables_folder: Path) -> MediaOfRuns:
+    media, fetch_issues = store.media_values(entries, cache_dir, api_runs)
+    decoded = values.decode_media(media)
+    read = store.read_tables(decoded.run_media, entries, cache_dir, api_runs)
+    return MediaOfRuns(
+        run_media=decoded.run_media,
+        media_tables=_write_tables(read.tables, tables_folder).sort("run_id", maintain_order=True),
+        histograms=decoded.histograms,
+        media_issues=issues_frame(fetch_issues + decoded.issues + read.issues).sort("run_id", maintain_order=True),
+    )
 
 
 @dg.multi_asset(
@@ -70,27 +105,36 @@ def _write_tables(found: list[tables.TableRows], folder: Path) -> pl.DataFrame:
     partitions_def=fp8_format_partitions,
 )
 def media_format(context: dg.AssetExecutionContext, raw_runs: pl.DataFrame, run_stores: RunStores):
-    """Read the media values of this format's runs (cached per run version), then their tables."""
+    """Read the media values of this format's runs (cached per run version), then their tables
+    (local runs' files, API runs' artifacts)."""
     fmt = context.partition_key
     catalog = run_stores.catalog()
-    result = catalog.sync()
-    entries = [e for e in result.for_format(fmt) if e.run_id in set(raw_runs["run_id"].to_list())]
-    media = store.media_values(entries, run_stores.cache_dir)
-    store.remove_superseded(result.entries, run_stores.cache_dir)
-    decoded = values.decode_media(media)
-    sources = {e.run_id: e.source for e in entries}
-    read = tables.read_tables(decoded.run_media.filter(pl.col("run_id").is_in(list(sources))), tables.read_local_file, sources=sources)
-    table_index = _write_tables(read.tables, settings.local_state_dir(run_stores.data_dir) / TABLES_FOLDER / fmt)
-    issues = issues_frame(decoded.issues + read.issues)
-    context.log.info(f"{fmt}: {decoded.run_media.height} media values, {table_index.height} tables, {decoded.histograms.height} histograms, {issues.height} issues")
-    yield dg.Output(decoded.run_media, output_name="run_media", metadata={
-        "dagster/row_count": decoded.run_media.height, "values_by_media_type": counts(decoded.run_media, "media_type"),
-        "preview": preview(decoded.run_media, ["run_id", "step", "key", "media_type", "path", "nrows", "ncols"])})  # fmt: skip
-    yield dg.Output(table_index, output_name="media_tables", metadata={
+    by_run = {entry.run_id: entry for entry in catalog.entries_of(raw_runs)}
+    api_runs = store.ApiRuns(catalog.sources)
+    tables_folder = settings.local_state_dir(run_stores.data_dir) / TABLES_FOLDER / fmt
+
+    @functools.cache
+    def media_of(run_ids: tuple[str, ...]) -> MediaOfRuns:  # one read serves all four tables
+        return _read_media([by_run[run] for run in run_ids], run_stores.cache_dir, api_runs, tables_folder)
+
+    versions = {run: version for run, version in run_versions(raw_runs).items() if run in by_run}
+    built = {
+        name: run_stores.rebuild_partition(name, fmt, versions, MEDIA_RECIPE, lambda run_ids, name=name: getattr(media_of(tuple(run_ids)), name))
+        for name in ("run_media", "media_tables", "histograms", "media_issues")
+    }  # fmt: skip
+    run_media, table_index, histograms, issues = (built[name].table.frame for name in built)
+    _remove_unlisted_tables(tables_folder, table_index)
+    store.remove_superseded(catalog.live_versions(), run_stores.cache_dir)
+    context.log.info(f"{fmt}: {run_media.height} media values, {table_index.height} tables, {histograms.height} histograms, "
+                     f"{issues.height} issues; read {len(built['run_media'].computed)} new or changed runs")  # fmt: skip
+    yield dg.Output(built["run_media"].table, output_name="run_media", metadata={
+        "dagster/row_count": run_media.height, "values_by_media_type": counts(run_media, "media_type"),
+        "preview": preview(run_media, ["run_id", "step", "key", "media_type", "path", "nrows", "ncols"])})  # fmt: skip
+    yield dg.Output(built["media_tables"].table, output_name="media_tables", metadata={
         "dagster/row_count": table_index.height, "preview": preview(table_index, ["run_id", "step", "key", "nrows", "ncols", "columns"])})  # fmt: skip
-    yield dg.Output(decoded.histograms, output_name="histograms", metadata={
-        "dagster/row_count": decoded.histograms.height, "n_keys": decoded.histograms["key"].n_unique()})  # fmt: skip
-    yield dg.Output(issues, output_name="media_issues", metadata={
+    yield dg.Output(built["histograms"].table, output_name="histograms", metadata={
+        "dagster/row_count": histograms.height, "n_keys": histograms["key"].n_unique()})  # fmt: skip
+    yield dg.Output(built["media_issues"].table, output_name="media_issues", metadata={
         "dagster/row_count": issues.height, "issues_by_kind": counts(issues, "kind"),
         "preview": preview(issues, ["kind", "location", "position", "reason", "lost"])})  # fmt: skip
 
@@ -115,10 +159,25 @@ class RunSummariesConfig(dg.Config):
     metadata={"dagster/column_schema": table_schema(summaries.RUN_SUMMARIES_SCHEMA)},
     kinds={"polars", "parquet"},
 )
-def run_summaries(config: RunSummariesConfig, run_histories: pl.LazyFrame) -> dg.MaterializeResult:
+def run_summaries(
+    context: dg.AssetExecutionContext,
+    config: RunSummariesConfig,
+    raw_runs: pl.DataFrame,
+    run_histories: pl.LazyFrame,
+    run_stores: RunStores,
+) -> dg.MaterializeResult:
     thresholds = [summaries.Threshold(t.pattern, t.below, t.above) for t in config.thresholds]
-    frame = summaries.run_summaries(run_histories, final_fraction=config.final_fraction, thresholds=thresholds)
-    return dg.MaterializeResult(value=frame, metadata={
+    built = run_stores.rebuild_partition(
+        "run_summaries",
+        context.partition_key,
+        run_versions(raw_runs),
+        recipe(summaries, final_fraction=config.final_fraction, thresholds=thresholds),
+        lambda run_ids: summaries.run_summaries(
+            run_histories.filter(pl.col("run_id").is_in(run_ids)), final_fraction=config.final_fraction, thresholds=thresholds
+        ),
+    )
+    frame = built.table.frame
+    return dg.MaterializeResult(value=built.table, metadata={
         "dagster/row_count": frame.height, "keys_with_nan": int(frame.filter(pl.col("n_nan") > 0).height),
         "preview": preview(frame, ["run_id", "key", "last", "min", "argmin_step", "final_mean", "first_nan_step"], rows=8)})  # fmt: skip
 

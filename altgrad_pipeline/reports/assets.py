@@ -120,9 +120,10 @@ def manifold_comparison_report(
     raw_runs: pl.DataFrame,
     run_histories: pl.LazyFrame,
     run_outcomes: pl.DataFrame,
+    run_summaries: pl.LazyFrame,
     report_files: ReportFiles,
 ) -> dg.MaterializeResult:
-    per_run = manifold.per_run_metrics(raw_runs, run_histories, run_outcomes)
+    per_run = manifold.per_run_metrics(raw_runs, run_histories, run_outcomes, run_summaries)
     return _result(
         documents.write_manifold_comparison_report(manifold_stats, per_run, raw_runs, report_files.reports_dir)
     )

@@ -533,7 +533,7 @@ def write_manifold_comparison_report(
     lines += ["## Method", "", (manifold_analysis.__doc__ or "").strip(), ""]
     lines += ["## Data", "", data_summary(raw_runs), ""]
     return _write(
-        reports_dir, "manifold_comparison", MANIFOLD_TITLE, "Effect of ManifoldAdamW over AdamW per format, with bootstrap intervals.",
+        reports_dir, "manifold_comparison", MANIFOLD_TITLE, "Effect of ManifoldAdamW over AdamW per format, with 95% intervals (BCa bootstrap, or t for small arms).",
         "\n".join(lines), figures, figures[0] if figures else None,
     )
 

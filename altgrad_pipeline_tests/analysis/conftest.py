@@ -7,6 +7,7 @@ import pytest
 
 from altgrad_pipeline.analysis.layers import layer_metrics
 from altgrad_pipeline.analysis.outcomes import run_outcomes
+from altgrad_pipeline.media.summaries import run_summaries
 from altgrad_pipeline_tests.analysis.synthetic import RunSpec, study
 
 
@@ -33,6 +34,11 @@ def histories(synthetic) -> pl.DataFrame:
 @pytest.fixture(scope="session")
 def outcomes(raw_runs, histories) -> pl.DataFrame:
     return run_outcomes(raw_runs, histories)
+
+
+@pytest.fixture(scope="session")
+def summaries(histories) -> pl.DataFrame:
+    return run_summaries(histories)
 
 
 @pytest.fixture(scope="session")

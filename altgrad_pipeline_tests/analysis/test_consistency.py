@@ -37,8 +37,8 @@ def test_rankings_cover_formats(raw_runs, histories, outcomes, per_layer):
     assert not passed and set(details["fp8_format"]) == {"E7M0", "E5M2"}
 
 
-def test_manifold_intervals_contain_diff(raw_runs, histories, outcomes):
-    stats = manifold_stats(raw_runs, histories, outcomes, n_resamples=199)
+def test_manifold_intervals_contain_diff(raw_runs, histories, outcomes, summaries):
+    stats = manifold_stats(raw_runs, histories, outcomes, summaries, n_resamples=199)
     assert manifold_intervals_contain_diff(stats)[0]
     passed, details = manifold_intervals_contain_diff(stats.with_columns((pl.col("ci_high") - 10).alias("ci_high")))
     assert not passed and details.height == stats.height

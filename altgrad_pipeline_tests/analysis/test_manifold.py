@@ -9,13 +9,15 @@ from scipy import stats as sps
 
 from altgrad_pipeline.analysis.manifold import MANIFOLD_SCHEMA, manifold_stats, per_run_metrics
 from altgrad_pipeline.analysis.outcomes import run_outcomes
+from altgrad_pipeline.media.summaries import run_summaries
 
 STEPS = 40
 N_RESAMPLES = 999
 
 
 def _arm_study(effect: float, seeds_manifold, seeds_standard, *, noise=0.02, failed_manifold=0, rng_seed=0):
-    """Runs whose loss decays to 2.0 (AdamW) or 2.0 + effect (ManifoldAdamW) plus run noise."""
+    """Runs whose loss decays to 2.0 (AdamW) or 2.0 + effect (ManifoldAdamW) plus run noise:
+    (raw_runs, histories, run_outcomes, run_summaries)."""
     rng = np.random.default_rng(rng_seed)
     runs, frames = [], []
     steps = np.arange(STEPS)
@@ -34,13 +36,13 @@ def _arm_study(effect: float, seeds_manifold, seeds_standard, *, noise=0.02, fai
                      "state": "failed" if failed else "finished", "last_step": end - 1})
     raw = pl.DataFrame(runs, schema_overrides={"seed": pl.Int64, "max_steps": pl.Int64, "last_step": pl.Int64})
     histories = pl.concat(frames)
-    return raw, histories, run_outcomes(raw, histories)
+    return raw, histories, run_outcomes(raw, histories), run_summaries(histories)
 
 
 def _stats(effect, seeds_m, seeds_s, min_bootstrap_n=8, **kw):
-    raw, histories, outcomes = _arm_study(effect, seeds_m, seeds_s, **kw)
-    stats = manifold_stats(raw, histories, outcomes, n_resamples=N_RESAMPLES, seed=11, min_bootstrap_n=min_bootstrap_n)
-    return raw, histories, outcomes, stats
+    raw, histories, outcomes, summaries = _arm_study(effect, seeds_m, seeds_s, **kw)
+    stats = manifold_stats(raw, histories, outcomes, summaries, n_resamples=N_RESAMPLES, seed=11, min_bootstrap_n=min_bootstrap_n)
+    return raw, histories, outcomes, summaries, stats
 
 
 def test_large_effect_is_covered_and_excludes_zero():
@@ -57,9 +59,9 @@ def test_zero_effect_interval_contains_zero():
 
 
 def test_paired_statistics_equal_scipy():
-    raw, histories, outcomes, got = _stats(-0.1, [3, 1, 2, 4], [4, 2, 3, 1], failed_manifold=1, min_bootstrap_n=2)
+    raw, histories, outcomes, summaries, got = _stats(-0.1, [3, 1, 2, 4], [4, 2, 3, 1], failed_manifold=1, min_bootstrap_n=2)
     assert got.schema == pl.Schema(MANIFOLD_SCHEMA)
-    values = per_run_metrics(raw, histories, outcomes)
+    values = per_run_metrics(raw, histories, outcomes, summaries)
     for metric in ("final_loss", "best_loss", "steps_to_threshold", "bit_stall_rate"):
         m = values.filter(pl.col("optimizer") == "ManifoldAdamW").sort("seed")[metric].to_numpy()
         s = values.filter(pl.col("optimizer") == "AdamW").sort("seed")[metric].to_numpy()
@@ -76,8 +78,8 @@ def test_paired_statistics_equal_scipy():
 
 
 def test_unpaired_when_seeds_differ():
-    raw, histories, outcomes, got = _stats(-0.1, [1, 2, 3], [7, 8, 9, 10, 11], min_bootstrap_n=2)
-    values = per_run_metrics(raw, histories, outcomes)
+    raw, histories, outcomes, summaries, got = _stats(-0.1, [1, 2, 3], [7, 8, 9, 10, 11], min_bootstrap_n=2)
+    values = per_run_metrics(raw, histories, outcomes, summaries)
     m = values.filter(pl.col("optimizer") == "ManifoldAdamW")["final_loss"].to_numpy()
     s = values.filter(pl.col("optimizer") == "AdamW")["final_loss"].to_numpy()
     row = got.filter(pl.col("metric") == "final_loss").row(0, named=True)
@@ -90,8 +92,8 @@ def test_unpaired_when_seeds_differ():
 
 def test_small_arms_get_student_t_intervals_equal_to_scipy():
     """Three seeds per arm: the bootstrap would undercover, so the interval is t (paired) or Welch."""
-    raw, histories, outcomes, got = _stats(-0.1, [1, 2, 3], [1, 2, 3], rng_seed=5)
-    values = per_run_metrics(raw, histories, outcomes)
+    raw, histories, outcomes, summaries, got = _stats(-0.1, [1, 2, 3], [1, 2, 3], rng_seed=5)
+    values = per_run_metrics(raw, histories, outcomes, summaries)
     m = values.filter(pl.col("optimizer") == "ManifoldAdamW").sort("seed")["final_loss"].to_numpy()
     s = values.filter(pl.col("optimizer") == "AdamW").sort("seed")["final_loss"].to_numpy()
     row = got.filter(pl.col("metric") == "final_loss").row(0, named=True)
@@ -104,8 +106,8 @@ def test_small_arms_get_student_t_intervals_equal_to_scipy():
 
 
 def test_per_run_metrics_equal_numpy():
-    raw, histories, outcomes = _arm_study(-0.1, [1, 2], [1, 2])
-    values = per_run_metrics(raw, histories, outcomes, last_k=5, smoothing_span=4, threshold_fraction=0.5)
+    raw, histories, outcomes, summaries = _arm_study(-0.1, [1, 2], [1, 2])
+    values = per_run_metrics(raw, histories, outcomes, summaries, last_k=5, smoothing_span=4, threshold_fraction=0.5)
     alpha = 2 / (4 + 1)
     firsts, finals = [], []
     for run_id in values["run_id"]:
@@ -121,7 +123,7 @@ def test_per_run_metrics_equal_numpy():
             smooth.append((1 - alpha) * smooth[-1] + alpha * x)
         smooth = np.array(smooth)
         assert row["final_loss"] == pytest.approx(loss[-5:].mean(), abs=1e-9)
-        assert row["best_loss"] == pytest.approx(smooth.min(), abs=1e-9)
+        assert row["best_loss"] == loss.min()  # the run's best logged loss, not smoothed
         assert row["loss_threshold"] == pytest.approx(threshold, abs=1e-9)
         assert row["steps_to_threshold"] == np.argmax(smooth <= threshold)
         assert row["bit_stall_rate"] == stall[-1]
@@ -133,8 +135,28 @@ def test_single_run_arms_are_low_n_without_interval():
     assert set(got["method"]) == {"none paired"}
 
 
-def test_synthetic_study_manifold(raw_runs, histories, outcomes):
-    got = manifold_stats(raw_runs, histories, outcomes, n_resamples=N_RESAMPLES)
+def test_best_loss_is_the_best_finite_loss_from_run_summaries():
+    """A run whose loss went NaN and -inf for a while (and recovered, so it completed) keeps its
+    best finite loss; the value is the `run_summaries` row's, not recomputed from the history."""
+    raw, histories, _, _ = _arm_study(-0.1, [1, 2], [1, 2])
+    diverged = "ManifoldAdamW-1-0"
+    is_loss = (pl.col("run_id") == diverged) & (pl.col("key") == "loss")
+    histories = histories.with_columns(
+        pl.when(is_loss & pl.col("step").is_between(30, 33)).then(float("nan"))
+        .when(is_loss & (pl.col("step") == 34)).then(float("-inf"))
+        .otherwise(pl.col("value")).alias("value")
+    )  # fmt: skip
+    outcomes, summaries = run_outcomes(raw, histories), run_summaries(histories)
+    values = per_run_metrics(raw, histories, outcomes, summaries)
+    loss = histories.filter(is_loss)["value"].to_numpy()
+    assert values.filter(pl.col("run_id") == diverged)["best_loss"].item() == loss[np.isfinite(loss)].min()
+    assert values["best_loss"].is_finite().all() and values.height == 4
+    marked = summaries.with_columns(pl.when((pl.col("run_id") == diverged) & (pl.col("key") == "loss")).then(0.125).otherwise("min").alias("min"))
+    assert per_run_metrics(raw, histories, outcomes, marked).filter(pl.col("run_id") == diverged)["best_loss"].item() == 0.125
+
+
+def test_synthetic_study_manifold(raw_runs, histories, outcomes, summaries):
+    got = manifold_stats(raw_runs, histories, outcomes, summaries, n_resamples=N_RESAMPLES)
     assert set(got["fp8_format"]) == {"E5M2"}
     row = got.filter(pl.col("metric") == "final_loss").row(0, named=True)
     assert (row["n_manifold"], row["n_standard"], row["n_excluded_standard"], row["common_step"]) == (4, 4, 1, 99)

@@ -94,3 +94,42 @@ def test_partition_fingerprint_tracks_files_and_state(tmp_path):
     before = RunCatalog.partition_fingerprint(entries, runs)
     assert before == RunCatalog.partition_fingerprint(entries, runs)
     assert before != RunCatalog.partition_fingerprint(entries, runs.with_columns(pl.lit("crashed").alias("state")))
+
+
+class FolderSource(FakeSource):
+    """A FakeSource whose runs live under a local folder: the catalog can digest that folder."""
+
+    def __init__(self, root, runs: dict[str, tuple[str, dict]]):
+        super().__init__(runs)
+        self.root = root
+        self.listings = 0
+
+    def discover(self) -> list[RunLocator]:
+        self.listings += 1
+        return super().discover()
+
+
+def test_unchanged_local_stores_are_not_listed_again(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "a.log").write_text("1")
+    source = FolderSource(store, {"a": ("1", {"fp8_format": "E5M2"}), "explodes": ("1", {}), "dup": ("1", {"id": "a"})})
+    catalog = RunCatalog(tmp_path / "cache", [source])
+    first = catalog.sync()
+    again = catalog.sync()
+    assert source.listings == 1 and again.reread == []
+    assert [(e.key, e.run_id) for e in again.entries] == [(e.key, e.run_id) for e in first.entries]
+    assert [i.kind for i in again.issues] == [i.kind for i in first.issues] == ["reader_error", "duplicate_run_id"]
+
+    (store / "a.log").write_text("22")  # any file of the store changing means looking again
+    source.runs["a"] = ("22", {"fp8_format": "E5M2"})
+    assert catalog.sync().reread == ["a"] and source.listings == 2
+
+
+def test_a_source_without_a_folder_is_always_listed(tmp_path):
+    source = FolderSource(tmp_path / "store", {"a": ("1", {})})
+    other = FakeSource({"b": ("1", {})})
+    catalog = RunCatalog(tmp_path / "cache", [source, other])
+    catalog.sync()
+    catalog.sync()
+    assert source.listings == 2

@@ -19,6 +19,7 @@ from altgrad_pipeline.analysis.manifold import manifold_stats, per_run_metrics
 from altgrad_pipeline.analysis.outcomes import run_outcomes
 from altgrad_pipeline.analysis.rankings import format_rankings
 from altgrad_pipeline.markdown import format_cell
+from altgrad_pipeline.media.summaries import run_summaries
 from altgrad_pipeline.reports.documents import (
     LAYER_RANKING_COLUMNS,
     MANIFOLD_COLUMNS,
@@ -95,6 +96,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     histories = pl.DataFrame(history, schema={"run_id": pl.String, "step": pl.Int64, "key": pl.String, "value": pl.Float64, "runtime": pl.Float64, "timestamp": pl.Float64})
     outcomes = run_outcomes(raw_runs, histories)
     layers = layer_metrics(histories)
+    summaries = run_summaries(histories)
     return {
         "root": root,
         "raw_runs": raw_runs,
@@ -102,8 +104,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "layer_metrics": layers,
         "rankings": format_rankings(raw_runs, histories, outcomes, layers),
         "failures": failure_modes(raw_runs, histories, outcomes),
-        "manifold": manifold_stats(raw_runs, histories, outcomes, n_resamples=199),
-        "manifold_per_run": per_run_metrics(raw_runs, histories, outcomes),
+        "manifold": manifold_stats(raw_runs, histories, outcomes, summaries, n_resamples=199),
+        "manifold_per_run": per_run_metrics(raw_runs, histories, outcomes, summaries),
     }
 
 

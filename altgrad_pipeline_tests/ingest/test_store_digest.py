@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from altgrad_pipeline.automation.store_scan import store_digest
+from altgrad_pipeline.ingest.listing import store_digest
 
 
 def test_digest_tracks_added_grown_and_removed_files(tmp_path):

@@ -1,0 +1,130 @@
+"""Run-by-run partition builds: whatever the history of changes, a build equals computing every
+run afresh, only new or changed runs are computed, and the IO manager keeps rows and versions in
+one Parquet file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from altgrad_pipeline import partition_tables
+from altgrad_pipeline.io_manager import PolarsParquetIOManager, previous_build
+from altgrad_pipeline.partition_tables import RunVersionedFrame, read_build, rebuild, recipe, run_versions
+
+
+class RowsPerVersion:
+    """A compute function whose rows depend only on each run's version; it records what it computed."""
+
+    def __init__(self, versions: dict[str, str]):
+        self.versions = versions
+        self.calls: list[list[str]] = []
+
+    def __call__(self, run_ids: list[str]) -> pl.DataFrame:
+        self.calls.append(list(run_ids))
+        rows = [
+            {"run_id": run, "step": step, "value": float(len(self.versions[run]) * 10 + step)}
+            for run in sorted(run_ids)
+            for step in range(len(self.versions[run]) % 3)  # some versions have no rows at all
+        ]
+        return pl.DataFrame(rows, schema={"run_id": pl.String, "step": pl.Int64, "value": pl.Float64})
+
+
+def _stored(table: RunVersionedFrame, path: Path) -> RunVersionedFrame | None:
+    """What the next build sees: the table after a round trip through a Parquet file."""
+    table.frame.write_parquet(path, metadata=table.parquet_metadata())
+    return read_build(str(path))
+
+
+def _build(previous: RunVersionedFrame | None, versions: dict[str, str], built_with: str = "r") -> tuple[RunVersionedFrame, RowsPerVersion]:
+    compute = RowsPerVersion(versions)
+    return rebuild(previous, versions, built_with, compute).table, compute
+
+
+def test_only_new_and_changed_runs_are_computed(tmp_path: Path) -> None:
+    path = tmp_path / "E5M2.parquet"
+    first, compute = _build(None, {"a": "v1", "b": "v22", "c": "v333"})
+    assert compute.calls == [["a", "b", "c"]]
+    assert first.frame.get_column("run_id").to_list() == ["a", "a", "c"]  # b's version has no rows
+
+    unchanged, compute = _build(_stored(first, path), {"a": "v1", "b": "v22", "c": "v333"})
+    assert compute.calls == [] and unchanged.frame.equals(first.frame)
+
+    versions = {"a": "v1", "c": "v4444", "d": "v22"}  # b removed, c changed, d new
+    changed, compute = _build(_stored(unchanged, path), versions)
+    assert compute.calls == [["c", "d"]]
+    assert changed.frame.equals(RowsPerVersion(versions)(sorted(versions)))
+    assert changed.versions == versions
+    again = rebuild(_stored(changed, path), versions, "r", RowsPerVersion(versions))
+    assert (again.computed, again.reused) == ([], 3)
+
+
+def test_runs_without_rows_are_not_recomputed(tmp_path: Path) -> None:
+    first, _ = _build(None, {"empty": "v12", "full": "v1"})  # len("v12") % 3 == 0: no rows
+    _, compute = _build(_stored(first, tmp_path / "p.parquet"), {"empty": "v12", "full": "v1"})
+    assert compute.calls == []
+
+
+def test_a_new_recipe_starts_afresh(tmp_path: Path) -> None:
+    first, _ = _build(None, {"a": "v1"}, built_with="one")
+    _, compute = _build(_stored(first, tmp_path / "p.parquet"), {"a": "v1"}, built_with="two")
+    assert compute.calls == [["a"]]
+    assert recipe(partition_tables, x=1) != recipe(partition_tables, x=2) != recipe(pl)
+
+
+def test_unreadable_or_unversioned_files_mean_a_full_build(tmp_path: Path) -> None:
+    torn = tmp_path / "torn.parquet"
+    torn.write_bytes(b"PAR1 torn")
+    plain = tmp_path / "plain.parquet"
+    pl.DataFrame({"run_id": ["a"]}).write_parquet(plain)
+    assert read_build(str(torn)) is None
+    assert read_build(str(plain)) is None
+    assert read_build(str(tmp_path / "absent.parquet")) is None
+
+
+def test_raw_runs_without_versions_are_never_reused() -> None:
+    runs = pl.DataFrame({"run_id": ["a", "b"]})
+    assert run_versions(runs) != run_versions(runs)
+    versioned = pl.DataFrame({"run_id": ["a", "b"], "run_version": ["x", None]})
+    first, second = run_versions(versioned), run_versions(versioned)
+    assert first["a"] == second["a"] == "x" and first["b"] != second["b"]
+
+
+def test_the_io_manager_stores_rows_and_versions_together(tmp_path: Path) -> None:
+    """Through a real materialization: the file the IO manager writes is the one the next build reads."""
+    versions = {"a": "v1", "c": "v333"}
+    partitions = dg.StaticPartitionsDefinition(["E5M2"])
+
+    @dg.asset(partitions_def=partitions)
+    def versioned() -> RunVersionedFrame:
+        return rebuild(None, versions, "r", RowsPerVersion(versions)).table
+
+    result = dg.materialize([versioned], partition_key="E5M2", resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))})
+    assert result.success
+    stored = previous_build(str(tmp_path), "versioned", "E5M2")
+    assert stored is not None and stored.versions == versions and stored.recipe == "r"
+    assert stored.frame.equals(RowsPerVersion(versions)(["a", "c"]))
+    assert pl.read_parquet(tmp_path / "assets" / "versioned" / "E5M2.parquet").equals(stored.frame)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from("abcdef"), st.sampled_from(["v", "v1", "v12", "v123", "v1234"]), max_size=6),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_any_sequence_of_builds_equals_a_fresh_build(tmp_path_factory: pytest.TempPathFactory, builds: list[dict[str, str]]) -> None:
+    path = tmp_path_factory.mktemp("partition") / "p.parquet"
+    stored: RunVersionedFrame | None = None
+    previous: dict[str, str] = {}
+    for versions in builds:
+        built, compute = _build(stored, versions)
+        assert built.frame.equals(RowsPerVersion(versions)(sorted(versions)))
+        assert sorted(run for call in compute.calls for run in call) == sorted(r for r, v in versions.items() if previous.get(r) != v)
+        stored, previous = _stored(built, path), versions
