@@ -10,10 +10,16 @@ of the data) around `Event` protobufs. Scalars arrive two ways:
   tag's first event, so the plugin of a tag is remembered across events and files.
 
 Speed: most records of a scalar log have one fixed layout, Event{wall_time, step,
-summary{value{tag, simple_value}}}. Records are located with a tight framing walk, their CRCs
-checked with the C `crc32c`, and that layout is recognised and decoded for all records at once with
-numpy; only the other records (file_version, session logs, tensors, images, hparams, several
-values per event) go through protobuf.
+summary{value{tag, simple_value}}}. Records are located with a tight framing walk, and that layout
+is recognised, CRC-checked (by the linearity of CRC-32C: one C `crc32c` call per tag, table
+lookups for the bytes that vary) and decoded for all records at once with numpy; only the other
+records (file_version, session logs, tensors, images, hparams, several values per event) go
+through protobuf, their CRCs one C call each. A CRC library has no call for many records, and one
+call per record was half of the reading time.
+
+Memory: the file is decoded CHUNK_BYTES at a time into numpy columns of the narrowest exact types,
+which the history table then takes without a copy when the points are already in (step, tag)
+order, as a scalar log's are: the peak stays under twice the history table.
 
 Restarts: a `SessionLog.START` at step s (also what `SummaryWriter(purge_step=s)` writes) means
 every point read before it at a step >= s was orphaned by a crash: those points are dropped, as
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -48,6 +55,7 @@ from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2, types_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from altgrad_pipeline.ingest import listing
 from altgrad_pipeline.ingest.growing import ANCHOR_BYTES, ReadPosition
 from altgrad_pipeline.ingest.jsonl import file_stamp, load_config_file, mtime_utc, relative_posix, stable_run_id, utc_from_epoch
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator
@@ -68,18 +76,14 @@ RECORD_LENGTH = struct.Struct("<Q")
 SPECULATED_RECORDS = 16384
 FIRST_GUESS_RECORDS = 256
 LONGEST_PERIOD = 64
-#: Bytes read per step of a large file, so memory stays near the size of the decoded columns.
-CHUNK_BYTES = 64 << 20
+#: Bytes decoded at a time: memory beyond the decoded columns stays near this, and the per-chunk
+#: overhead is negligible (about 200,000 records of a scalar log).
+CHUNK_BYTES = 16 << 20
 #: Summary value kinds that are not scalars, by the protobuf `oneof` field name.
 NON_SCALAR_KINDS = {"image": "image", "histo": "histogram", "audio": "audio", "obsolete_old_style_histogram": "histogram"}
-#: Rows decoded so far, in read order (`seq`), before restarts and rewrites are resolved.
-POINTS_SCHEMA: dict[str, pl.DataType] = {
-    "seq": pl.Int64(),
-    "step": pl.Int64(),
-    "tag": pl.UInt32(),
-    "value": pl.Float64(),
-    "timestamp": pl.Float64(),
-}
+#: Points as decoded, in read order, before restarts and rewrites are resolved: the narrowest
+#: dtypes that hold every value exactly (float64 value: float64 tensor scalars).
+POINT_DTYPES: dict[str, type] = {"step": np.int64, "tag": np.uint32, "value": np.float64, "timestamp": np.float64}
 
 
 def _period(lengths: list[int]) -> int:
@@ -176,6 +180,75 @@ def length_crcs(padded: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return masked_crc(crc ^ np.uint32(0xFFFFFFFF))
 
 
+#: Masked length CRCs of every record length below 2**16, looked up instead of computed.
+SHORT_LENGTH_CRCS = length_crcs(np.arange(1 << 16, dtype="<u8").view(np.uint8), np.arange(0, 8 << 16, 8))
+
+
+def _zero_byte_shifts(longest: int) -> np.ndarray:
+    """`[k, b]`: the CRC-32C register (no initial value, no final xor) after byte b and k zero
+    bytes. The CRC is linear over GF(2), so a record's CRC is the XOR of one such term per byte."""
+    shifts = np.empty((longest, 256), dtype=np.uint32)
+    shifts[0] = CRC32C_TABLE
+    for k in range(1, longest):
+        shifts[k] = CRC32C_TABLE[shifts[k - 1] & 0xFF] ^ (shifts[k - 1] >> np.uint32(8))
+    return shifts
+
+
+#: The longest record of the simple_value layout: every length byte < 128, a 10-byte step varint.
+LONGEST_SIMPLE_RECORD = 1 + 8 + 1 + 10 + 2 + 2 + 2 + 127 + 5
+ZERO_BYTE_SHIFTS = _zero_byte_shifts(LONGEST_SIMPLE_RECORD).reshape(-1)
+#: Zero bytes kept after the data in the decode buffer: the layout probes of a record that does
+#: not match may reach this far past its start, and never need clipping.
+DECODE_SLACK = 512
+#: Step varints are at most 10 bytes, so (tag, step length) pairs number tags * 11.
+STEP_LENGTHS = 11
+WALL_TIME_BYTES = range(1, 9)
+STEP_OFFSET = 10
+VALUE_BYTES = 4
+
+
+def record_crcs(padded: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Unmasked CRC-32C of each record's data: one C call per record, for records of any layout."""
+    view = memoryview(padded)
+    slices = map(slice, starts.tolist(), (starts + lengths).tolist())
+    return np.fromiter(map(crc32c.crc32c, map(view.__getitem__, slices)), dtype=np.uint32, count=starts.size)
+
+
+def simple_value_crcs(
+    padded: np.ndarray, starts: np.ndarray, lengths: np.ndarray, step_bytes: np.ndarray, tag_codes: np.ndarray
+) -> np.ndarray:
+    """Unmasked CRC-32C of records of the simple_value layout, computed for all at once.
+
+    Records with the same tag and step length share every byte except wall_time, step and value.
+    By linearity, a record's CRC is the CRC of one such record with those bytes zeroed (one C call
+    per (tag, step length)) XOR the terms of its own wall_time, step and value bytes (table
+    lookups). This is the exact CRC of the bytes on disk: a flipped byte anywhere changes it."""
+    group = tag_codes.astype(np.int64) * STEP_LENGTHS + step_bytes
+    representative = np.full(int(group.max()) + 1, -1, dtype=np.int64)
+    representative[group] = np.arange(group.size)
+    group_crc = np.zeros(representative.size, dtype=np.uint32)
+    for code in np.flatnonzero(representative >= 0).tolist():
+        first = int(starts[representative[code]])
+        record = bytearray(padded[first : first + int(lengths[representative[code]])].tobytes())
+        step_end = STEP_OFFSET + code % STEP_LENGTHS
+        record[WALL_TIME_BYTES.start : WALL_TIME_BYTES.stop] = bytes(len(WALL_TIME_BYTES))
+        record[STEP_OFFSET:step_end] = bytes(step_end - STEP_OFFSET)
+        record[-VALUE_BYTES:] = bytes(VALUE_BYTES)
+        group_crc[code] = crc32c.crc32c(record)
+    crc = group_crc[group]
+    last = lengths - 1
+    for position in WALL_TIME_BYTES:
+        crc ^= ZERO_BYTE_SHIFTS[(last - position) * 256 + padded[starts + position]]
+    for i in range(int(step_bytes.max(initial=0))):
+        position = STEP_OFFSET + i
+        byte = np.where(step_bytes > i, padded[starts + position], 0)
+        crc ^= ZERO_BYTE_SHIFTS[np.maximum(last - position, 0) * 256 + byte]
+    value_end = starts + last
+    for k in range(VALUE_BYTES):
+        crc ^= ZERO_BYTE_SHIFTS[k * 256 + padded[value_end - k].astype(np.int64)]
+    return crc
+
+
 def _gather_le(padded: np.ndarray, positions: np.ndarray, width: int, dtype: str) -> np.ndarray:
     """Little-endian fixed-width numbers at `positions` (each `width` bytes), as `dtype`: rows of
     a sliding-window view are gathered, so no index matrix is built."""
@@ -213,6 +286,7 @@ class FastEvents:
     ok: np.ndarray
     wall_time: np.ndarray
     step: np.ndarray
+    step_bytes: np.ndarray
     value: np.ndarray
     tag_start: np.ndarray
     tag_end: np.ndarray
@@ -221,42 +295,38 @@ class FastEvents:
 def decode_simple_value_events(padded: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> FastEvents:
     """Recognise Event{1: wall_time, [2: step], 5: summary{1: value{1: tag, 2: simple_value}}} with
     nothing else in it, for all records at once. Records that differ in any byte of that
-    layout get `ok` False and are left to protobuf. Positions are clipped so a record that does
-    not match never reads outside the buffer."""
-    limit = padded.size - 16
+    layout get `ok` False and are left to protobuf. `padded` has DECODE_SLACK bytes after the
+    last record, so the probes of a record that does not match stay inside it."""
     ends = starts + lengths
-
-    def at(pos: np.ndarray) -> np.ndarray:
-        return np.minimum(pos, limit)
-
     ok = padded[starts] == 0x09
-    wall_time = _gather_le(padded, at(starts + 1), 8, "<f8")
+    wall_time = _gather_le(padded, starts + 1, 8, "<f8")
     p = starts + 9
-    has_step = padded[at(p)] == 0x10
-    step_raw, step_len, step_complete = _varints(padded, at(p + 1), 10)
+    has_step = padded[p] == 0x10
+    step_raw, step_len, step_complete = _varints(padded, p + 1, 10)
     ok &= ~has_step | step_complete
     step = np.where(has_step, step_raw, 0)
+    step_bytes = np.where(has_step, step_len, 0)
     p = p + np.where(has_step, 1 + step_len, 0)
-    ok &= padded[at(p)] == 0x2A
-    summary_len, short = _short_lengths(padded, at(p + 1))
+    ok &= padded[p] == 0x2A
+    summary_len, short = _short_lengths(padded, p + 1)
     ok &= short
     p = p + 2
     summary_end = p + summary_len
     ok &= summary_end == ends
-    ok &= padded[at(p)] == 0x0A
-    value_len, short = _short_lengths(padded, at(p + 1))
+    ok &= padded[p] == 0x0A
+    value_len, short = _short_lengths(padded, p + 1)
     ok &= short
     p = p + 2
     ok &= p + value_len == summary_end
-    ok &= padded[at(p)] == 0x0A
-    tag_len, short = _short_lengths(padded, at(p + 1))
+    ok &= padded[p] == 0x0A
+    tag_len, short = _short_lengths(padded, p + 1)
     ok &= short
     tag_start = p + 2
     tag_end = tag_start + tag_len
-    ok &= padded[at(tag_end)] == 0x15
+    ok &= padded[tag_end] == 0x15
     ok &= tag_end + 5 == summary_end
-    value = _gather_le(padded, at(tag_end + 1), 4, "<f4")
-    return FastEvents(ok, wall_time, step, value, tag_start, tag_end)
+    value = _gather_le(padded, tag_end + 1, 4, "<f4")
+    return FastEvents(ok, wall_time, step, step_bytes, value, tag_start, tag_end)
 
 
 def tags_at(buffer: np.ndarray, tag_start: np.ndarray, tag_end: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
@@ -271,8 +341,13 @@ def tags_at(buffer: np.ndarray, tag_start: np.ndarray, tag_end: np.ndarray) -> t
     slices = pa.Array.from_buffers(
         pa.large_binary(), offsets.size - 1, [None, pa.py_buffer(offsets), pa.py_buffer(buffer)]
     )
-    encoded = pc.dictionary_encode(slices.take(pa.array(np.arange(0, offsets.size - 1, 2))))
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32), encoded.dictionary.to_pylist()
+    every_other = np.arange(0, offsets.size - 1, 2)
+    tags = slices.take(pa.Array.from_buffers(pa.int64(), every_other.size, [None, pa.py_buffer(every_other)]))
+    encoded = pc.dictionary_encode(tags)
+    # Read from the Arrow buffer directly: `to_numpy` would import pandas (30 MB) on first use.
+    indices = encoded.indices
+    codes = np.frombuffer(indices.buffers()[1], dtype=np.int32, count=len(indices), offset=4 * indices.offset)
+    return codes.copy(), encoded.dictionary.to_pylist()
 
 
 def _scalar_from_tensor(tensor: Any) -> float | None:
@@ -303,6 +378,28 @@ def _plain_value(value: Any) -> Any:
 
 
 @dataclass
+class Points:
+    """Scalar points in read order, as numpy columns in pieces (one per decoded chunk)."""
+
+    pieces: dict[str, list[np.ndarray]] = field(default_factory=lambda: {name: [] for name in POINT_DTYPES})
+    rows: int = 0
+
+    def append(self, columns: dict[str, np.ndarray]) -> None:
+        for name, dtype in POINT_DTYPES.items():
+            self.pieces[name].append(np.asarray(columns[name], dtype=dtype))
+        self.rows += len(columns["step"])
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Each column as one array; the pieces are joined once and kept joined, a column at a
+        time, so joining never holds two copies of every column."""
+        for name, dtype in POINT_DTYPES.items():
+            pieces = self.pieces[name]
+            if len(pieces) != 1:
+                self.pieces[name] = [np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)]
+        return {name: pieces[0] for name, pieces in self.pieces.items()}
+
+
+@dataclass
 class EventFile:
     """One event file as read so far: decoded points in columns, restart markers, hparams and
     issues. `update()` reads only what was appended since the last call (a torn last record
@@ -314,8 +411,8 @@ class EventFile:
     tag_plugins: dict[str, str]
     position: ReadPosition = field(default_factory=ReadPosition)
     records: int = 0
-    chunks: list[pl.DataFrame] = field(default_factory=list)
-    #: (record index, step) of each SessionLog.START.
+    points: Points = field(default_factory=Points)
+    #: (row of `points` before which it came, step) of each SessionLog.START.
     starts: list[tuple[int, int]] = field(default_factory=list)
     first_wall_time: float | None = None
     file_version: str | None = None
@@ -334,46 +431,72 @@ class EventFile:
             return handle.read(len(anchor)) == anchor
 
     def update(self) -> None:
-        """Decode what was appended since the last call, CHUNK_BYTES at a time (the caller has
-        checked `continues()`)."""
+        """Decode what was appended since the last call (the caller has checked `continues()`).
+
+        The file is read into one buffer of at most CHUNK_BYTES, decoded, and the incomplete
+        record at its end moved to its front for the next read: memory stays near the decoded
+        columns however large the file. A record larger than the buffer grows it."""
         if self.framing_lost:
             return
         with self.path.open("rb") as handle:
-            handle.seek(self.position.offset)
-            pending = b""
+            offset = self.position.offset
+            handle.seek(offset)
+            capacity = max(1, min(CHUNK_BYTES, os.fstat(handle.fileno()).st_size - offset))
+            buffer = np.zeros(capacity + DECODE_SLACK, dtype=np.uint8)
+            held = 0
             while not self.framing_lost:
-                block = handle.read(CHUNK_BYTES)
-                if not block:
+                size = held + handle.readinto(memoryview(buffer)[held:capacity])
+                if size == held:
                     break
-                data = pending + block
-                view = memoryview(data)
-                consumed = 0
-                while not self.framing_lost:
-                    used = self._feed(view[consumed:], base=self.position.offset + consumed)
-                    if not used:
+                buffer[size : size + DECODE_SLACK] = 0
+                used = self._feed(buffer, size, base=offset)
+                anchor = (self.position.anchor + buffer[max(0, used - ANCHOR_BYTES) : used].tobytes())[-ANCHOR_BYTES:]
+                offset += used
+                self.position = ReadPosition(offset, anchor)
+                held = size - used
+                buffer[:held] = buffer[used:size]
+                if used == 0 and size == capacity:
+                    needed = self._whole_record_bytes(buffer, base=offset)
+                    if needed is None:
                         break
-                    consumed += used
-                anchor = (self.position.anchor + data[max(0, consumed - ANCHOR_BYTES) : consumed])[-ANCHOR_BYTES:]
-                self.position = ReadPosition(self.position.offset + consumed, anchor)
-                del view
-                pending = data[consumed:]
-        self.torn_tail = 0 if self.framing_lost else len(pending)
+                    capacity = max(needed, 2 * capacity)
+                    grown = np.zeros(capacity + DECODE_SLACK, dtype=np.uint8)
+                    grown[:held] = buffer[:held]
+                    buffer = grown
+            if held >= HEADER_BYTES and not self.framing_lost:
+                self._whole_record_bytes(buffer, base=offset)
+        self.torn_tail = 0 if self.framing_lost else held
+
+    def _whole_record_bytes(self, buffer: np.ndarray, *, base: int) -> int | None:
+        """The size of the record at the front of `buffer`, or None (and framing lost) when its
+        length fails its CRC: a corrupt length must not be waited for, nor grow the buffer."""
+        length = int(_gather_le(buffer, np.zeros(1, dtype=np.int64), 8, "<u8")[0])
+        stored = int(_gather_le(buffer, np.full(1, 8, dtype=np.int64), 4, "<u4")[0])
+        if int(length_crcs(buffer, np.zeros(1, dtype=np.int64))[0]) == stored:
+            return HEADER_BYTES + length + FOOTER_BYTES
+        self._issue(
+            "corrupt_record_length",
+            "a record's length does not match its CRC: the records after it cannot be located",
+            f"everything from byte {base} of the file on",
+            position=f"record {self.records}",
+        )
+        self.framing_lost = True
+        return None
 
     def _issue(self, kind: str, reason: str, lost: str, position: str | None = None) -> None:
         self.issues.append(IngestIssue(str(self.path), kind, reason, lost, position=position, source=SOURCE_NAME))
 
-    def _feed(self, data: memoryview, *, base: int) -> int:
-        """Decode the whole records at the start of `data`, about CHUNK_BYTES of them (at least
-        one record when one is complete); returns the bytes used."""
-        starts, offset = record_starts(data, CHUNK_BYTES)
+    def _feed(self, buffer: np.ndarray, size: int, *, base: int) -> int:
+        """Decode the whole records among the first `size` bytes of `buffer` (followed by
+        DECODE_SLACK zero bytes); returns the bytes used."""
+        starts, used = record_starts(memoryview(buffer)[:size], size)
         if not starts.size:
             return 0
-        padded = np.zeros(offset + 24, dtype=np.uint8)
-        padded[:offset] = np.frombuffer(data[:offset], dtype=np.uint8)
-        lengths = _gather_le(padded, starts, 8, "<u8").astype(np.int64)
-        stored_length_crc = _gather_le(padded, starts + 8, 4, "<u4")
-        bad_length = np.flatnonzero(length_crcs(padded, starts) != stored_length_crc)
-        used = offset
+        lengths = _gather_le(buffer, starts, 8, "<u8").astype(np.int64)
+        stored_length_crc = _gather_le(buffer, starts + 8, 4, "<u4")
+        short = lengths.max() < SHORT_LENGTH_CRCS.size
+        computed_length_crc = SHORT_LENGTH_CRCS[lengths] if short else length_crcs(buffer, starts)
+        bad_length = np.flatnonzero(computed_length_crc != stored_length_crc)
         if bad_length.size:
             first = int(bad_length[0])
             self._issue(
@@ -386,11 +509,20 @@ class EventFile:
             used = int(starts[-1] + HEADER_BYTES + lengths[-1] + FOOTER_BYTES) if first else 0
             self.framing_lost = True
         data_starts = starts + HEADER_BYTES
-        view = memoryview(padded)
-        slices = map(slice, data_starts.tolist(), (data_starts + lengths).tolist())
-        computed = np.fromiter(map(crc32c.crc32c, map(view.__getitem__, slices)), dtype=np.uint32, count=starts.size)
-        stored = _gather_le(padded, data_starts + lengths, 4, "<u4")
-        good = masked_crc(computed) == stored
+        fast = decode_simple_value_events(buffer, data_starts, lengths)
+        if self.first_wall_time is None and starts.size:
+            # The first event (usually file_version) is read through protobuf below.
+            fast.ok[0] = False
+        matched = np.flatnonzero(fast.ok)
+        codes, distinct = tags_at(buffer, fast.tag_start[matched], fast.tag_end[matched])
+        computed = np.empty(starts.size, dtype=np.uint32)
+        if matched.size:
+            computed[matched] = simple_value_crcs(
+                buffer, data_starts[matched], lengths[matched], fast.step_bytes[matched], codes
+            )
+        others = np.flatnonzero(~fast.ok)
+        computed[others] = record_crcs(buffer, data_starts[others], lengths[others])
+        good = masked_crc(computed) == _gather_le(buffer, data_starts + lengths, 4, "<u4")
         if not good.all():
             bad = np.flatnonzero(~good)
             self._issue(
@@ -401,45 +533,47 @@ class EventFile:
             )
         indices = np.arange(self.records, self.records + starts.size, dtype=np.int64)
         self.records += starts.size
-        fast = decode_simple_value_events(padded, data_starts, lengths)
-        fast.ok &= good
-        if self.first_wall_time is None and starts.size:
-            # The first event (usually file_version) is read through protobuf below.
-            fast.ok[0] = False
-        self._take_fast(padded, fast, indices)
+        fast_rows, fast_columns = self._take_fast(fast, matched, codes, distinct, good[matched])
         slow = np.flatnonzero(good & ~fast.ok)
-        self._take_slow(view, data_starts[slow], lengths[slow], indices[slow])
+        slow_records, slow_columns, starts = self._take_slow(buffer, data_starts[slow], lengths[slow], indices[slow])
+        self._append_in_read_order(indices[fast_rows], fast_columns, slow_records, slow_columns, starts)
         return used
 
     def _tag_code(self, tag: str) -> int:
         return self.tags.setdefault(tag, len(self.tags))
 
-    def _take_fast(self, padded: np.ndarray, fast: FastEvents, indices: np.ndarray) -> None:
-        matched = np.flatnonzero(fast.ok)
-        if not matched.size:
-            return
-        codes, distinct = tags_at(padded, fast.tag_start[matched], fast.tag_end[matched])
+    def _take_fast(
+        self, fast: FastEvents, matched: np.ndarray, codes: np.ndarray, distinct: list[bytes], good: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(record positions in the chunk, point columns) of the simple_value records that pass
+        their CRC, for tags that are scalars."""
         names = [tag.decode("utf-8", errors="replace") for tag in distinct]
         # A tag first seen as a tensor of another plugin keeps that plugin: only scalars count.
-        keep_tag = np.array([self.tag_plugins.get(n, SCALARS_PLUGIN) == SCALARS_PLUGIN for n in names], dtype=bool)
-        global_codes = np.array([self._tag_code(n) for n in names], dtype=np.uint32)
-        keep = keep_tag[codes] if names else np.zeros(0, dtype=bool)
-        rows = matched[keep]
-        self.chunks.append(
-            pl.DataFrame(
-                {
-                    "seq": indices[rows],
-                    "step": fast.step[rows],
-                    "tag": global_codes[codes[keep]],
-                    "value": fast.value[rows].astype(np.float64),
-                    "timestamp": fast.wall_time[rows],
-                },
-                schema=POINTS_SCHEMA,
-            )
+        scalar_tag = np.array([self.tag_plugins.get(n, SCALARS_PLUGIN) == SCALARS_PLUGIN for n in names], dtype=bool)
+        keep = good & scalar_tag[codes] if names else np.zeros(0, dtype=bool)
+        # Only tags of kept points get a code in the run: a tag seen only in corrupt records is no key.
+        used_tags = np.bincount(codes[keep], minlength=len(names)) > 0
+        run_codes = np.array(
+            [self._tag_code(name) if used else 0 for name, used in zip(names, used_tags.tolist(), strict=True)],
+            dtype=np.uint32,
         )
+        rows = matched[keep]
+        return rows, {
+            "step": fast.step[rows],
+            "tag": run_codes[codes[keep]],
+            "value": fast.value[rows],
+            "timestamp": fast.wall_time[rows],
+        }
 
-    def _take_slow(self, view: memoryview, starts: np.ndarray, lengths: np.ndarray, indices: np.ndarray) -> None:
-        columns: dict[str, list[Any]] = {name: [] for name in POINTS_SCHEMA}
+    def _take_slow(
+        self, buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, indices: np.ndarray
+    ) -> tuple[list[int], dict[str, list[Any]], list[tuple[int, int]]]:
+        """Records of any other layout through protobuf: (record index of each point, point
+        columns, (record index, step) of each SessionLog.START)."""
+        view = memoryview(buffer)
+        columns: dict[str, list[Any]] = {name: [] for name in POINT_DTYPES}
+        records: list[int] = []
+        session_starts: list[tuple[int, int]] = []
         undecodable = 0
         for start, length, index in zip(starts.tolist(), lengths.tolist(), indices.tolist(), strict=True):
             event = event_pb2.Event()
@@ -454,12 +588,12 @@ class EventFile:
             if kind == "file_version":
                 self._check_version(event.file_version, index)
             elif kind == "session_log" and event.session_log.status == event_pb2.SessionLog.START:
-                self.starts.append((index, event.step))
+                session_starts.append((index, event.step))
             elif kind == "summary":
                 for value in event.summary.value:
                     number = self._summary_value(value)
                     if number is not None:
-                        columns["seq"].append(index)
+                        records.append(index)
                         columns["step"].append(event.step)
                         columns["tag"].append(self._tag_code(value.tag))
                         columns["value"].append(number)
@@ -470,8 +604,32 @@ class EventFile:
                 f"{undecodable} records pass their CRC but are not Event protobufs",
                 f"{undecodable} events",
             )
-        if columns["seq"]:
-            self.chunks.append(pl.DataFrame(columns, schema=POINTS_SCHEMA))
+        return records, columns, session_starts
+
+    def _append_in_read_order(
+        self,
+        fast_records: np.ndarray,
+        fast_columns: dict[str, np.ndarray],
+        slow_records: list[int],
+        slow_columns: dict[str, list[Any]],
+        session_starts: list[tuple[int, int]],
+    ) -> None:
+        """Adds a chunk's points in record order (fast and protobuf-decoded records interleave),
+        and places each START before the points of the records after it."""
+        if not slow_records:
+            columns, records = fast_columns, fast_records
+        else:
+            records = np.concatenate([fast_records, np.array(slow_records, dtype=np.int64)])
+            order = np.argsort(records, kind="stable")
+            records = records[order]
+            columns = {
+                name: np.concatenate([fast_columns[name], np.asarray(slow_columns[name], dtype=dtype)])[order]
+                for name, dtype in POINT_DTYPES.items()
+            }
+        for index, step in session_starts:
+            self.starts.append((self.points.rows + int(np.searchsorted(records, index)), step))
+        if records.size:
+            self.points.append(columns)
 
     def _check_version(self, version: str, index: int) -> None:
         self.file_version = version
@@ -514,23 +672,21 @@ class EventFile:
         if data.WhichOneof("data") == "session_start_info":
             self.hparams.update({k: _plain_value(v) for k, v in data.session_start_info.hparams.items()})
 
-    def points(self) -> pl.DataFrame:
-        return pl.concat(self.chunks) if self.chunks else pl.DataFrame(schema=POINTS_SCHEMA)
 
-
-def _superseded(seq: np.ndarray, step: np.ndarray, starts: list[tuple[int, int]]) -> np.ndarray:
-    """Which points a later SessionLog.START orphaned: read before a START at a step <= theirs."""
+def _superseded(step: np.ndarray, starts: list[tuple[int, int]]) -> np.ndarray:
+    """Which points a later SessionLog.START orphaned: read before a START at a step <= theirs.
+    Points are in read order, and each START is given as the row it came before."""
     if not starts:
-        return np.zeros(seq.size, dtype=bool)
-    start_seq = np.array([s for s, _ in starts], dtype=np.int64)
+        return np.zeros(step.size, dtype=bool)
+    start_row = np.array([s for s, _ in starts], dtype=np.int64)
     start_step = np.array([t for _, t in starts], dtype=np.int64)
-    order = np.argsort(start_seq, kind="stable")
-    start_seq, start_step = start_seq[order], start_step[order]
+    order = np.argsort(start_row, kind="stable")
+    start_row, start_step = start_row[order], start_step[order]
     # The lowest START step among the STARTs after each one (inclusive).
     lowest_after = np.minimum.accumulate(start_step[::-1])[::-1]
-    following = np.searchsorted(start_seq, seq, side="right")
-    has_following = following < start_seq.size
-    threshold = np.where(has_following, lowest_after[np.minimum(following, start_seq.size - 1)], np.iinfo(np.int64).max)
+    following = np.searchsorted(start_row, np.arange(step.size), side="right")
+    has_following = following < start_row.size
+    threshold = np.where(has_following, lowest_after[np.minimum(following, start_row.size - 1)], np.iinfo(np.int64).max)
     return step >= threshold
 
 
@@ -554,15 +710,15 @@ class TensorBoardRun:
 
     def parsed_run(self, run_id: str, paths: list[Path]) -> ParsedRun:
         issues: list[IngestIssue] = []
-        frames, starts, offset = [], [], 0
+        pieces, starts, offset = [], [], 0
         first_wall_time = None
         hparams: dict[str, Any] = {}
         value_types: dict[str, str] = {}
         for path in paths:
             events = self.files[path]
-            frames.append(events.points().with_columns(pl.col("seq") + offset))
-            starts.extend((index + offset, step) for index, step in events.starts)
-            offset += events.records
+            pieces.append(events.points.columns())
+            starts.extend((row + offset, step) for row, step in events.starts)
+            offset += events.points.rows
             if first_wall_time is None:
                 first_wall_time = events.first_wall_time
             hparams.update(events.hparams)
@@ -580,7 +736,11 @@ class TensorBoardRun:
                         source=SOURCE_NAME,
                     )
                 )
-        points = pl.concat(frames) if frames else pl.DataFrame(schema=POINTS_SCHEMA)
+        # One file (the usual case) is used as it is, without a copy.
+        if len(pieces) == 1:
+            points = pieces[0]
+        else:
+            points = {name: np.concatenate([piece[name] for piece in pieces]) for name in POINT_DTYPES}
         points, restart_issues = self._apply_restarts(points, starts)
         issues.extend(restart_issues)
         history, duplicate_issues = self._history(points, run_id, first_wall_time)
@@ -599,36 +759,39 @@ class TensorBoardRun:
         )
 
     def _apply_restarts(
-        self, points: pl.DataFrame, starts: list[tuple[int, int]]
-    ) -> tuple[pl.DataFrame, list[IngestIssue]]:
-        dropped = _superseded(points.get_column("seq").to_numpy(), points.get_column("step").to_numpy(), starts)
+        self, points: dict[str, np.ndarray], starts: list[tuple[int, int]]
+    ) -> tuple[dict[str, np.ndarray], list[IngestIssue]]:
+        dropped = _superseded(points["step"], starts)
         if not dropped.any():
             return points, []
-        gone = points.filter(pl.Series(dropped))
+        gone = points["step"][dropped]
         restart_steps = sorted({step for _, step in starts})
         issue = IngestIssue(
             str(self.directory),
             "restart_superseded",
             f"SessionLog.START at step(s) {restart_steps[:10]} (a restart from a checkpoint): points logged "
             f"before it at that step or later were orphaned and are replaced by the restarted run's",
-            f"{gone.height} values at steps {gone.get_column('step').min()}..{gone.get_column('step').max()}",
+            f"{gone.size} values at steps {gone.min()}..{gone.max()}",
             source=SOURCE_NAME,
         )
-        return points.filter(~pl.Series(dropped)), [issue]
+        return {name: column[~dropped] for name, column in points.items()}, [issue]
 
     def _history(
-        self, points: pl.DataFrame, run_id: str, first_wall_time: float | None
+        self, points: dict[str, np.ndarray], run_id: str, first_wall_time: float | None
     ) -> tuple[pl.DataFrame, list[IngestIssue]]:
-        """Long history sorted by (step, key): a (step, key) logged twice keeps its last value."""
-        ordered = points.sort("step", "tag", "seq")
-        step = ordered.get_column("step").to_numpy()
-        tag = ordered.get_column("tag").to_numpy()
+        """Long history sorted by (step, key): a (step, key) logged twice keeps its last value.
+        Points already in that order (a scalar log's usual case) are neither sorted nor copied."""
+        step, tag = points["step"], points["tag"]
+        later = (step[1:] > step[:-1]) | ((step[1:] == step[:-1]) & (tag[1:] >= tag[:-1]))
+        if not later.all():
+            order = np.lexsort((tag, step))  # stable: writes of one (step, tag) stay in read order
+            points = {name: column[order] for name, column in points.items()}
+            step, tag = points["step"], points["tag"]
         last_of_group = np.ones(step.size, dtype=bool)
         last_of_group[:-1] = (step[1:] != step[:-1]) | (tag[1:] != tag[:-1])
         issues = []
-        rewritten = int(step.size - last_of_group.sum())
-        if rewritten:
-            value = ordered.get_column("value").to_numpy()
+        if not last_of_group.all():
+            value = points["value"]
             differs = np.zeros(step.size, dtype=bool)
             differs[:-1] = ~last_of_group[:-1] & ~((value[1:] == value[:-1]) | (np.isnan(value[1:]) & np.isnan(value[:-1])))
             if differs.any():
@@ -645,13 +808,15 @@ class TensorBoardRun:
                         source=SOURCE_NAME,
                     )
                 )
-        kept = ordered.filter(pl.Series(last_of_group))
+            points = {name: column[last_of_group] for name, column in points.items()}
         names = pl.Series("key", sorted(self.tags, key=self.tags.__getitem__), dtype=pl.String)
         origin = first_wall_time if first_wall_time is not None else math.nan
+        # The numpy columns are taken by Polars without a copy.
+        kept = pl.DataFrame({name: points[name] for name in ("step", "value", "timestamp")})
         history = kept.select(
             pl.lit(run_id, pl.String).alias("run_id"),
             "step",
-            names.gather(kept.get_column("tag")).alias("key") if names.len() else pl.lit(None, pl.String).alias("key"),
+            names.gather(pl.Series(points["tag"])).alias("key") if names.len() else pl.lit(None, pl.String).alias("key"),
             "value",
             (pl.col("timestamp") - origin).alias("runtime"),
             "timestamp",
@@ -662,7 +827,7 @@ class TensorBoardRun:
 def event_file_groups(root: Path) -> dict[Path, list[Path]]:
     """Run directory -> its event files in name order (TensorBoard's reading order)."""
     groups: dict[Path, list[Path]] = {}
-    for path in root.rglob(EVENT_FILE_GLOB):
+    for path in listing.rglob(root, EVENT_FILE_GLOB):
         if path.is_file():
             groups.setdefault(path.parent, []).append(path)
     return {folder: sorted(files, key=lambda p: p.name) for folder, files in sorted(groups.items())}

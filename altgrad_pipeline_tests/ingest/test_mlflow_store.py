@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from altgrad_pipeline.ingest import mlflow_store
 from altgrad_pipeline.ingest.mlflow_store import MlflowFileSource, MlflowSqlSource
 
 VALUES = [0.5, math.nan, math.inf, -math.inf, 1e-30, -2.0]
@@ -74,7 +75,7 @@ def test_file_store_bad_line_and_missing_meta(tmp_path: Path, monkeypatch: pytes
     assert [i.kind for i in runs[parent_id].issues] == ["missing_meta"]
 
 
-def test_sqlite_store_restores_nan_and_inf(tmp_path: Path) -> None:
+def test_sqlite_store_restores_nan_and_inf(tmp_path: Path, sqlite_driver: str) -> None:
     url = f"sqlite:///{tmp_path / 'mlruns.db'}"
     parent_id, child_id = log_runs(url)
     source = MlflowSqlSource(url)
@@ -83,6 +84,103 @@ def test_sqlite_store_restores_nan_and_inf(tmp_path: Path) -> None:
 
     check_child(runs, parent_id, child_id)
     assert all(r.issues == [] for r in runs)
+
+
+def read_history(url: str):
+    source = MlflowSqlSource(url)
+    runs = sorted((source.read(loc) for loc in source.discover()), key=lambda r: r.name)
+    return [(r.name, r.history) for r in runs], [r.issues for r in runs]
+
+
+@pytest.fixture(params=["sqlite3", "adbc"])
+def sqlite_driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each SQLite test runs with the stdlib driver and, where installed, the columnar one."""
+    if request.param == "adbc":
+        pytest.importorskip("adbc_driver_sqlite", reason="the optional fast-sql extra is not installed")
+    else:
+        monkeypatch.setattr(mlflow_store, "adbc_sqlite", None)
+    return request.param
+
+
+def test_sqlite_flat_rows_match_the_portable_queries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_driver: str
+) -> None:
+    db = tmp_path / "mlruns.db"
+    _, child_id = log_runs(f"sqlite:///{db}")
+    with sqlite3.connect(db) as con:
+        # Steps and timestamps beyond float64's exact integers, negative ones, and NaN beside them.
+        con.executemany(
+            "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?,?,?,?,?,?)",
+            [("big", 1.5, 2**60 + 1, child_id, 2**62 + 3, 0), ("big", 0.0, 2**60 + 7, child_id, 2**62 + 5, 1),
+             ("neg", 2.5, -5, child_id, -(2**40), 0), ("neg", 0.0, -3, child_id, 7, 1)],
+        )  # fmt: skip
+    url = f"sqlite:///{db}"
+
+    flat, flat_issues = read_history(url)
+    child = dict(flat)["child"]
+    big = child.filter(key="big").sort("step")
+    neg = child.filter(key="neg").sort("step")
+    monkeypatch.setattr(mlflow_store, "SQLITE_DIALECTS", frozenset())
+    portable, portable_issues = read_history(url)
+
+    assert big.get_column("step").to_list() == [2**62 + 3, 2**62 + 5]
+    assert big.get_column("timestamp").to_list() == [(2**60 + 1) / 1000, (2**60 + 7) / 1000]
+    assert big.get_column("value").to_list()[0] == 1.5 and math.isnan(big.get_column("value").to_list()[1])
+    assert neg.get_column("step").to_list() == [-(2**40), 7]
+    assert neg.get_column("timestamp").to_list() == [-0.005, -0.003]
+    assert neg.get_column("value").to_list()[0] == 2.5 and math.isnan(neg.get_column("value").to_list()[1])
+    assert [name for name, _ in flat] == [name for name, _ in portable] == ["child", "parent"]
+    assert all(a.equals(b) for (_, a), (_, b) in zip(flat, portable, strict=True))
+    assert flat_issues == portable_issues
+
+
+def test_sqlite_without_the_run_key_index_reads_the_same(tmp_path: Path, sqlite_driver: str) -> None:
+    db = tmp_path / "mlruns.db"
+    log_runs(f"sqlite:///{db}")
+    indexed, _ = read_history(f"sqlite:///{db}")
+    with sqlite3.connect(db) as con:
+        con.execute(f"DROP INDEX {mlflow_store.RUN_KEY_INDEX}")
+
+    unindexed, _ = read_history(f"sqlite:///{db}")
+
+    assert all(a.equals(b) for (_, a), (_, b) in zip(indexed, unindexed, strict=True))
+    assert sum(h.height for _, h in unindexed) == 12
+
+
+@pytest.mark.parametrize("dialects", [mlflow_store.SQLITE_DIALECTS, frozenset()], ids=["sqlite", "portable"])
+def test_sqlite_fingerprint_changes_when_a_metric_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dialects: frozenset[str]
+) -> None:
+    import mlflow
+
+    url = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    _, child_id = log_runs(url)
+    monkeypatch.setattr(mlflow_store, "SQLITE_DIALECTS", dialects)
+    source = MlflowSqlSource(url)
+    before = {loc.run_id_hint: loc.fingerprint for loc in source.discover()}
+
+    mlflow.tracking.MlflowClient(url).log_metric(child_id, "train/loss", 0.125, step=2)
+
+    after = {loc.run_id_hint: loc.fingerprint for loc in source.discover()}
+    changed = [run for run in before if before[run] != after[run]]
+    assert changed == [source.run_id(child_id)]
+
+
+def test_sqlite_column_of_mixed_types_is_read_exactly(tmp_path: Path, sqlite_driver: str) -> None:
+    db = tmp_path / "mlruns.db"
+    _, child_id = log_runs(f"sqlite:///{db}")
+    with sqlite3.connect(db) as con:
+        # SQLite keeps any value in any column: a text step (the columnar driver would turn the
+        # whole column to text, numbers rounded to 7 digits) beside values needing all 17.
+        con.executemany(
+            "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?,?,?,?,?,?)",
+            [("mixed", 0.1 + 0.2, 1000, child_id, 1, 0), ("mixed", 1 / 3, 2000, child_id, "2", 0)],
+        )
+
+    history, _ = read_history(f"sqlite:///{db}")
+
+    mixed = dict(history)["child"].filter(key="mixed").sort("step")
+    assert mixed.select("step", "value").rows() == [(1, 0.1 + 0.2), (2, 1 / 3)]
 
 
 def test_sqlite_unknown_schema_revision(tmp_path: Path) -> None:

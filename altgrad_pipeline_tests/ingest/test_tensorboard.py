@@ -7,13 +7,23 @@ import math
 import struct
 from pathlib import Path
 
+import crc32c
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from altgrad_pipeline.ingest.tensorboard import TensorBoardSource, masked_crc
+from altgrad_pipeline.ingest import tensorboard
+from altgrad_pipeline.ingest.tensorboard import (
+    DECODE_SLACK,
+    HEADER_BYTES,
+    TensorBoardSource,
+    decode_simple_value_events,
+    masked_crc,
+    simple_value_crcs,
+    tags_at,
+)
 
 SPECIAL = [math.nan, math.inf, -math.inf]
 
@@ -194,8 +204,6 @@ def test_unknown_file_version_is_reported_and_read(tmp_path: Path) -> None:
         for event in records:
             payload = event.SerializeToString()
             header = struct.pack("<Q", len(payload))
-            import crc32c
-
             handle.write(header + struct.pack("<I", masked_crc(crc32c.crc32c(header))) + payload
                          + struct.pack("<I", masked_crc(crc32c.crc32c(payload))))  # fmt: skip
 
@@ -203,6 +211,99 @@ def test_unknown_file_version_is_reported_and_read(tmp_path: Path) -> None:
 
     assert run.history.select("key", "step", "value").rows() == [("loss", 1, 2.0)]
     assert [i.kind for i in run.issues] == ["unknown_file_version"]
+
+
+def record_offsets(data: bytes) -> list[int]:
+    """Start of every TFRecord in an event file's bytes."""
+    offsets, offset = [], 0
+    while offset < len(data):
+        offsets.append(offset)
+        (length,) = struct.unpack_from("<Q", data, offset)
+        offset += 16 + length
+    return offsets
+
+
+def mixed_events() -> list[event_pb2.Event]:
+    """simple_value events with steps of 1 to 9 varint bytes (and none: step 0), tensors, a
+    START, and an image larger than the smallest decode buffers used below."""
+    events = [scalar_event(f"tag/{i % 7}" * (1 + i % 3), (i * 2654435761) % (1 << (7 * (1 + i % 9))), i / 7, 10.0 + i)
+              for i in range(400)]  # fmt: skip
+    events.insert(50, tensor_event("t64", 3, 1e-300, 1.0, double=True, metadata=True, content=False))
+    start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+    events.insert(120, event_pb2.Event(wall_time=5.0, step=0, session_log=start))
+    image = summary_pb2.Summary.Image(height=1, encoded_image_string=bytes(range(256)) * 8)
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag="img", image=image)])
+    events.insert(200, event_pb2.Event(wall_time=6.0, step=1, summary=summary))
+    return events
+
+
+@pytest.mark.parametrize("chunk_bytes", [40, 97, 1000, 4096])
+def test_records_across_decode_chunks_read_as_in_one_chunk(tmp_path: Path, monkeypatch, chunk_bytes: int) -> None:
+    write(tmp_path / "r", mixed_events())
+    _, _, [whole] = read_one(tmp_path)
+
+    monkeypatch.setattr(tensorboard, "CHUNK_BYTES", chunk_bytes)
+    _, _, [chunked] = read_one(tmp_path)
+
+    assert whole.history.height > 250 and whole.value_types == {"img": "image"}
+    assert chunked.history.equals(whole.history)
+    assert chunked.issues == whole.issues and [i.kind for i in whole.issues] == ["restart_superseded"]
+
+
+def test_vectorised_crc_is_crc32c_of_every_record() -> None:
+    steps = [0, 1, 127, 128, 16383, 16384, 2**35 + 3, 2**62 + 11]
+    values = [0.0, -1.5, math.inf, math.nan, 3.4e38, 1e-45]
+    payloads = [
+        scalar_event(tag, step, value, wall).SerializeToString()
+        for tag in ("a", "loss", "grad_norm_l2/model.layers.11.mlp.weight", "x" * 100)
+        for step in steps
+        for value, wall in zip(values, [1e-3, 1.7e9, -3.0, 1e300, 2.5, 7.0], strict=True)
+    ]
+    framed = b"".join(struct.pack("<Q", len(p)) + b"\0" * 4 + p + b"\0" * 4 for p in payloads)
+    padded = np.frombuffer(framed + bytes(DECODE_SLACK), dtype=np.uint8)
+    starts = np.array(record_offsets(framed), dtype=np.int64) + HEADER_BYTES
+    lengths = np.array([len(p) for p in payloads], dtype=np.int64)
+    fast = decode_simple_value_events(padded, starts, lengths)
+    codes, _ = tags_at(padded, fast.tag_start, fast.tag_end)
+
+    crcs = simple_value_crcs(padded, starts, lengths, fast.step_bytes, codes)
+
+    assert fast.ok.all()
+    assert crcs.tolist() == [crc32c.crc32c(p) for p in payloads]
+
+
+def test_crc_mismatch_in_any_byte_of_a_record_skips_only_that_record(tmp_path: Path, monkeypatch) -> None:
+    path = write(tmp_path / "r", [scalar_event("loss", 1000 + s, s / 3, 1.0 + s) for s in range(60)])
+    whole = path.read_bytes()
+    offsets = record_offsets(whole)
+    target = offsets[31]  # step 1030, in the middle of a 1,000-byte decode chunk
+    (length,) = struct.unpack_from("<Q", whole, target)
+    monkeypatch.setattr(tensorboard, "CHUNK_BYTES", 1000)
+
+    for position in range(target + HEADER_BYTES, target + HEADER_BYTES + length + 4):
+        data = bytearray(whole)
+        data[position] ^= 0x5A
+        path.write_bytes(bytes(data))
+
+        _, _, [run] = read_one(tmp_path)
+
+        assert run.history.get_column("step").to_list() == [1000 + s for s in range(60) if s != 30], position
+        assert [(i.kind, i.position) for i in run.issues] == [("crc_mismatch", "record 31")], position
+
+
+def test_corrupt_record_length_stops_the_file_and_is_not_waited_for(tmp_path: Path) -> None:
+    path = write(tmp_path / "r", [scalar_event("loss", s, float(s), 1.0 + s) for s in range(20)])
+    whole = path.read_bytes()
+    offsets = record_offsets(whole)
+    for record, length in ((6, 50), (20, 1 << 40)):  # mid-file; the last record, pointing past the end
+        data = bytearray(whole)
+        data[offsets[record] : offsets[record] + 8] = struct.pack("<Q", length)
+        path.write_bytes(bytes(data))
+
+        _, _, [run] = read_one(tmp_path)
+
+        assert run.history.get_column("step").to_list() == list(range(record - 1))
+        assert [(i.kind, i.position) for i in run.issues] == [("corrupt_record_length", f"record {record}")]
 
 
 CORPUS_RUN_DIRS = {
