@@ -4,7 +4,9 @@ The file is LevelDB-log framed (32 KiB blocks of CRC-checked chunks) protobuf `R
 installed wandb SDK. Real logs end in every possible way (cut on a block boundary, mid-record, a
 bare chunk header, 0 bytes), so framing damage becomes an issue and the good records are kept.
 `WandbLogReader` can be fed again from `offset` when the file grows, so a live run is re-read
-from where the last complete record ended.
+from where the last complete record ended. Large logs' history and summary records are decoded
+by `wandb_fastpath` (numpy over the wire format); everything else, and whatever it declines,
+by upb through `_decode`, with the same result either way.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as wandb_pb
 
+from altgrad_pipeline.ingest import wandb_fastpath
 from altgrad_pipeline.ingest.model import IngestIssue, empty_history
 
 LOG_HEADER = b":W&B" + (0xBEE1).to_bytes(2, "little") + bytes([0])
@@ -37,6 +40,12 @@ STEP_KEY, RUNTIME_KEY, TIMESTAMP_KEY = "_step", "_runtime", "_timestamp"
 BOOKKEEPING_KEYS = (STEP_KEY, RUNTIME_KEY, TIMESTAMP_KEY)
 #: Holds host names and e-mail addresses (and, from 0.26, the whole environment).
 PRIVATE_KEY = "_wandb"
+#: Bytes of history and summary records framed in one `feed` from which on they are decoded by
+#: `wandb_fastpath` (numpy over the wire format, no Python object per value); fewer go through
+#: upb one by one, which is faster for a live tail or a small run (numpy's cost per call).
+FASTPATH_MIN_BYTES = 2 << 20
+#: Bytes of records the fast path decodes at a time: its per-item arrays stay a few MB.
+FASTPATH_GROUP_BYTES = 8 << 20
 DEFAULT_SOURCE = "wandb-local"
 
 
@@ -223,7 +232,7 @@ def build_history(columns: HistoryColumns, *, run_id: str, location: str, source
     if not columns.row_counts:
         return HistoryTable(empty_history(), {}, empty_media(), [])
     return _history_table(
-        _text_series(columns.keys),
+        *wandb_fastpath.encode_keys(_text_series(columns.keys)),
         _text_series(columns.texts),
         row_steps=np.asarray(columns.row_steps, dtype=np.int64),
         row_counts=np.asarray(columns.row_counts, dtype=np.int64),
@@ -248,7 +257,8 @@ def _step_and_key_order(row_steps: np.ndarray, row_counts: np.ndarray, codes: np
 
 
 def _history_table(
-    keys: pl.Series,
+    names: pl.Series,
+    codes: np.ndarray,
     texts: pl.Series,
     *,
     row_steps: np.ndarray,
@@ -259,9 +269,10 @@ def _history_table(
     location: str,
     source: str,
 ) -> HistoryTable:
-    """`build_history` on columns: item keys and JSON texts, and per row its step, item count,
-    runtime and timestamp. Keys become integer codes so the sort and the de-duplication are
-    numpy operations."""
+    """`build_history` on columns: the distinct item names, each item's index into them
+    (`codes`) and JSON text, and per row its step, item count, runtime and timestamp. The sort,
+    de-duplication and key column are integer work on the codes; texts are parsed once, in
+    write order, and only the kept values are gathered."""
 
     def issue(kind: str, reason: str, lost: str) -> IngestIssue:
         return IngestIssue(location=location, source=source, kind=kind, reason=reason, lost=lost)
@@ -276,11 +287,14 @@ def _history_table(
                 "nothing (rows kept)",
             )
         )
-    names = keys.unique().sort()
-    codes = keys.cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64)
+    by_name = names.arg_sort().to_numpy()
+    sorted_names = names.gather(by_name)
+    rank = np.empty(len(by_name), dtype=np.int64)
+    rank[by_name] = np.arange(len(by_name))
+    codes = rank[codes]
     steps = np.repeat(row_steps, row_counts)
     rows = np.repeat(np.arange(len(row_counts)), row_counts)
-    bookkeeping = np.isin(codes, np.flatnonzero(names.is_in(BOOKKEEPING_KEYS).to_numpy()))
+    bookkeeping = sorted_names.is_in(BOOKKEEPING_KEYS).to_numpy()[codes]
     order = _step_and_key_order(row_steps, row_counts, codes, len(names))
     order = order[~bookkeeping[order]]
     sorted_steps, sorted_codes = steps[order], codes[order]
@@ -295,29 +309,29 @@ def _history_table(
                 f"{superseded} superseded values",
             )
         )
-    keep = pl.Series(order[last_write])
-    texts = texts.gather(keep)
-    values = texts.cast(pl.Float64, strict=False)
+    keep = order[last_write]
+    values = texts.cast(pl.Float64, strict=False).gather(pl.Series(keep))
     numeric = values.is_not_null()
-    kept_rows = pl.Series(rows).gather(keep)
+    kept_rows = pl.Series(rows[keep])
     frame = pl.DataFrame(
         {
             "run_id": pl.Series([run_id], dtype=pl.String).new_from_index(0, len(keep)),
-            "step": pl.Series(steps, dtype=pl.Int64).gather(keep),
-            "key": keys.gather(keep),
+            "step": pl.Series(steps[keep], dtype=pl.Int64),
+            "key": sorted_names.gather(pl.Series(codes[keep])),
             "value": values,
             "runtime": row_runtimes.gather(kept_rows),
             "timestamp": row_timestamps.gather(kept_rows),
         }
     )
+    other = ~numeric.to_numpy()
     non_numeric = (
-        pl.DataFrame({"step": frame["step"], "key": frame["key"], "value_json": texts})
-        .filter(~numeric)
+        frame.filter(pl.Series(other))
+        .select("step", "key", texts.gather(pl.Series(keep[other])).alias("value_json"))
         .with_columns(json_value_type(pl.col("value_json")).alias("type"))
     )
     value_types = dict(non_numeric.select("key", "type").unique(subset="key", keep="last", maintain_order=True).iter_rows())
     media = non_numeric.filter(pl.col("value_json").str.contains('"_type"', literal=True)).select(*MEDIA_SCHEMA)
-    return HistoryTable(frame.filter(numeric), value_types, media, issues)
+    return HistoryTable(frame.filter(numeric) if other.any() else frame, value_types, media, issues)
 
 
 @dataclass
@@ -375,6 +389,16 @@ class WandbLogReader:
         self._texts: list[bytes] = []
         self._row_counts: list[int] = []
         self._row_step_nums: list[int | None] = []
+        #: Rows decoded by `wandb_fastpath`, one batch per framed batch of records, and for the
+        #: rows in the lists above the index of their record: both count records from the start
+        #: of the log (`_records_seen`), so `_history_frame` merges them in log order.
+        self._fast_history: list[wandb_fastpath.HistoryBatch] = []
+        self._row_records: list[int] = []
+        self._records_seen = 0
+        #: Records framed but not decoded yet: their payloads' (start, end) in `_buffer` (the
+        #: chunks of the last `feed`, reassembled) and their file offsets.
+        self._buffer = np.zeros(0, dtype=np.uint8)
+        self._batch: list[tuple[int, int, int]] = []
 
     def _issue(self, kind: str, reason: str, lost: str, position: str | None = None) -> IngestIssue:
         return IngestIssue(
@@ -388,42 +412,64 @@ class WandbLogReader:
         would kill a mapped reader with SIGBUS, taking the sensor or the whole run down with it.
         """
         try:
-            with open(path, "rb") as handle:
+            with open(path, "rb", buffering=0) as handle:
                 stat = os.fstat(handle.fileno())
                 handle.seek(self.offset)
-                data = handle.read() if stat.st_size > self.offset else b""
+                # Into a numpy array, not `bytes`: numpy asks for huge pages, so a 44 MB log costs
+                # hundreds of page faults instead of ten thousand; the padding is the decoder's.
+                data = np.empty(max(stat.st_size - self.offset, 0) + wandb_fastpath.PADDING, dtype=np.uint8)
+                size = handle.readinto(memoryview(data)[: len(data) - wandb_fastpath.PADDING])
         except OSError as exc:
             self._issues.append(self._issue("unreadable_file", f"cannot read the log: {exc}", "the whole log"))
             return
-        self.feed(data, file_age_s=max(0.0, time.time() - stat.st_mtime))
+        self._take(data, size or 0, file_age_s=max(0.0, time.time() - stat.st_mtime))
 
     def feed(self, data: bytes | memoryview, *, file_age_s: float | None = None) -> None:
         """Decode `data`, the file's bytes from `offset` to its current end."""
+        array = np.zeros(len(data) + wandb_fastpath.PADDING, dtype=np.uint8)
+        array[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+        self._take(array, len(data), file_age_s=file_age_s)
+
+    def _take(self, data: np.ndarray, size: int, *, file_age_s: float | None) -> None:
+        """Check the header, frame `data[:size]` (the file's bytes from `offset`: see `feed`) and
+        decode its records. `data` is the batch buffer too: framing moves each record's payload
+        down over the chunk headers, and at least `wandb_fastpath.PADDING` bytes follow `size`."""
         base = self.offset
         if not self._header_seen:
-            if len(data) < len(LOG_HEADER):
-                kind = "empty_log" if not data else "truncated_tail"
+            if size < len(LOG_HEADER):
+                kind = "empty_log" if not size else "truncated_tail"
                 self._tail_issue = self._issue(
-                    kind, f"the log has {len(data)} bytes, not even its {len(LOG_HEADER)}-byte header", "the whole log"
+                    kind, f"the log has {size} bytes, not even its {len(LOG_HEADER)}-byte header", "the whole log"
                 )
-                self._partial_tail_bytes = len(data)
+                self._partial_tail_bytes = size
                 return
-            if data[: len(LOG_HEADER)] != LOG_HEADER:
+            if data[: len(LOG_HEADER)].tobytes() != LOG_HEADER:
                 self._tail_issue = self._issue(
-                    "bad_header", f"not a W&B transaction log (starts with {bytes(data[:7])!r})", f"the whole log ({len(data)} bytes)"
+                    "bad_header", f"not a W&B transaction log (starts with {data[:7].tobytes()!r})", f"the whole log ({size} bytes)"
                 )
-                self._partial_tail_bytes = len(data)
+                self._partial_tail_bytes = size
                 return
             self._header_seen = True
             self.offset = len(LOG_HEADER)
-        self._frame(data, base, file_age_s)
+        self._buffer = data
+        self._frame(data, size, base, file_age_s)
+        self._flush_batch()
+        self._buffer = np.zeros(0, dtype=np.uint8)  # the decoded records' bytes are not needed again
 
-    def _frame(self, data: bytes | memoryview, base: int, file_age_s: float | None) -> None:
-        """Walk the chunks; hand each complete record to `_decode`. `base` is data[0]'s file offset."""
-        end = base + len(data)
+    def _frame(self, data: np.ndarray, size: int, base: int, file_age_s: float | None) -> None:
+        """Walk the chunks of `data[:size]` (`base` is data[0]'s file offset); move each complete
+        record's payload down to the end of the previous one (a chunk's bytes are read before
+        anything is written over them: the write position trails by at least a chunk header)
+        and queue the record for `_flush_batch`, or decode it at once when `data` is small."""
+        end = base + size
         pos = self.offset
-        parts: list[bytes | memoryview] = []
-        record_start = pos
+        view = memoryview(data)  # slicing and copying a memoryview costs a fraction of numpy's
+        # Too few bytes for the fast path: decode each record as it completes (no batch).
+        direct, records, rows = size < FASTPATH_MIN_BYTES, 0, len(self._row_counts)
+        used = 0  # bytes of `data` holding records (complete, or the one being assembled)
+        in_record = False
+        record_start = pos  # file offset of the record being assembled
+        record_from = 0  # where it starts in `data`
         self._tail_issue = None
         while True:
             in_block = pos % BLOCK_SIZE
@@ -431,51 +477,58 @@ class WandbLogReader:
                 if pos + (BLOCK_SIZE - in_block) > end:
                     break  # the block trailer itself is not data
                 pos += BLOCK_SIZE - in_block
-                if not parts:
+                if not in_record:
                     record_start = pos
                     self.offset = pos
                 continue
             if pos + CHUNK_HEADER.size > end:
                 break
-            crc, length, kind = CHUNK_HEADER.unpack_from(data, pos - base)
+            crc, length, kind = CHUNK_HEADER.unpack_from(view, pos - base)
             payload_start = pos + CHUNK_HEADER.size
             block_end = pos - in_block + BLOCK_SIZE
             if kind == 0 and length == 0:
                 pos = payload_start
-                if not parts:
+                if not in_record:
                     record_start = pos
                     self.offset = pos
                 continue
             if kind == 0 or kind > CHUNK_LAST or payload_start + length > block_end:
-                pos = self._skip_block(pos, block_end, end, parts, record_start, "bad_chunk", f"chunk header claims type {kind} and {length} bytes")
-                parts = []
+                pos = self._skip_block(pos, block_end, end, in_record, record_start, "bad_chunk", f"chunk header claims type {kind} and {length} bytes")
+                in_record, used = False, record_from
                 record_start = self.offset = pos
                 continue
             if payload_start + length > end:
                 break
-            payload = data[payload_start - base : payload_start - base + length]
+            payload = view[payload_start - base : payload_start - base + length]
             if zlib.crc32(payload, zlib.crc32(bytes([kind]))) != crc:
-                pos = self._skip_block(pos, block_end, end, parts, record_start, "crc_mismatch", "chunk CRC-32 does not match its bytes")
-                parts = []
+                pos = self._skip_block(pos, block_end, end, in_record, record_start, "crc_mismatch", "chunk CRC-32 does not match its bytes")
+                in_record, used = False, record_from
                 record_start = self.offset = pos
                 continue
             next_pos = payload_start + length
             if kind == CHUNK_FULL or kind == CHUNK_FIRST:
-                if parts:
+                if in_record:
                     self._orphan(record_start, pos, "a record's first chunk was not followed by its last")
-                parts = [payload]
-                record_start = pos
-            elif not parts:
+                    used = record_from
+                in_record, record_start, record_from = True, pos, used
+            elif not in_record:
                 self._orphan(pos, next_pos, "a continuation chunk without the start of its record")
                 pos = self.offset = record_start = next_pos
                 continue
-            else:
-                parts.append(payload)
+            view[used : used + length] = payload  # overlapping ranges: memoryview copies safely
+            used += length
             pos = next_pos
             if kind == CHUNK_FULL or kind == CHUNK_LAST:
-                self._decode(parts[0] if len(parts) == 1 else b"".join(parts), record_start)
-                parts = []
+                if direct:
+                    self._decode(view[record_from:used], record_start)
+                    used, records = 0, records + 1
+                else:
+                    self._batch.append((record_from, used, record_start))
+                in_record = False
                 record_start = self.offset = pos
+        if direct:  # these rows keep their order; the index places them among other feeds' rows
+            self._row_records.extend([self._records_seen] * (len(self._row_counts) - rows))
+            self._records_seen += records
         in_trailer = self.offset % BLOCK_SIZE > BLOCK_SIZE - CHUNK_HEADER.size
         self._partial_tail_bytes = 0 if in_trailer else max(0, end - self.offset)
         if self._partial_tail_bytes:
@@ -489,10 +542,11 @@ class WandbLogReader:
         return self._issue("truncated_tail", why, f"{lost} bytes at the end", position=f"byte {self.offset}")
 
     def _skip_block(
-        self, pos: int, block_end: int, end: int, parts: list[bytes | memoryview], record_start: int, kind: str, reason: str
+        self, pos: int, block_end: int, end: int, in_record: bool, record_start: int, kind: str, reason: str
     ) -> int:
         """Drop the rest of a damaged block (and the record it was part of); resume at the next."""
-        start = record_start if parts else pos
+        self._flush_batch()  # issues stay in file order
+        start = record_start if in_record else pos
         stop = min(block_end, end)
         self._issues.append(
             self._issue(
@@ -505,9 +559,48 @@ class WandbLogReader:
         return block_end
 
     def _orphan(self, start: int, stop: int, reason: str) -> None:
+        self._flush_batch()  # issues stay in file order
         self._issues.append(
             self._issue("broken_record", reason, f"{stop - start} bytes (offsets {start}-{stop})", position=f"byte {start}")
         )
+
+    def _flush_batch(self) -> None:
+        """Decode the records framed so far: with `FASTPATH_MIN_BYTES` of history and summary
+        records, those with `wandb_fastpath` and every record it leaves (other kinds, unusual or
+        damaged ones) with `_decode`, in record order; with fewer, all with `_decode`."""
+        batch, self._batch = self._batch, []
+        base = self._records_seen
+        self._records_seen += len(batch)
+        if not batch:
+            return
+        records = memoryview(self._buffer)
+        starts, ends, offsets = (np.asarray(column, dtype=np.int64) for column in zip(*batch))
+        if ends[-1] - starts[0] < FASTPATH_MIN_BYTES or wandb_fastpath.plain_record_bytes(self._buffer, starts, ends) < FASTPATH_MIN_BYTES:
+            rows = len(self._row_counts)
+            for start, stop, offset in batch:
+                self._decode(records[start:stop], offset)
+            # Rows of one protobuf-decoded batch keep their order; `base` places them among batches.
+            self._row_records.extend([base] * (len(self._row_counts) - rows))
+            return
+        # Groups of a few MB: the decoder's per-item arrays stay small (and its peak memory low).
+        group_ends = np.searchsorted(ends, np.arange(FASTPATH_GROUP_BYTES, int(ends[-1]), FASTPATH_GROUP_BYTES), side="right")
+        bounds = sorted({0, *group_ends.tolist(), len(batch)})
+        for lo, hi in zip(bounds, bounds[1:]):
+
+            def decode_slow(index: int, lo: int = lo) -> None:
+                record = lo + index
+                self._decode_one(records[starts[record] : ends[record]], int(offsets[record]), base + record)
+
+            decoded = wandb_fastpath.decode_records(self._buffer, starts[lo:hi], ends[lo:hi])
+            decoded.replay(self._summary, decode_slow)
+            fast = decoded.history
+            fast.records = fast.records + base + lo
+            self._fast_history.append(fast)
+
+    def _decode_one(self, payload: bytes | memoryview, offset: int, record: int) -> None:
+        rows = len(self._row_counts)
+        self._decode(payload, offset)
+        self._row_records.extend([record] * (len(self._row_counts) - rows))
 
     def _decode(self, payload: bytes | memoryview, offset: int) -> None:
         try:
@@ -603,7 +696,7 @@ class WandbLogReader:
         run = self._run
         log = WandbLog(location=self.location, complete_until=self.offset, partial_tail_bytes=self._partial_tail_bytes)
         log.issues = list(self._issues) + ([self._tail_issue] if self._tail_issue else [])
-        if self._header_seen and run is None and not self._row_counts:
+        if self._header_seen and run is None and not self._row_counts and not any(len(b.records) for b in self._fast_history):
             log.issues.append(
                 self._issue("no_run_record", "the log holds no run record and no history", "nothing (there was nothing to read)")
             )
@@ -633,22 +726,38 @@ class WandbLogReader:
         """The rows read so far as the long table. Each row's step, runtime and timestamp come
         from its first `_step`, `_runtime` and `_timestamp` items, found for all rows at once;
         the step falls back to `HistoryRecord.step.num`, and a row with neither is dropped."""
-        if not self._row_counts:
+        if not self._row_counts and not self._fast_history:
             return HistoryTable(empty_history(), {}, empty_media(), [])
-        keys, texts = _text_series(self._keys), _text_series(self._texts)
-        counts = np.asarray(self._row_counts, dtype=np.int64)
+        slow_names, slow_codes = wandb_fastpath.encode_keys(_text_series(self._keys) if self._keys else pl.Series([], dtype=pl.String))
+        slow = wandb_fastpath.HistoryBatch(
+            records=np.asarray(self._row_records, dtype=np.int64),
+            step_nums=np.asarray([0 if n is None else n for n in self._row_step_nums], dtype=np.int64),
+            has_step_num=np.asarray([n is not None for n in self._row_step_nums], dtype=bool),
+            row_counts=np.asarray(self._row_counts, dtype=np.int64),
+            names=slow_names,
+            codes=slow_codes,
+            texts=_text_series(self._texts) if self._texts else pl.Series([], dtype=pl.String),
+        )
+        rows = wandb_fastpath.merge_history(*self._fast_history, slow)
+        if not len(rows.row_counts):
+            return HistoryTable(empty_history(), {}, empty_media(), [])
+        names, codes, texts, counts = rows.names, rows.codes, rows.texts, rows.row_counts
+        row_step_nums = pl.Series(rows.step_nums, dtype=pl.Int64).zip_with(
+            pl.Series(rows.has_step_num), pl.Series([None], dtype=pl.Int64).new_from_index(0, len(counts))
+        )
         item_rows = np.repeat(np.arange(len(counts)), counts)
 
         def first_in_row(key: str) -> pl.Series:
-            positions = np.flatnonzero((keys == key).to_numpy())
+            code = np.flatnonzero((names == key).to_numpy())  # names are distinct: one code or none
+            positions = np.flatnonzero(codes == code[0]) if len(code) else np.zeros(0, dtype=np.int64)
             rows_with, first = np.unique(item_rows[positions], return_index=True)
-            return pl.Series([None] * len(counts), dtype=pl.String).scatter(rows_with, texts.gather(positions[first]))
+            return pl.Series([None], dtype=pl.String).new_from_index(0, len(counts)).scatter(rows_with, texts.gather(positions[first]))
 
         step_texts = first_in_row(STEP_KEY)
         steps = (
             step_texts.cast(pl.Int64, strict=False)
             .fill_null(step_texts.cast(pl.Float64, strict=False).cast(pl.Int64, strict=False))
-            .fill_null(pl.Series(self._row_step_nums, dtype=pl.Int64))
+            .fill_null(row_step_nums)
         )
         runtimes = first_in_row(RUNTIME_KEY).cast(pl.Float64, strict=False)
         timestamps = first_in_row(TIMESTAMP_KEY).cast(pl.Float64, strict=False)
@@ -658,15 +767,16 @@ class WandbLogReader:
             for count in counts[missing]
         ]
         if issues:
-            kept_items = pl.Series(~missing[item_rows])
-            keys, texts = keys.filter(kept_items), texts.filter(kept_items)
+            kept_items = ~missing[item_rows]
+            codes, texts = codes[kept_items], texts.filter(pl.Series(kept_items))
             kept_rows = pl.Series(~missing)
             counts = counts[~missing]
             steps, runtimes, timestamps = steps.filter(kept_rows), runtimes.filter(kept_rows), timestamps.filter(kept_rows)
             if not len(counts):
                 return HistoryTable(empty_history(), {}, empty_media(), issues)
         table = _history_table(
-            keys,
+            names,
+            codes,
             texts,
             row_steps=steps.to_numpy(),
             row_counts=counts,

@@ -1,0 +1,517 @@
+"""The vectorised history/summary decoder against the reader's protobuf path, record by record and
+value by value: SDK-written runs (floats with NaN/+-inf, ints, strings, a numeric-looking string,
+a histogram; keys with '/', spaces, dots, unicode), every `.wandb` file of the real corpora (SDK
+0.13 to 0.26: `key` and one-element `nested_key` layouts), generated records, truncated and torn
+files, and random or damaged bytes (never raise; what is decoded is what the protobuf path
+decodes, the rest is handed back). The reader with and without the fast path must agree on
+everything it returns, bit for bit."""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+import time
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+from wandb.proto import wandb_internal_pb2 as wandb_pb
+
+from altgrad_pipeline.ingest import wandb_fastpath as fp
+from altgrad_pipeline.ingest import wandb_log
+from altgrad_pipeline.ingest.wandb_log import BLOCK_SIZE, LOG_HEADER, WandbLog, WandbLogReader
+
+KEYS = ("train/loss", "val loss", "grad.norm", "lr", "layer.0/attn.q", "損失/学習", "émoji 🚀/x")
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: framing with the reader's own code, the reader as a per-record oracle, and the reader
+# with the fast path forced on (every batch) or off (protobuf only).
+# ---------------------------------------------------------------------------------------------
+
+
+def framed(path: Path) -> list[tuple[bytes, int]]:
+    """Every complete record payload (chunks reassembled) and its file offset, framed by
+    `WandbLogReader` itself."""
+    records: list[tuple[bytes, int]] = []
+
+    class Collect(WandbLogReader):
+        def _decode(self, payload: bytes | memoryview, offset: int) -> None:  # a small log's records
+            records.append((bytes(payload), offset))
+
+        def _flush_batch(self) -> None:  # a large log's batches
+            records.extend((self._buffer[start:stop].tobytes(), offset) for start, stop, offset in self._batch)
+            self._batch = []
+
+    Collect(str(path)).feed_file(path)
+    return records
+
+
+def spans(payloads: list[bytes]) -> tuple[bytes, np.ndarray, np.ndarray]:
+    lengths = np.asarray([len(p) for p in payloads], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    return b"".join(payloads), ends - lengths, ends
+
+
+def oracle(payload: bytes) -> WandbLogReader:
+    """The reader's protobuf path on one record alone."""
+    reader = WandbLogReader("oracle")
+    reader._decode(payload, 0)
+    return reader
+
+
+def check_against_oracle(payloads: list[bytes], decoded: fp.DecodedRecords) -> None:
+    """Every record the fast path decoded gives exactly what the protobuf path gives for it."""
+    history, summary = decoded.history, decoded.summary
+    first_item = np.concatenate([[0], np.cumsum(history.row_counts)])
+    keys, texts = history.keys.to_list(), history.texts.to_list()
+    for row, record in enumerate(history.records.tolist()):
+        reference = oracle(payloads[record])
+        lo, hi = first_item[row], first_item[row + 1]
+        assert reference._issues == [] and reference._row_counts == [hi - lo], record
+        assert reference._keys == [k.encode() for k in keys[lo:hi]], record
+        assert reference._texts == [t.encode() for t in texts[lo:hi]], record
+        step = int(history.step_nums[row]) if history.has_step_num[row] else None
+        assert reference._row_step_nums == [step], record
+    slow = set(decoded.slow_records.tolist())
+    summaries = {r for r in np.flatnonzero(decoded.kinds == fp.KIND_SUMMARY).tolist() if r not in slow}
+    for record in sorted(summaries):
+        reference = oracle(payloads[record])
+        mine = dict(summary.last_values(record, record + 1))
+        assert reference._issues == [] and not reference._row_counts, record
+        assert list(mine.items()) == list(reference._summary.items()), record
+    rows = set(history.records.tolist())
+    assert set(summary.records.tolist()) | {r for r, _ in summary.parsed} <= summaries
+    assert not rows & slow and not rows & summaries
+    assert rows | summaries | slow == set(range(len(payloads)))
+
+
+def read_with(path: Path | bytes, *, fast: bool, threshold: int | None = None, feeds: int = 1) -> WandbLog:
+    """`read_wandb_log` with the fast path on every batch (`fast`), never, or from `threshold`
+    bytes of history and summary records on; a `bytes` log is fed from memory, in `feeds` parts (as a growing file is read)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wandb_log, "FASTPATH_MIN_BYTES", threshold if threshold is not None else (0 if fast else 1 << 62))
+        patch.setattr(wandb_log, "time", SimpleNamespace(time=lambda: 2e9))  # the file's age is in issue texts
+        if isinstance(path, Path):
+            return wandb_log.read_wandb_log(path)
+        reader = WandbLogReader("memory")
+        cuts = sorted({0, len(path), *(len(path) * i // feeds for i in range(1, feeds))})
+        for lo, hi in zip(cuts, cuts[1:]):
+            reader.feed(path[reader.offset : hi], file_age_s=1e6)
+        return reader.result()
+
+
+def float_bits(frame: pl.DataFrame, column: str) -> np.ndarray:
+    return frame[column].to_numpy().view(np.uint64)
+
+
+def assert_same_log(fast: WandbLog, reference: WandbLog) -> None:
+    """Everything the reader returns is the same; history values bit for bit (NaN payloads,
+    +-inf, -0.0), summary and config in the same key order."""
+    assert_frame_equal(fast.history, reference.history)
+    for column in ("value", "runtime", "timestamp"):
+        assert (float_bits(fast.history, column) == float_bits(reference.history, column)).all(), column
+    assert_frame_equal(fast.media, reference.media)
+    assert repr(fast.summary) == repr(reference.summary) and repr(fast.config) == repr(reference.config)
+    for name in ("value_types", "issues", "run_id", "name", "tags", "started_at", "sdk_version", "ended", "exit_code", "complete_until", "partial_tail_bytes", "private_strings"):
+        assert getattr(fast, name) == getattr(reference, name), name
+
+
+def log_bytes(payloads: list[bytes]) -> bytes:
+    """A `.wandb` file holding `payloads`: header, 32 KiB blocks, CRC-checked chunks (LevelDB log
+    framing, as the SDK writes it)."""
+    out = bytearray(LOG_HEADER)
+    for payload in payloads:
+        pos, first = 0, True
+        while True:
+            room = BLOCK_SIZE - len(out) % BLOCK_SIZE
+            if room < 7:
+                out += bytes(room)
+                continue
+            size = min(room - 7, len(payload) - pos)
+            last = pos + size == len(payload)
+            kind = (1 if last else 2) if first else (4 if last else 3)
+            chunk = payload[pos : pos + size]
+            out += struct.pack("<IHB", zlib.crc32(chunk, zlib.crc32(bytes([kind]))), size, kind) + chunk
+            pos, first = pos + size, False
+            if last:
+                break
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real files
+# ---------------------------------------------------------------------------------------------
+
+
+def value_of(key: str, step: int) -> object:
+    if key == "train/loss" and step == 3:
+        return math.nan
+    if key == "grad.norm" and step == 4:
+        return math.inf
+    if key == "grad.norm" and step == 5:
+        return -math.inf
+    if key == "lr":
+        return step  # an int
+    return (KEYS.index(key) + 1) / (step + 1)
+
+
+@pytest.fixture(scope="module")
+def sdk_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("fastpath-sdk")
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "WANDB_CONSOLE": "off",
+            "WANDB_DISABLE_GIT": "true",
+            "WANDB_CONFIG_DIR": str(base / "config"),
+            "WANDB_CACHE_DIR": str(base / "cache"),
+        }.items():
+            env.setenv(name, value)
+        import wandb
+
+        run = wandb.init(mode="offline", dir=base, project="altgrad-test", config={"lr": 1e-3})
+        for step in range(40):
+            row: dict[str, object] = {key: value_of(key, step) for key in KEYS}
+            row["point"] = "3"
+            row["label"] = "E5M2 « ok »"
+            row["flag"] = True
+            if step % 10 == 0:
+                row["grad/global"] = wandb.Histogram([0.1, 0.2, 0.2, 0.4])
+            if step % 7 == 0:
+                row["sparse/only sometimes"] = 1.5 * step
+            run.log(row, step=step)
+        run.summary["best/val loss"] = 0.125
+        run.finish()
+    (log,) = base.glob("wandb/offline-run-*/run-*.wandb")
+    # Under load the SDK's writer may still be appending after `finish()` returns: wait for the
+    # exit record and a stable size, so both paths read the same bytes.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        size = log.stat().st_size
+        kinds = {wandb_pb.Record.FromString(p).WhichOneof("record_type") for p, _ in framed(log)}
+        time.sleep(0.5)
+        if "exit" in kinds and log.stat().st_size == size:
+            break
+    return log
+
+
+def test_sdk_run_record_by_record(sdk_log: Path) -> None:
+    payloads = [p for p, _ in framed(sdk_log)]
+    decoded = fp.decode_records(*spans(payloads))
+    check_against_oracle(payloads, decoded)
+    history = decoded.history
+    # Every plain history row is decoded; rows with a histogram (split into nested keys by
+    # wandb-core) are handed back, never turned into numbers.
+    kinds = [wandb_pb.Record.FromString(p).WhichOneof("record_type") for p in payloads]
+    history_records = [i for i, kind in enumerate(kinds) if kind == "history"]
+    with_histogram = [i for i in history_records if any(len(it.nested_key) > 1 for it in wandb_pb.Record.FromString(payloads[i]).history.item)]
+    assert len(history_records) == 40 and len(with_histogram) == 4
+    assert sorted(history.records.tolist()) == sorted(set(history_records) - set(with_histogram))
+    assert set(with_histogram) <= set(decoded.slow_records.tolist())
+    keys = set(history.keys.to_list())
+    assert set(KEYS) <= keys and not any(k.startswith("grad/global") for k in keys)
+    frame = pl.DataFrame({"key": history.keys, "value": history.texts.cast(pl.Float64, strict=False)})
+    assert frame.filter(pl.col("key").is_in(["point", "label", "flag"]))["value"].null_count() == 3 * len(history.records)
+    values = frame.filter(pl.col("key") == "grad.norm")["value"].to_list()
+    assert math.inf in values and -math.inf in values
+    assert any(math.isnan(v) for v in frame.filter(pl.col("key") == "train/loss")["value"].to_list())
+    # All summary records are decoded (the `["_wandb", "runtime"]` ones by protobuf).
+    assert not [r for r in decoded.slow_records.tolist() if kinds[r] == "summary"]
+
+
+def test_sdk_run_end_to_end(sdk_log: Path) -> None:
+    fast, reference = read_with(sdk_log, fast=True), read_with(sdk_log, fast=False)
+    assert_same_log(fast, reference)
+    assert reference.summary["best/val loss"] == 0.125 and len(fast.history) > 0
+    assert math.isnan(fast.history.filter(pl.col("key") == "train/loss", pl.col("step") == 3)["value"].item())
+    # The reader's own threshold: this log's history and summary records are too few for numpy.
+    assert_same_log(read_with(sdk_log, fast=False, threshold=wandb_log.FASTPATH_MIN_BYTES), reference)
+
+
+def corpora_logs(corpora_dir: Path) -> list[Path]:
+    logs = sorted(corpora_dir.rglob("run-*.wandb"))
+    if not logs:
+        pytest.skip("no .wandb files in the corpora")
+    return logs
+
+
+@pytest.mark.corpora
+def test_corpora_record_by_record_and_end_to_end(corpora_dir: Path) -> None:
+    """Every corpus `.wandb` file reads the same with the fast path on every batch, with the
+    reader's own threshold and with protobuf alone: history, summary fold, config, issues."""
+    versions: dict[str, int] = {}
+    layouts = {"key": 0, "nested_key": 0}
+    logs = corpora_logs(corpora_dir)
+    for path in logs:
+        payloads = [p for p, _ in framed(path)]
+        decoded = fp.decode_records(*spans(payloads), min_active=1)  # as much fast path as possible
+        check_against_oracle(payloads, decoded)
+        reference = read_with(path, fast=False)
+        assert_same_log(read_with(path, fast=True), reference)
+        assert_same_log(read_with(path, fast=False, threshold=wandb_log.FASTPATH_MIN_BYTES), reference)
+        versions[reference.sdk_version or "?"] = versions.get(reference.sdk_version or "?", 0) + len(decoded.history.records)
+        if len(decoded.history.records):
+            first = wandb_pb.Record.FromString(payloads[int(decoded.history.records[0])]).history.item[0]
+            layouts["nested_key" if len(first.nested_key) else "key"] += 1
+    assert len(logs) == 126
+    # Rows were decoded by the fast path from both key layouts and from old and new writers.
+    assert layouts["key"] > 0 and layouts["nested_key"] > 0
+    assert any(v.startswith("0.13") for v in versions) and any(v.startswith("0.26") for v in versions)
+    assert sum(versions.values()) > 40_000
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_truncated_and_torn_files_read_the_same(sdk_log: Path, data: st.DataObject) -> None:
+    """A log cut anywhere (a live run, a killed writer), with bytes flipped (a torn write: CRC
+    mismatches, broken records), read whole or as it grows: both paths agree."""
+    raw = bytearray(sdk_log.read_bytes())
+    raw = raw[: data.draw(st.integers(0, len(raw)), label="cut")]
+    for _ in range(data.draw(st.integers(0, 3), label="flips")):
+        if raw:
+            raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+    feeds = data.draw(st.integers(1, 3), label="feeds")
+    reference = read_with(bytes(raw), fast=False)
+    assert_same_log(read_with(bytes(raw), fast=True, feeds=feeds), read_with(bytes(raw), fast=False, feeds=feeds))
+    if feeds == 1:
+        assert_same_log(read_with(bytes(raw), fast=True), reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# Contract details
+# ---------------------------------------------------------------------------------------------
+
+
+def history_record(items: list[tuple[str | list[str], str]], step: int | None = None, **extra: Any) -> bytes:
+    record = wandb_pb.Record()
+    record.history.SetInParent()
+    for name, value in items:
+        item = record.history.item.add(value_json=value)
+        if isinstance(name, list):
+            item.nested_key.extend(name)
+        else:
+            item.key = name
+    if step is not None:
+        record.history.step.num = step
+    for name, value in extra.items():
+        setattr(record, name, value)
+    return record.SerializeToString()
+
+
+def summary_record(updates: list[tuple[str | list[str], str]], removes: list[str] = ()) -> bytes:
+    record = wandb_pb.Record()
+    for name, value in updates:
+        item = record.summary.update.add(value_json=value)
+        if isinstance(name, list):
+            item.nested_key.extend(name)
+        else:
+            item.key = name
+    for name in removes:
+        record.summary.remove.add(key=name)
+    return record.SerializeToString()
+
+
+def test_steps_bookkeeping_and_missing_step_fields() -> None:
+    payloads = [
+        history_record([("_step", "5"), ("_runtime", "1.5"), ("_timestamp", "1.7e9"), ("a", "1")], step=5),
+        history_record([("a", "2"), ("_step", "6.0")]),  # no step field (Composer runs)
+        history_record([("a", "3")], step=0),  # step.num == 0: an empty `step` message
+        history_record([("a", "4")]),  # neither: a missing_step row
+        history_record([]),  # no items at all
+        history_record([("a", "5"), ("_step", "7"), ("_step", "8")], step=9),  # the first `_step` counts
+    ]
+    decoded = fp.decode_records(*spans(payloads), min_active=1)
+    check_against_oracle(payloads, decoded)
+    assert decoded.history.records.tolist() == [0, 1, 2, 3, 4, 5]
+    assert decoded.history.has_step_num.tolist() == [True, False, True, False, False, True]
+    fast, reference = read_with(log_bytes(payloads), fast=True), read_with(log_bytes(payloads), fast=False)
+    assert_same_log(fast, reference)
+    assert fast.history.select("step", "value", "runtime").rows() == [(0, 3.0, None), (5, 1.0, 1.5), (6, 2.0, None), (7, 5.0, None)]
+    assert [i.kind for i in fast.issues] == ["missing_step", "missing_step", "step_regression"]
+
+
+def test_what_is_refused() -> None:
+    payloads = [
+        history_record([("a", "1")], step=1),  # plain
+        history_record([(["h", "_type"], '"histogram"'), ("a", "1")], step=2),  # split histogram
+        history_record([("a", "1")], step=3, num=7),  # Record.num: fine
+        history_record([("", "1")], step=4),  # empty key: proto3 omits it
+        history_record([("a", "")], step=5),  # empty value
+        history_record([("a", "1")], step=6)[:-1],  # truncated
+        summary_record([("a", "1")], removes=["b"]),  # a remove
+        summary_record([(["_wandb", "runtime"], "3"), ("_runtime", "3")]),  # parsed, not refused
+        b"\x12\x05\x0a\x03\x0a\x01\xff",  # history item key not UTF-8
+        b"",  # an empty Record
+    ]
+    decoded = fp.decode_records(*spans(payloads), min_active=1)
+    check_against_oracle(payloads, decoded)
+    assert decoded.history.records.tolist() == [0, 2]
+    assert decoded.slow_records.tolist() == [1, 3, 4, 5, 6, 8, 9]
+    assert [r for r, _ in decoded.summary.parsed] == [7, 7]
+    assert decoded.kinds.tolist()[:3] == [fp.KIND_HISTORY] * 3 and decoded.kinds[9] == fp.KIND_OTHER
+
+
+def test_wide_records_are_decoded_by_their_item_chains() -> None:
+    wide = history_record([(f"k{i}", str(i)) for i in range(200)], step=1)
+    decoded = fp.decode_records(*spans([wide] * 3))
+    assert decoded.history.records.tolist() == [0, 1, 2] and decoded.slow_records.tolist() == []
+    assert decoded.history.row_counts.tolist() == [200, 200, 200]
+    check_against_oracle([wide] * 3, decoded)
+
+
+def test_summary_fold_order_with_slow_records_in_between() -> None:
+    payloads = [
+        summary_record([("a", "1"), ("b", "1")]),
+        summary_record([(["_wandb", "runtime"], "1"), ("a", "2")]),
+        summary_record([("c", "1")], removes=["a"]),  # slow: removes `a`
+        summary_record([("a", "3"), ("d", "1")]),
+        history_record([("x", "1")], step=1),
+        summary_record([("b", "2")]),
+    ]
+    decoded = fp.decode_records(*spans(payloads), min_active=1)
+    assert decoded.slow_records.tolist() == [2]
+    flat: dict = {}
+    reference = WandbLogReader("reference")
+    for payload in payloads:
+        reference._decode(payload, 0)
+    slow_calls: list[int] = []
+
+    def slow(record: int) -> None:
+        slow_calls.append(record)
+        reader = WandbLogReader("slow")
+        reader._summary = flat
+        reader._decode(payloads[record], 0)
+
+    decoded.replay(flat, slow)
+    assert slow_calls == [2]
+    assert [(k, v if isinstance(v, str) else v.decode()) for k, v in flat.items()] == [
+        (k, v if isinstance(v, str) else v.decode()) for k, v in reference._summary.items()
+    ]
+
+
+def test_merge_history_puts_slow_rows_in_record_order() -> None:
+    payloads = [
+        history_record([("a", "1"), ("_step", "1")], step=1),
+        history_record([(["h", "_type"], '"histogram"'), ("a", "2"), ("_step", "2")], step=2),
+        history_record([("a", "3"), ("_step", "3")], step=3),
+    ]
+    decoded = fp.decode_records(*spans(payloads), min_active=1)
+    assert decoded.slow_records.tolist() == [1]
+    slow = fp.HistoryBatch.from_rows([(1, [b"h", b"a", b"_step"], [b"{}", b"2", b"2"], 2)])
+    merged = fp.merge_history(decoded.history, slow)
+    assert merged.records.tolist() == [0, 1, 2] and merged.row_counts.tolist() == [2, 3, 2]
+    assert merged.keys.to_list() == ["a", "_step", "h", "a", "_step", "a", "_step"]
+    assert merged.texts.to_list() == ["1", "1", "{}", "2", "2", "3", "3"]
+    assert merged.step_nums.tolist() == [1, 2, 3] and merged.names.n_unique() == len(merged.names) == 3
+
+
+def test_the_threshold_counts_history_and_summary_bytes_only() -> None:
+    """A log of many records but few history/summary bytes stays on protobuf: numpy's per-call
+    cost would make a small run slower."""
+    others = [wandb_pb.Record(stats=wandb_pb.StatsRecord(item=[wandb_pb.StatsItem(key="gpu", value_json="1" * 5000)])).SerializeToString()] * 300
+    history = history_record([("a", "1")], step=1)
+    payloads = others + [history] * 10
+    assert fp.plain_record_bytes(*spans(payloads)) == 10 * wandb_pb.Record.FromString(history).history.ByteSize()
+    decoded: list[int] = []
+
+    class Counting(WandbLogReader):
+        def _decode(self, payload: bytes | memoryview, offset: int) -> None:
+            decoded.append(offset)
+            super()._decode(payload, offset)
+
+    reader = Counting("memory")
+    reader.feed(log_bytes(payloads))  # 1.5 MB of records
+    assert len(decoded) == 310 and reader.result().history["value"].to_list() == [1.0]
+
+
+names = st.one_of(
+    st.sampled_from(["_step", "_runtime", "_timestamp", "loss", "a/b", "x y", "損失", "_wandb", "n"]),
+    st.text(min_size=0, max_size=150),  # empty names, long names (2-byte lengths), any characters
+)
+json_values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(lambda v: f"{v!r}".replace("inf", "Infinity").replace("nan", "NaN")),
+    st.integers(-(2**70), 2**70).map(str),
+    st.sampled_from(['"3"', "true", "null", '{"_type": "histogram", "bins": [1, 2]}', "[1, 2]", "1e400", "-0.0", "", "not json"]),
+    st.text(max_size=300).map(lambda t: '"' + t.replace("\\", "").replace('"', "") + '"'),  # long values: 2-byte lengths
+)
+items = st.lists(st.tuples(st.one_of(names, st.lists(names, min_size=1, max_size=3)), json_values), max_size=12)
+
+
+@st.composite
+def generated_records(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["history", "history", "summary", "summary", "config", "other"]))
+    if kind == "history":
+        return history_record(draw(items), step=draw(st.one_of(st.none(), st.integers(0, 2**40))))
+    if kind == "summary":
+        removes = draw(st.lists(names, max_size=2)) if draw(st.booleans()) else []
+        return summary_record(draw(items), removes=removes)
+    if kind == "config":
+        record = wandb_pb.Record()
+        for name, value in draw(items):
+            record.config.update.add(value_json=value).nested_key.extend(name if isinstance(name, list) else [name])
+        return record.SerializeToString()
+    return wandb_pb.Record(stats=wandb_pb.StatsRecord()).SerializeToString()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(generated_records(), min_size=1, max_size=40))
+def test_generated_records_read_the_same(payloads: list[bytes]) -> None:
+    """Random history, summary (incremental, with removes), config and other records in a log:
+    history, issues and the summary fold are the same with and without the fast path."""
+    data = log_bytes(payloads)
+    assert_same_log(read_with(data, fast=True), read_with(data, fast=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Random and damaged bytes
+# ---------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=1, max_size=40))
+def test_random_bytes_never_raise_nor_invent(payloads: list[bytes]) -> None:
+    decoded = fp.decode_records(*spans(payloads), min_active=1)
+    check_against_oracle(payloads, decoded)
+
+
+@pytest.fixture(scope="module")
+def real_payloads(sdk_log: Path) -> list[bytes]:
+    return [p for p, _ in framed(sdk_log)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_damaged_real_records_never_raise_nor_invent(real_payloads: list[bytes], data: st.DataObject) -> None:
+    rng = random.Random(data.draw(st.integers(0, 2**32 - 1)))
+    chosen = [real_payloads[i] for i in sorted(rng.sample(range(len(real_payloads)), k=min(30, len(real_payloads))))]
+    damaged = []
+    for payload in chosen:
+        payload = bytearray(payload)
+        action = rng.random()
+        if payload and action < 0.3:
+            payload = payload[: rng.randrange(len(payload))]  # truncated
+        elif payload and action < 0.7:
+            for _ in range(rng.randint(1, 3)):
+                payload[rng.randrange(len(payload))] = rng.randrange(256)  # flipped bytes
+        elif action < 0.85:
+            payload[rng.randrange(len(payload) + 1) : 0] = rng.randbytes(rng.randint(1, 4))  # inserted
+        damaged.append(bytes(payload))
+    decoded = fp.decode_records(*spans(damaged), min_active=1)
+    check_against_oracle(damaged, decoded)
+
+
+def test_spans_must_lie_in_the_buffer() -> None:
+    with pytest.raises(ValueError):
+        fp.decode_records(b"abc", [0], [4])
+    empty = fp.decode_records(b"", [], [])
+    assert len(empty.history.records) == 0 and empty.slow_records.tolist() == []
