@@ -4,6 +4,8 @@ Writes a store of real `.wandb` files with the wandb SDK (offline; cached in `--
 plus the same values as JSON-lines files, then reads them with `LocalWandbSource` / `JsonlSource`
 one run at a time, as the pipeline does. Each measurement runs in a fresh child process so its
 peak RSS (`ru_maxrss`) is its own. Reading is single-process: per-core rate = values / CPU seconds.
+The child reads as the catalog's parse workers do (allocator tuned by `reuse_freed_memory`); the
+"plain process" rows read with the allocator untouched, as a sync in the asset's own process does.
 
     python bench/ingest_speed.py --values 10000000 --out bench/results/ingest.json
 """
@@ -65,8 +67,12 @@ def write_jsonl_store(root: Path, runs: int, steps: int, keys: int) -> None:
         tmp.rename(path)
 
 
-def _measure(kind: str, root: str, limit: int | None, queue: multiprocessing.Queue) -> None:
+def _measure(kind: str, root: str, limit: int | None, as_parse_worker: bool, queue: multiprocessing.Queue) -> None:
     """Child process: read `limit` runs (all when None) one at a time; report rate and peak RSS."""
+    if as_parse_worker:
+        from altgrad_pipeline.ingest.parse_process import reuse_freed_memory
+
+        reuse_freed_memory()
     if kind == "wandb":
         from altgrad_pipeline.ingest.wandb_local import LocalWandbSource as Source
     else:
@@ -95,10 +101,10 @@ def _measure(kind: str, root: str, limit: int | None, queue: multiprocessing.Que
     })
 
 
-def measure(kind: str, root: Path, limit: int | None) -> dict:
+def measure(kind: str, root: Path, limit: int | None, *, as_parse_worker: bool = True) -> dict:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_measure, args=(kind, str(root), limit, queue))
+    child = ctx.Process(target=_measure, args=(kind, str(root), limit, as_parse_worker, queue))
     child.start()
     result = queue.get()
     child.join()
@@ -126,7 +132,11 @@ def main() -> None:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "note": "reading is single-process, one run at a time; per-core rate = values / CPU seconds of the reader",
         "goal_values_per_s_per_core": GOAL_VALUES_PER_S_PER_CORE,
-        "wandb": {"one_run": measure("wandb", store / "wandb_runs", 1), "all_runs": measure("wandb", store / "wandb_runs", None)},
+        "wandb": {
+            "one_run": measure("wandb", store / "wandb_runs", 1),
+            "all_runs": measure("wandb", store / "wandb_runs", None),
+            "all_runs_plain_process": measure("wandb", store / "wandb_runs", None, as_parse_worker=False),
+        },
     }
     if args.skip_jsonl:
         results["jsonl"] = "skipped (--skip-jsonl)"
@@ -139,11 +149,17 @@ def main() -> None:
             "newest_file_age_s": round(time.time() - newest_write),
             "one_run": measure("jsonl", store / "jsonl_runs", 1),
             "all_runs": measure("jsonl", store / "jsonl_runs", None),
+            "all_runs_plain_process": measure("jsonl", store / "jsonl_runs", None, as_parse_worker=False),
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     json.dump(results, sys.stdout, indent=2)
     print()
+    for kind in ("wandb", "jsonl"):
+        for name, row in results[kind].items() if isinstance(results[kind], dict) else ():
+            if isinstance(row, dict):
+                print(f"{kind:6s} {name:24s} {row['values']:>11,} values  {row['values_per_cpu_s']:>10,} values/CPU-s  peak {row['peak_rss_mb']} MB")
+    print(f"goal: {GOAL_VALUES_PER_S_PER_CORE:,} values/CPU-s for .wandb")
 
 
 if __name__ == "__main__":

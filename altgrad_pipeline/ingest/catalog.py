@@ -43,6 +43,7 @@ import polars as pl
 
 from altgrad_pipeline.ingest.listing import shared_walks, store_digest
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator, RunSource, issues_frame
+from altgrad_pipeline.ingest.parse_process import reuse_freed_memory
 from altgrad_pipeline.ingest.tables import StudyRules, state_expr, history_with_run_id, raw_runs_frame, run_row
 
 try:
@@ -481,8 +482,10 @@ def _can_send(source: RunSource) -> bool:
 
 
 def _start_worker(cache_dir: Path, sources: list[RunSource | None], rules: StudyRules) -> None:
-    """A pool worker's catalog; `sources` keeps the parent's order, None where a source stays there."""
+    """A pool worker's catalog; `sources` keeps the parent's order, None where a source stays there.
+    The worker only parses, so its allocator keeps freed buffers for the next run."""
     global _WORKER_CATALOG
+    reuse_freed_memory()
     _WORKER_CATALOG = RunCatalog(cache_dir, sources, rules)  # type: ignore[arg-type]
 
 
