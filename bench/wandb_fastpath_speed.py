@@ -28,6 +28,7 @@ PHASES = (
     (wandb_fastpath, "_binary", "decode: names/texts copied into Arrow arrays"),
     (wandb_fastpath.DecodedRecords, "replay", "summary fold (last value per key) + slow records"),
     (wandb_fastpath, "decode_records", "decode: all of it"),
+    (wandb_log, "_step_and_key_order", "table build: (step, key) order (grid placement, else radix sorts)"),
     (wandb_log.WandbLogReader, "_history_frame", "table build: steps, sort, de-duplication, columns"),
 )
 

@@ -271,6 +271,8 @@ class _ItemLists:
     start: np.ndarray
     end: np.ndarray
     others: _Fields
+    #: Each item's first two bytes (name tag, name length) as `_pairs` reads them.
+    name_header: np.ndarray
 
 
 def _item_lists(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, **walk: int) -> _ItemLists:
@@ -287,14 +289,16 @@ def _item_lists(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, **walk: in
     n = len(starts)
     chain_end = starts.astype(np.int64, copy=True)  # where the lockstep walk takes over
     empty = np.zeros(0, dtype=np.int64)
-    msg, item_start, item_end = empty, empty, empty
+    msg, item_start, item_end, name_header = empty, empty, empty, np.zeros(0, dtype=np.uint32)
     name_tags = np.frombuffer(b"".join(_NAME_TAGS), dtype=np.uint8)
     if n and len(_ITEM_TAG) == 1 and len(name_tags) == 2:
         order = np.argsort(starts, kind="stable")
         s_sorted, e_sorted = starts[order], ends[order]
         candidates = _tag_positions(u8, int(s_sorted[0]), int(ends.max()), _ITEM_TAG[0])
-        pairs = _pairs(u8)  # the buffer is padded (`PADDING`): reads past a candidate stay inside it
-        header = pairs[candidates + 1]  # the item's length (first byte) and the byte after it
+        # The buffer is padded (`PADDING`): reads past a candidate stay inside it. One gather: the
+        # tag, the item's length (first byte) and, after a one-byte length, its name's tag and length.
+        quad = _quads(u8)[candidates]
+        header = (quad >> 8) & 0xFFFF  # the item's length (first byte) and the byte after it
         two = header & 0x80 != 0
         # An item starts with its name's tag: this drops nearly every stray tag byte (a length of
         # 10 inside an item), which would otherwise break its message's chain.
@@ -302,7 +306,10 @@ def _item_lists(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, **walk: in
         if two.any():
             name_tag[two] = u8[candidates[two] + 3]
         plausible = (name_tag == name_tags[0]) | (name_tag == name_tags[1])
-        candidates, header, two = candidates[plausible], header[plausible], two[plausible]
+        candidates, header, two, quad = candidates[plausible], header[plausible], two[plausible], quad[plausible]
+        first_two = quad >> 16
+        if two.any():
+            first_two[two] = _pairs(u8)[candidates[two] + 3]
         following = candidates + 2 + (header & 0xFF)
         if two.any():
             l0, l1 = (header[two] & 0x7F).astype(np.int64), (header[two] >> 8).astype(np.int64)
@@ -321,10 +328,13 @@ def _item_lists(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, **walk: in
             last[chained & ((tail < 0) | (tail > e_sorted))] -= 1
             counts = np.maximum(last - lo + 1, 0)
             chain_end[order] = np.where(counts > 0, following[np.maximum(last, 0)], s_sorted)
-            members = np.repeat(lo, counts) + _ranks(counts)
             msg = np.repeat(order, counts)
-            item_start = candidates[members] + 2 + two[members]
-            item_end = following[members]
+            if counts.sum() == len(candidates):  # every candidate is an item: no gathers needed
+                item_start, item_end, name_header = candidates + 2 + two, following, first_two
+            else:
+                members = np.repeat(lo, counts) + _ranks(counts)
+                item_start = candidates[members] + 2 + two[members]
+                item_end, name_header = following[members], first_two[members]
     rest = np.flatnonzero(chain_end < ends)
     walked = _walk(u8, chain_end[rest], ends[rest], **walk)
     walked.msg = rest[walked.msg]
@@ -334,11 +344,12 @@ def _item_lists(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, **walk: in
     is_item = (walked.field == F_HISTORY_ITEM) & (walked.wire == WIRE_LEN)
     if is_item.any():  # items after a broken chain: put them in place
         msg, item_start, item_end = (np.concatenate([a, b[is_item]]) for a, b in ((msg, walked.msg), (item_start, walked.start), (item_end, walked.end)))
+        name_header = np.concatenate([name_header, _pairs(u8)[walked.start[is_item]]])
         by_start = np.argsort(item_start, kind="stable")
-        msg, item_start, item_end = msg[by_start], item_start[by_start], item_end[by_start]
+        msg, item_start, item_end, name_header = msg[by_start], item_start[by_start], item_end[by_start], name_header[by_start]
         keep = ~is_item
         walked = _Fields(walked.msg[keep], walked.field[keep], walked.wire[keep], walked.start[keep], walked.end[keep], walked.value[keep], refused)
-    return _ItemLists(msg, item_start, item_end, walked)
+    return _ItemLists(msg, item_start, item_end, walked, name_header)
 
 
 def _count(fields: _Fields, mask: np.ndarray, n: int) -> np.ndarray:
@@ -371,6 +382,11 @@ def _pairs(u8: np.ndarray) -> np.ndarray:
     """Every byte position's (byte, next byte) as one little-endian uint16: a view, no copy. One
     gather from it reads two bytes of a field header."""
     return np.ndarray((max(len(u8) - 1, 0),), dtype="<u2", buffer=u8, strides=(1,))
+
+
+def _quads(u8: np.ndarray) -> np.ndarray:
+    """Every byte position's next four bytes as one little-endian uint32: a view, like `_pairs`."""
+    return np.ndarray((max(len(u8) - 3, 0),), dtype="<u4", buffer=u8, strides=(1,))
 
 
 def _top_level(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -432,25 +448,26 @@ for _tag in _NAME_TAGS:
         _NAME_HEADER[_tag[0] | (np.arange(0x80) << 8)] = True
 
 
-def _items(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, **walk: int) -> tuple[np.ndarray, ...]:
+def _items(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, name_header: np.ndarray | None = None, **walk: int) -> tuple[np.ndarray, ...]:
     """Items (`HistoryItem`/`SummaryItem`) in the plain shape: one name (`key` or a one-element
     `nested_key`) and one `value_json`. Returns ok per item, the name and value spans, and
-    whether the name is a `nested_key`.
+    whether the name is a `nested_key`. `name_header`: each item's first two bytes, when known.
 
     Items as the SDK writes them (name, then value; a name under 128 bytes, a value under 16 KiB)
-    are matched against that template with three two-byte gathers per item; the others are
+    are matched against that template with a two-byte and a four-byte gather per item; the others are
     tokenised with the general lockstep walk."""
     n = len(starts)
     if n == 0 or len(_VALUE_TAG) != 2 or len(_NAME_TAGS[0]) != 1 or len(_NAME_TAGS[1]) != 1:
         return _items_general(u8, starts, ends, **walk)
 
-    pairs = _pairs(u8)  # the buffer is padded (`PADDING`): every read below stays inside it
-    name_header = pairs[starts]
+    # The buffer is padded (`PADDING`): every read below stays inside it.
+    name_header = _pairs(u8)[starts] if name_header is None else name_header
     ok = _NAME_HEADER[name_header]
     name_start = starts + 2
     name_end = name_start + (name_header >> 8)
-    ok &= pairs[name_end] == int.from_bytes(_VALUE_TAG, "little")
-    value_header = pairs[name_end + 2]
+    value_field = _quads(u8)[name_end]  # the value's tag and (up to) two length bytes in one gather
+    ok &= (value_field & 0xFFFF) == int.from_bytes(_VALUE_TAG, "little")
+    value_header = value_field >> 16
     value_start = name_end + 3
     two = (value_header & 0x80) != 0
     if two.any():  # values of 128 bytes or more: a two-byte length
@@ -669,6 +686,19 @@ class SummaryBatch:
         return [(key, entry[2]) for key, entry in sorted(found.items(), key=lambda item: item[1][0])]
 
 
+_NUM_TAG = _tag_bytes(_RECORD["num"].number, WIRE_VARINT)
+
+
+def _without_record_number(payload: bytes) -> bytes:
+    """The payload without a leading `Record.num` of at most 9 bytes (valid for every parser), so
+    records differing only in their number compare equal; any other payload as it is."""
+    if payload.startswith(_NUM_TAG):
+        for end in range(len(_NUM_TAG), min(len(payload), len(_NUM_TAG) + 9)):
+            if payload[end] < 0x80:
+                return payload[end + 1 :]
+    return payload
+
+
 def _parsed_summary(payload: bytes) -> list[SummaryEntry] | None:
     """A summary record's updates as `WandbLogReader._fold_items` folds them (one-element name
     as bytes, a path as a tuple of str, the value as str), or None when protobuf rejects the
@@ -772,12 +802,14 @@ def decode_records(
         step_num[step_msg[sf.msg[is_num]]] = sf.value[is_num].view(np.int64)
     # Items of both kinds in one pass (message-major, so in record then write order).
     item_msg = lists.msg
-    i_ok, name_start, name_end, value_start, value_end, nested_name = _items(u8, lists.start, lists.end, **walk)
+    i_ok, name_start, name_end, value_start, value_end, nested_name = _items(u8, lists.start, lists.end, lists.name_header, **walk)
     # A record mixing `key` and `nested_key` items is one the reader decodes item by item with
     # a full protobuf parse (its view cannot pair names and values by position): not plain.
     n_msgs = nh + ns
-    mixed = (np.bincount(item_msg[i_ok & nested_name], minlength=n_msgs) > 0) & (np.bincount(item_msg[i_ok & ~nested_name], minlength=n_msgs) > 0)
-    i_ok &= ~mixed[item_msg]
+    nested_ok = i_ok & nested_name
+    if nested_ok.any() and (nested_ok != i_ok).any():  # both kinds of name occur: look per record
+        mixed = (np.bincount(item_msg[nested_ok], minlength=n_msgs) > 0) & (np.bincount(item_msg[i_ok & ~nested_name], minlength=n_msgs) > 0)
+        i_ok &= ~mixed[item_msg]
     # Summary records whose only oddity is item names of several elements: parsed with protobuf
     # (rare records), so they need not be left to the caller, which would flush the fold.
     parsed_msgs = np.flatnonzero(np.bincount(item_msg[~i_ok & (item_msg >= nh) & msg_ok[item_msg]], minlength=n_msgs))
@@ -805,9 +837,15 @@ def decode_records(
         texts=texts,
     )
     parsed: list[tuple[int, SummaryEntry]] = []
+    # wandb-core writes the same runtime summary record many times, numbered differently.
+    parsed_alike: dict[bytes, list[SummaryEntry] | None] = {}
     for msg in parsed_msgs.tolist():
         record = int(msg_rec[msg])
-        entries = _parsed_summary(bytes(u8[starts[record] : ends[record]]))
+        payload = bytes(u8[starts[record] : ends[record]])
+        alike = _without_record_number(payload)
+        if alike not in parsed_alike:
+            parsed_alike[alike] = _parsed_summary(payload)
+        entries = parsed_alike[alike]
         if entries is not None:
             msg_ok[msg] = True
             parsed.extend((record, entry) for entry in entries)
