@@ -28,6 +28,7 @@ from wandb.proto import wandb_internal_pb2 as wandb_pb
 from altgrad_pipeline.ingest import wandb_fastpath as fp
 from altgrad_pipeline.ingest import wandb_log
 from altgrad_pipeline.ingest.wandb_log import BLOCK_SIZE, LOG_HEADER, WandbLog, WandbLogReader
+from altgrad_pipeline_tests.conftest import offline_wandb_env
 
 KEYS = ("train/loss", "val loss", "grad.norm", "lr", "layer.0/attn.q", "損失/学習", "émoji 🚀/x")
 
@@ -168,15 +169,7 @@ def value_of(key: str, step: int) -> object:
 def sdk_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("fastpath-sdk")
     with pytest.MonkeyPatch.context() as env:
-        for name, value in {
-            "WANDB_MODE": "offline",
-            "WANDB_SILENT": "true",
-            "WANDB_CONSOLE": "off",
-            "WANDB_DISABLE_GIT": "true",
-            "WANDB_CONFIG_DIR": str(base / "config"),
-            "WANDB_CACHE_DIR": str(base / "cache"),
-        }.items():
-            env.setenv(name, value)
+        offline_wandb_env(env, base)
         import wandb
 
         run = wandb.init(mode="offline", dir=base, project="altgrad-test", config={"lr": 1e-3})
@@ -292,15 +285,19 @@ def test_truncated_and_torn_files_read_the_same(sdk_log: Path, data: st.DataObje
 # ---------------------------------------------------------------------------------------------
 
 
+def _name(item: Any, name: str | list[str]) -> None:
+    """SDK <= 0.16 names an item by `key`, >= 0.19 by a `nested_key` list."""
+    if isinstance(name, list):
+        item.nested_key.extend(name)
+    else:
+        item.key = name
+
+
 def history_record(items: list[tuple[str | list[str], str]], step: int | None = None, **extra: Any) -> bytes:
     record = wandb_pb.Record()
     record.history.SetInParent()
     for name, value in items:
-        item = record.history.item.add(value_json=value)
-        if isinstance(name, list):
-            item.nested_key.extend(name)
-        else:
-            item.key = name
+        _name(record.history.item.add(value_json=value), name)
     if step is not None:
         record.history.step.num = step
     for name, value in extra.items():
@@ -311,11 +308,7 @@ def history_record(items: list[tuple[str | list[str], str]], step: int | None = 
 def summary_record(updates: list[tuple[str | list[str], str]], removes: list[str] = ()) -> bytes:
     record = wandb_pb.Record()
     for name, value in updates:
-        item = record.summary.update.add(value_json=value)
-        if isinstance(name, list):
-            item.nested_key.extend(name)
-        else:
-            item.key = name
+        _name(record.summary.update.add(value_json=value), name)
     for name in removes:
         record.summary.remove.add(key=name)
     return record.SerializeToString()
