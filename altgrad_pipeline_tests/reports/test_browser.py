@@ -93,16 +93,16 @@ def page(webserver):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         context = browser.new_context(viewport={"width": 1600, "height": 1000})
-        yield context.new_page()
+        page = context.new_page()
+        # The one-time "Join the Dagster community" dialog can open at any moment of the first visit
+        # and cover what a test clicks: Playwright dismisses it whenever it shows, before any action.
+        page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
+        yield page
         browser.close()
 
 
 def _open(page, url: str) -> None:
-    """Open a UI page and dismiss the one-time community dialog if it shows up."""
     page.goto(url, wait_until="networkidle")
-    skip = page.get_by_role("button", name="Skip")
-    if skip.count():
-        skip.click()
 
 
 @pytest.mark.parametrize(
