@@ -9,7 +9,7 @@ import polars as pl
 from altgrad_pipeline.automation.conditions import analysis_automation_condition
 from altgrad_pipeline.dynamics import sweeps, training
 from altgrad_pipeline.reports import dynamics_documents
-from altgrad_pipeline.reports.assets import REPORTS_GROUP, _result
+from altgrad_pipeline.reports.assets import report_asset, report_result
 from altgrad_pipeline.resources import ReportFiles
 from altgrad_pipeline.ui import counts, preview, table_schema
 
@@ -78,27 +78,21 @@ def sweep_summary(config: SweepSummaryConfig, raw_runs: pl.LazyFrame, run_histor
     )
 
 
-@dg.asset(
-    group_name=REPORTS_GROUP,
-    description="Report `training_dynamics.md`: selected learning-curve model per run and metric with parameters, "
-    "knee, plateau, residual spectrum, and fits drawn over the data with residuals.",
-    automation_condition=analysis_automation_condition(),
-    kinds={"markdown", "matplotlib"},
+@report_asset(
+    "Report `training_dynamics.md`: selected learning-curve model per run and metric with parameters, "
+    "knee, plateau, residual spectrum, and fits drawn over the data with residuals."
 )
 def training_dynamics_report(
     training_dynamics: pl.DataFrame, raw_runs: pl.DataFrame, run_histories: pl.LazyFrame, report_files: ReportFiles
 ) -> dg.MaterializeResult:
-    return _result(dynamics_documents.write_training_dynamics_report(training_dynamics, raw_runs, run_histories, report_files.reports_dir))
+    return report_result(dynamics_documents.write_training_dynamics_report(training_dynamics, raw_runs, run_histories, report_files.reports_dir))
 
 
-@dg.asset(
-    group_name=REPORTS_GROUP,
-    description="Report `sweep_summary.md`: varying hyperparameters per project, final metrics per setting with "
-    "n, completeness and bootstrap CIs, grouped curves with CI bands.",
-    automation_condition=analysis_automation_condition(),
-    kinds={"markdown", "matplotlib"},
+@report_asset(
+    "Report `sweep_summary.md`: varying hyperparameters per project, final metrics per setting with "
+    "n, completeness and bootstrap CIs, grouped curves with CI bands."
 )
 def sweep_summary_report(
     sweep_summary: pl.DataFrame, raw_runs: pl.DataFrame, run_histories: pl.LazyFrame, report_files: ReportFiles
 ) -> dg.MaterializeResult:
-    return _result(dynamics_documents.write_sweep_summary_report(sweep_summary, raw_runs, run_histories, report_files.reports_dir))
+    return report_result(dynamics_documents.write_sweep_summary_report(sweep_summary, raw_runs, run_histories, report_files.reports_dir))

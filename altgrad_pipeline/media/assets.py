@@ -10,7 +10,6 @@ import dagster as dg
 import polars as pl
 
 from altgrad_pipeline import settings
-from altgrad_pipeline.automation.conditions import analysis_automation_condition
 from altgrad_pipeline.ingest import wandb_media_api
 from altgrad_pipeline.ingest.catalog import CatalogEntry
 from altgrad_pipeline.ingest.model import ISSUE_SCHEMA, issues_frame
@@ -18,7 +17,7 @@ from altgrad_pipeline.media import store, summaries, tables, values
 from altgrad_pipeline.media.attention import AttentionShape
 from altgrad_pipeline.partition_tables import recipe, run_versions
 from altgrad_pipeline.partitions import fp8_format_partitions
-from altgrad_pipeline.reports.assets import MANIFEST_SCHEMA, REPORTS_GROUP, _result
+from altgrad_pipeline.reports.assets import report_asset, report_result
 from altgrad_pipeline.reports.media_documents import MediaReportOptions, write_media_report
 from altgrad_pipeline.resources import ReportFiles, RunStores
 from altgrad_pipeline.ui import counts, preview, table_schema
@@ -193,13 +192,9 @@ class MediaReportConfig(dg.Config):
     attention_matrix_column: str = AttentionShape.matrix_column
 
 
-@dg.asset(
-    group_name=REPORTS_GROUP,
-    description="Media report `media.md`: attention heads from W&B Tables (per head and heads as colour channels), "
-    "histograms over training (step × bin), KL divergence and validation loss coloured by differing config.",
-    automation_condition=analysis_automation_condition(),
-    metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA)},
-    kinds={"markdown", "matplotlib"},
+@report_asset(
+    "Media report `media.md`: attention heads from W&B Tables (per head and heads as colour channels), "
+    "histograms over training (step × bin), KL divergence and validation loss coloured by differing config."
 )
 def media_report(
     config: MediaReportConfig,
@@ -219,4 +214,4 @@ def media_report(
     )
     frames = [f if f.width else pl.DataFrame(schema=s) for f, s in (
         (run_media, values.RUN_MEDIA_SCHEMA), (media_tables, tables.MEDIA_TABLES_SCHEMA), (histograms, values.HISTOGRAMS_SCHEMA))]  # fmt: skip
-    return _result(write_media_report(*frames, run_histories, raw_runs, report_files.reports_dir, options=options))
+    return report_result(write_media_report(*frames, run_histories, raw_runs, report_files.reports_dir, options=options))

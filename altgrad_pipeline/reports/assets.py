@@ -59,7 +59,20 @@ def _thumbnail_markdown(figure: Path | None) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{figure.stem}](data:image/png;base64,{encoded})")
 
 
-def _result(result: documents.ReportResult) -> dg.MaterializeResult:
+def report_asset(description: str, *, kinds: tuple[str, ...] = ("markdown", "matplotlib")):
+    """The shape every report asset shares: the reports group, refreshed after the analysis by
+    automation, its one-row manifest's column schema in the UI."""
+    return dg.asset(
+        group_name=REPORTS_GROUP,
+        description=description,
+        automation_condition=analysis_automation_condition(),
+        metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA)},
+        kinds=set(kinds),
+    )
+
+
+def report_result(result: documents.ReportResult) -> dg.MaterializeResult:
+    """The manifest as the asset's value; path, HTML, figure count and main figure for the UI."""
     return dg.MaterializeResult(
         value=_manifest(result),
         metadata={
@@ -71,29 +84,21 @@ def _result(result: documents.ReportResult) -> dg.MaterializeResult:
     )
 
 
-@dg.asset(
-    group_name=REPORTS_GROUP,
-    description="ANAL-01 report `format_comparison.md`: sweet spot overall and per layer type, ranking tables "
-    "with n, completion rates, improvement over BF16, loss curves with CI bands, format × layer-type heatmap.",
-    automation_condition=analysis_automation_condition(),
-    metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA)},
-    kinds={"markdown", "matplotlib"},
+@report_asset(
+    "ANAL-01 report `format_comparison.md`: sweet spot overall and per layer type, ranking tables "
+    "with n, completion rates, improvement over BF16, loss curves with CI bands, format × layer-type heatmap."
 )
 def format_comparison_report(
     format_rankings: pl.DataFrame, raw_runs: pl.DataFrame, run_histories: pl.LazyFrame, report_files: ReportFiles
 ) -> dg.MaterializeResult:
-    return _result(
+    return report_result(
         documents.write_format_comparison_report(format_rankings, raw_runs, run_histories, report_files.reports_dir)
     )
 
 
-@dg.asset(
-    group_name=REPORTS_GROUP,
-    description="ANAL-02 report `failure_modes.md`: every failed run with mode, failure step, last finite loss and "
-    "evidence; per failing format the metric traces before collapse beside a successful format.",
-    automation_condition=analysis_automation_condition(),
-    metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA)},
-    kinds={"markdown", "matplotlib"},
+@report_asset(
+    "ANAL-02 report `failure_modes.md`: every failed run with mode, failure step, last finite loss and "
+    "evidence; per failing format the metric traces before collapse beside a successful format."
 )
 def failure_modes_report(
     failure_modes: pl.DataFrame,
@@ -102,18 +107,14 @@ def failure_modes_report(
     layer_metrics: pl.LazyFrame,
     report_files: ReportFiles,
 ) -> dg.MaterializeResult:
-    return _result(
+    return report_result(
         documents.write_failure_modes_report(failure_modes, raw_runs, run_histories, layer_metrics, report_files.reports_dir)
     )
 
 
-@dg.asset(
-    group_name=REPORTS_GROUP,
-    description="ANAL-03 report `manifold_comparison.md`: ManifoldAdamW − AdamW per format and metric with CI, "
-    "method and n, a paired-seed plot, and 'observed' wording where n is low.",
-    automation_condition=analysis_automation_condition(),
-    metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA)},
-    kinds={"markdown", "matplotlib"},
+@report_asset(
+    "ANAL-03 report `manifold_comparison.md`: ManifoldAdamW − AdamW per format and metric with CI, "
+    "method and n, a paired-seed plot, and 'observed' wording where n is low."
 )
 def manifold_comparison_report(
     manifold_stats: pl.DataFrame,
@@ -124,17 +125,14 @@ def manifold_comparison_report(
     report_files: ReportFiles,
 ) -> dg.MaterializeResult:
     per_run = manifold.per_run_metrics(raw_runs, run_histories, run_outcomes, run_summaries)
-    return _result(
+    return report_result(
         documents.write_manifold_comparison_report(manifold_stats, per_run, raw_runs, report_files.reports_dir)
     )
 
 
-@dg.asset(
-    group_name=REPORTS_GROUP,
-    description="`reports/index.md` (and .html): links to every report with the build time and the runs they were built from.",
-    automation_condition=analysis_automation_condition(),
-    metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA)},
-    kinds={"markdown"},
+@report_asset(
+    "`reports/index.md` (and .html): links to every report with the build time and the runs they were built from.",
+    kinds=("markdown",),
 )
 def reports_index(
     format_comparison_report: pl.DataFrame,
@@ -160,4 +158,4 @@ def reports_index(
         documents.ReportEntry(title, Path(path), description)
         for title, path, description in manifests.select("title", "path", "description").rows()
     ]
-    return _result(documents.write_index(entries, raw_runs, report_files.reports_dir))
+    return report_result(documents.write_index(entries, raw_runs, report_files.reports_dir))
