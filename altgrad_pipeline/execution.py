@@ -14,7 +14,10 @@ for `altgrad-pipeline refresh` (the code location's own jobs serve the daemon an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import dagster as dg
+import sqlalchemy.exc
 from dagster._core.definitions.reconstruct import ReconstructableJob
 
 from altgrad_pipeline import settings
@@ -65,3 +68,19 @@ def runs_in_parallel(choice: settings.ExecutorChoice) -> bool:
     give every worker something to do; in-process and multiprocess runs share this machine's cores
     and run one after another."""
     return choice.name == "celery"
+
+
+def create_pools(instance: dg.DagsterInstance, pools: Iterable[str]) -> None:
+    """Give each pool its default-limit row before runs start. Dagster creates it when a step first
+    claims the pool, and on PostgreSQL steps of runs starting together race to insert it: the loser
+    fails with a UniqueViolation or an aborted transaction (dagster 1.13.27). Here a lost race is
+    harmless: the row exists either way."""
+    storage = instance.event_log_storage
+    if instance.global_op_concurrency_default_limit is None or not storage.supports_global_concurrency_limits:
+        return
+    for pool in set(pools) - set(storage.get_concurrency_keys()):
+        try:
+            storage.initialize_concurrency_limit_to_default(pool)
+        except sqlalchemy.exc.DBAPIError:
+            if pool not in storage.get_concurrency_keys():
+                raise

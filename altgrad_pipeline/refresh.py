@@ -141,6 +141,7 @@ def refresh(
             outcome = _run(instance, job, _asset_keys(partitioned), fmt)
             _record(report, fmt, outcome, echo, instance)
     if parallel:
+        execution.create_pools(instance, [settings.WANDB_API_POOL])
         for fmt, outcome in _run_partitions_in_parallel(instance, runs, data_dir, _asset_keys(partitioned), todo):
             _record(report, fmt, outcome, echo, instance)
     never_built = any(instance.get_latest_materialization_event(k) is None for k in _asset_keys(unpartitioned))

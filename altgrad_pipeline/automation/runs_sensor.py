@@ -15,6 +15,7 @@ import os
 
 import dagster as dg
 
+from altgrad_pipeline import execution, settings
 from altgrad_pipeline.automation.finished_runs import WatchCursor, watch_tick
 from altgrad_pipeline.automation.targets import format_partitioned_keys, run_store_root_keys
 from altgrad_pipeline.ingest.catalog import RunCatalog
@@ -82,6 +83,7 @@ def finished_runs_sensor(context: dg.SensorEvaluationContext, run_stores: RunSto
     known = set(context.instance.get_dynamic_partitions(fp8_format_partitions.name))
     new_formats = [fmt for fmt in outcome.refresh if fmt not in known]
     context.log.info(f"refreshing formats {sorted(outcome.refresh)}; new: {new_formats}")
+    execution.create_pools(context.instance, [settings.WANDB_API_POOL])
     return dg.SensorResult(
         run_requests=_requests(context.repository_def, outcome.refresh),
         dynamic_partitions_requests=[fp8_format_partitions.build_add_request(new_formats)] if new_formats else [],

@@ -151,3 +151,15 @@ def test_a_parallel_sync_stores_what_a_serial_one_does(tmp_path):
         assert_frame_equal(parallel.raw_runs(two.for_format(fmt)), serial.raw_runs(one.for_format(fmt)))
         assert_frame_equal(parallel.histories(two.for_format(fmt)).collect(), serial.histories(one.for_format(fmt)).collect())
     assert parallel.sync().reread == []  # the index the parent merged is complete
+
+
+def test_pools_get_their_default_limit_before_runs_start_and_only_once():
+    with dg.instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 2}}}) as instance:
+        execution.create_pools(instance, [settings.WANDB_API_POOL])
+        assert instance.event_log_storage.get_concurrency_info(settings.WANDB_API_POOL).slot_count == 2
+        instance.event_log_storage.set_concurrency_slots(settings.WANDB_API_POOL, 5)  # set apart by a user
+        execution.create_pools(instance, [settings.WANDB_API_POOL])
+        assert instance.event_log_storage.get_concurrency_info(settings.WANDB_API_POOL).slot_count == 5
+    with dg.instance_for_test() as instance:  # no default limit: pools stay unlimited, no row
+        execution.create_pools(instance, [settings.WANDB_API_POOL])
+        assert settings.WANDB_API_POOL not in instance.event_log_storage.get_concurrency_keys()
