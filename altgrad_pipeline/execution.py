@@ -14,6 +14,7 @@ for `altgrad-pipeline refresh` (the code location's own jobs serve the daemon an
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import dagster as dg
@@ -32,11 +33,15 @@ def executor_for(choice: settings.ExecutorChoice) -> dg.ExecutorDefinition:
         return dg.multiprocess_executor.configured(MULTIPROCESS_CONFIG, name="multiprocess")
     if choice.name == "celery":
         try:
+            from celery.exceptions import DuplicateTaskNameWarning
             from dagster_celery import celery_executor
         except ImportError as exc:
             raise ImportError(
                 f"{settings.EXECUTOR_ENV}=celery needs the scale extra: pip install 'altgrad-pipeline[scale]'"
             ) from exc
+        # dagster-celery 0.29 registers its one task again for every step it submits; Celery 5.7
+        # warns each time, although every registration is the same `execute_plan`.
+        warnings.filterwarnings("ignore", message="Task name 'execute_plan'", category=DuplicateTaskNameWarning)
         return celery_executor.configured({"broker": choice.celery_broker, "backend": choice.celery_backend}, name="celery")
     return dg.in_process_executor
 

@@ -93,6 +93,13 @@ class ReportFiles(dg.ConfigurableResource):
         if self.is_remote:
             self.publish(since=self._started_at)
 
+    def location(self, path: Path) -> str:
+        """Where a user opens a report file: its published URL for an object-store data dir (the
+        local copy is a worker's staging folder), else its path."""
+        if not self.is_remote:
+            return str(path)
+        return f"{self.data_dir.rstrip('/')}/reports/{path.relative_to(self.reports_dir).as_posix()}"
+
     def publish(self, *, since: float = 0.0) -> list[str]:
         """Upload the report files modified at or after `since` (epoch seconds); returns their
         paths relative to the reports folder."""

@@ -85,7 +85,7 @@ def sweep_summary(config: SweepSummaryConfig, raw_runs: pl.LazyFrame, run_histor
 def training_dynamics_report(
     training_dynamics: pl.DataFrame, raw_runs: pl.DataFrame, run_histories: pl.LazyFrame, report_files: ReportFiles
 ) -> dg.MaterializeResult:
-    return report_result(dynamics_documents.write_training_dynamics_report(training_dynamics, raw_runs, run_histories, report_files.reports_dir))
+    return report_result(dynamics_documents.write_training_dynamics_report(training_dynamics, raw_runs, run_histories, report_files.reports_dir), report_files)
 
 
 @report_asset(
@@ -95,4 +95,4 @@ def training_dynamics_report(
 def sweep_summary_report(
     sweep_summary: pl.DataFrame, raw_runs: pl.DataFrame, run_histories: pl.LazyFrame, report_files: ReportFiles
 ) -> dg.MaterializeResult:
-    return report_result(dynamics_documents.write_sweep_summary_report(sweep_summary, raw_runs, run_histories, report_files.reports_dir))
+    return report_result(dynamics_documents.write_sweep_summary_report(sweep_summary, raw_runs, run_histories, report_files.reports_dir), report_files)

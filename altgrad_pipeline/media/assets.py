@@ -214,4 +214,4 @@ def media_report(
     )
     frames = [f if f.width else pl.DataFrame(schema=s) for f, s in (
         (run_media, values.RUN_MEDIA_SCHEMA), (media_tables, tables.MEDIA_TABLES_SCHEMA), (histograms, values.HISTOGRAMS_SCHEMA))]  # fmt: skip
-    return report_result(write_media_report(*frames, run_histories, raw_runs, report_files.reports_dir, options=options))
+    return report_result(write_media_report(*frames, run_histories, raw_runs, report_files.reports_dir, options=options), report_files)

@@ -71,13 +71,14 @@ def report_asset(description: str, *, kinds: tuple[str, ...] = ("markdown", "mat
     )
 
 
-def report_result(result: documents.ReportResult) -> dg.MaterializeResult:
-    """The manifest as the asset's value; path, HTML, figure count and main figure for the UI."""
+def report_result(result: documents.ReportResult, report_files: ReportFiles) -> dg.MaterializeResult:
+    """The manifest as the asset's value; where to open the report and its HTML, figure count and
+    main figure for the UI."""
     return dg.MaterializeResult(
         value=_manifest(result),
         metadata={
-            "report_path": dg.MetadataValue.path(str(result.entry.path)),
-            "html_path": dg.MetadataValue.path(str(result.html_path)),
+            "report_path": dg.MetadataValue.path(report_files.location(result.entry.path)),
+            "html_path": dg.MetadataValue.path(report_files.location(result.html_path)),
             "n_figures": len(result.figure_paths),
             "main_figure": _thumbnail_markdown(result.main_figure),
         },
@@ -92,7 +93,8 @@ def format_comparison_report(
     format_rankings: pl.DataFrame, raw_runs: pl.DataFrame, run_histories: pl.LazyFrame, report_files: ReportFiles
 ) -> dg.MaterializeResult:
     return report_result(
-        documents.write_format_comparison_report(format_rankings, raw_runs, run_histories, report_files.reports_dir)
+        documents.write_format_comparison_report(format_rankings, raw_runs, run_histories, report_files.reports_dir),
+        report_files,
     )
 
 
@@ -108,7 +110,8 @@ def failure_modes_report(
     report_files: ReportFiles,
 ) -> dg.MaterializeResult:
     return report_result(
-        documents.write_failure_modes_report(failure_modes, raw_runs, run_histories, layer_metrics, report_files.reports_dir)
+        documents.write_failure_modes_report(failure_modes, raw_runs, run_histories, layer_metrics, report_files.reports_dir),
+        report_files,
     )
 
 
@@ -126,7 +129,8 @@ def manifold_comparison_report(
 ) -> dg.MaterializeResult:
     per_run = manifold.per_run_metrics(raw_runs, run_histories, run_outcomes, run_summaries)
     return report_result(
-        documents.write_manifold_comparison_report(manifold_stats, per_run, raw_runs, report_files.reports_dir)
+        documents.write_manifold_comparison_report(manifold_stats, per_run, raw_runs, report_files.reports_dir),
+        report_files,
     )
 
 
@@ -158,4 +162,4 @@ def reports_index(
         documents.ReportEntry(title, Path(path), description)
         for title, path, description in manifests.select("title", "path", "description").rows()
     ]
-    return report_result(documents.write_index(entries, raw_runs, report_files.reports_dir))
+    return report_result(documents.write_index(entries, raw_runs, report_files.reports_dir), report_files)

@@ -64,7 +64,7 @@ def cluster_refresh(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) 
     remote = {p.removeprefix(f"{remote_root}/assets/"): fs.cat_file(p) for p in fs.find(f"{remote_root}/assets")}
     local = {p.relative_to(local_data / "assets").as_posix(): p.read_bytes() for p in (local_data / "assets").rglob("*.parquet")}
     reports = sorted(p.removeprefix(f"{remote_root}/reports/") for p in fs.find(f"{remote_root}/reports"))
-    return {"stdout": done.stdout, "remote": _tables(remote), "local": _tables(local), "reports": reports, "started": started}
+    return {"stdout": done.stdout, "stderr": done.stderr, "remote": _tables(remote), "local": _tables(local), "reports": reports, "started": started}
 
 
 def test_cluster_refresh_gives_the_same_tables_as_one_machine(cluster_refresh):
@@ -77,13 +77,17 @@ def test_cluster_refresh_gives_the_same_tables_as_one_machine(cluster_refresh):
         # Row order of some analysis tables follows group_by order, and a float mean may differ in
         # its last bits with Polars' summation order: neither depends on where the step ran.
         assert_frame_equal(remote[name], local[name], check_row_order=False, rel_tol=1e-12, abs_tol=1e-15)
+    assert "Warning" not in cluster_refresh["stdout"] + cluster_refresh["stderr"]  # e.g. Celery's per-step task warning
 
 
-def test_cluster_refresh_publishes_the_reports_to_the_object_store(cluster_refresh):
+def test_cluster_refresh_publishes_the_reports_to_the_object_store(cluster: Cluster, cluster_refresh):
     reports = cluster_refresh["reports"]
     for name in ("index.md", "index.html", "format_comparison.md", "failure_modes.md", "manifold_comparison.md"):
         assert name in reports
     assert any(name.startswith("figures/") and name.endswith(".png") for name in reports)
+    with _instance(cluster) as instance:
+        metadata = instance.get_latest_materialization_event(dg.AssetKey("format_comparison_report")).asset_materialization.metadata
+    assert metadata["report_path"].value == f"{cluster.data_url('refresh')}/reports/format_comparison.md"
 
 
 @contextlib.contextmanager
