@@ -223,10 +223,6 @@ class RunCatalog:
             return {}
         return index["entries"] if index.get("version") == CACHE_VERSION else {}
 
-    def load(self) -> list[CatalogEntry]:
-        """The runs as of the last sync, without looking at any source."""
-        return [self._entry(k, r) for k, r in self._read_index().items()]
-
     def entries_of(self, raw_runs: pl.DataFrame) -> list[CatalogEntry]:
         """The entries behind a `raw_runs` table, as of the last sync and with its run ids: assets
         downstream of raw_runs read the same runs without listing the stores again."""

@@ -47,14 +47,14 @@ def test_growing_jsonl_run_waits_then_counts_once_it_ends(corpora_dir, tmp_path)
     assert second.refresh == {}
     position = source._logs[log].position.offset
     assert position == saved[1].rfind(b"\n", 0, cut) + 1  # read up to the last complete line
-    steps = catalog.histories(catalog.load()).collect().get_column("step")
+    steps = catalog.histories(catalog.sync().entries).collect().get_column("step")
     assert steps.max() == max(int(line.split(b",")[0].split(b":")[1]) for line in saved[1][:position].splitlines())
 
     log.write_bytes(saved[2])
     third = _tick(catalog, store, second.cursor)
     assert third.refresh == {} and third.cursor.recheck_at is not None
     fresh = RunCatalog(tmp_path / "fresh-cache", [JsonlSource(store)]).sync()
-    incremental = catalog.histories(catalog.load()).collect().sort("step", "key")
+    incremental = catalog.histories(catalog.sync().entries).collect().sort("step", "key")
     assert incremental.equals(RunCatalog(tmp_path / "fresh-cache", []).histories(fresh.entries).collect().sort("step", "key"))
 
     # Unchanged files: one directory scan, no sync, nothing requested.
