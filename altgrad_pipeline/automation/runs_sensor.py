@@ -67,6 +67,8 @@ def _requests(repository: dg.RepositoryDefinition, refresh: dict[str, str]) -> l
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def finished_runs_sensor(context: dg.SensorEvaluationContext, run_stores: RunStores) -> dg.SensorResult:
+    # Every tick (3 ms): a backfill launched from the UI then also finds the pool's row in place.
+    execution.create_pools(context.instance, [settings.WANDB_API_POOL])
     cursor = WatchCursor.from_json(context.cursor)
     outcome = watch_tick(
         _catalog(run_stores),
@@ -83,7 +85,6 @@ def finished_runs_sensor(context: dg.SensorEvaluationContext, run_stores: RunSto
     known = set(context.instance.get_dynamic_partitions(fp8_format_partitions.name))
     new_formats = [fmt for fmt in outcome.refresh if fmt not in known]
     context.log.info(f"refreshing formats {sorted(outcome.refresh)}; new: {new_formats}")
-    execution.create_pools(context.instance, [settings.WANDB_API_POOL])
     return dg.SensorResult(
         run_requests=_requests(context.repository_def, outcome.refresh),
         dynamic_partitions_requests=[fp8_format_partitions.build_add_request(new_formats)] if new_formats else [],

@@ -139,3 +139,11 @@ def test_schedule_refreshes_only_stale_formats(defs, instance, store, template_r
     assert dg.materialize(defs.assets, selection=request.asset_selection, partition_key="E3M4", instance=instance,
                           resources=defs.resources).success  # fmt: skip
     assert isinstance(stale_formats_schedule(context), dg.SkipReason)
+
+
+def test_every_tick_gives_the_api_pool_its_row_before_any_run_claims_it(defs):
+    """Even a tick with nothing to do: a backfill launched from the UI must find the row in place
+    (steps of runs starting together race to create it on PostgreSQL)."""
+    with dg.instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 2}}}) as instance:
+        assert tick(defs, instance).run_requests == []
+        assert instance.event_log_storage.get_concurrency_info("wandb_api").slot_count == 2
