@@ -493,13 +493,14 @@ def _field_value(run: FakeRun, path: str) -> Any:
         return run.config.get(rest)
     if head in ("summary_metrics", "summaryMetrics"):
         return run.summary.get(rest)
-    return {"state": run.state, "name": run.id, "displayName": run.name, "group": run.group, "tags": run.tags}.get(
-        path
-    )
+    fields = {"state": run.state, "name": run.id, "displayName": run.name, "group": run.group, "tags": run.tags,
+              "createdAt": run.created_at, "heartbeatAt": run.heartbeat_at, "updatedAt": run.updated_at}  # fmt: skip
+    return fields.get(path)
 
 
 def _matches(run: FakeRun, filters: dict[str, Any]) -> bool:
-    """A small subset of W&B's MongoDB-style filters: equality, $in, $ne, $and, $or."""
+    """A small subset of W&B's MongoDB-style filters: equality, $in, $ne, $gt/$gte/$lt/$lte (on
+    `createdAt`, `heartbeatAt`, `updatedAt` too), $and, $or."""
     for key, wanted in filters.items():
         if key == "$and":
             ok = all(_matches(run, part) for part in wanted)
@@ -524,6 +525,9 @@ def _compare(actual: Any, wanted: Any) -> bool:
             ok = actual != operand
         elif op == "$eq":
             ok = actual == operand
+        elif op in ("$gt", "$gte", "$lt", "$lte"):  # timestamps: ISO text of one layout orders as time does
+            ok = actual is not None and {"$gt": actual > operand, "$gte": actual >= operand,
+                                         "$lt": actual < operand, "$lte": actual <= operand}[op]  # fmt: skip
         else:
             raise _GraphQLError(f"fake W&B server does not support filter operator {op!r}")
         if not ok:

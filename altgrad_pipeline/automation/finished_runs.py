@@ -2,9 +2,14 @@
 
 A run counts once it is terminal (finished, failed, crashed). Each format gets one digest over its
 terminal runs' (location, fingerprint, state); the cursor keeps only those digests (one short hash
-per format, whatever the number of runs), the local stores' scan digest and the moment a running
-run would pass the crash grace period. Running runs are left out of the digests, so a run still
-being written changes nothing until it ends.
+per format, whatever the number of runs), the local stores' scan digest, the moment a running
+run would pass the crash grace period, and when remote sources were last asked. Running runs are
+left out of the digests, so a run still being written changes nothing until it ends.
+
+Remote sources (the W&B API) are asked only for runs updated since the last tick, less a margin for
+clock skew; the catalog syncs (a full listing) only when one of those differs from the cache. A run
+deleted on the server therefore leaves the tables at the next full listing: any sync, or the
+daily schedule.
 
 No Dagster import: plain Python over the run catalog.
 """
@@ -17,7 +22,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from altgrad_pipeline.ingest.listing import store_digest
@@ -26,6 +31,9 @@ from altgrad_pipeline.ingest.catalog import CatalogEntry, RunCatalog
 TERMINAL_STATES = frozenset({"finished", "failed", "crashed"})
 #: Format names come from run configs; only names safe as partition keys and file names are used.
 SAFE_PARTITION_KEY = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,63}$")
+#: How far back of the last tick remote sources are asked for updates: the server's clock and ours
+#: may disagree. Asking again about a run costs nothing: unchanged fingerprints do not sync.
+REMOTE_CLOCK_MARGIN_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -36,19 +44,22 @@ class WatchCursor:
     format_digests: dict[str, str] = field(default_factory=dict)
     #: Epoch seconds when the earliest running run would pass the grace period and count as crashed.
     recheck_at: float | None = None
+    #: Epoch seconds of the tick that last asked the remote sources (None: never; a full sync is due).
+    remote_checked_at: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(
-            {"store": self.store_digest, "formats": self.format_digests, "recheck_at": self.recheck_at},
+            {"store": self.store_digest, "formats": self.format_digests, "recheck_at": self.recheck_at,
+             "remote_checked_at": self.remote_checked_at},
             sort_keys=True,
-        )
+        )  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str | None) -> WatchCursor:
         """An empty or unreadable cursor means "nothing seen yet": every finished format is requested."""
         try:
             raw = json.loads(text or "")
-            return cls(raw["store"], dict(raw["formats"]), raw["recheck_at"])
+            return cls(raw["store"], dict(raw["formats"]), raw["recheck_at"], raw.get("remote_checked_at"))
         except (ValueError, KeyError, TypeError):
             return cls()
 
@@ -91,12 +102,18 @@ def watch_tick(
     now: dt.datetime,
     grace_s: float,
 ) -> TickOutcome:
-    """One sensor tick. Unchanged local stores (and no remote source, and no grace deadline due)
-    cost one directory scan; otherwise the catalog syncs, re-reading only changed runs."""
+    """One sensor tick. Unchanged local stores, no remote run updated and no grace deadline due cost
+    one directory scan and one narrow listing per remote source; otherwise the catalog syncs,
+    re-reading only changed runs."""
     digest = store_digest(local_roots)
     deadline_due = cursor.recheck_at is not None and now.timestamp() >= cursor.recheck_at
-    if digest == cursor.store_digest and not has_remote_sources and not deadline_due:
-        return TickOutcome(refresh={}, cursor=cursor, synced=False)
+    remote_news = has_remote_sources and (
+        cursor.remote_checked_at is None
+        or catalog.remote_changed_since(dt.datetime.fromtimestamp(cursor.remote_checked_at - REMOTE_CLOCK_MARGIN_S, dt.UTC))
+    )
+    checked_at = now.timestamp() if has_remote_sources else None
+    if digest == cursor.store_digest and not remote_news and not deadline_due:
+        return TickOutcome(refresh={}, cursor=replace(cursor, remote_checked_at=checked_at), synced=False)
     result = catalog.sync()
     states = catalog.states(result.entries, now=now, grace_s=grace_s)
     digests = terminal_digests(result.entries, states)
@@ -104,5 +121,5 @@ def watch_tick(
     for fmt in rejected:
         del digests[fmt]
     refresh = {fmt: d for fmt, d in sorted(digests.items()) if cursor.format_digests.get(fmt) != d}
-    new_cursor = WatchCursor(digest, digests, next_recheck(result.entries, states, grace_s))
+    new_cursor = WatchCursor(digest, digests, next_recheck(result.entries, states, grace_s), checked_at)
     return TickOutcome(refresh=refresh, cursor=new_cursor, synced=True, rejected_formats=rejected)

@@ -320,6 +320,25 @@ class RunCatalog:
         )
         _atomic_write(self.cache_dir / LAST_SYNC_NAME, lambda p: p.write_text(payload))
 
+    def remote_changed_since(self, since: dt.datetime) -> bool:
+        """Whether a source without a local folder may hold news since `since`: a run its server
+        updated since then that the cache does not hold as listed. Sources that cannot narrow
+        their listing (or fail to answer) always may; local stores are the digest's business."""
+        index = self._read_index()
+        for source in self.sources:
+            if getattr(source, "root", None) is not None:
+                continue
+            list_updated = getattr(source, "discover_updated_since", None)
+            if list_updated is None:
+                return True
+            try:
+                updated = list_updated(since)
+            except Exception:  # noqa: BLE001 - the sync that follows records why the source failed
+                return True
+            if any(index.get(entry_key(loc.source, loc.location), {}).get("fingerprint") != loc.fingerprint for loc in updated):
+                return True
+        return False
+
     def sync(self, *, progress: Callable[[str], None] | None = None) -> SyncResult:
         """Bring the cache up to date with the sources. Never raises for bad input or a failing source:
         a source that cannot be listed keeps its previously cached runs and says why.

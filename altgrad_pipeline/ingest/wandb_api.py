@@ -122,10 +122,21 @@ class WandbApiSource:
 
     def discover(self) -> list[RunLocator]:
         """One locator per run matching the filters, from the run listing alone (no history)."""
+        return self._list(self.filters)
+
+    def discover_updated_since(self, since: dt.datetime) -> list[RunLocator]:
+        """Locators of the matching runs the server updated after `since` (its `updatedAt`): the
+        sensor's cheap question on ticks when nothing may have changed. Deleted runs are not among
+        them; a full `discover()` drops those."""
+        stamp = since.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+        updated = {"updatedAt": {"$gt": stamp}}
+        return self._list({"$and": [self.filters, updated]} if self.filters else updated)
+
+    def _list(self, filters: dict[str, Any]) -> list[RunLocator]:
         try:
             api = self._client()
             api.flush()  # the client memoises listings per path and filter: always ask afresh
-            runs = list(api.runs(self.path, filters=self.filters))
+            runs = list(api.runs(self.path, filters=filters))
         except Exception as exc:  # the client raises many types; all mean "could not list"
             raise WandbApiError(f"listing {self.path} failed: {self._redact(exc)}") from None
         return [

@@ -1,7 +1,8 @@
 """Tick logic without Dagster: a growing JSONL log (a real one, saved at three points in time) is
 read incrementally and requests nothing while it is being written; it counts once it ends (here:
 untouched past the crash grace period, since the log has no end marker). Bursts give one refresh
-per format; the cursor stays O(formats)."""
+per format; the cursor stays O(formats). The W&B API is asked only for runs updated since the
+last tick (through the real client and the loopback server)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import datetime as dt
 import os
 import shutil
 
+import json
+
 import polars as pl
 import pytest
 
-from altgrad_pipeline.automation.finished_runs import WatchCursor, watch_tick
+from altgrad_pipeline.automation.finished_runs import REMOTE_CLOCK_MARGIN_S, WatchCursor, watch_tick
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.jsonl import JsonlSource
+from altgrad_pipeline.ingest.wandb_api import WandbApiSource
+from altgrad_pipeline_tests.wandb_server import FakeRun, fake_wandb
 
 GRACE_S = 600.0
 SNAPSHOTS = ("snapshot_f2fd811", "snapshot_93eb382", "snapshot_b7e725d")  # each a byte-prefix of the next
@@ -108,3 +113,38 @@ def test_unsafe_format_names_are_not_partition_keys(tmp_path):
     _jsonl_run(store, "fine", "E4M3")
     outcome = _tick(catalog, store, WatchCursor())
     assert list(outcome.refresh) == ["E4M3"] and outcome.rejected_formats == ["../../ETC"]
+
+
+def test_the_wandb_api_is_asked_only_for_runs_updated_since_the_last_tick(monkeypatch, tmp_path):
+    start = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+    runs = [
+        FakeRun(id="done", config={"fp8_format": "E5M2"}, history=[{"_step": 0, "loss": 1.0}],
+                heartbeat_at="2024-05-01T11:00:00", updated_at="2024-05-01T11:00:00"),
+        FakeRun(id="going", state="running", config={"fp8_format": "E3M4"}, history=[{"_step": 0, "loss": 2.0}],
+                heartbeat_at="2024-05-01T11:59:00", updated_at="2024-05-01T11:59:00"),
+    ]  # fmt: skip
+    grace = 1e10  # the runs are dated 2024: nothing may count as crashed by the clock of today
+    with fake_wandb(monkeypatch, runs=runs) as server:
+        catalog = RunCatalog(tmp_path / "cache", [WandbApiSource("altgrad/fp8", tmp_path / "api", grace_period_s=grace)])
+
+        def tick(cursor, seconds):
+            now = start + dt.timedelta(seconds=seconds)
+            return watch_tick(catalog, local_roots=[], has_remote_sources=True, cursor=cursor, now=now, grace_s=grace)
+
+        first = tick(WatchCursor(), 0)  # nothing asked before: a full listing
+        assert first.synced and list(first.refresh) == ["E5M2"]
+        server.clear_requests()
+
+        second = tick(first.cursor, 30)  # nothing updated: one narrow listing, no sync, no history
+        assert not second.synced and second.refresh == {}
+        listings = [json.loads(r.variables["filters"]) for r in server.requests if r.operation == "Runs"]
+        since = (start - dt.timedelta(seconds=REMOTE_CLOCK_MARGIN_S)).replace(tzinfo=None).isoformat()
+        assert listings == [{"updatedAt": {"$gt": since}}]
+        assert server.count("Run") == 0 and server.count("HistoryPage") == 0
+
+        going = server.run("going")
+        going.state, going.updated_at, going.heartbeat_at = "finished", "2024-05-01T12:00:45", "2024-05-01T12:00:45"
+        going.history.append({"_step": 1, "loss": 1.5})
+        third = tick(second.cursor, 60)  # the run ended: it is listed as updated, the catalog syncs
+        assert third.synced and list(third.refresh) == ["E3M4"]
+        assert catalog.histories(catalog.sync().entries).collect().filter(run_id="going")["value"].to_list() == [2.0, 1.5]

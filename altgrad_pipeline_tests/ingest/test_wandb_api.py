@@ -90,6 +90,21 @@ def test_filters_reach_the_server(server: FakeWandbServer, tmp_path: Path) -> No
     assert json.loads(runs_requests[-1].variables["filters"]) == {"config.fp8_format": "E5M2"}
 
 
+def test_runs_updated_since_a_moment_are_asked_for_with_the_users_filters(server: FakeWandbServer, tmp_path: Path) -> None:
+    server.run("beta").updated_at = "2024-05-02T09:00:00"
+    since = dt.datetime(2024, 5, 2, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))  # 08:00 UTC
+
+    assert [loc.run_id_hint for loc in source(tmp_path).discover_updated_since(since)] == ["beta"]
+    narrowed = WandbApiSource("altgrad/fp8?config.fp8_format=E5M2", tmp_path).discover_updated_since(since)
+
+    assert narrowed == []
+    filters = [json.loads(r.variables["filters"]) for r in server.requests if r.operation == "Runs"]
+    assert filters == [
+        {"updatedAt": {"$gt": "2024-05-02T08:00:00"}},
+        {"$and": [{"config.fp8_format": "E5M2"}, {"updatedAt": {"$gt": "2024-05-02T08:00:00"}}]},
+    ]
+
+
 def test_wandb_uri_forms() -> None:
     assert parse_wandb_uri("wandb://team/proj") == ("team/proj", {})
     assert parse_wandb_uri("wandb://team/proj?state=finished&config.batch_size=32") == (
