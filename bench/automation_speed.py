@@ -13,7 +13,14 @@ Measured per store size:
   CPU seconds of this process (in-process execution: the CPU figure is the refresh's own work,
   steadier on a shared machine).
 
-Run: `python bench/automation_speed.py [--sizes 10,1000,10000] [--refresh-sizes 10,1000]`.
+And per W&B API project size (`--api-sizes`; the real `wandb.Api` client against the loopback server
+of the tests, which runs in this process and whose answering time is part of each figure):
+- `api_tick_idle_s`: a tick when no run was updated: one `Runs` listing narrowed to runs updated since
+  the last tick, no sync;
+- `api_tick_full_listing_s`: the same tick with the narrowing off (the cursor forgets when it last
+  asked): the whole project listed and compared with the cache, nothing read.
+
+Run: `python bench/automation_speed.py [--sizes 10,1000,10000] [--refresh-sizes 10,1000] [--api-sizes 10,1000]`.
 Writes `bench/results/automation.json`.
 """
 
@@ -22,21 +29,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
+import datetime as dt
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import dagster as dg
 
+from altgrad_pipeline.automation.finished_runs import WatchCursor, watch_tick
 from altgrad_pipeline.automation.runs_sensor import finished_runs_sensor
 from altgrad_pipeline.automation.targets import format_partitioned_keys
 from altgrad_pipeline.definitions import build_defs
 from altgrad_pipeline.refresh import QUIET_RUN_CONFIG
 from altgrad_pipeline.examples import ExampleRunSpec, clone_run, write_run
 from altgrad_pipeline.ingest.catalog import RunCatalog
+from altgrad_pipeline.ingest.wandb_api import WandbApiSource
 from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
 
 FORMATS = ("E5M2", "E3M4", "E1M6", "E0M7", "BF16")
@@ -137,13 +149,53 @@ class StoreBench:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.figures.items()}
 
 
+def api_tick_figures(size: int, workdir: Path) -> dict[str, float | int]:
+    """Idle ticks against a W&B project of `size` finished runs, after a first tick read them all."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' loopback server
+    from altgrad_pipeline_tests.wandb_server import FAKE_API_KEY, FakeRun, FakeWandbServer
+
+    runs = [FakeRun(id=f"api{i:06d}", config={"fp8_format": FORMATS[i % len(FORMATS)]}, history=[{"_step": 0, "loss": 1.0}])
+            for i in range(size)]  # fmt: skip
+    saved = {name: os.environ.get(name) for name in ("WANDB_BASE_URL", "WANDB_API_KEY", "WANDB_MODE")}
+    with FakeWandbServer(runs=runs) as server:
+        os.environ.update(WANDB_BASE_URL=server.url, WANDB_API_KEY=FAKE_API_KEY, WANDB_MODE="online")
+        try:
+            never = 1e10  # the fake runs are dated 2024: none may count as crashed by today's clock
+            source = WandbApiSource(f"{server.entity}/{server.project}", workdir / f"api-{size}", grace_period_s=never)
+            catalog = RunCatalog(workdir / f"api-catalog-{size}", [source])
+
+            def tick(cursor: WatchCursor) -> tuple[float, bool]:
+                start = time.perf_counter()
+                outcome = watch_tick(catalog, local_roots=[], has_remote_sources=True, cursor=cursor,
+                                     now=dt.datetime.now(dt.UTC), grace_s=never)  # fmt: skip
+                return time.perf_counter() - start, outcome.synced
+
+            seed_start = time.perf_counter()
+            first = watch_tick(catalog, local_roots=[], has_remote_sources=True, cursor=WatchCursor(),
+                               now=dt.datetime.now(dt.UTC), grace_s=never)  # fmt: skip
+            figures: dict[str, float | int] = {"api_runs": size, "api_first_tick_s": round(time.perf_counter() - seed_start, 2)}
+            server.clear_requests()
+            narrow = [tick(first.cursor) for _ in range(5)]
+            figures["api_idle_runs_requests"] = server.count("Runs") // len(narrow)
+            forgetful = dataclasses.replace(first.cursor, remote_checked_at=None)
+            full = [tick(forgetful) for _ in range(5)]
+            assert not any(synced for _, synced in narrow) and all(synced for _, synced in full)
+            figures["api_tick_idle_s"] = round(statistics.median(t for t, _ in narrow), 4)
+            figures["api_tick_full_listing_s"] = round(statistics.median(t for t, _ in full), 4)
+            return figures
+        finally:
+            for name, value in saved.items():
+                os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,1000,10000")
     parser.add_argument("--refresh-sizes", default="10,1000")
+    parser.add_argument("--api-sizes", default="10,1000", help="W&B API project sizes ('' to skip)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    refresh_sizes = {int(s) for s in args.refresh_sizes.split(",")}
+    refresh_sizes = {int(s) for s in args.refresh_sizes.split(",") if s}
     os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CONSOLE="off", WANDB_DISABLE_GIT="true")
     with tempfile.TemporaryDirectory(prefix="altgrad-bench-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
@@ -156,6 +208,7 @@ def main() -> None:
             for bench in refreshed:
                 bench.refresh_after_new_run(repeat)
         rows = [bench.results() for bench in benches]
+        api_rows = [api_tick_figures(int(size), workdir) for size in args.api_sizes.split(",") if size]
     columns = ["runs", "seed_catalog_s", "tick_first_s", "tick_idle_s", "tick_new_run_s", "ingest_partition_s", "ingest_partition_cpu_s", "runs_in_partition", "runs_reread"]
     print(" | ".join(f"{c:>18}" for c in columns))
     for row in rows:
@@ -169,6 +222,10 @@ def main() -> None:
             print(f"partition refresh after one new run, 1,000 vs 10 runs ({label}): {ratio:.2f}x (goal <= 1.5x)")
     if 10000 in by_size:
         print(f"idle sensor tick at 10,000 runs: {by_size[10000]['tick_idle_s']:.3f} s (goal < 1 s)")
+    for row in api_rows:
+        print(f"W&B API project of {row['api_runs']:,} runs, idle tick: {row['api_tick_idle_s']:.3f} s with "
+              f"{row['api_idle_runs_requests']} narrowed Runs request(s); with a full listing {row['api_tick_full_listing_s']:.3f} s")  # fmt: skip
+    summary["api"] = api_rows
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {RESULTS}")
