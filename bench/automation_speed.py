@@ -15,7 +15,7 @@ Measured per store size:
 
 And per W&B API project size (`--api-sizes`; the real `wandb.Api` client against the loopback server
 of the tests, which runs in this process and whose answering time is part of each figure):
-- `api_tick_idle_s`: a tick when no run was updated: one `Runs` listing narrowed to runs updated since
+- `api_tick_idle_s`: a tick when no run ended: one `Runs` listing narrowed to runs that ended since
   the last tick, no sync;
 - `api_tick_full_listing_s`: the same tick with the narrowing off (the cursor forgets when it last
   asked): the whole project listed and compared with the cache, nothing read.

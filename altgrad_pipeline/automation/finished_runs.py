@@ -6,10 +6,11 @@ per format, whatever the number of runs), the local stores' scan digest, the mom
 run would pass the crash grace period, and when remote sources were last asked. Running runs are
 left out of the digests, so a run still being written changes nothing until it ends.
 
-Remote sources (the W&B API) are asked only for runs updated since the last tick, less a margin for
-clock skew; the catalog syncs (a full listing) only when one of those differs from the cache. A run
-deleted on the server therefore leaves the tables at the next full listing: any sync, or the
-daily schedule.
+Remote sources (the W&B API) are asked only for runs that the server updated since the last tick,
+less a margin for clock skew, and no longer calls running; the catalog syncs (a full listing) only
+when one of those differs from the cache. Runs still being written cost nothing, however often their
+heartbeat updates them. A run deleted on the server leaves the tables at the next full listing: any
+sync, or the daily schedule.
 
 No Dagster import: plain Python over the run catalog.
 """
@@ -102,14 +103,14 @@ def watch_tick(
     now: dt.datetime,
     grace_s: float,
 ) -> TickOutcome:
-    """One sensor tick. Unchanged local stores, no remote run updated and no grace deadline due cost
+    """One sensor tick. Unchanged local stores, no remote run ended and no grace deadline due cost
     one directory scan and one narrow listing per remote source; otherwise the catalog syncs,
     re-reading only changed runs."""
     digest = store_digest(local_roots)
     deadline_due = cursor.recheck_at is not None and now.timestamp() >= cursor.recheck_at
     remote_news = has_remote_sources and (
         cursor.remote_checked_at is None
-        or catalog.remote_changed_since(dt.datetime.fromtimestamp(cursor.remote_checked_at - REMOTE_CLOCK_MARGIN_S, dt.UTC))
+        or catalog.remote_runs_ended_since(dt.datetime.fromtimestamp(cursor.remote_checked_at - REMOTE_CLOCK_MARGIN_S, dt.UTC))
     )
     checked_at = now.timestamp() if has_remote_sources else None
     if digest == cursor.store_digest and not remote_news and not deadline_due:

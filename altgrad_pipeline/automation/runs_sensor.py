@@ -1,7 +1,7 @@
 """`finished_runs_sensor`: a newly finished run refreshes exactly the format partition it changes.
 
 Each tick scans the local stores cheaply (sizes and mtimes) and asks W&B API sources only for runs
-updated since the last tick; only when something changed (or a running run may have passed the
+that ended since the last tick; only when something changed (or a running run may have passed the
 crash grace period) does it sync the run catalog, which re-reads just the changed runs and caches
 them for the ingest run.
 Formats whose finished runs changed get one request each, however many runs finished together.

@@ -320,22 +320,22 @@ class RunCatalog:
         )
         _atomic_write(self.cache_dir / LAST_SYNC_NAME, lambda p: p.write_text(payload))
 
-    def remote_changed_since(self, since: dt.datetime) -> bool:
-        """Whether a source without a local folder may hold news since `since`: a run its server
-        updated since then that the cache does not hold as listed. Sources that cannot narrow
-        their listing (or fail to answer) always may; local stores are the digest's business."""
+    def remote_runs_ended_since(self, since: dt.datetime) -> bool:
+        """Whether a source without a local folder has a run that ended (or changed once ended)
+        after `since` and that the cache does not hold as listed. Sources that cannot narrow their
+        listing (or fail to answer) always may; local stores are the digest's business."""
         index = self._read_index()
         for source in self.sources:
             if getattr(source, "root", None) is not None:
                 continue
-            list_updated = getattr(source, "discover_updated_since", None)
-            if list_updated is None:
+            list_ended = getattr(source, "discover_ended_since", None)
+            if list_ended is None:
                 return True
             try:
-                updated = list_updated(since)
+                ended = list_ended(since)
             except Exception:  # noqa: BLE001 - the sync that follows records why the source failed
                 return True
-            if any(index.get(entry_key(loc.source, loc.location), {}).get("fingerprint") != loc.fingerprint for loc in updated):
+            if any(index.get(entry_key(loc.source, loc.location), {}).get("fingerprint") != loc.fingerprint for loc in ended):
                 return True
         return False
 

@@ -124,13 +124,14 @@ class WandbApiSource:
         """One locator per run matching the filters, from the run listing alone (no history)."""
         return self._list(self.filters)
 
-    def discover_updated_since(self, since: dt.datetime) -> list[RunLocator]:
-        """Locators of the matching runs the server updated after `since` (its `updatedAt`): the
-        sensor's cheap question on ticks when nothing may have changed. Deleted runs are not among
-        them; a full `discover()` drops those."""
+    def discover_ended_since(self, since: dt.datetime) -> list[RunLocator]:
+        """Locators of the matching runs the server updated after `since` (its `updatedAt`) and no
+        longer calls running: the sensor's cheap question, since only ended runs trigger a refresh
+        (a running run's every heartbeat updates it). Deleted runs are not among them; a full
+        `discover()` drops those."""
         stamp = since.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="seconds")
-        updated = {"updatedAt": {"$gt": stamp}}
-        return self._list({"$and": [self.filters, updated]} if self.filters else updated)
+        news = [{"updatedAt": {"$gt": stamp}}, {"state": {"$ne": "running"}}]
+        return self._list({"$and": [self.filters, *news] if self.filters else news})
 
     def _list(self, filters: dict[str, Any]) -> list[RunLocator]:
         try:

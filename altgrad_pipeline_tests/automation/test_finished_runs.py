@@ -115,7 +115,7 @@ def test_unsafe_format_names_are_not_partition_keys(tmp_path):
     assert list(outcome.refresh) == ["E4M3"] and outcome.rejected_formats == ["../../ETC"]
 
 
-def test_the_wandb_api_is_asked_only_for_runs_updated_since_the_last_tick(monkeypatch, tmp_path):
+def test_the_wandb_api_is_asked_only_for_runs_ended_since_the_last_tick(monkeypatch, tmp_path):
     start = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
     runs = [
         FakeRun(id="done", config={"fp8_format": "E5M2"}, history=[{"_step": 0, "loss": 1.0}],
@@ -135,16 +135,18 @@ def test_the_wandb_api_is_asked_only_for_runs_updated_since_the_last_tick(monkey
         assert first.synced and list(first.refresh) == ["E5M2"]
         server.clear_requests()
 
-        second = tick(first.cursor, 30)  # nothing updated: one narrow listing, no sync, no history
+        going = server.run("going")
+        going.updated_at = going.heartbeat_at = "2024-05-01T12:00:20"  # still running, logging on
+        going.history.append({"_step": 1, "loss": 1.5})
+        second = tick(first.cursor, 30)  # one narrow listing, no sync, no history
         assert not second.synced and second.refresh == {}
         listings = [json.loads(r.variables["filters"]) for r in server.requests if r.operation == "Runs"]
         since = (start - dt.timedelta(seconds=REMOTE_CLOCK_MARGIN_S)).replace(tzinfo=None).isoformat()
-        assert listings == [{"updatedAt": {"$gt": since}}]
+        assert listings == [{"$and": [{"updatedAt": {"$gt": since}}, {"state": {"$ne": "running"}}]}]
         assert server.count("Run") == 0 and server.count("HistoryPage") == 0
 
-        going = server.run("going")
         going.state, going.updated_at, going.heartbeat_at = "finished", "2024-05-01T12:00:45", "2024-05-01T12:00:45"
-        going.history.append({"_step": 1, "loss": 1.5})
-        third = tick(second.cursor, 60)  # the run ended: it is listed as updated, the catalog syncs
+        going.history.append({"_step": 2, "loss": 1.25})
+        third = tick(second.cursor, 60)  # the run ended: listed, the catalog syncs and reads it
         assert third.synced and list(third.refresh) == ["E3M4"]
-        assert catalog.histories(catalog.sync().entries).collect().filter(run_id="going")["value"].to_list() == [2.0, 1.5]
+        assert catalog.histories(catalog.sync().entries).collect().filter(run_id="going")["value"].to_list() == [2.0, 1.5, 1.25]

@@ -90,19 +90,18 @@ def test_filters_reach_the_server(server: FakeWandbServer, tmp_path: Path) -> No
     assert json.loads(runs_requests[-1].variables["filters"]) == {"config.fp8_format": "E5M2"}
 
 
-def test_runs_updated_since_a_moment_are_asked_for_with_the_users_filters(server: FakeWandbServer, tmp_path: Path) -> None:
+def test_runs_ended_since_a_moment_are_asked_for_with_the_users_filters(server: FakeWandbServer, tmp_path: Path) -> None:
     server.run("beta").updated_at = "2024-05-02T09:00:00"
+    server.runs.append(FakeRun(id="delta", state="running", config={"fp8_format": "E5M2"}, updated_at="2024-05-02T09:30:00"))
     since = dt.datetime(2024, 5, 2, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))  # 08:00 UTC
 
-    assert [loc.run_id_hint for loc in source(tmp_path).discover_updated_since(since)] == ["beta"]
-    narrowed = WandbApiSource("altgrad/fp8?config.fp8_format=E5M2", tmp_path).discover_updated_since(since)
+    assert [loc.run_id_hint for loc in source(tmp_path).discover_ended_since(since)] == ["beta"]  # not delta: running
+    narrowed = WandbApiSource("altgrad/fp8?config.fp8_format=E5M2", tmp_path).discover_ended_since(since)
 
     assert narrowed == []
     filters = [json.loads(r.variables["filters"]) for r in server.requests if r.operation == "Runs"]
-    assert filters == [
-        {"updatedAt": {"$gt": "2024-05-02T08:00:00"}},
-        {"$and": [{"config.fp8_format": "E5M2"}, {"updatedAt": {"$gt": "2024-05-02T08:00:00"}}]},
-    ]
+    news = [{"updatedAt": {"$gt": "2024-05-02T08:00:00"}}, {"state": {"$ne": "running"}}]
+    assert filters == [{"$and": news}, {"$and": [{"config.fp8_format": "E5M2"}, *news]}]
 
 
 def test_wandb_uri_forms() -> None:
