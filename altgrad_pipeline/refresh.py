@@ -135,13 +135,13 @@ def refresh(
     if choice.name != "in_process":
         echo(f"Executor: {choice.name}")
     parallel = execution.runs_in_parallel(choice) and len(todo) > 1
+    execution.create_pools(instance, [settings.WANDB_API_POOL])  # steps of out-of-process runs claim it together
     for fmt in todo:
         echo(f"Materializing format partition {fmt} ({', '.join(k.to_user_string() for k in _asset_keys(partitioned))})")
         if not parallel:
             outcome = _run(instance, job, _asset_keys(partitioned), fmt)
             _record(report, fmt, outcome, echo, instance)
     if parallel:
-        execution.create_pools(instance, [settings.WANDB_API_POOL])
         for fmt, outcome in _run_partitions_in_parallel(instance, runs, data_dir, _asset_keys(partitioned), todo):
             _record(report, fmt, outcome, echo, instance)
     never_built = any(instance.get_latest_materialization_event(k) is None for k in _asset_keys(unpartitioned))
