@@ -115,9 +115,9 @@ class StoreBench:
         self.walls: list[float] = []
         self.cpus: list[float] = []
 
-    def _materialize(self) -> dg.ExecuteInProcessResult:
+    def _materialize(self, tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
         result = dg.materialize(self.defs.assets, selection=self.keys, partition_key=NEW_RUN_FORMAT, instance=self.instance,
-                                resources=self.defs.resources, run_config=QUIET_RUN_CONFIG)  # fmt: skip
+                                resources=self.defs.resources, run_config=QUIET_RUN_CONFIG, tags=tags)  # fmt: skip
         assert result.success
         return result
 
@@ -125,14 +125,16 @@ class StoreBench:
         self._materialize()
 
     def refresh_after_new_run(self, repeat: int) -> None:
-        """A new finished run, the tick that sees it, then its partition's refresh (timed)."""
+        """A new finished run, the tick that sees it, then its partition's refresh (timed), run as
+        the sensor requests it (with its tags)."""
         clone_run(self.templates[NEW_RUN_FORMAT], self.store, f"newrun{repeat:02d}", hard_link=True)
         tick_s, seen = _tick(self.defs, self.instance, self.cursor)
-        assert [r.partition_key for r in seen.run_requests if r.partition_key] == [NEW_RUN_FORMAT], seen
+        [request] = [r for r in seen.run_requests if r.partition_key]
+        assert request.partition_key == NEW_RUN_FORMAT, seen
         self.ticks.append(tick_s)
         self.cursor = seen.cursor
         wall, cpu = time.perf_counter(), time.process_time()
-        result = self._materialize()
+        result = self._materialize(request.tags)
         self.walls.append(time.perf_counter() - wall)
         self.cpus.append(time.process_time() - cpu)
         [materialization] = [

@@ -19,6 +19,7 @@ import dagster as dg
 from altgrad_pipeline import execution, settings
 from altgrad_pipeline.automation.finished_runs import WatchCursor, watch_tick
 from altgrad_pipeline.automation.targets import format_partitioned_keys, run_store_root_keys
+from altgrad_pipeline.ingest.assets import STORE_DIGEST_TAG
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline.resources import RunStores
@@ -39,16 +40,17 @@ def _catalog(run_stores: RunStores) -> RunCatalog:
     return run_stores.catalog()
 
 
-def _requests(repository: dg.RepositoryDefinition, refresh: dict[str, str]) -> list[dg.RunRequest]:
+def _requests(repository: dg.RepositoryDefinition, refresh: dict[str, str], store_digest: str) -> list[dg.RunRequest]:
     """One run per changed format; the run key embeds the digest of its finished runs, so a run that
-    finishes again (or changes) gets a new key while a repeated tick is deduplicated."""
+    finishes again (or changes) gets a new key while a repeated tick is deduplicated. The runs carry
+    the digest of the stores this tick synced (`STORE_DIGEST_TAG`)."""
     partitioned = format_partitioned_keys(repository)
     requests = [
         dg.RunRequest(
             run_key=f"{fmt}:{digest}",
             partition_key=fmt,
             asset_selection=partitioned,
-            tags={TRIGGER_TAG: "finished_runs"},
+            tags={TRIGGER_TAG: "finished_runs", STORE_DIGEST_TAG: store_digest},
         )
         for fmt, digest in refresh.items()
     ]
@@ -87,7 +89,7 @@ def finished_runs_sensor(context: dg.SensorEvaluationContext, run_stores: RunSto
     new_formats = [fmt for fmt in outcome.refresh if fmt not in known]
     context.log.info(f"refreshing formats {sorted(outcome.refresh)}; new: {new_formats}")
     return dg.SensorResult(
-        run_requests=_requests(context.repository_def, outcome.refresh),
+        run_requests=_requests(context.repository_def, outcome.refresh, outcome.cursor.store_digest),
         dynamic_partitions_requests=[fp8_format_partitions.build_add_request(new_formats)] if new_formats else [],
         cursor=outcome.cursor.to_json(),
     )

@@ -24,6 +24,8 @@ INGEST_GROUP = "ingest"
 HISTORY_RECIPE = recipe(catalog_cache=CACHE_VERSION)
 #: Metadata key on raw_runs: what the partition was built from (the refresh and sensor compare it).
 CATALOG_FINGERPRINT = "catalog_fingerprint"
+#: Run tag set by the sensor: the store digest its tick synced, so the run need not digest again.
+STORE_DIGEST_TAG = "altgrad/store_digest"
 
 HISTORY_DESCRIPTIONS = {
     "run_id": "Run the value belongs to",
@@ -64,7 +66,7 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
     """Sync the run catalog (re-reading only changed runs) and emit this format's runs."""
     fmt = context.partition_key
     catalog = run_stores.catalog()
-    result = catalog.sync(progress=context.log.info)
+    result = catalog.sync(progress=context.log.info, seen_digest=context.run.tags.get(STORE_DIGEST_TAG))
     entries = result.for_format(fmt)
     runs = catalog.raw_runs(entries, now=dt.datetime.now(dt.UTC), grace_s=run_stores.crash_grace_seconds)
     # Each cached history is sorted by (step, key): in run_id order a partition needs no sort, and

@@ -339,13 +339,18 @@ class RunCatalog:
                 return True
         return False
 
-    def sync(self, *, progress: Callable[[str], None] | None = None) -> SyncResult:
+    def sync(self, *, progress: Callable[[str], None] | None = None, seen_digest: str | None = None) -> SyncResult:
         """Bring the cache up to date with the sources. Never raises for bad input or a failing source:
         a source that cannot be listed keeps its previously cached runs and says why.
 
         Cost when nothing changed: for local stores, one digest of their files (path, size, mtime)
-        and reading the index; with an API or SQL source, each source's `discover()` as well."""
+        and reading the index; with an API or SQL source, each source's `discover()` as well.
+        `seen_digest` is the digest a sensor tick took of the stores (a tag of the run it launched):
+        when the last sync was of that very state, its result is used without digesting the stores
+        again. The run then builds what the sensor saw; a later change is the next tick's."""
         roots = self._store_roots()
+        if roots is not None and seen_digest and (seen := self._unchanged_since_last_sync(seen_digest)) is not None:
+            return seen
         digest = store_digest(roots) if roots is not None else None  # taken before looking: a change
         if (unchanged := self._unchanged_since_last_sync(digest)) is not None:  # during the sync is seen next time
             return unchanged

@@ -11,9 +11,11 @@ import dagster as dg
 import polars as pl
 import pytest
 
+import altgrad_pipeline.ingest.catalog as catalog_module
 from altgrad_pipeline.automation.finished_runs import WatchCursor
 from altgrad_pipeline.automation.runs_sensor import finished_runs_sensor
 from altgrad_pipeline.definitions import build_defs
+from altgrad_pipeline.ingest.assets import STORE_DIGEST_TAG
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline_tests.automation.conftest import copy_run, wandb_file
 
@@ -112,15 +114,20 @@ def test_burst_of_twenty_runs_gives_one_request_per_format(defs, instance, store
     assert not again.dynamic_partitions_requests
 
 
-def test_a_requested_partition_materializes(defs, instance, store, tmp_path, template_runs):
-    """The request is runnable as is: the partition's Parquet holds the new run."""
+def test_a_requested_partition_materializes(defs, instance, store, tmp_path, template_runs, monkeypatch):
+    """The request is runnable as is: the partition's Parquet holds the new run. The run carries the
+    store digest the tick synced, so its ingest does not digest the stores again."""
     run_dir = copy_run(template_runs["E2M5"], store, "mat00001")
     result = tick(defs, instance)
     request = next(r for r in result.run_requests if r.partition_key == "E2M5")
+    assert request.tags[STORE_DIGEST_TAG] == WatchCursor.from_json(result.cursor).store_digest
+    digests = []
+    monkeypatch.setattr(catalog_module, "store_digest", lambda roots: digests.append(roots) or "")
     outcome = dg.materialize(
-        defs.assets, selection=request.asset_selection, partition_key="E2M5", instance=instance, resources=defs.resources
-    )
-    assert outcome.success
+        defs.assets, selection=request.asset_selection, partition_key="E2M5", instance=instance, resources=defs.resources,
+        tags=request.tags,
+    )  # fmt: skip
+    assert outcome.success and digests == []
     runs = pl.read_parquet(tmp_path / "data" / "assets" / "raw_runs" / "E2M5.parquet")
     assert runs.get_column("state").to_list() == ["finished"]
     assert runs.item(0, "location").startswith(str(run_dir))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import polars as pl
 
+import altgrad_pipeline.ingest.catalog as catalog_module
 from altgrad_pipeline.ingest.catalog import RunCatalog
+from altgrad_pipeline.ingest.listing import store_digest
 from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator
 
 
@@ -124,6 +126,24 @@ def test_unchanged_local_stores_are_not_listed_again(tmp_path):
     (store / "a.log").write_text("22")  # any file of the store changing means looking again
     source.runs["a"] = ("22", {"fp8_format": "E5M2"})
     assert catalog.sync().reread == ["a"] and source.listings == 2
+
+
+def test_a_sync_given_the_digest_of_the_last_sync_reuses_it_without_digesting(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "a.log").write_text("1")
+    source = FolderSource(store, {"a": ("1", {"fp8_format": "E5M2"})})
+    catalog = RunCatalog(tmp_path / "cache", [source])
+    seen = store_digest([store])  # as the sensor's tick took it
+    first = catalog.sync()
+    digests = []
+    monkeypatch.setattr(catalog_module, "store_digest", lambda roots: digests.append(roots) or store_digest(roots))
+
+    again = catalog.sync(seen_digest=seen)
+    assert digests == [] and source.listings == 1 and [e.key for e in again.entries] == [e.key for e in first.entries]
+    (store / "a.log").write_text("22")
+    source.runs["a"] = ("22", {"fp8_format": "E5M2"})
+    assert catalog.sync(seen_digest="from an older tick").reread == ["a"] and len(digests) == 1
 
 
 def test_a_source_without_a_folder_is_always_listed(tmp_path):

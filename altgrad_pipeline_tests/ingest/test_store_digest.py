@@ -27,3 +27,12 @@ def test_missing_root_and_symlink_cycle(tmp_path):
     (tmp_path / "store").mkdir()
     os.symlink(tmp_path / "store", tmp_path / "store" / "loop")
     assert store_digest([tmp_path / "store", tmp_path / "absent"]) == store_digest([tmp_path / "store", tmp_path / "absent"])
+
+
+def test_the_roots_order_and_repeats_do_not_count(tmp_path):
+    """The sensor digests the configured roots, the catalog its sources' folders: same stores, same digest."""
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.jsonl").write_text("{}\n")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert store_digest([one, two]) == store_digest([two, one, two]) != store_digest([one])
