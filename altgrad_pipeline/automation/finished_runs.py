@@ -115,7 +115,7 @@ def watch_tick(
     checked_at = now.timestamp() if has_remote_sources else None
     if digest == cursor.store_digest and not remote_news and not deadline_due:
         return TickOutcome(refresh={}, cursor=replace(cursor, remote_checked_at=checked_at), synced=False)
-    result = catalog.sync()
+    result = catalog.sync(seen_digest=digest)
     states = catalog.states(result.entries, now=now, grace_s=grace_s)
     digests = terminal_digests(result.entries, states)
     rejected = sorted(fmt for fmt in digests if not SAFE_PARTITION_KEY.match(fmt))

@@ -345,14 +345,13 @@ class RunCatalog:
 
         Cost when nothing changed: for local stores, one digest of their files (path, size, mtime)
         and reading the index; with an API or SQL source, each source's `discover()` as well.
-        `seen_digest` is the digest a sensor tick took of the stores (a tag of the run it launched):
-        when the last sync was of that very state, its result is used without digesting the stores
-        again. The run then builds what the sensor saw; a later change is the next tick's."""
+        `seen_digest` is a digest of the stores taken before this call (by the sensor's tick, or by
+        the tick that launched this run: a run tag), used instead of taking another: the last sync's
+        result if it was of that very state (the run builds what the sensor saw; a later change is
+        the next tick's), else a sync recorded under it, as under any digest taken before looking."""
         roots = self._store_roots()
-        if roots is not None and seen_digest and (seen := self._unchanged_since_last_sync(seen_digest)) is not None:
-            return seen
-        digest = store_digest(roots) if roots is not None else None  # taken before looking: a change
-        if (unchanged := self._unchanged_since_last_sync(digest)) is not None:  # during the sync is seen next time
+        digest = (seen_digest or store_digest(roots)) if roots is not None else None  # taken before looking: a
+        if (unchanged := self._unchanged_since_last_sync(digest)) is not None:  # change during the sync is seen next time
             return unchanged
         issues: list[IngestIssue] = []
         #: One slot per run in discovery order; a changed run's slot is filled once it was read.

@@ -128,7 +128,7 @@ def test_unchanged_local_stores_are_not_listed_again(tmp_path):
     assert catalog.sync().reread == ["a"] and source.listings == 2
 
 
-def test_a_sync_given_the_digest_of_the_last_sync_reuses_it_without_digesting(tmp_path, monkeypatch):
+def test_a_sync_given_a_digest_taken_before_it_does_not_digest_again(tmp_path, monkeypatch):
     store = tmp_path / "store"
     store.mkdir()
     (store / "a.log").write_text("1")
@@ -139,11 +139,15 @@ def test_a_sync_given_the_digest_of_the_last_sync_reuses_it_without_digesting(tm
     digests = []
     monkeypatch.setattr(catalog_module, "store_digest", lambda roots: digests.append(roots) or store_digest(roots))
 
-    again = catalog.sync(seen_digest=seen)
-    assert digests == [] and source.listings == 1 and [e.key for e in again.entries] == [e.key for e in first.entries]
+    again = catalog.sync(seen_digest=seen)  # the state the last sync saw: its result, nothing listed
+    assert source.listings == 1 and [e.key for e in again.entries] == [e.key for e in first.entries]
     (store / "a.log").write_text("22")
     source.runs["a"] = ("22", {"fp8_format": "E5M2"})
-    assert catalog.sync(seen_digest="from an older tick").reread == ["a"] and len(digests) == 1
+    newer = store_digest([store])
+    assert catalog.sync(seen_digest=newer).reread == ["a"] and source.listings == 2  # another state: a sync
+    assert catalog.sync(seen_digest=newer).reread == [] and source.listings == 2  # recorded under it
+    assert digests == []
+    assert catalog.sync().reread == [] and source.listings == 2 and len(digests) == 1  # its own digest agrees
 
 
 def test_a_source_without_a_folder_is_always_listed(tmp_path):
