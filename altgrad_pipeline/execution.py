@@ -75,7 +75,11 @@ def runs_in_parallel(choice: settings.ExecutorChoice) -> bool:
     return choice.name == "celery"
 
 
-def create_pools(instance: dg.DagsterInstance, pools: Iterable[str]) -> None:
+#: The pools the project's ops declare.
+PROJECT_POOLS = (settings.WANDB_API_POOL,)
+
+
+def create_pools(instance: dg.DagsterInstance, pools: Iterable[str] = PROJECT_POOLS) -> None:
     """Give each pool its default-limit row before runs start. Dagster creates it when a step first
     claims the pool, and on PostgreSQL steps of runs starting together race to insert it: the loser
     fails with a UniqueViolation or an aborted transaction (dagster 1.13.27). Here a lost race is

@@ -135,7 +135,7 @@ def refresh(
     if choice.name != "in_process":
         echo(f"Executor: {choice.name}")
     parallel = execution.runs_in_parallel(choice) and len(todo) > 1
-    execution.create_pools(instance, [settings.WANDB_API_POOL])  # steps of out-of-process runs claim it together
+    execution.create_pools(instance)  # steps of out-of-process runs claim it together
     for fmt in todo:
         echo(f"Materializing format partition {fmt} ({', '.join(k.to_user_string() for k in _asset_keys(partitioned))})")
         if not parallel:

@@ -16,7 +16,7 @@ import os
 
 import dagster as dg
 
-from altgrad_pipeline import execution, settings
+from altgrad_pipeline import execution
 from altgrad_pipeline.automation.finished_runs import WatchCursor, watch_tick
 from altgrad_pipeline.automation.targets import format_partitioned_keys, run_store_root_keys
 from altgrad_pipeline.ingest.assets import STORE_DIGEST_TAG
@@ -71,7 +71,7 @@ def _requests(repository: dg.RepositoryDefinition, refresh: dict[str, str], stor
 )
 def finished_runs_sensor(context: dg.SensorEvaluationContext, run_stores: RunStores) -> dg.SensorResult:
     # Every tick (3 ms): a backfill launched from the UI then also finds the pool's row in place.
-    execution.create_pools(context.instance, [settings.WANDB_API_POOL])
+    execution.create_pools(context.instance)
     cursor = WatchCursor.from_json(context.cursor)
     outcome = watch_tick(
         _catalog(run_stores),

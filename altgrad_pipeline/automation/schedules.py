@@ -8,7 +8,7 @@ import os
 
 import dagster as dg
 
-from altgrad_pipeline import execution, settings
+from altgrad_pipeline import execution
 from altgrad_pipeline.automation.finished_runs import SAFE_PARTITION_KEY
 from altgrad_pipeline.automation.targets import format_partitioned_keys
 from altgrad_pipeline.partitions import fp8_format_partitions
@@ -39,7 +39,7 @@ def stale_formats_schedule(context: dg.ScheduleEvaluationContext, run_stores: Ru
         return dg.SkipReason("every format partition matches its runs")
     # A schedule cannot return partition requests; adding keys is idempotent, so register directly.
     context.instance.add_dynamic_partitions(fp8_format_partitions.name, stale)
-    execution.create_pools(context.instance, [settings.WANDB_API_POOL])
+    execution.create_pools(context.instance)
     partitioned = format_partitioned_keys(context.repository_def)
     tick = context.scheduled_execution_time.isoformat()
     return [

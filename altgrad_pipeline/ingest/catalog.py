@@ -350,8 +350,9 @@ class RunCatalog:
         result if it was of that very state (the run builds what the sensor saw; a later change is
         the next tick's), else a sync recorded under it, as under any digest taken before looking."""
         roots = self._store_roots()
-        digest = (seen_digest or store_digest(roots)) if roots is not None else None  # taken before looking: a
-        if (unchanged := self._unchanged_since_last_sync(digest)) is not None:  # change during the sync is seen next time
+        # Taken before looking: a change during the sync is seen by the next one.
+        digest = (seen_digest or store_digest(roots)) if roots is not None else None
+        if (unchanged := self._unchanged_since_last_sync(digest)) is not None:
             return unchanged
         issues: list[IngestIssue] = []
         #: One slot per run in discovery order; a changed run's slot is filled once it was read.
