@@ -379,6 +379,7 @@ class RunCatalog:
                         slots.append(self._entry(key, record))
                         seen_keys.add(key)
                 continue
+            issues.extend(getattr(source, "discovery_issues", ()))
             for locator in locators:
                 key = entry_key(locator.source, locator.location)
                 if key in seen_keys:

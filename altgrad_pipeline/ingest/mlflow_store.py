@@ -10,7 +10,7 @@ child of an experiment folder holding `meta.yaml`, `metrics/`, `params/` or `tag
 SQL store (`sqlite:///path/mlruns.db`, or any SQLAlchemy URL): the tables `experiments`, `runs`,
 `metrics`, `params`, `tags` and `alembic_version`. It keeps +-inf as +-1.797e308 and NaN as 0 with an
 `is_nan` flag; both become NaN and +-inf again here. A schema revision this reader was not written
-for is reported once per run; the store is still read if the columns it needs are there.
+for is reported once per store; the store is still read if the columns it needs are there.
 
 Both stores map the same way: params -> config (numeric-looking text becomes a number, as the
 study's rules compare numbers), experiment name -> project, `mlflow.runName` -> name,
@@ -67,7 +67,8 @@ SYSTEM_TAG_PREFIX = "mlflow."
 #: MLflow's SQL store clamps +-inf to the largest double.
 SQL_INF_SENTINEL = 1.7976931348623157e308
 #: Alembic revisions of MLflow's SQL schema whose `metrics` table has `step` and `is_nan`
-#: (MLflow 1.1 to 3.x, oldest first), as the migrations in MLflow 3.17 list them.
+#: (MLflow 1.1 to 3.x, oldest first), as the migrations in MLflow 3.18 list them. A newer revision is
+#: read by column names and reported once per store (`MlflowSqlSource.discovery_issues`).
 KNOWN_SQL_REVISIONS = (
     "181f10493468", "df50e92ffc5e", "7ac759974ad8", "89d4b8295536", "2b4d017a5e9b", "cfd24bdc0731",
     "0a8213491aaa", "728d730b5ebd", "27a6a02d2cf1", "84291f40a231", "a8c4a736bde6", "39d1c3be5f05",
@@ -79,7 +80,8 @@ KNOWN_SQL_REVISIONS = (
     "2c33131f4dae", "d3e4f5a6b7c8", "d0e1f2a3b4c5", "c8d9e0f1a2b3", "1b5f0d9ad7c1", "e1f2a3b4c5d6",
     "76601a5f987d", "c3d6457b6d8a", "a5b4c3d2e1f0", "ae8bbe7743c9", "7d34483879f0", "da6fb0208061",
     "89d3d66ed43f", "b7e4c1a90f23", "a8b9c0d1e2f3", "c1d2e3f4a5b6", "c3d9e7f1a2b4", "6f8d9c3b2a1e",
-    "1971f2d9a75b", "17e22815139b", "b7e2c1a4d9f3", "75868b020152", "dc11669786a5",
+    "1971f2d9a75b", "17e22815139b", "b7e2c1a4d9f3", "75868b020152", "dc11669786a5", "8b6ad64cb8f5",
+    "e7d1f4b2a9c6", "f4a9b2c7d1e6",
 )  # fmt: skip
 #: The columns read, per table: a store missing any of them cannot be read.
 REQUIRED_SQL_COLUMNS = {
@@ -394,6 +396,8 @@ class MlflowSqlSource:
         self.grace_period_s = grace_period_s
         self.label = redact_url(url)
         self._engine: sa.Engine | None = None
+        #: What the last `discover()` found about the store as a whole (an unknown schema revision).
+        self.discovery_issues: list[IngestIssue] = []
 
     def _connect(self) -> sa.Connection:
         if self._engine is None:
@@ -417,6 +421,22 @@ class MlflowSqlSource:
             missing.extend(f"{table}.{column}" for column in sorted(columns - have))
         return revision, (f"not an MLflow store this reader knows: missing {', '.join(missing)}" if missing else None)
 
+    def _revision_issues(self, revision: str | None) -> list[IngestIssue]:
+        """One issue for the store when its schema revision is newer than this reader knows: the
+        store is still read by column names, which every MLflow release so far has kept."""
+        if revision in KNOWN_SQL_REVISIONS:
+            return []
+        return [
+            IngestIssue(
+                self.label,
+                "unknown_schema_version",
+                f"alembic revision {revision!r} is not one this reader was written for (MLflow up to 3.18); "
+                "read by column names",
+                "nothing (columns whose meaning changed would be misread)",
+                source=SOURCE_NAME,
+            )
+        ]
+
     @staticmethod
     def _metrics_stamp(connection: sa.Connection) -> str:
         """SQL for what changes when a run's metrics change. SQLite: the run's largest rowid, one
@@ -436,6 +456,7 @@ class MlflowSqlSource:
                 revision, problem = self._schema_problem(connection)
                 if problem:
                     raise MlflowSqlError(f"{self.label} (schema revision {revision}): {problem}")
+                self.discovery_issues = self._revision_issues(revision)
                 listing = connection.exec_driver_sql(
                     f"SELECT r.run_uuid, r.status, r.end_time, {self._metrics_stamp(connection)}, "
                     "(SELECT COUNT(*) FROM params p WHERE p.run_uuid = r.run_uuid), "
@@ -457,20 +478,7 @@ class MlflowSqlSource:
     def read(self, locator: RunLocator) -> ParsedRun:
         run_uuid = locator.location.rsplit("#", 1)[1]
         run_id = self.run_id(run_uuid)
-        issues: list[IngestIssue] = []
         with self._connect() as connection:
-            revision, _ = self._schema_problem(connection)
-            if revision not in KNOWN_SQL_REVISIONS:
-                issues.append(
-                    IngestIssue(
-                        self.label,
-                        "unknown_schema_version",
-                        f"alembic revision {revision!r} is not one this reader was written for (MLflow up to "
-                        f"3.17); read by column names",
-                        "nothing (columns whose meaning changed would be misread)",
-                        source=SOURCE_NAME,
-                    )
-                )
             meta = connection.execute(
                 sa.text(
                     "SELECT r.name, r.status, r.start_time, r.end_time, e.name FROM runs r "
@@ -500,7 +508,7 @@ class MlflowSqlSource:
         if run.last_write is None and rows.height:
             run.last_write = utc_from_epoch(rows.get_column("timestamp_ms").max() / 1000)
         run.last_write = run.last_write or run.started_at or dt.datetime.now(dt.UTC)
-        run.issues = [dataclasses.replace(i, run_id=run_id) for i in [*issues, *history_issues]]
+        run.issues = [dataclasses.replace(i, run_id=run_id) for i in history_issues]
         return run
 
     @staticmethod

@@ -109,7 +109,10 @@ class ParsedRun:
 
 
 class RunSource(Protocol):
-    """Anything that can list runs and read one. New kinds of store implement these two calls."""
+    """Anything that can list runs and read one. New kinds of store implement these two calls.
+
+    A source may also keep `discovery_issues` (a list of `IngestIssue`): what its last `discover()`
+    found about the store as a whole, recorded once per sync rather than on every run."""
 
     name: str
 

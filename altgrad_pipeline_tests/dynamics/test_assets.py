@@ -34,14 +34,18 @@ def test_materialize_dynamics_assets_and_reports(tmp_path: Path) -> None:
     def run_histories() -> pl.DataFrame:
         return histories
 
-    result = dg.materialize(
-        [raw_runs, run_histories, assets.training_dynamics, assets.sweep_summary, assets.training_dynamics_report, assets.sweep_summary_report],
-        resources={"report_files": ReportFiles(data_dir=str(tmp_path)), "io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))},
-    )
+    # The test holds its instance: `output_for_node` loads through it after `materialize` returns,
+    # and an ephemeral instance of its own could already be garbage-collected by then.
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [raw_runs, run_histories, assets.training_dynamics, assets.sweep_summary, assets.training_dynamics_report, assets.sweep_summary_report],
+            resources={"report_files": ReportFiles(data_dir=str(tmp_path)), "io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))},
+            instance=instance,
+        )
+        dynamics = result.output_for_node("training_dynamics")
+        summary = result.output_for_node("sweep_summary")
     assert result.success
-    dynamics = result.output_for_node("training_dynamics")
     assert dynamics.filter(pl.col("metric") == "loss")["run_id"].n_unique() == 6
-    summary = result.output_for_node("sweep_summary")
     # altgrad's BF16 baseline keeps fp8_format "E5M2", so against E5M2 only the flags vary
     assert list(summary["varying_keys"][0]) == ["use_fp8", "use_shadow"]
     assert set(summary.filter(pl.col("metric") == "loss")["n_runs"]) == {3}

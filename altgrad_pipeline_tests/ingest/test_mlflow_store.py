@@ -183,17 +183,46 @@ def test_sqlite_column_of_mixed_types_is_read_exactly(tmp_path: Path, sqlite_dri
     assert mixed.select("step", "value").rows() == [(1, 0.1 + 0.2), (2, 1 / 3)]
 
 
-def test_sqlite_unknown_schema_revision(tmp_path: Path) -> None:
+def test_sqlite_unknown_schema_revision_is_read_and_reported_once_per_store(tmp_path: Path) -> None:
+    """A store of an MLflow release newer than the reader: read by column names, said once."""
     url = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    log_runs(url)
+    parent_id, child_id = log_runs(url)
     with sqlite3.connect(tmp_path / "mlruns.db") as db:
         db.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
     source = MlflowSqlSource(url)
 
     runs = [source.read(loc) for loc in source.discover()]
 
-    assert len(runs) == 2 and all([i.kind for i in r.issues] == ["unknown_schema_version"] for r in runs)
-    assert {r.name: r.history.height for r in runs} == {"parent": 0, "child": 12}
+    check_child(runs, parent_id, child_id)
+    assert all(r.issues == [] for r in runs)
+    assert [(i.kind, i.location) for i in source.discovery_issues] == [("unknown_schema_version", url)]
+    assert "'ffffffffffff'" in source.discovery_issues[0].reason
+
+
+def test_sqlite_store_of_the_installed_mlflow_reports_at_most_its_revision(tmp_path: Path) -> None:
+    """Whatever MLflow release is installed, its store reads exactly; a revision newer than the
+    reader's list is one store issue, never a per-run issue or a failure."""
+    url = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    log_runs(url)
+    (revision,) = sqlite3.connect(tmp_path / "mlruns.db").execute("SELECT version_num FROM alembic_version").fetchone()
+    source = MlflowSqlSource(url)
+    source.discover()
+    expected = [] if revision in mlflow_store.KNOWN_SQL_REVISIONS else ["unknown_schema_version"]
+    assert [i.kind for i in source.discovery_issues] == expected
+
+
+def test_catalog_records_the_unknown_revision_once(tmp_path: Path) -> None:
+    from altgrad_pipeline.ingest.catalog import RunCatalog
+
+    url = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    log_runs(url)
+    with sqlite3.connect(tmp_path / "mlruns.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    result = RunCatalog(tmp_path / "cache", [MlflowSqlSource(url)]).sync()
+
+    assert len(result.entries) == 2
+    assert [i.kind for i in result.issues] == ["unknown_schema_version"]
+    assert all(e.issues == [] for e in result.entries)
 
 
 def test_sqlite_without_mlflow_tables_cannot_be_listed(tmp_path: Path) -> None:
