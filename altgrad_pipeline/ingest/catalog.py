@@ -51,7 +51,7 @@ try:
 except ImportError:  # Windows: concurrent syncs may then re-read a run the other one stored
     fcntl = None  # type: ignore[assignment]
 
-CACHE_VERSION = 3  # 3: cached histories are sorted by (step, key)
+CACHE_VERSION = 4  # 3: cached histories are sorted by (step, key); 4: wandb-core 0.17 logs read whole, `log_layout`
 INDEX_NAME = "index.json"
 #: What the last full sync saw: the stores' digest, its runs in discovery order, its issues.
 LAST_SYNC_NAME = "last_sync.json"
@@ -69,7 +69,9 @@ def entry_key(source: str, location: str) -> str:
 
 
 def _version(fingerprint: str) -> str:
-    return hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+    """The run's fingerprint under this cache format: when the readers change what they make of
+    the same files (a new `CACHE_VERSION`), every table and cache built per run version recomputes."""
+    return hashlib.sha256(f"{CACHE_VERSION}\x00{fingerprint}".encode()).hexdigest()[:12]
 
 
 @dataclass

@@ -102,6 +102,8 @@ class ParsedRun:
     cut_short: bool = False
     url: str | None = None
     sdk_version: str | None = None
+    #: Block layout of a `.wandb` log (`standard`, `wandb-core-0.17`); None for other sources.
+    log_layout: str | None = None
     value_types: dict[str, str] = field(default_factory=dict)
     issues: list[IngestIssue] = field(default_factory=list)
     #: What reading was keyed on, for incremental ingest (paths with size and mtime, or API updatedAt).

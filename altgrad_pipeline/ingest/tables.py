@@ -46,6 +46,7 @@ RAW_RUNS_SCHEMA: dict[str, pl.DataType] = {
     "updated_at": pl.Datetime("us", "UTC"),
     "sdk_version": pl.String(),
     "non_scalar_keys": pl.List(pl.Struct({"key": pl.String(), "value_type": pl.String()})),
+    "log_layout": pl.String(),
 }
 
 #: Column descriptions shown in the Dagster UI and the README.
@@ -53,8 +54,8 @@ RAW_RUNS_DESCRIPTIONS: dict[str, str] = {
     "run_id": "Run id as the tracker gave it (W&B id), or a stable id derived from path and content",
     "source": "Which reader produced the run: wandb-local, wandb-api, jsonl, lightning-csv",
     "location": "Run folder, file or URL",
-    "run_version": "Hash of the run's files (paths, sizes, mtimes): changes exactly when its logged data can have "
-    "changed; partition tables recompute a run only when it does",
+    "run_version": "Hash of the run's files (paths, sizes, mtimes) and the catalog's cache version: changes exactly when "
+    "its logged data, or how it is read, can have changed; partition tables recompute a run only when it does",
     "url": "W&B URL for runs from the API",
     "state": "finished (exit 0), failed (non-zero exit), crashed (no exit, untouched past the grace period or log cut), running",
     "exit_code": "Exit code from the exit record, if any",
@@ -63,6 +64,8 @@ RAW_RUNS_DESCRIPTIONS: dict[str, str] = {
     "config": "Full config as JSON text (_wandb removed: it holds host names and e-mails)",
     "summary": "Final folded summary as JSON text",
     "non_scalar_keys": "History keys whose values are not numbers (histograms, tables, strings) with their type",
+    "log_layout": "Block layout of the run's .wandb log, told from its bytes: standard, or wandb-core-0.17 (the 0.17.0-0.17.5 "
+    "opt-in Go writer, blocks 7 bytes later); several, comma-separated, when resumed segments differ; null for other sources",
 }
 
 
@@ -175,6 +178,7 @@ def run_row(run: ParsedRun) -> dict[str, Any]:
         "updated_at": _as_utc(run.last_write),
         "sdk_version": run.sdk_version,
         "non_scalar_keys": [{"key": k, "value_type": t} for k, t in sorted(run.value_types.items())],
+        "log_layout": run.log_layout,
         "_config": run.config,
     }
 

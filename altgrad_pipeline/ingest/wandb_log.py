@@ -1,8 +1,11 @@
 """Decode one W&B `.wandb` transaction log into run facts, a long history and `IngestIssue`s.
 
 The file is LevelDB-log framed (32 KiB blocks of CRC-checked chunks) protobuf `Record`s from the
-installed wandb SDK. Real logs end in every possible way (cut on a block boundary, mid-record, a
-bare chunk header, 0 bytes), so framing damage becomes an issue and the good records are kept.
+installed wandb SDK. wandb 0.17.0-0.17.5's opt-in Go writer (`wandb.require("core")`) started its
+blocks after the 7-byte file header, 7 bytes later than every other SDK: the layout is told from
+the bytes (the SDK version may be missing) by framing the first blocks both ways. Real logs end
+in every possible way (cut on a block boundary, mid-record, a bare chunk header, 0 bytes), so
+framing damage becomes an issue and the good records are kept.
 `WandbLogReader` can be fed again from `offset` when the file grows, so a live run is re-read
 from where the last complete record ended. Large logs' history and summary records are decoded
 by `wandb_fastpath` (numpy over the wire format); everything else, and whatever it declines,
@@ -36,6 +39,13 @@ LOG_HEADER = b":W&B" + (0xBEE1).to_bytes(2, "little") + bytes([0])
 BLOCK_SIZE = 32 * 1024
 CHUNK_HEADER = struct.Struct("<IHB")
 CHUNK_FULL, CHUNK_FIRST, CHUNK_MIDDLE, CHUNK_LAST = 1, 2, 3, 4
+#: Block layouts and where each one's block 0 starts: "standard" counts the file header inside
+#: block 0; wandb-core of 0.17.0-0.17.5 began block 0 after it (fixed upstream in 0.17.6).
+LAYOUT_STANDARD, LAYOUT_CORE_017 = "standard", "wandb-core-0.17"
+BLOCK_ORIGIN = {LAYOUT_STANDARD: 0, LAYOUT_CORE_017: len(LOG_HEADER)}
+#: Bytes at the start framed both ways to tell the layouts apart: several boundaries, since a
+#: record can end exactly where both layouts put a chunk header.
+LAYOUT_PROBE_BYTES = 4 * BLOCK_SIZE
 #: CRC-32 of each chunk type byte: a chunk's CRC continues from its type's (one call per chunk).
 _TYPE_CRC = tuple(zlib.crc32(bytes([kind])) for kind in range(256))
 #: Per-row bookkeeping the SDK adds to every history row: columns of the row, not metrics.
@@ -375,6 +385,32 @@ def _gather(column: pl.Series, index: np.ndarray) -> pl.Series:
     return pl.Series(column.name, column.to_numpy()[index], dtype=column.dtype)
 
 
+def _first_damage(view: memoryview, base: int, pos: int, end: int, origin: int) -> tuple[int | None, int]:
+    """Walk the chunks of the file's bytes `view` (from file offset `base`) between `pos` and `end`
+    with blocks starting at `origin`: the offset of the first chunk this layout finds damaged (None
+    when the bytes run out first), and where the last whole, CRC-checked chunk ends."""
+    checked = pos
+    while True:
+        in_block = (pos - origin) % BLOCK_SIZE
+        if BLOCK_SIZE - in_block < CHUNK_HEADER.size:
+            pos += BLOCK_SIZE - in_block
+            continue
+        if pos + CHUNK_HEADER.size > end:
+            return None, checked
+        crc, length, kind = CHUNK_HEADER.unpack_from(view, pos - base)
+        payload_start = pos + CHUNK_HEADER.size
+        if kind == 0 and length == 0:
+            pos = payload_start
+            continue
+        if kind == 0 or kind > CHUNK_LAST or payload_start + length > pos - in_block + BLOCK_SIZE:
+            return pos, checked
+        if payload_start + length > end:
+            return None, checked
+        if zlib.crc32(view[payload_start - base : payload_start - base + length], _TYPE_CRC[kind]) != crc:
+            return pos, checked
+        pos = checked = payload_start + length
+
+
 @dataclass
 class WandbLog:
     """What one `.wandb` file says about its run (one segment, for resumed runs)."""
@@ -391,6 +427,8 @@ class WandbLog:
     summary: dict[str, Any] = field(default_factory=dict)
     started_at: dt.datetime | None = None
     sdk_version: str | None = None
+    #: Block layout of the file (`LAYOUT_STANDARD`, `LAYOUT_CORE_017`); None when it has no header.
+    log_layout: str | None = None
     ended: bool = False
     exit_code: int | None = None
     history: pl.DataFrame = field(default_factory=empty_history)
@@ -419,6 +457,9 @@ class WandbLogReader:
         self._tail_issue: IngestIssue | None = None
         self._partial_tail_bytes = 0
         self._header_seen = False
+        #: Block layout once the bytes have told it; until then framed as standard (the two
+        #: read the same up to the first place where they disagree, which settles it).
+        self._layout: str | None = None
         self._run: Any = None
         self._config: FlatItems = {}
         self._summary: FlatItems = {}
@@ -493,16 +534,46 @@ class WandbLogReader:
             self._header_seen = True
             self.offset = len(LOG_HEADER)
         self._buffer = data
-        self._frame(data, size, base, file_age_s)
+        stop = self._settle_layout(memoryview(data), base, base + size)
+        self._frame(data, size, base, file_age_s, stop)
         self._flush_batch()
         self._buffer = np.zeros(0, dtype=np.uint8)  # the decoded records' bytes are not needed again
 
-    def _frame(self, data: np.ndarray, size: int, base: int, file_age_s: float | None) -> None:
-        """Walk the chunks of `data[:size]` (`base` is data[0]'s file offset); move each complete
-        record's payload down to the end of the previous one (a chunk's bytes are read before
-        anything is written over them: the write position trails by at least a chunk header)
-        and queue the record for `_flush_batch`, or decode it at once when `data` is small."""
-        end = base + size
+    @property
+    def _origin(self) -> int:
+        """Where block 0 starts in the layout framed (standard while the layout is open)."""
+        return BLOCK_ORIGIN[self._layout or LAYOUT_STANDARD]
+
+    def _settle_layout(self, view: memoryview, base: int, end: int) -> int:
+        """Settle the block layout from the bytes up to `end` if it is still open; return the file
+        offset up to which this feed may frame. Standard unless framing it finds damage that the
+        wandb-core 0.17 layout reads past with a good CRC; damage both layouts find is the file's
+        own. When the bytes end before either tells, framing stops at the disputed chunk."""
+        if self._layout is not None:
+            return end
+        window = min(end, len(LOG_HEADER) + LAYOUT_PROBE_BYTES)
+        damage, _ = _first_damage(view, base, self.offset, window, BLOCK_ORIGIN[LAYOUT_STANDARD])
+        if damage is None:
+            if window < end:
+                self._layout = LAYOUT_STANDARD
+            return end
+        shifted_damage, shifted_checked = _first_damage(view, base, self.offset, window, BLOCK_ORIGIN[LAYOUT_CORE_017])
+        if shifted_checked > damage:
+            self._layout = LAYOUT_CORE_017
+        elif shifted_damage is not None:
+            self._layout = LAYOUT_STANDARD
+        else:
+            return damage
+        return end
+
+    def _frame(self, data: np.ndarray, size: int, base: int, file_age_s: float | None, stop: int) -> None:
+        """Walk the chunks of `data[:size]` (`base` is data[0]'s file offset) up to file offset
+        `stop`; move each complete record's payload down to the end of the previous one (a
+        chunk's bytes are read before anything is written over them: the write position trails by
+        at least a chunk header) and queue the record for `_flush_batch`, or decode it at once
+        when `data` is small. Bytes from `stop` on wait for the next feed, like a partial tail."""
+        size_end, end = base + size, min(base + size, stop)
+        origin = self._origin
         pos = self.offset
         view = memoryview(data)  # slicing and copying a memoryview costs a fraction of numpy's
         # Too few bytes for the fast path: decode each record as it completes (no batch).
@@ -513,12 +584,14 @@ class WandbLogReader:
         record_from = 0  # where it starts in `data`
         self._tail_issue = None
         while True:
-            in_block = pos % BLOCK_SIZE
+            in_block = (pos - origin) % BLOCK_SIZE
             if BLOCK_SIZE - in_block < CHUNK_HEADER.size:
                 if pos + (BLOCK_SIZE - in_block) > end:
                     break  # the block trailer itself is not data
-                pos += BLOCK_SIZE - in_block
-                if not in_record:
+                trailer, pos = view[pos - base : pos + BLOCK_SIZE - in_block - base], pos + BLOCK_SIZE - in_block
+                # Writers zero-fill a trailer; while the layout is open, other bytes there may be
+                # a chunk of the other layout: the next feed resumes before them.
+                if not in_record and (self._layout is not None or not any(trailer)):
                     record_start = pos
                     self.offset = pos
                 continue
@@ -570,8 +643,9 @@ class WandbLogReader:
         if direct:  # these rows keep their order; the index places them among other feeds' rows
             self._row_records.extend([self._records_seen] * (len(self._row_counts) - rows))
             self._records_seen += records
-        in_trailer = self.offset % BLOCK_SIZE > BLOCK_SIZE - CHUNK_HEADER.size
-        self._partial_tail_bytes = 0 if in_trailer else max(0, end - self.offset)
+        trailer = BLOCK_SIZE - (self.offset - origin) % BLOCK_SIZE
+        in_trailer = trailer < CHUNK_HEADER.size and size_end <= self.offset + trailer
+        self._partial_tail_bytes = 0 if in_trailer else max(0, size_end - self.offset)
         if self._partial_tail_bytes:
             self._tail_issue = self._truncated_tail(self._partial_tail_bytes, file_age_s)
 
@@ -593,7 +667,7 @@ class WandbLogReader:
             self._issue(
                 kind,
                 f"{reason}; skipped to the next block",
-                f"{stop - start} bytes (offsets {start}-{stop}, block {pos // BLOCK_SIZE})",
+                f"{stop - start} bytes (offsets {start}-{stop}, block {(pos - self._origin) // BLOCK_SIZE})",
                 position=f"byte {pos}",
             )
         )
@@ -763,6 +837,7 @@ class WandbLogReader:
             log.private_strings = {run.host} - {""}
         version = self._header_version or (run.telemetry.cli_version if run is not None else "")
         log.sdk_version = version.split("+", 1)[0] or None
+        log.log_layout = (self._layout or LAYOUT_STANDARD) if self._header_seen else None
         log.config = _build_tree(self._config)
         log.summary = _build_tree(self._summary)
         if self._exit is not None:

@@ -161,6 +161,25 @@ def test_crc_mismatch_skips_to_the_next_block_and_keeps_the_rest(sdk_runs: dict[
     assert joined.filter(~pl_same("value", "value_ref")).height == 0
 
 
+@pytest.mark.parametrize("flip", [BLOCK_SIZE - 2, BLOCK_SIZE, BLOCK_SIZE + 4, BLOCK_SIZE + 6, BLOCK_SIZE + 7])
+def test_damage_at_the_first_block_boundary_is_not_taken_for_another_layout(
+    sdk_runs: dict[str, Path], tmp_path: Path, flip: int
+) -> None:
+    """The wandb-core 0.17 layout puts block 1 seven bytes later; a standard log damaged exactly
+    there must still be read as standard, the damage reported and the blocks after it kept."""
+    data = bytearray(sdk_runs["long"].read_bytes())
+    data[flip] ^= 0x5A
+    damaged = tmp_path / "run-boundary.wandb"
+    damaged.write_bytes(bytes(data))
+    log = read_wandb_log(damaged)
+    assert log.log_layout == "standard" and log.ended and log.exit_code == 0
+    assert log.issues and log.issues[0].kind in ("crc_mismatch", "bad_chunk")
+    reference = read_wandb_log(sdk_runs["long"])
+    assert reference.log_layout == "standard" and 0 < log.history.height <= reference.history.height
+    joined = log.history.join(reference.history, on=["step", "key"], suffix="_ref")
+    assert joined.height == log.history.height and joined.filter(~pl_same("value", "value_ref")).height == 0
+
+
 def pl_same(left: str, right: str):  # noqa: ANN201 - a Polars expression
     import polars as pl
 
