@@ -66,6 +66,7 @@ def lm_specs() -> list[RunSpec]:
         RunSpec("e3m4-2", "E3M4", "AdamW", 2, FP8_STEPS, "finished", 2.55, nan_at=(20,)),
         RunSpec("e3m4-live", "E3M4", "AdamW", 3, FP8_STEPS, "running", 2.5, end_step=49, outcome="running"),
         RunSpec("e0m7-stall", "E0M7", "AdamW", 1, FP8_STEPS, "finished", 3.0, stall_onset=30, failure_mode="bit_stall", failure_step=30),
+        RunSpec("e0m7-2", "E0M7", "AdamW", 2, FP8_STEPS, "finished", 3.0),
         RunSpec("e1m6-overflow", "E1M6", "AdamW", 1, FP8_STEPS, "finished", 2.8, overflow_from=50, failure_mode="overflow", failure_step=50),
         # same overflow, but this run's own threshold is above it: no failure
         RunSpec("e1m6-tolerant", "E1M6", "AdamW", 2, FP8_STEPS, "finished", 2.8, overflow_from=50, config={"overflow_threshold": 0.02}),
