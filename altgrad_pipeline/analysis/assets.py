@@ -5,6 +5,7 @@ IO manager); their descriptions are the analysis modules' own docstrings, so the
 and the code state the same definitions.
 """
 
+import datetime as dt
 
 import dagster as dg
 import polars as pl
@@ -95,7 +96,7 @@ def _failure_reports(run_stores: RunStores, raw_runs: pl.LazyFrame) -> pl.DataFr
 def failure_modes(
     raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, run_stores: RunStores
 ) -> dg.MaterializeResult:
-    frame = failures.failure_modes(raw_runs, run_histories, run_outcomes, _failure_reports(run_stores, raw_runs))
+    frame = failures.failure_modes(raw_runs, run_histories, run_outcomes, _failure_reports(run_stores, raw_runs), now=dt.datetime.now(dt.UTC))
     failed = frame.filter(pl.col("failure_mode") != "none")
     return dg.MaterializeResult(
         value=frame,
@@ -138,16 +139,16 @@ def format_rankings(
 
 @dg.asset(
     group_name=ANALYSIS_GROUP,
-    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn(), "run_summaries": dg.AssetIn()},
+    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn(), "run_summaries": dg.AssetIn(), "failure_modes": dg.AssetIn()},
     description="ANAL-03: ManifoldAdamW against AdamW per format and metric, with bootstrap CIs.\n\n" + _doc(manifold),
     metadata={"dagster/column_schema": table_schema(manifold.MANIFOLD_SCHEMA)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet", "scipy"},
 )
 def manifold_stats(
-    raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, run_summaries: pl.LazyFrame
+    raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, run_summaries: pl.LazyFrame, failure_modes: pl.LazyFrame
 ) -> dg.MaterializeResult:
-    frame = manifold.manifold_stats(raw_runs, run_histories, run_outcomes, run_summaries)
+    frame = manifold.manifold_stats(raw_runs, run_histories, run_outcomes, run_summaries, failure_modes)
     return dg.MaterializeResult(
         value=frame,
         metadata={

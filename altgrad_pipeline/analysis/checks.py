@@ -7,7 +7,7 @@ import warnings
 import dagster as dg
 import polars as pl
 
-from altgrad_pipeline.analysis import consistency
+from altgrad_pipeline.analysis import consistency, manifold
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline.ui import preview
 
@@ -96,6 +96,17 @@ def intervals_contain_the_effect(manifold_stats: pl.DataFrame) -> dg.AssetCheckR
     return _result(passed, bad, "every CI contains its point estimate")
 
 
+@dg.asset_check(
+    asset="manifold_stats",
+    additional_ins={"raw_runs": dg.AssetIn()},
+    description="Every format has runs of both optimizers; a format lacking an arm has no ManifoldAdamW comparison (warns, listing them).",
+)
+def every_format_has_both_optimizers(manifold_stats: pl.DataFrame, raw_runs: pl.LazyFrame) -> dg.AssetCheckResult:
+    missing = manifold.formats_missing_an_arm(raw_runs)
+    result = _result(missing.is_empty(), missing, "every format has both optimizer arms")
+    return dg.AssetCheckResult(passed=result.passed, severity=dg.AssetCheckSeverity.WARN, description=result.description, metadata=result.metadata)
+
+
 ANALYSIS_CHECKS = [
     every_run_has_a_loss_series,
     steps_are_unique_and_increasing,
@@ -103,4 +114,5 @@ ANALYSIS_CHECKS = [
     partitions_cover_every_format,
     formats_completed_or_marked_all_failed,
     intervals_contain_the_effect,
+    every_format_has_both_optimizers,
 ]

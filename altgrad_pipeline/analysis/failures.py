@@ -16,25 +16,51 @@ Failure mode, first match wins (thresholds from each run's own config, defaults 
    `config.overflow_threshold` [0.01]. (altgrad's overflow rate is structurally 0.)
 4. `early_stop`: the outcome is `incomplete` or `killed` and the last logged step is before
    `max_steps - 1`, with none of the above. `failure_step` = the last logged step.
-5. `none`.
+5. `no_exit_record`: the outcome is `running`: the run has written no exit record yet. A killed
+   process looks like this until the crash grace period (ALTGRAD_CRASH_GRACE_SECONDS) passes and
+   it becomes `killed` (then `early_stop`); a live run looks like this too, which `silent_seconds`
+   (time since the run's files last changed, when the caller passes `now`) tells apart.
+   `failure_step` = the last logged step. Listed from the first refresh that sees the run, since
+   the run already counts against its format's completion rate.
+6. `none`.
 A completed run can still have `bit_stall`: the mode names the pathology, the outcome the ending.
+`exit_recorded` is True when the tracker holds an exit record (state finished or failed).
+
+Failure stage, first match wins, for every mode but `none` and `no_exit_record`, from the logged
+evidence (`failure_evidence` names the numbers):
+1. `optimizer_state_corruption`: weights hold NaN (`param_nan_count` > 0) at a step whose global
+   gradient norm is finite, no later than the first non-finite loss: the update, not the
+   gradient, wrote the NaN (`param_nan_finite_grad_step`).
+2. `forward_overflow`: mode `overflow`, or the overflow rate at the failure step above the run's
+   `overflow_threshold`, or a non-finite loss after the gradient norm grew at least
+   `EXPLODING_GROWTH`-fold over the trend window.
+3. `backward_vanishing`: mode `bit_stall` (updates below the weight grid), or at the failure step
+   an underflow rate above `VANISHING_FRACTION`, or a zero-gradient fraction (embeddings excluded)
+   above `VANISHING_FRACTION`, or a gradient norm that shrank at least `EXPLODING_GROWTH`-fold.
+4. `unknown`.
+`recommendation` is the study's prevention rule for the stage (`RECOMMENDATIONS`).
+Failure-report fields (gradient sparsity, zero-update layers) are quoted in the evidence when a
+report was joined.
 
 Trend before collapse: over steps [anchor - trend_steps, anchor], anchor = `failure_step`
-(the last logged step when there is no failure), finite values only:
+(the last logged step when there is no failure), the start clamped to the run's first logged step,
+finite values only:
 `loss_slope` = least-squares slope of the loss per step; `grad_norm_growth` = exp(b * span) where
 b is the least-squares slope of ln(grad_norm) per step and span the covered step range, i.e. the
 fitted growth factor over the window (>1 growing); the global `grad_norm` is used, or, for runs
 that do not log it (classification), sqrt(sum of squared per-parameter `grad_norm_l2`);
 `grad_sparsity` = mean over steps of the per-step mean `dead_neuron_frac` of the quantised
 (2-D weight) parameters; `dead_neuron_frac_ex_embedding` = the same without embedding layers.
-`ref_*` = the same four numbers computed over the same step window for every completed run of
-another format (not `no_format`) in the same project, averaged over those runs
-(`n_ref_runs` of them).
+`ref_*` = the same four numbers computed over the same step window for every successful run
+(completed, failure mode `none`) of another format (not `no_format`) with the same optimizer in the
+same project, averaged over those runs (`n_ref_runs` of them).
 Failure reports (FormatExperimentRunner) are joined through `config.checkpoint_dir`, columns
 prefixed `report_`.
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 import polars as pl
 
@@ -43,7 +69,21 @@ from altgrad_pipeline.analysis.layers import DEFAULT_LAYER_PATTERNS, LayerPatter
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import finite, least_squares_slope
 
-FAILURE_MODES = ("nan_loss", "bit_stall", "overflow", "early_stop", "none")
+FAILURE_MODES = ("nan_loss", "bit_stall", "overflow", "early_stop", "no_exit_record", "none")
+FAILURE_STAGES = ("optimizer_state_corruption", "forward_overflow", "backward_vanishing", "unknown")
+#: The study's prevention rule for each failure stage.
+RECOMMENDATIONS = {
+    "forward_overflow": "Scale the loss or clip gradients (partition clipping) before quantising, or use a format with more exponent bits.",
+    "backward_vanishing": "Use more mantissa bits (E3M4 or E5M2 rather than E0M7 or E1M6) or a manifold-aware step (ManifoldAdamW), so updates stay above the weight grid.",
+    "optimizer_state_corruption": "Keep optimizer state and master weights in higher precision, skip updates with non-finite values, and lower the learning rate.",
+    "unknown": "No logged metric localises the failure: read the process log, the failure report and the last checkpoint.",
+}
+#: A gradient norm that grows (or shrinks) this many times over the trend window explodes (vanishes).
+EXPLODING_GROWTH = 10.0
+#: Underflow rate or zero-gradient fraction above which gradients count as vanishing (the runner's 50%).
+VANISHING_FRACTION = 0.5
+UNDERFLOW_KEYS = ("quantization/underflow_rate", "underflow_rate")
+EXIT_RECORDED_STATES = ("finished", "failed")
 THRESHOLD_DEFAULTS = {"config.bit_stall_threshold": 0.5, "config.overflow_threshold": 0.01, "config.nan_patience": 10}
 BIT_STALL_KEYS = ("quantization/bit_stall_rate", "bit_stall_rate")
 OVERFLOW_KEYS = ("quantization/overflow_rate", "overflow_rate")
@@ -88,10 +128,14 @@ def _thresholds(raw_runs: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _trend_series(histories: pl.LazyFrame, patterns: LayerPatterns) -> pl.LazyFrame:
-    """run_id, step, quantity, value for the quantities the trend metrics are computed from."""
+def _per_param(histories: pl.LazyFrame, patterns: LayerPatterns) -> pl.LazyFrame:
     parsed = parse_metric_keys(histories.select("key"), patterns).filter(pl.col("metric").is_in(["grad_norm_l2", "dead_neuron_frac"]))
-    per_param = histories.join(parsed, on="key", how="inner")
+    return histories.join(parsed, on="key", how="inner")
+
+
+def grad_norm_series(histories: pl.LazyFrame, per_param: pl.LazyFrame) -> pl.LazyFrame:
+    """run_id, step, value: the logged global `grad_norm`, or for runs that do not log it
+    (classification) sqrt(sum of squared per-parameter `grad_norm_l2`); non-finite values kept."""
     logged_grad_norm = history_series(histories, ("grad_norm",))
     grad_norm_from_params = (
         per_param.filter(pl.col("metric") == "grad_norm_l2")
@@ -99,13 +143,16 @@ def _trend_series(histories: pl.LazyFrame, patterns: LayerPatterns) -> pl.LazyFr
         .group_by("run_id", "step")
         .agg((pl.col("value") ** 2).sum().sqrt().alias("value"))
     )
+    return pl.concat([logged_grad_norm.select("run_id", "step", "value"), grad_norm_from_params.select("run_id", "step", "value")])
+
+
+def _trend_series(histories: pl.LazyFrame, per_param: pl.LazyFrame, grad_norm: pl.LazyFrame) -> pl.LazyFrame:
+    """run_id, step, quantity, value for the quantities the trend metrics are computed from."""
     dead = per_param.filter((pl.col("metric") == "dead_neuron_frac") & pl.col("quantized").fill_null(False) & finite(pl.col("value")))
     return pl.concat(
         [
             loss_history(histories).select("run_id", "step", pl.lit("loss").alias("quantity"), "value"),
-            pl.concat([logged_grad_norm.select("run_id", "step", "value"), grad_norm_from_params.select("run_id", "step", "value")]).select(
-                "run_id", "step", pl.lit("log_grad_norm").alias("quantity"), pl.col("value").log()
-            ),
+            grad_norm.select("run_id", "step", pl.lit("log_grad_norm").alias("quantity"), pl.col("value").log()),
             dead.group_by("run_id", "step").agg(pl.col("value").mean()).select("run_id", "step", pl.lit("grad_sparsity").alias("quantity"), "value"),
             dead.filter(pl.col("layer_type") != "embedding")
             .group_by("run_id", "step")
@@ -143,6 +190,75 @@ def trend_metrics(series: pl.LazyFrame, windows: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def _value_at(series: pl.LazyFrame, steps: pl.LazyFrame, name: str) -> pl.LazyFrame:
+    """run_id, `name`: the series' last finite value at or before each run's `anchor_step`."""
+    return (
+        series.join(steps, on="run_id")
+        .filter((pl.col("step") <= pl.col("anchor_step")) & finite(pl.col("value")))
+        .group_by("run_id")
+        .agg(pl.col("value").sort_by("step").last().alias(name))
+    )
+
+
+def _num(name: str) -> pl.Expr:
+    """A column as 3 significant figures of text, "n/a" when missing: evidence stays readable."""
+    return pl.col(name).cast(pl.Float64).round_sig_figs(3).cast(pl.String).fill_null("n/a")
+
+
+def _step(name: str) -> pl.Expr:
+    return pl.col(name).cast(pl.String).fill_null("n/a")
+
+
+def _stage(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """failure_stage, failure_evidence and recommendation from the evidence columns (module docstring)."""
+    failed = ~pl.col("failure_mode").is_in(["none", "no_exit_record"])
+    corrupted = pl.col("param_nan_finite_grad_step").is_not_null() & (
+        pl.col("first_nan_step").is_null() | (pl.col("param_nan_finite_grad_step") <= pl.col("first_nan_step"))
+    )
+    overflowed = (pl.col("failure_mode") == "overflow") | (pl.col("overflow_rate_at_failure") > pl.col("overflow_threshold")).fill_null(False) | (
+        (pl.col("failure_mode") == "nan_loss") & (pl.col("grad_norm_growth") >= EXPLODING_GROWTH).fill_null(False)
+    )
+    vanished = (
+        (pl.col("failure_mode") == "bit_stall")
+        | (pl.col("underflow_rate_at_failure") > VANISHING_FRACTION).fill_null(False)
+        | (pl.col("dead_neuron_frac_ex_embedding") > VANISHING_FRACTION).fill_null(False)
+        | (pl.col("grad_norm_growth") <= 1 / EXPLODING_GROWTH).fill_null(False)
+    )
+    stage = (
+        pl.when(~failed)
+        .then(pl.lit(None, pl.String))
+        .when(corrupted)
+        .then(pl.lit("optimizer_state_corruption"))
+        .when(overflowed)
+        .then(pl.lit("forward_overflow"))
+        .when(vanished)
+        .then(pl.lit("backward_vanishing"))
+        .otherwise(pl.lit("unknown"))
+    )
+    window = pl.format("over steps {}-{}", _step("trend_start_step"), _step("trend_end_step"))
+    growth = pl.format("gradient norm x{} {}", _num("grad_norm_growth"), window)
+    evidence = (
+        pl.when(pl.col("failure_stage") == "optimizer_state_corruption")
+        .then(pl.format("weights hold NaN from step {} while the gradient norm is finite ({}); loss non-finite from step {}",
+                        _step("param_nan_finite_grad_step"), _num("grad_norm_at_param_nan"), _step("first_nan_step")))
+        .when(pl.col("failure_stage") == "forward_overflow")
+        .then(pl.format("{}; overflow rate {} (threshold {}); loss non-finite from step {}",
+                        growth, _num("overflow_rate_at_failure"), _num("overflow_threshold"), _step("first_nan_step")))
+        .when(pl.col("failure_stage") == "backward_vanishing")
+        .then(pl.format("bit-stall rate {} (threshold {}, above it from step {}); zero-gradient fraction {} (embeddings excluded); underflow rate {}; {}",
+                        _num("bit_stall_rate_at_failure"), _num("bit_stall_threshold"), _step("bit_stall_onset_step"),
+                        _num("dead_neuron_frac_ex_embedding"), _num("underflow_rate_at_failure"), growth))
+        .when(pl.col("failure_stage") == "unknown")
+        .then(pl.format("no overflow, vanishing or NaN-weight evidence: {}; overflow rate {}; underflow rate {}; last logged step {} of max_steps {}",
+                        growth, _num("overflow_rate_at_failure"), _num("underflow_rate_at_failure"), _step("last_step"), _step("max_steps")))
+    )
+    report = pl.format("; failure report: gradient sparsity {}, {} zero-update layers", _num("report_gradient_sparsity"), _step("report_n_zero_update_layers"))
+    return frame.with_columns(stage.alias("failure_stage")).with_columns(
+        (evidence + pl.when(pl.col("report_path").is_not_null()).then(report).otherwise(pl.lit(""))).alias("failure_evidence"),
+        pl.col("failure_stage").replace_strict(RECOMMENDATIONS, default=None, return_dtype=pl.String).alias("recommendation"),
+    )
+
+
 def failure_modes(
     raw_runs: pl.LazyFrame | pl.DataFrame,
     histories: pl.LazyFrame | pl.DataFrame,
@@ -151,18 +267,22 @@ def failure_modes(
     window: int = 20,
     trend_steps: int = 50,
     patterns: LayerPatterns = DEFAULT_LAYER_PATTERNS,
+    now: dt.datetime | None = None,
 ) -> pl.DataFrame:
-    """One row per run: failure mode, failure step, the trend before it, the same trend for
-    completed runs of other formats (`ref_*`) and the parsed failure report (`report_*`).
-    See the module docstring for every definition."""
+    """One row per run: failure mode, step and stage, the trend before it, the same trend for
+    successful runs of other formats with the same optimizer (`ref_*`) and the parsed failure
+    report (`report_*`). `now` (aware) gives `silent_seconds`. See the module docstring."""
     runs = raw_runs.lazy()
     history = histories.lazy()
     thresholds = _thresholds(runs)
-    outcome_columns = ["run_id", "outcome", "last_step", "last_finite_loss", "last_finite_loss_step", "first_nan_step", "first_param_nan_step"]
+    run_columns = runs.collect_schema().names()
+    updated_at = pl.col("updated_at").cast(pl.Datetime("us", "UTC")) if "updated_at" in run_columns else pl.lit(None, pl.Datetime("us", "UTC"))
+    outcome_columns = ["run_id", "state", "outcome", "last_step", "last_finite_loss", "last_finite_loss_step", "first_nan_step", "first_param_nan_step"]
     base = (
-        runs.select("run_id", "project", "fp8_format", "optimizer", pl.col("max_steps").cast(pl.Int64))
+        runs.select("run_id", "project", "fp8_format", "optimizer", pl.col("max_steps").cast(pl.Int64), updated_at.alias("updated_at"))
         .join(outcomes.lazy().select(outcome_columns), on="run_id", how="left")
         .join(thresholds, on="run_id", how="left")
+        .join(history.group_by("run_id").agg(pl.col("step").min().alias("first_step")), on="run_id", how="left")
     )
 
     non_finite_loss = loss_history(history).select("run_id", "step", (~finite(pl.col("value"))).alias("flag"))
@@ -191,6 +311,8 @@ def failure_modes(
             .then(pl.lit("overflow"))
             .when(pl.col("outcome").is_in(["incomplete", "killed"]) & ended_early)
             .then(pl.lit("early_stop"))
+            .when(pl.col("outcome") == "running")
+            .then(pl.lit("no_exit_record"))
             .otherwise(pl.lit("none"))
             .alias("failure_mode")
         )
@@ -201,29 +323,33 @@ def failure_modes(
             .then(pl.col("bit_stall_onset_step"))
             .when(pl.col("failure_mode") == "overflow")
             .then(pl.col("overflow_onset_step"))
-            .when(pl.col("failure_mode") == "early_stop")
+            .when(pl.col("failure_mode").is_in(["early_stop", "no_exit_record"]))
             .then(pl.col("last_step"))
-            .alias("failure_step")
+            .alias("failure_step"),
+            pl.col("state").is_in(EXIT_RECORDED_STATES).alias("exit_recorded"),
+            (pl.lit(now, pl.Datetime("us", "UTC")) - pl.col("updated_at")).dt.total_seconds(fractional=True).alias("silent_seconds"),
         )
         .with_columns(
             pl.coalesce("failure_step", "last_step").alias("trend_end_step"),
-            (pl.coalesce("failure_step", "last_step") - trend_steps).alias("trend_start_step"),
+            pl.max_horizontal(pl.coalesce("failure_step", "last_step") - trend_steps, "first_step").alias("trend_start_step"),
         )
     )
 
-    targets = classified.select("run_id", "project", "fp8_format", "trend_start_step", "trend_end_step")
-    references = classified.filter((pl.col("outcome") == "completed") & (pl.col("fp8_format") != "no_format")).select(
-        pl.col("run_id").alias("source_id"), "project", pl.col("fp8_format").alias("source_format")
-    )
+    targets = classified.select("run_id", "project", "optimizer", "fp8_format", "trend_start_step", "trend_end_step")
+    references = classified.filter(
+        (pl.col("outcome") == "completed") & (pl.col("failure_mode") == "none") & (pl.col("fp8_format") != "no_format")
+    ).select(pl.col("run_id").alias("source_id"), "project", "optimizer", pl.col("fp8_format").alias("source_format"))
     windows = pl.concat(
         [
             targets.select(pl.col("run_id").alias("target_id"), pl.col("run_id").alias("source_id"), "trend_start_step", "trend_end_step"),
-            targets.join(references, on="project", how="inner")
+            targets.join(references, on=["project", "optimizer"], how="inner")
             .filter(pl.col("source_format") != pl.col("fp8_format"))
             .select(pl.col("run_id").alias("target_id"), "source_id", "trend_start_step", "trend_end_step"),
         ]
     ).rename({"trend_start_step": "window_start", "trend_end_step": "window_end"})
-    trends = trend_metrics(_trend_series(history, patterns), windows)
+    per_param = _per_param(history, patterns)
+    grad_norm = grad_norm_series(history, per_param)
+    trends = trend_metrics(_trend_series(history, per_param, grad_norm), windows)
     own = trends.filter(pl.col("target_id") == pl.col("source_id")).drop("source_id")
     ref = (
         trends.filter(pl.col("target_id") != pl.col("source_id"))
@@ -231,29 +357,49 @@ def failure_modes(
         .agg(pl.len().alias("n_ref_runs"), *(pl.col(m).mean().alias(f"ref_{m}") for m in TREND_METRICS))
     )
 
+    anchors = classified.select("run_id", pl.col("trend_end_step").alias("anchor_step"))
+    param_nan_finite_grad = (
+        param_nan.filter(pl.col("flag"))
+        .join(grad_norm.filter(finite(pl.col("value"))), on=["run_id", "step"], how="inner")
+        .group_by("run_id")
+        .agg(pl.col("step").min().alias("param_nan_finite_grad_step"), pl.col("value").sort_by("step").first().alias("grad_norm_at_param_nan"))
+    )
+
     report_schema = _report_columns()
     reports = (
         pl.DataFrame(schema=FAILURE_REPORTS_SCHEMA).lazy() if failure_reports is None else failure_reports.lazy().select(list(FAILURE_REPORTS_SCHEMA))
     ).rename({name: new for name, new in zip(FAILURE_REPORTS_SCHEMA, report_schema)})
-    checkpoint_dir = pl.col("config.checkpoint_dir") if "config.checkpoint_dir" in runs.collect_schema().names() else pl.lit(None, pl.String)
+    checkpoint_dir = pl.col("config.checkpoint_dir") if "config.checkpoint_dir" in run_columns else pl.lit(None, pl.String)
     run_reports = (
         runs.select("run_id", checkpoint_dir.cast(pl.String).alias("report_checkpoint_dir"))
         .join(reports, on="report_checkpoint_dir", how="inner")
     )
 
-    return (
+    joined = (
         classified.join(own, left_on="run_id", right_on="target_id", how="left")
         .join(ref, left_on="run_id", right_on="target_id", how="left")
+        .join(_value_at(history_series(history, OVERFLOW_KEYS), anchors, "overflow_rate_at_failure"), on="run_id", how="left")
+        .join(_value_at(history_series(history, UNDERFLOW_KEYS), anchors, "underflow_rate_at_failure"), on="run_id", how="left")
+        .join(_value_at(history_series(history, BIT_STALL_KEYS), anchors, "bit_stall_rate_at_failure"), on="run_id", how="left")
+        .join(param_nan_finite_grad, on="run_id", how="left")
         .join(run_reports, on="run_id", how="left")
         .with_columns(pl.col("n_ref_runs").fill_null(0).cast(pl.Int64))
+    )
+    return (
+        _stage(joined)
         .select(
             "run_id",
             "project",
             "fp8_format",
             "optimizer",
             "outcome",
+            "exit_recorded",
+            "silent_seconds",
             "failure_mode",
             "failure_step",
+            "failure_stage",
+            "failure_evidence",
+            "recommendation",
             "last_step",
             "max_steps",
             "last_finite_loss",
@@ -264,6 +410,11 @@ def failure_modes(
             "overflow_threshold",
             "bit_stall_onset_step",
             "overflow_onset_step",
+            "bit_stall_rate_at_failure",
+            "overflow_rate_at_failure",
+            "underflow_rate_at_failure",
+            "param_nan_finite_grad_step",
+            "grad_norm_at_param_nan",
             "trend_start_step",
             "trend_end_step",
             *TREND_METRICS,
@@ -272,5 +423,19 @@ def failure_modes(
             *report_schema,
         )
         .sort("run_id")
+        .collect()
+    )
+
+
+def trace_to_collapse(trace: pl.LazyFrame | pl.DataFrame, failure_modes: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+    """The rows of `trace` (run_id, step, ...) of each failed run up to its own failure step, so a
+    figure never draws one run past its collapse because another run of the format failed later.
+    Runs without a failure step (references) are kept whole."""
+    ends = failure_modes.lazy().select("run_id", pl.col("failure_step").alias("collapse_step"))
+    return (
+        trace.lazy()
+        .join(ends, on="run_id", how="left")
+        .filter(pl.col("collapse_step").is_null() | (pl.col("step") <= pl.col("collapse_step")))
+        .drop("collapse_step")
         .collect()
     )

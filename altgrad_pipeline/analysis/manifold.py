@@ -29,6 +29,12 @@ metric:
 - `bit_stall_rate`: the last finite `quantization/bit_stall_rate` (else `bit_stall_rate`) at or
   before the common step: the cumulative stall rate of the run.
 
+The optimizer's effect on failure (when the `failure_modes` table is given), over every run of
+the arm whatever its outcome, runs still without an exit record left out (undecided):
+- `failure_rate`: 1 for a run whose failure mode is not `none`, else 0; the mean is the arm's
+  failure rate (lower is better).
+- `failure_step`: the failure step of each failed run (higher is better: failure comes later).
+
 Statistics: `diff` = mean_manifold - mean_standard. Runs are paired by seed when both arms have
 distinct, non-null seeds and the same seed set; then the per-seed differences are bootstrapped
 (one-sample mean). Otherwise the two arms are resampled independently and the statistic is the
@@ -42,6 +48,12 @@ no interval). `prob_improvement` = probability that ManifoldAdamW is lower:
 paired, the share of seeds with a negative difference; unpaired, P(X_manifold < X_adamw) over all
 manifold x adamw pairs (common-language effect size); ties count one half. `low_n` is True when
 either arm has fewer than 3 values: the numbers are observations, not expectations.
+`n_lower` of `n_pairs` comparisons had ManifoldAdamW lower (per seed when paired, over all
+manifold x adamw pairs otherwise): observed counts for wording such as "lower in 3 of 3 seeds".
+`higher_is_better` says which way helps; `diff_pct` = 100 * diff / |mean_standard|.
+`verdict` reads the interval: "helps" when it lies entirely on the better side of 0, "hurts" when
+entirely on the worse side, "no detectable effect" when it contains 0, "not enough runs" when there
+is no interval.
 """
 
 from __future__ import annotations
@@ -50,12 +62,16 @@ import numpy as np
 import polars as pl
 
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
-from altgrad_pipeline.analysis.stats import finite, mean_difference_interval, mean_of_last_k, probability_lower
+from altgrad_pipeline.analysis.stats import count_lower, finite, mean_difference_interval, mean_of_last_k, probability_lower
 
 STANDARD = "AdamW"
 MANIFOLD = "ManifoldAdamW"
 NO_FORMAT = "no_format"
 METRICS = ("final_loss", "best_loss", "steps_to_threshold", "bit_stall_rate")
+FAILURE_METRICS = ("failure_rate", "failure_step")
+#: Metrics for which a higher value is the better one.
+HIGHER_IS_BETTER = ("failure_step",)
+NOT_FAILED = ("none", "no_exit_record")
 BIT_STALL_KEYS = ("quantization/bit_stall_rate", "bit_stall_rate")
 LOW_N = 3
 #: Below this many values per arm the CI is Student/Welch t, not the bootstrap (see stats.mean_difference_interval).
@@ -72,11 +88,16 @@ MANIFOLD_SCHEMA: dict[str, pl.DataType] = {
     "mean_manifold": pl.Float64(),
     "mean_standard": pl.Float64(),
     "diff": pl.Float64(),
+    "diff_pct": pl.Float64(),
     "ci_low": pl.Float64(),
     "ci_high": pl.Float64(),
     "method": pl.String(),
+    "verdict": pl.String(),
+    "higher_is_better": pl.Boolean(),
     "paired": pl.Boolean(),
     "prob_improvement": pl.Float64(),
+    "n_lower": pl.Int64(),
+    "n_pairs": pl.Int64(),
     "low_n": pl.Boolean(),
     "common_step": pl.Int64(),
     "loss_threshold": pl.Float64(),
@@ -187,6 +208,16 @@ def per_run_metrics(
     )
 
 
+def _verdict(low: float, high: float, higher_is_better: bool) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "not enough runs"
+    if low > 0:
+        return "helps" if higher_is_better else "hurts"
+    if high < 0:
+        return "hurts" if higher_is_better else "helps"
+    return "no detectable effect"
+
+
 def _compare(manifold: pl.DataFrame, standard: pl.DataFrame, metric: str, n_resamples: int, seed: int, min_bootstrap_n: int) -> dict:
     """Statistics of one (format, metric): the two arms hold seed and the metric's values."""
     m = manifold.filter(pl.col(metric).is_not_null() & pl.col(metric).is_not_nan())
@@ -205,19 +236,62 @@ def _compare(manifold: pl.DataFrame, standard: pl.DataFrame, metric: str, n_resa
     x, y = m[metric].to_numpy(), s[metric].to_numpy()
     have_both = len(x) > 0 and len(y) > 0
     interval = mean_difference_interval(x, y, paired=paired, n_resamples=n_resamples, seed=seed, min_bootstrap_n=min_bootstrap_n)
+    diff = float(np.mean(x) - np.mean(y)) if have_both else None
+    n_lower, n_pairs = count_lower(x, y, paired=paired)
+    higher_is_better = metric in HIGHER_IS_BETTER
     return {
         "n_manifold": len(x),
         "n_standard": len(y),
         "mean_manifold": float(np.mean(x)) if len(x) else None,
         "mean_standard": float(np.mean(y)) if len(y) else None,
-        "diff": float(np.mean(x) - np.mean(y)) if have_both else None,
+        "diff": diff,
+        "diff_pct": 100 * diff / abs(float(np.mean(y))) if diff is not None and np.mean(y) != 0 else None,
         "ci_low": interval.low if np.isfinite(interval.low) else None,
         "ci_high": interval.high if np.isfinite(interval.high) else None,
         "method": interval.method,
+        "verdict": _verdict(interval.low, interval.high, higher_is_better),
+        "higher_is_better": higher_is_better,
         "paired": paired,
         "prob_improvement": probability_lower(x, y, paired=paired) if have_both else None,
+        "n_lower": n_lower,
+        "n_pairs": n_pairs,
         "low_n": min(len(x), len(y)) < LOW_N,
     }
+
+
+def per_run_failures(raw_runs: pl.LazyFrame | pl.DataFrame, failure_modes: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+    """run_id, project, fp8_format, optimizer, seed, failure_rate (0/1), failure_step (failed runs
+    only) of every run of either optimizer whose fate is decided (it has an exit record or the
+    grace period has passed)."""
+    return (
+        raw_runs.lazy()
+        .filter((pl.col("fp8_format") != NO_FORMAT) & pl.col("optimizer").is_in([STANDARD, MANIFOLD]))
+        .select("run_id", "project", "fp8_format", "optimizer", pl.col("seed").cast(pl.Int64))
+        .join(failure_modes.lazy().select("run_id", "failure_mode", "failure_step"), on="run_id", how="inner")
+        .filter(pl.col("failure_mode") != "no_exit_record")
+        .with_columns(
+            (~pl.col("failure_mode").is_in(NOT_FAILED)).cast(pl.Float64).alias("failure_rate"),
+            pl.when(~pl.col("failure_mode").is_in(NOT_FAILED)).then(pl.col("failure_step")).cast(pl.Float64).alias("failure_step"),
+        )
+        .drop("failure_mode")
+        .sort("run_id")
+        .collect()
+    )
+
+
+def formats_missing_an_arm(raw_runs: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+    """project, fp8_format, n_standard, n_manifold, missing_optimizer for every format that has
+    runs of only one optimizer: it has no ManifoldAdamW comparison at all."""
+    return (
+        raw_runs.lazy()
+        .filter(pl.col("fp8_format") != NO_FORMAT)
+        .group_by("project", "fp8_format")
+        .agg((pl.col("optimizer") == STANDARD).sum().alias("n_standard"), (pl.col("optimizer") == MANIFOLD).sum().alias("n_manifold"))
+        .filter((pl.col("n_standard") == 0) | (pl.col("n_manifold") == 0))
+        .with_columns(pl.when(pl.col("n_manifold") == 0).then(pl.lit(MANIFOLD)).otherwise(pl.lit(STANDARD)).alias("missing_optimizer"))
+        .sort("project", "fp8_format")
+        .collect()
+    )
 
 
 def manifold_stats(
@@ -225,6 +299,7 @@ def manifold_stats(
     histories: pl.LazyFrame | pl.DataFrame,
     outcomes: pl.LazyFrame | pl.DataFrame,
     run_summaries: pl.LazyFrame | pl.DataFrame,
+    failure_modes: pl.LazyFrame | pl.DataFrame | None = None,
     *,
     n_resamples: int = 9999,
     seed: int = 0,
@@ -236,7 +311,8 @@ def manifold_stats(
     baseline: str = "BF16",
 ) -> pl.DataFrame:
     """One row per (project, fp8_format, metric) for formats with both optimizers (columns:
-    `MANIFOLD_SCHEMA`; definitions in the module docstring)."""
+    `MANIFOLD_SCHEMA`; definitions in the module docstring); the `FAILURE_METRICS` rows only when
+    `failure_modes` is given."""
     runs = raw_runs.lazy().filter((pl.col("fp8_format") != NO_FORMAT) & pl.col("optimizer").is_in([STANDARD, MANIFOLD]))
     key = ["project", "fp8_format"]
     arms = (
@@ -259,6 +335,7 @@ def manifold_stats(
         raw_runs, histories, outcomes, run_summaries, last_k=last_k, smoothing_span=smoothing_span,
         threshold_fraction=threshold_fraction, loss_threshold=loss_threshold, baseline=baseline,
     )
+    fates = per_run_failures(raw_runs, failure_modes) if failure_modes is not None else None
     rows = []
     for project, fp8_format, n_excluded_manifold, n_excluded_standard in arms.select(*key, "n_excluded_manifold", "n_excluded_standard").iter_rows():
         group = values.filter((pl.col("project") == project) & (pl.col("fp8_format") == fp8_format))
@@ -276,4 +353,17 @@ def manifold_stats(
                     **_compare(manifold, standard, metric, n_resamples, seed, min_bootstrap_n),
                 }
             )
+        if fates is not None:
+            fate = fates.filter((pl.col("project") == project) & (pl.col("fp8_format") == fp8_format))
+            for metric in FAILURE_METRICS:
+                rows.append(
+                    {
+                        "project": project,
+                        "fp8_format": fp8_format,
+                        "metric": metric,
+                        "n_excluded_manifold": n_excluded_manifold,
+                        "n_excluded_standard": n_excluded_standard,
+                        **_compare(fate.filter(pl.col("optimizer") == MANIFOLD), fate.filter(pl.col("optimizer") == STANDARD), metric, n_resamples, seed, min_bootstrap_n),
+                    }
+                )
     return pl.DataFrame(rows, schema=MANIFOLD_SCHEMA).select(list(MANIFOLD_SCHEMA))

@@ -266,6 +266,8 @@ def write_format_comparison_report(
     loss curves per format and a format × layer-type heatmap of the health score, per project."""
     reports_dir = Path(reports_dir)
     figures_dir = reports_dir / FIGURES_DIR
+    # Rankings are per optimizer now; until this report renders both, it shows the study's standard optimizer.
+    format_rankings = format_rankings.filter(pl.col("optimizer") == rankings_analysis.STANDARD)
     lines = _header(FORMAT_COMPARISON_TITLE, "Which FP8 format is the sweet spot, overall and per layer type?", built_at)
     figures: list[Path] = []
     runs = raw_runs.filter(pl.col("fp8_format") != NO_FORMAT)

@@ -48,11 +48,15 @@ class RunSpec:
     nan_at: tuple[int, ...] = ()  # isolated NaN losses
     stall_onset: int | None = None  # cumulative stall rate crosses 0.6 from here on
     overflow_from: int | None = None  # overflow rate 0.015 from here on
+    explode_from: int | None = None  # grad_norm doubles every step from here; NaN with the loss
+    param_nan_from: int | None = None  # weights NaN from here (default nan_from), gradients finite
+    vanish_from: int | None = None  # zero-gradient fraction of the non-embedding weights 0.9 from here
     config: dict = field(default_factory=dict)
     # expected results
     outcome: str = "completed"
     failure_mode: str = "none"
     failure_step: int | None = None
+    failure_stage: str | None = None
     project: str = PROJECT
 
 
@@ -61,18 +65,24 @@ def lm_specs() -> list[RunSpec]:
     specs += [RunSpec(f"e5m2-adamw-{s}", "E5M2", "AdamW", s, FP8_STEPS, "finished", 2.4 + 0.01 * s) for s in range(1, 5)]
     specs += [RunSpec(f"e5m2-manifold-{s}", "E5M2", "ManifoldAdamW", s, FP8_STEPS, "finished", 2.1 + 0.013 * s) for s in range(1, 5)]
     specs += [
-        RunSpec("e5m2-failed", "E5M2", "AdamW", 9, FP8_STEPS, "failed", 2.4, end_step=69, outcome="incomplete", failure_mode="early_stop", failure_step=69),
+        RunSpec("e5m2-failed", "E5M2", "AdamW", 9, FP8_STEPS, "failed", 2.4, end_step=69, outcome="incomplete", failure_mode="early_stop", failure_step=69, failure_stage="unknown"),
         RunSpec("e3m4-1", "E3M4", "AdamW", 1, FP8_STEPS, "finished", 2.5),
         RunSpec("e3m4-2", "E3M4", "AdamW", 2, FP8_STEPS, "finished", 2.55, nan_at=(20,)),
-        RunSpec("e3m4-live", "E3M4", "AdamW", 3, FP8_STEPS, "running", 2.5, end_step=49, outcome="running"),
-        RunSpec("e0m7-stall", "E0M7", "AdamW", 1, FP8_STEPS, "finished", 3.0, stall_onset=30, failure_mode="bit_stall", failure_step=30),
-        RunSpec("e1m6-overflow", "E1M6", "AdamW", 1, FP8_STEPS, "finished", 2.8, overflow_from=50, failure_mode="overflow", failure_step=50),
+        RunSpec("e3m4-live", "E3M4", "AdamW", 3, FP8_STEPS, "running", 2.5, end_step=49, outcome="running", failure_mode="no_exit_record", failure_step=49),
+        RunSpec("e0m7-stall", "E0M7", "AdamW", 1, FP8_STEPS, "finished", 3.0, stall_onset=30, failure_mode="bit_stall", failure_step=30, failure_stage="backward_vanishing"),
+        RunSpec("e0m7-2", "E0M7", "AdamW", 2, FP8_STEPS, "finished", 3.0),
+        RunSpec("e1m6-overflow", "E1M6", "AdamW", 1, FP8_STEPS, "finished", 2.8, overflow_from=50, failure_mode="overflow", failure_step=50, failure_stage="forward_overflow"),
         # same overflow, but this run's own threshold is above it: no failure
         RunSpec("e1m6-tolerant", "E1M6", "AdamW", 2, FP8_STEPS, "finished", 2.8, overflow_from=50, config={"overflow_threshold": 0.02}),
-        RunSpec("e1m6-killed", "E1M6", "AdamW", 3, FP8_STEPS, "crashed", 2.8, end_step=59, outcome="killed", failure_mode="early_stop", failure_step=59),
-        # NaN stop at nan_patience=10: 9 NaN losses logged (40..48), the tracker says "finished"
-        RunSpec("e7m0-nan", "E7M0", "AdamW", 1, FP8_STEPS, "finished", 4.0, end_step=48, nan_from=40, outcome="nan_stopped", failure_mode="nan_loss", failure_step=40),
-        RunSpec("e7m0-nan-p4", "E7M0", "AdamW", 2, FP8_STEPS, "finished", 4.0, end_step=27, nan_from=25, config={"nan_patience": 4}, outcome="nan_stopped", failure_mode="nan_loss", failure_step=25),
+        RunSpec("e1m6-killed", "E1M6", "AdamW", 3, FP8_STEPS, "crashed", 2.8, end_step=59, outcome="killed", failure_mode="early_stop", failure_step=59, failure_stage="unknown"),
+        # NaN stop at nan_patience=10: 9 NaN losses logged (40..48), the tracker says "finished";
+        # the weights go NaN while the logged gradient norm stays finite: the update corrupted them
+        RunSpec("e7m0-nan", "E7M0", "AdamW", 1, FP8_STEPS, "finished", 4.0, end_step=48, nan_from=40, outcome="nan_stopped", failure_mode="nan_loss", failure_step=40, failure_stage="optimizer_state_corruption"),
+        RunSpec("e7m0-nan-p4", "E7M0", "AdamW", 2, FP8_STEPS, "finished", 4.0, end_step=27, nan_from=25, config={"nan_patience": 4}, outcome="nan_stopped", failure_mode="nan_loss", failure_step=25, failure_stage="optimizer_state_corruption"),
+        # built to fail at each stage
+        RunSpec("e2m5-explode", "E2M5", "AdamW", 1, FP8_STEPS, "finished", 3.0, end_step=48, nan_from=40, explode_from=20, outcome="nan_stopped", failure_mode="nan_loss", failure_step=40, failure_stage="forward_overflow"),
+        RunSpec("e2m5-corrupt", "E2M5", "AdamW", 2, FP8_STEPS, "finished", 3.0, end_step=41, nan_from=33, param_nan_from=30, outcome="nan_stopped", failure_mode="nan_loss", failure_step=30, failure_stage="optimizer_state_corruption"),
+        RunSpec("e2m5-vanish", "E2M5", "AdamW", 3, FP8_STEPS, "crashed", 3.0, end_step=59, vanish_from=30, outcome="killed", failure_mode="early_stop", failure_step=59, failure_stage="backward_vanishing"),
         RunSpec("legacy", "no_format", "AdamW", None, FP8_STEPS, "finished", 2.2),
     ]
     return specs
@@ -90,7 +100,7 @@ def _loss(spec: RunSpec, steps: np.ndarray, rng: np.random.Generator) -> np.ndar
 def _health(fp8_format: str, layer_type: str) -> tuple[float, float, float]:
     """(grad_snr, dead_neuron_frac, grad-norm oscillation amplitude) of a format in a layer type."""
     best = HEALTHIEST.get(layer_type) == fp8_format
-    offset = {"BF16": 0.0, "E5M2": 0.01, "E3M4": 0.02, "E0M7": 0.03, "E1M6": 0.04, "E7M0": 0.05, "no_format": 0.0}[fp8_format]
+    offset = {"BF16": 0.0, "E5M2": 0.01, "E3M4": 0.02, "E0M7": 0.03, "E1M6": 0.04, "E7M0": 0.05, "E2M5": 0.06, "no_format": 0.0}[fp8_format]
     return (2.0 if best else 1.0 + offset, 0.01 if best else 0.1 + offset, 0.05 if best else 0.3 + offset)
 
 
@@ -99,9 +109,13 @@ def lm_history(spec: RunSpec, rng: np.random.Generator) -> pl.DataFrame:
     steps = np.arange(end + 1)
     columns: dict[str, np.ndarray] = {"loss": _loss(spec, steps, rng)}
     columns["grad_norm"] = np.exp(0.01 * steps) * (1 + 0.05 * rng.standard_normal(len(steps)))
+    if spec.explode_from is not None:
+        columns["grad_norm"] *= 2.0 ** np.clip(steps - spec.explode_from, 0, None)
+        columns["grad_norm"][steps >= spec.nan_from] = np.nan
     nan_params = np.zeros(len(steps))
-    if spec.nan_from is not None:
-        nan_params[steps >= spec.nan_from] = 7.0
+    param_nan_from = spec.nan_from if spec.param_nan_from is None else spec.param_nan_from
+    if param_nan_from is not None:
+        nan_params[steps >= param_nan_from] = 7.0
     columns["param_nan_count"] = nan_params
     if spec.fp8_format not in ("BF16", "no_format"):
         stall = 0.2 + 0.001 * steps
@@ -121,6 +135,8 @@ def lm_history(spec: RunSpec, rng: np.random.Generator) -> pl.DataFrame:
         dead_values = dead + 0.001 * rng.standard_normal(len(steps))
         if param == "transformer.wte.weight":
             dead_values = np.full(len(steps), 0.0 if spec.fp8_format == "E1M6" else 0.95)
+        elif spec.vanish_from is not None and layer_type in ("attention", "mlp"):
+            dead_values = np.where(steps >= spec.vanish_from, 0.9, dead_values)
         columns[f"dead_neuron_frac/{param}"] = dead_values
         columns[f"grad_norm_l2/{param}"] = 1.0 + amplitude * np.sin(steps) + 0.01 * rng.standard_normal(len(steps))
         dotted = param.replace(".", "/")
@@ -149,7 +165,7 @@ def long_history(run_id: str, steps: np.ndarray, columns: dict[str, np.ndarray])
 def cls_specs() -> list[RunSpec]:
     return [
         RunSpec("cls-bf16", "BF16", "AdamW", None, 500, "finished", 0.2, project=CLS_PROJECT),
-        RunSpec("cls-e5m2", "E5M2", "ManifoldAdamW", None, 500, "crashed", 0.3, end_step=250, project=CLS_PROJECT, outcome="killed", failure_mode="early_stop", failure_step=250),
+        RunSpec("cls-e5m2", "E5M2", "ManifoldAdamW", None, 500, "crashed", 0.3, end_step=250, project=CLS_PROJECT, outcome="killed", failure_mode="early_stop", failure_step=250, failure_stage="unknown"),
     ]
 
 

@@ -34,7 +34,7 @@ def test_rankings_cover_formats(raw_runs, histories, outcomes, per_layer):
     rankings = format_rankings(raw_runs, histories, outcomes, per_layer)
     assert rankings_cover_formats(rankings)[0]
     passed, details = rankings_cover_formats(rankings.with_columns(pl.lit(False).alias("all_failed")))
-    assert not passed and set(details["fp8_format"]) == {"E7M0", "E5M2"}
+    assert not passed and set(details["fp8_format"]) == {"E7M0", "E2M5", "E5M2"}
 
 
 def test_manifold_intervals_contain_diff(raw_runs, histories, outcomes, summaries):

@@ -3,12 +3,15 @@ an independent numpy computation."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import polars as pl
 import pytest
 
 from altgrad_pipeline.analysis.failure_reports import find_failure_reports
-from altgrad_pipeline.analysis.failures import failure_modes
+from altgrad_pipeline.analysis.failures import failure_modes, trace_to_collapse
+from altgrad_pipeline.analysis.outcomes import run_outcomes
 from altgrad_pipeline_tests.analysis.test_failure_reports import REPORT
 
 
@@ -62,7 +65,7 @@ def _trend(histories, run_id, lo, hi):
     return np.array([np.polyfit(s, loss, 1)[0], growth, _dead_mean(histories, run_id, lo, hi, False), _dead_mean(histories, run_id, lo, hi, True)])
 
 
-def test_trend_and_reference_metrics_match_numpy(failures, histories, outcomes, raw_runs):
+def test_trend_and_reference_metrics_match_numpy(failures, histories, outcomes, raw_runs, specs):
     row = failures.filter(pl.col("run_id") == "e7m0-nan").row(0, named=True)
     lo, hi = 40 - 30, 40
     assert (row["trend_start_step"], row["trend_end_step"]) == (lo, hi)
@@ -72,8 +75,11 @@ def test_trend_and_reference_metrics_match_numpy(failures, histories, outcomes, 
     references = (
         raw_runs.join(outcomes, on="run_id")
         .filter((pl.col("outcome") == "completed") & ~pl.col("fp8_format").is_in(["E7M0", "no_format"]) & (pl.col("project") == "altgrad"))
+        .filter(pl.col("optimizer") == "AdamW")
         ["run_id"].to_list()
     )
+    references = [r for r in references if specs[r].failure_mode == "none"]  # successful runs of the same optimizer only
+    assert "e0m7-stall" not in references and "e0m7-2" in references
     expected_ref = np.mean([_trend(histories, r, lo, hi) for r in references], axis=0)
     assert row["n_ref_runs"] == len(references)
     got_ref = [row["ref_loss_slope"], row["ref_grad_norm_growth"], row["ref_grad_sparsity"], row["ref_dead_neuron_frac_ex_embedding"]]
@@ -98,3 +104,47 @@ def test_failure_report_is_joined_by_checkpoint_dir(raw_runs, histories, outcome
     row = got.filter(pl.col("run_id") == "e7m0-nan").row(0, named=True)
     assert (row["report_collapse_step"], row["report_format"], row["report_checkpoint_dir"]) == (137, "E7M0", "checkpoints/e7m0-nan")
     assert got.filter(pl.col("run_id") != "e7m0-nan")["report_path"].null_count() == got.height - 1
+
+
+def test_failure_stage_of_runs_built_to_fail_at_each_stage(failures, specs):
+    got = {row["run_id"]: row for row in failures.iter_rows(named=True)}
+    for run_id, spec in specs.items():
+        row = got[run_id]
+        assert row["failure_stage"] == spec.failure_stage, run_id
+        assert (row["recommendation"] is None) == (spec.failure_stage is None), run_id
+        assert (row["failure_evidence"] is None) == (spec.failure_stage is None), run_id
+    assert {s.failure_stage for s in specs.values()} >= {"forward_overflow", "backward_vanishing", "optimizer_state_corruption", "unknown"}
+    corrupt = got["e2m5-corrupt"]
+    assert corrupt["param_nan_finite_grad_step"] == 30 and corrupt["first_nan_step"] == 33
+    assert "from step 30" in corrupt["failure_evidence"] and "loss non-finite from step 33" in corrupt["failure_evidence"]
+    explode = got["e2m5-explode"]
+    assert explode["param_nan_finite_grad_step"] is None and explode["grad_norm_growth"] >= 10
+    growth = float(f"{explode['grad_norm_growth']:.3g}")
+    assert f"gradient norm x{growth} over steps 10-40" in explode["failure_evidence"]
+    assert got["e2m5-vanish"]["dead_neuron_frac_ex_embedding"] > 0.5 and "zero-gradient fraction" in got["e2m5-vanish"]["failure_evidence"]
+    assert "mantissa" in got["e0m7-stall"]["recommendation"] and "clip" in got["e1m6-overflow"]["recommendation"]
+
+
+def test_a_run_without_exit_record_is_listed_at_once(raw_runs, histories, outcomes):
+    seen = raw_runs.with_columns(pl.lit(dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)).alias("updated_at"))
+    got = failure_modes(seen, histories, outcomes, now=dt.datetime(2026, 1, 1, 12, 5, tzinfo=dt.UTC))
+    live = got.filter(pl.col("run_id") == "e3m4-live").row(0, named=True)
+    assert (live["failure_mode"], live["failure_step"], live["last_step"], live["exit_recorded"]) == ("no_exit_record", 49, 49, False)
+    assert live["silent_seconds"] == 300 and live["failure_stage"] is None
+    assert got.filter(pl.col("run_id") == "e3m4-1")["exit_recorded"].item() is True
+    # once the grace period has passed the tracker says crashed: the same run is an early stop like any other
+    crashed = seen.with_columns(pl.when(pl.col("run_id") == "e3m4-live").then(pl.lit("crashed")).otherwise("state").alias("state"))
+    later = failure_modes(crashed, histories, run_outcomes(crashed, histories)).filter(pl.col("run_id") == "e3m4-live").row(0, named=True)
+    assert (later["failure_mode"], later["failure_step"], later["failure_stage"]) == ("early_stop", 49, "unknown")
+
+
+def test_trend_window_starts_at_the_first_logged_step(raw_runs, histories, outcomes):
+    got = failure_modes(raw_runs, histories, outcomes, trend_steps=50).filter(pl.col("run_id") == "e7m0-nan-p4").row(0, named=True)
+    assert (got["trend_start_step"], got["trend_end_step"]) == (0, 25)
+
+
+def test_trace_stops_at_each_runs_own_collapse(failures, histories):
+    trace = histories.filter(pl.col("run_id").is_in(["e7m0-nan-p4", "e7m0-nan", "e3m4-1"]) & (pl.col("key") == "loss"))
+    clipped = trace_to_collapse(trace, failures)
+    ends = dict(clipped.group_by("run_id").agg(pl.col("step").max()).iter_rows())
+    assert ends == {"e7m0-nan-p4": 25, "e7m0-nan": 40, "e3m4-1": 99}

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from scipy import stats as sps
 
-from altgrad_pipeline.analysis.manifold import MANIFOLD_SCHEMA, manifold_stats, per_run_metrics
+from altgrad_pipeline.analysis.manifold import MANIFOLD_SCHEMA, formats_missing_an_arm, manifold_stats, per_run_metrics
 from altgrad_pipeline.analysis.outcomes import run_outcomes
 from altgrad_pipeline.media.summaries import run_summaries
 
@@ -161,3 +161,61 @@ def test_synthetic_study_manifold(raw_runs, histories, outcomes, summaries):
     row = got.filter(pl.col("metric") == "final_loss").row(0, named=True)
     assert (row["n_manifold"], row["n_standard"], row["n_excluded_standard"], row["common_step"]) == (4, 4, 1, 99)
     assert row["ci_high"] < 0
+
+
+@pytest.mark.parametrize(("effect", "verdict"), [(-0.3, "helps"), (0.3, "hurts")])
+def test_verdict_diff_pct_and_observed_counts(effect, verdict):
+    *_, got = _stats(effect, range(3), range(3))
+    row = got.filter(pl.col("metric") == "final_loss").row(0, named=True)
+    assert row["verdict"] == verdict and not row["higher_is_better"]
+    assert row["diff_pct"] == pytest.approx(100 * row["diff"] / abs(row["mean_standard"]), abs=1e-12)
+    assert (row["n_lower"], row["n_pairs"]) == ((3, 3) if effect < 0 else (0, 3))
+    *_, null_effect = _stats(0.0, range(8), range(8), rng_seed=3)
+    assert null_effect.filter(pl.col("metric") == "final_loss")["verdict"].item() == "no detectable effect"
+    *_, one = _stats(effect, [0], [0])
+    assert one.filter(pl.col("metric") == "final_loss")["verdict"].item() == "not enough runs"
+
+
+def _failures(raw, steps_by_run):
+    """A failure_modes frame: bit_stall at the given step, `none` where the step is None."""
+    return raw.select("run_id").with_columns(
+        pl.col("run_id").replace_strict({r: ("none" if s is None else "bit_stall") for r, s in steps_by_run.items()}, default="none").alias("failure_mode"),
+        pl.col("run_id").replace_strict(steps_by_run, default=None, return_dtype=pl.Int64).alias("failure_step"),
+    )
+
+
+def test_failure_step_and_rate_per_arm():
+    raw, histories, outcomes, summaries = _arm_study(-0.1, range(3), range(3))
+    ids = {(r["optimizer"], r["seed"]): r["run_id"] for r in raw.iter_rows(named=True)}
+    steps = {ids[("AdamW", 0)]: 136, ids[("AdamW", 1)]: 138, ids[("AdamW", 2)]: 139,
+             ids[("ManifoldAdamW", 0)]: 237, ids[("ManifoldAdamW", 1)]: 237, ids[("ManifoldAdamW", 2)]: 235}
+    got = manifold_stats(raw, histories, outcomes, summaries, _failures(raw, steps), n_resamples=N_RESAMPLES)
+    row = got.filter(pl.col("metric") == "failure_step").row(0, named=True)
+    d = np.array([237 - 136, 237 - 138, 235 - 139], float)
+    half = sps.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert (row["mean_standard"], row["mean_manifold"], row["diff"]) == pytest.approx((413 / 3, 709 / 3, d.mean()), abs=1e-9)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-9)
+    assert row["method"] == "t paired" and row["higher_is_better"] and row["verdict"] == "helps" and (row["n_lower"], row["n_pairs"]) == (0, 3)
+    rate = got.filter(pl.col("metric") == "failure_rate").row(0, named=True)
+    assert (rate["mean_standard"], rate["mean_manifold"], rate["verdict"]) == (1.0, 1.0, "no detectable effect")
+    # ManifoldAdamW prevents two of the three failures
+    steps.pop(ids[("ManifoldAdamW", 0)]), steps.pop(ids[("ManifoldAdamW", 1)])
+    fewer = manifold_stats(raw, histories, outcomes, summaries, _failures(raw, steps), n_resamples=N_RESAMPLES)
+    rate = fewer.filter(pl.col("metric") == "failure_rate").row(0, named=True)
+    assert (rate["mean_manifold"], rate["diff"], rate["n_manifold"]) == pytest.approx((1 / 3, -2 / 3, 3))
+    assert fewer.filter(pl.col("metric") == "failure_step")["n_manifold"].item() == 1
+    assert manifold_stats(raw, histories, outcomes, summaries, n_resamples=N_RESAMPLES).filter(pl.col("metric").is_in(["failure_step", "failure_rate"])).is_empty()
+
+
+def test_formats_lacking_an_arm_are_listed_and_the_check_warns():
+    import dagster as dg
+
+    from altgrad_pipeline.analysis.checks import every_format_has_both_optimizers
+
+    raw, *_ = _arm_study(0.0, range(2), range(2))
+    lone = raw.head(1).with_columns(pl.lit("E1M6").alias("fp8_format"), pl.lit("AdamW").alias("optimizer"), pl.lit("e1m6").alias("run_id"))
+    both = pl.concat([raw, lone, lone.with_columns(pl.lit("E7M0").alias("fp8_format"), pl.lit("ManifoldAdamW").alias("optimizer"))])
+    missing = formats_missing_an_arm(both)
+    assert missing.select("fp8_format", "n_standard", "n_manifold", "missing_optimizer").rows() == [("E1M6", 1, 0, "ManifoldAdamW"), ("E7M0", 0, 1, "AdamW")]
+    result = every_format_has_both_optimizers(manifold_stats=pl.DataFrame(), raw_runs=both.lazy())
+    assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN and result.metadata["n_offending"].value == 2

@@ -1,0 +1,50 @@
+"""Per-run results and conclusions of ANAL-01, checked against the synthetic study's design."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from altgrad_pipeline.analysis.conclusions import conclusions, run_results
+from altgrad_pipeline.analysis.failures import failure_modes
+from altgrad_pipeline.analysis.rankings import format_rankings
+from altgrad_pipeline_tests.analysis.synthetic import HEALTHIEST, PROJECT
+
+
+@pytest.fixture(scope="module")
+def results(raw_runs, histories, outcomes):
+    return run_results(raw_runs, histories, outcomes, last_k=10)
+
+
+@pytest.fixture(scope="module")
+def found(raw_runs, histories, outcomes, per_layer):
+    return conclusions(format_rankings(raw_runs, histories, outcomes, per_layer), failure_modes(raw_runs, histories, outcomes))
+
+
+def test_every_run_appears_with_its_numbers(results, raw_runs, histories, specs):
+    assert sorted(results["run_id"]) == sorted(raw_runs["run_id"]) and results.height == len(specs)
+    for run_id in ("e7m0-nan", "e3m4-2", "legacy"):
+        row = results.filter(pl.col("run_id") == run_id).row(0, named=True)
+        loss = histories.filter((pl.col("run_id") == run_id) & (pl.col("key") == "loss")).sort("step")["value"].to_numpy()
+        loss = loss[np.isfinite(loss)]
+        assert (row["final_loss"], row["best_loss"]) == pytest.approx((loss[-10:].mean(), loss.min()), abs=1e-12)
+        assert row["outcome"] == specs[run_id].outcome and row["last_step"] == (specs[run_id].end_step or specs[run_id].max_steps - 1)
+    stall = histories.filter((pl.col("run_id") == "e0m7-stall") & (pl.col("key") == "quantization/bit_stall_rate")).sort("step")["value"][-1]
+    assert results.filter(pl.col("run_id") == "e0m7-stall")["final_bit_stall_rate"].item() == stall
+    assert results.filter(pl.col("run_id") == "bf16")["final_bit_stall_rate"].item() is None
+
+
+def test_conclusions(found):
+    best = dict(found.best.filter(pl.col("project") == PROJECT).select("optimizer", "fp8_format").iter_rows())
+    assert best == {"AdamW": "E5M2", "ManifoldAdamW": "E5M2"}
+    avoid = found.avoid.filter(pl.col("project") == PROJECT)
+    rows = {r["fp8_format"]: r for r in avoid.iter_rows(named=True)}
+    assert set(rows) == {"E7M0", "E2M5", "E1M6", "E0M7"}  # E1M6 2 of 3 failed, E0M7 1 of 2; not E5M2 (1 of 5)
+    assert (rows["E7M0"]["n_completed"], rows["E7M0"]["n_decided"], rows["E7M0"]["failure_modes"]) == (0, 2, ["nan_loss"])
+    assert rows["E1M6"]["failure_modes"] == ["early_stop", "overflow"]
+    layers = dict(found.per_layer.filter((pl.col("project") == PROJECT) & (pl.col("optimizer") == "AdamW")).select("layer_type", "fp8_format").iter_rows())
+    assert all(layers[t] == f for t, f in HEALTHIEST.items())
+    trails = found.vs_baseline.filter((pl.col("project") == PROJECT) & (pl.col("optimizer") == "AdamW"))
+    np.testing.assert_allclose(trails["trails_by"].to_numpy(), (trails["final_loss"] - trails["baseline_final_loss"]).to_numpy())
+    assert (trails["trails_by"] > 0).all() and trails["rank"].is_sorted()
