@@ -107,7 +107,7 @@ def steps_per_epoch(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyFra
         histories.lazy()
         .filter(pl.col("key").is_in(EPOCH_KEYS) & finite(pl.col("value")))
         .group_by("run_id")
-        .agg(least_squares_slope(pl.col("value"), pl.col("step").cast(pl.Float64)).alias("logged"))
+        .agg(least_squares_slope(pl.col("value"), pl.col("step").cast(pl.Float64)).round(6).alias("logged"))  # no 49.9999999 from rounding
     )
     return (
         configured.join(logged, on="run_id", how="left")

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from altgrad_pipeline.dynamics import fits
+from altgrad_pipeline.dynamics import curves, fits
 from altgrad_pipeline.dynamics.training import training_dynamics
 from altgrad_pipeline_tests.dynamics.synthetic import curve_history, runs_frame
 
@@ -189,3 +189,40 @@ def test_training_dynamics_table_cuts_nan_tails_and_converts_epochs() -> None:
 
 def test_empty_inputs_give_an_empty_table() -> None:
     assert training_dynamics(pl.DataFrame(), pl.DataFrame()).is_empty()
+
+
+def test_curvature_and_noise_series_get_the_loss_treatment_and_quarter_epochs() -> None:
+    """A run logging λ_max (rising to a plateau), a gradient variance and an epoch length; another
+    logging only its loss and an `epoch` key: the dynamics series are fitted like the loss, the λ_max
+    plateau is found by the EWMA rule, absent series are absent, and per-quarter-epoch aggregates
+    use the configured or the logged epoch length."""
+    rng = np.random.default_rng(17)
+    steps = np.arange(0, 400)
+    t = steps + 1.0
+    loss = fits.power_law(t, 6.0, 0.8, 2.0) + rng.normal(0, 0.02, steps.size)
+    tau = 40.0
+    lambda_max = fits.exponential(t, -30.0, tau, 40.0) + rng.normal(0, 0.1, steps.size)
+    variance = fits.power_law(t, 2.0, 0.6, 0.05) + rng.normal(0, 0.005, steps.size)
+    histories = pl.concat([
+        curve_history("r1", steps, loss), curve_history("r1", steps, lambda_max, key="curvature/lambda_max"),
+        curve_history("r1", steps, variance, key="noise/grad_variance"),
+        curve_history("r2", steps, loss), curve_history("r2", steps, steps / 50.0, key="epoch"),
+    ])
+    raw = runs_frame([{"steps_per_epoch": 40, "lr": 0.1}, {"lr": 0.2}], run_ids=["r1", "r2"], projects=["p", "p"], seeds=[1, 1])
+    table = training_dynamics(raw, histories).filter(pl.col("selected"))
+    assert sorted(table.filter(pl.col("run_id") == "r1")["metric"]) == ["curvature/lambda_max", "loss", "noise/grad_variance"]
+    assert table.filter(pl.col("run_id") == "r2")["metric"].to_list() == ["loss"]
+    curvature = table.filter(pl.col("metric") == "curvature/lambda_max").row(0, named=True)
+    assert curvature["model"] == "exponential" and curvature["asymptote"] == pytest.approx(40.0, abs=0.2)
+    assert curvature["knee_step"] is None and curvature["final_loss_bits"] is None
+    # noiseless relative slope (tau·ln(a·L/(tau·tol·change))) falls below the tolerance here
+    change = 30.0 * (np.exp(-t[0] / tau) - np.exp(-t[-1] / tau))
+    expected = tau * np.log(30.0 * 399 / (tau * fits.PLATEAU_TOLERANCE * change)) - 1
+    assert abs(curvature["plateau_step"] - expected) <= 0.05 * 399
+    assert table.filter(pl.col("metric") == "noise/grad_variance")["asymptote"][0] >= 0
+    assert dict(table.select("run_id", "steps_per_epoch").unique().iter_rows()) == {"r1": 40.0, "r2": pytest.approx(50.0)}
+    quarters = curves.quarter_epoch_aggregates(curves.curve_series(histories), curves.steps_per_epoch(raw, histories))
+    r1 = quarters.filter((pl.col("run_id") == "r1") & (pl.col("metric") == "curvature/lambda_max"))
+    assert r1["epoch"].to_list()[:3] == [0.0, 0.25, 0.5] and set(r1["n_values"]) == {10}
+    assert r1["mean"][1] == pytest.approx(float(np.mean(lambda_max[10:20])))
+    assert sum(quarters.filter((pl.col("run_id") == "r2") & (pl.col("epoch") < 0.5))["n_values"]) == 25  # 12.5 steps per quarter
