@@ -49,9 +49,12 @@ GROUP_COLOURS = tuple(c for c in FORMAT_COLOURS.values() if c != "#000000") + FA
 #: of the points sets the scale, not a first point the model cannot follow.
 RESIDUAL_PERCENTILES = (1.0, 99.0)
 RESIDUAL_MARGIN = 1.5
-#: Data axes span this central range of the finite values: a divergence spike does not set it.
+#: Data axes span this central range of the finite values: a wild fit does not set it.
 DATA_PERCENTILES = (0.5, 99.5)
-LEGEND_WRAP = 34
+#: For a diverged run, the ranges are read from this leading share of its finite prefix: the run-up
+#: to the first NaN does not set the scale.
+DIVERGED_RANGE_SHARE = 0.8
+LEGEND_WRAP = 40
 SELECTED_COLUMNS = ("model", "asymptote", "asymptote_se", "asymptote_bits", "b", "t0", "tau", "b1", "b2", "at_bound", "aicc")
 SHAPE_COLUMNS = ("knee_step", "knee_epoch", "plateau_step", "plateau_epoch", "first_nonfinite_step", "spectral_slope", "final_value", "final_loss_bits")
 SWEEP_COLUMNS = (
@@ -135,6 +138,7 @@ def fit_figure(dynamics: pl.DataFrame, histories: pl.LazyFrame | pl.DataFrame, p
             steps = points["step"].to_numpy().astype(float)
             values = points["value"].to_numpy().astype(float)
             t = steps - first["first_step"] + 1.0
+            bulk = slice(0, max(1, int(DIVERGED_RANGE_SHARE * len(values)))) if first["first_nonfinite_step"] is not None else slice(None)
             handles["data"] = top.plot(steps, values, color="#7F7F7F", linewidth=0.8)[0]
             for row in run_rows:
                 label = f"{row['model']}{' (selected)' if row['selected'] else ''}"
@@ -143,14 +147,14 @@ def fit_figure(dynamics: pl.DataFrame, histories: pl.LazyFrame | pl.DataFrame, p
                 if row["selected"]:
                     residuals = values - _model_curve(row, t)
                     bottom.plot(steps, residuals, color=MODEL_COLOURS[row["model"]], linewidth=0.8)
-                    residual_range = _central_range(residuals, RESIDUAL_PERCENTILES, RESIDUAL_MARGIN)
+                    residual_range = _central_range(residuals[bulk], RESIDUAL_PERCENTILES, RESIDUAL_MARGIN)
                     if residual_range is not None:
                         bottom.set_ylim(*residual_range)
                     top.text(0.98, 0.95, f"selected: {label.split(' ')[0]}\nasymptote {format_cell(first['asymptote'])}", transform=top.transAxes, ha="right", va="top", fontsize=8)
             for marker, style, colour, name in (("knee_step", "--", "#000000", "knee"), ("plateau_step", ":", "#000000", "plateau"), ("first_nonfinite_step", "-", "#D55E00", "diverged (first NaN/inf)")):
                 if first[marker] is not None:
                     handles[name] = top.axvline(first[marker], color=colour, linestyle=style, linewidth=1.0)
-            data_range = _central_range(values, DATA_PERCENTILES, 0.1)
+            data_range = _central_range(values[bulk], DATA_PERCENTILES, 0.1)
             if data_range is not None:
                 top.set_ylim(*data_range)  # neither a wild non-selected fit nor a divergence spike sets the scale
             bottom.axhline(0.0, color="#000000", linewidth=0.8)
@@ -244,7 +248,7 @@ def grouped_curves_figure(summary: pl.DataFrame, labels: dict[str, str], path: P
         for index, group in enumerate(summary["group"].unique(maintain_order=True).to_list()):
             curve = summary.filter(pl.col("group") == group)
             colour = GROUP_COLOURS[index % len(GROUP_COLOURS)]
-            label = f"{labels.get(group, group)} (n ≤ {int(curve['n_runs'].max())}){', diverged' if group in diverged else ''}"
+            label = f"{labels.get(group, group)} · n≤{int(curve['n_runs'].max())}{' · diverged' if group in diverged else ''}"
             axes.plot(curve["step"], curve["mean"], color=colour, linestyle="--" if group in diverged else "-", label="\n".join(textwrap.wrap(label, LEGEND_WRAP)))
             band = curve.filter(pl.col("ci_low").is_not_null())
             if not band.is_empty():
