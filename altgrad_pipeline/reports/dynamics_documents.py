@@ -191,8 +191,11 @@ def write_training_dynamics_report(
         counts = selected.group_by("metric", "model").len("n_series").sort("metric", "model")
         n_knees = selected.filter(pl.col("knee_step").is_not_null()).height
         lines += [
-            _project_heading(project), "", f"{format_cell(selected.height)} series fitted; {format_cell(n_knees)} with a knee, "
-            f"{format_cell(selected.filter(pl.col('plateau_step').is_not_null()).height)} with a plateau. Selected models (AICc, the simpler within {format_cell(fits_analysis.SELECTION_MARGIN)}):",
+            _project_heading(project), "", (
+                f"{format_cell(selected.height)} series fitted; {format_cell(n_knees)} with a knee, "
+                f"{format_cell(selected.filter(pl.col('plateau_step').is_not_null()).height)} with a plateau. "
+                f"Selected models (AICc, the simpler within {format_cell(fits_analysis.SELECTION_MARGIN)}):"
+            ),
             "", markdown_table(counts), "",
         ]
         headers = ["run", "metric", *SELECTED_COLUMNS, *SHAPE_COLUMNS]
@@ -203,8 +206,10 @@ def write_training_dynamics_report(
         ]
         lines += [
             "### Selected fits", "",
-            "`asymptote` is the limit c of the model in the `model` column (its standard error beside it; in bits for a loss); "
-            "`at_bound` lists parameters held by a bound (c = 0 for a loss), whose values the constraint, not the data, set.", "",
+            (
+                "`asymptote` is the limit c of the model in the `model` column (its standard error beside it; in bits for a loss); "
+                "`at_bound` lists parameters held by a bound (c = 0 for a loss), whose values the constraint, not the data, set."
+            ), "",
             table(headers, rows), "",
         ]
         metric = _primary_metric(frame["metric"].unique().to_list())
@@ -303,8 +308,10 @@ def write_sweep_summary_report(
             figures.append(figure)
             lines += [
                 _image(figure, reports_dir, f"{metric} per group"), "",
-                "Mean over the group's runs at each logged step, shaded: 95% Student-t interval (none where one run is left). "
-                "Dashed: a group with a diverged run; the y range is set by the others.", "",
+                (
+                    "Mean over the group's runs at each logged step, shaded: 95% Student-t interval (none where one run is left). "
+                    "Dashed: a group with a diverged run; the y range is set by the others."
+                ), "",
             ]
     lines += ["## Method", "", (sweeps_analysis.__doc__ or "").strip(), "", (curves_analysis.__doc__ or "").strip(), ""]
     lines += ["## Data", "", data_summary(raw_runs), ""]
