@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
+from altgrad_pipeline.dynamics.sweeps import DEFAULT_NOISE_PATTERNS, varying_keys
 from altgrad_pipeline.ingest.tables import CONFIG_PREFIX
 
 HISTORIES_GLOB = Path("assets") / "run_histories" / "*.parquet"
@@ -37,17 +38,13 @@ def select_runs(
     return lazy.collect()
 
 
-def differing_config(runs: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+def differing_config(runs: pl.DataFrame | pl.LazyFrame, noise_patterns: Sequence[str] = DEFAULT_NOISE_PATTERNS) -> pl.DataFrame:
     """run_id, name and the `config.*` columns whose values differ between the given runs (a
-    key missing from some runs differs), one row per run: what makes these runs different."""
+    key missing from some runs differs), one row per run: what makes these runs different. Noise
+    keys (run names, seeds, paths, timestamps) are left out by the sweep detection's own rule
+    (`dynamics.sweeps.varying_keys`), so a notebook and the sweep summary agree."""
     frame = runs.lazy().collect()
-    config = [c for c in frame.columns if c.startswith(CONFIG_PREFIX)]
-    if frame.height < 2 or not config:
-        return frame.select([c for c in ("run_id", "name") if c in frame.columns])
-    as_text = frame.select(pl.col(c).cast(pl.String) for c in config)
-    n_unique = as_text.select(pl.all().n_unique()).row(0, named=True)
-    present = as_text.select(pl.all().is_not_null().any()).row(0, named=True)
-    differing = [c for c in config if n_unique[c] > 1 and present[c]]
+    differing = [CONFIG_PREFIX + k for k in varying_keys(frame, noise_patterns)]
     return frame.select([c for c in ("run_id", "name") if c in frame.columns] + differing)
 
 

@@ -25,7 +25,7 @@ class SweepSummaryConfig(dg.Config):
     display_file: str | None = None
     extra_noise_patterns: list[str] = []
     last_k: int = sweeps.LAST_K
-    min_n_for_ci: int = sweeps.MIN_N_FOR_CI
+    min_bootstrap_n: int = sweeps.MIN_BOOTSTRAP_N
 
 
 @dg.asset(
@@ -65,7 +65,7 @@ def sweep_summary(config: SweepSummaryConfig, raw_runs: pl.LazyFrame, run_histor
         noise_patterns=sweeps.DEFAULT_NOISE_PATTERNS + tuple(config.extra_noise_patterns),
         display=sweeps.DisplayNames.from_yaml(display_file),
         last_k=config.last_k,
-        min_n=config.min_n_for_ci,
+        min_bootstrap_n=config.min_bootstrap_n,
     )
     varying = {p: list(k) for p, k in frame.select("project", "varying_keys").unique("project").iter_rows()} if frame.height else {}
     return dg.MaterializeResult(

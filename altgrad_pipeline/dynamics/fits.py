@@ -6,11 +6,22 @@ any other. Only the finite prefix of a series is fitted (everything before its f
 
 Models (parameter names are the table's column names):
 
-- `power_law`:    L(t) = a·t^(−b) + c
-- `exponential`:  L(t) = a·e^(−t/τ) + c                      (column `tau`)
-- `two_power`:    L(t) = a1·t^(−b1) + c for t < T, a2·t^(−b2) + c for t ≥ T, T = `break_step`,
-                  joined at T (a2 = a1·T^(b2−b1): a loss curve does not jump), so a2 is derived
-                  and its standard error comes from the delta method
+- `power_law`:         L(t) = a·t^(−b) + c
+- `shifted_power_law`: L(t) = a·(t + t0)^(−b) + c, t0 ≥ 0     (column `t0`): the usual form of a
+                       learning curve, L0·(1 + t/T)^(−b) + c, which is flat for t ≪ t0 and a power
+                       law after, so burn-in needs no break; t0 = 0 is `power_law`
+- `exponential`:       L(t) = a·e^(−t/τ) + c                  (column `tau`)
+- `two_power`:         L(t) = a1·t^(−b1) + c for t < T, a2·t^(−b2) + c for t ≥ T, T = `break_step`,
+                       joined at T (a2 = a1·T^(b2−b1): a loss curve does not jump), so a2 is
+                       derived and its standard error comes from the delta method
+
+`c` is every model's limit as t → ∞. For a loss (and any nonnegative metric, see
+`dynamics.curves`) it is bounded below by 0: a cross-entropy cannot fall below zero, and an
+unbounded c trades a deeper floor for a steeper exponent on a curve that has not flattened yet.
+Bounds: b, b1, b2 in [0, 20], τ in [10⁻⁶, 10³]·span, t0 in [0, 10·span] (span = t range).
+`at_bound` lists the parameters the solution sits on a bound of (scipy's `active_mask`), plus
+`break_step` when the two-power break is within `KNEE_EDGE_POINTS` of the break search's limits:
+such a number is a constraint speaking, not the data, and its standard error is not meaningful.
 
 A rising curve (accuracy, F1) is the same models with a < 0, so higher-is-better metrics are
 fitted the same way. Each fit starts from a variable-projection grid: for each exponent b (or
@@ -28,14 +39,29 @@ AIC = n·ln(RSS/n) + 2k and AICc = AIC + 2k(k+1)/(n − k − 1), k counting the
 the noise variance. The break of `two_power` is charged as 3 parameters, not 1: a change point
 searched over n positions overfits like ~3 free parameters (Ninomiya 2005, "Information criterion
 for Gaussian change-point model"), so a clean single power law is not mistaken for a broken one.
-`selected` marks the lowest AICc per series.
+`selected` marks one model per series: among the successful fits, the lowest AICc, except that
+a model within `SELECTION_MARGIN` (2) AICc units of it with fewer parameters is preferred (the
+data do not tell them apart, so the simpler reading wins); `two_power` is a candidate only when
+the series has a knee (below).
+
+The series' `asymptote` is the selected model's c with its standard error, null when that fit's
+rate of decay (b, b2 or τ) sits at a bound: a curve with no identified decay does not say where
+it levels off (a and c then trade off freely).
 
 Shape facts per series:
 
-- `knee_step`: the end of burn-in, the break that minimises the two-segment model's AIC (with k
-  fixed, the lowest RSS), i.e. the `two_power` break.
+- `knee_step`: the end of burn-in, the `two_power` break, reported only when the broken model
+  beats the best unbroken one by more than `KNEE_MARGIN` (10) AICc units and the break is not at
+  the search's limits (`at_bound` has no `break_step`); otherwise there is no knee (null): a
+  smooth curve, a shifted power law included, has no break, and a break forced to the first or
+  last allowed point is the search's edge, not a feature of the data.
 - `plateau_step`: the first step from which the smoothed slope stays below `PLATEAU_TOLERANCE`
-  for good. The slope is Δy/Δstep, smoothed by an EWMA (span 5% of the points) run forwards
+  for good, provided that flat stretch covers at least `PLATEAU_MIN_STRETCH` (20%) of the run;
+  else null. A stretch shorter than that sits at the very end of the run, where a slowly falling
+  curve (a power law never flattens) and a true plateau look alike and a seed's noise decides;
+  requiring a sustained stretch keeps the answer a property of the curve, so seeds of one
+  setting agree. The same rule (zero-phase EWMA of the slope) reads the plateau of λ_max and of
+  the other dynamics series. The slope is Δy/Δstep, smoothed by an EWMA (span 5% of the points) run forwards
   and then backwards (zero phase, like `scipy.signal.filtfilt`, so the plateau is not reported
   late by the smoother's lag), and measured relative to the run: |slope|·(run length in steps)
   / |total change of the smoothed curve|. Below 0.05 means that at this rate the rest of a run
@@ -55,9 +81,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import optimize, signal
 
-MODELS = ("power_law", "exponential", "two_power")
+MODELS = ("power_law", "shifted_power_law", "exponential", "two_power")
 MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
     "power_law": ("a", "b", "c"),
+    "shifted_power_law": ("a", "b", "t0", "c"),
     "exponential": ("a", "tau", "c"),
     "two_power": ("a1", "b1", "a2", "b2", "c"),
 }
@@ -67,8 +94,16 @@ BREAK_PENALTY_PARAMETERS = 3
 MIN_POINTS = 12
 PLATEAU_TOLERANCE = 0.05
 PLATEAU_SPAN_FRACTION = 0.05
+#: Shortest flat stretch, as a fraction of the run's steps, that counts as a plateau.
+PLATEAU_MIN_STRETCH = 0.2
 #: A smoothed slope within this many noise standard deviations of zero is not movement.
 PLATEAU_NOISE_SIGMAS = 4.0
+#: AICc units a model with more parameters must gain to be selected over a simpler one.
+SELECTION_MARGIN = 2.0
+#: AICc units `two_power` must gain over the best unbroken model for the series to have a knee.
+KNEE_MARGIN = 10.0
+#: A break this many points or fewer from the break search's limits is at the bound.
+KNEE_EDGE_POINTS = 2
 MIN_SEGMENT_FRACTION = 0.05
 MIN_SEGMENT_POINTS = 4
 WELCH_SEGMENT = 256
@@ -76,6 +111,8 @@ MIN_SPECTRAL_POINTS = 32
 
 _EXPONENT_GRID = np.geomspace(0.02, 5.0, 48)
 _MAX_EXPONENT = 20.0
+_SHIFT_GRID_FRACTIONS = np.concatenate([[0.0], np.geomspace(1e-3, 2.0, 23)])
+_MAX_SHIFT_SPANS = 10.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +129,7 @@ class CurveFit:
     aicc: float
     success: bool
     break_step: float | None = None
+    at_bound: tuple[str, ...] = ()
     fitted: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
 
@@ -100,6 +138,10 @@ class CurveFit:
 
 def power_law(t: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
     return a * t ** (-b) + c
+
+
+def shifted_power_law(t: np.ndarray, a: float, b: float, t0: float, c: float) -> np.ndarray:
+    return a * (t + t0) ** (-b) + c
 
 
 def exponential(t: np.ndarray, a: float, tau: float, c: float) -> np.ndarray:
@@ -114,6 +156,13 @@ def _power_jacobian(t: np.ndarray, p: np.ndarray) -> np.ndarray:
     a, b, _ = p
     x = t ** (-b)
     return np.column_stack([x, -a * np.log(t) * x, np.ones_like(t)])
+
+
+def _shifted_power_jacobian(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    a, b, t0, _ = p
+    shifted = t + t0
+    x = shifted ** (-b)
+    return np.column_stack([x, -a * np.log(shifted) * x, -a * b * x / shifted, np.ones_like(t)])
 
 
 def _exponential_jacobian(t: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -176,8 +225,9 @@ def _standard_errors(jacobian: np.ndarray, rss: float, n: int) -> np.ndarray:
     return np.sqrt(np.clip(np.diag(_covariance(jacobian, rss, n)), 0.0, None))
 
 
-def _projected_fits(basis: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each row x of `basis` (m × n), the least-squares (a, c) of y ≈ a·x + c and its RSS."""
+def _projected_fits(basis: np.ndarray, y: np.ndarray, floor: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each row x of `basis` (m × n), the least-squares (a, c) of y ≈ a·x + c and its RSS,
+    with c ≥ `floor` when given (a row whose free c falls below is refitted with c = floor)."""
     n = y.shape[0]
     sx = basis.sum(axis=1)
     sxx = (basis * basis).sum(axis=1)
@@ -189,7 +239,15 @@ def _projected_fits(basis: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
         a = np.where(var_x > 0, cov_xy / var_x, 0.0)
     c = (sy - a * sx) / n
     rss = np.maximum(syy - sy * sy / n - a * cov_xy, 0.0)
-    return a, c, rss
+    if floor is None:
+        return a, c, rss
+    target = y - floor
+    sxt = basis @ target
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_floor = np.where(sxx > 0, sxt / sxx, 0.0)
+    rss_floor = np.maximum(target @ target - a_floor * sxt, 0.0)
+    low = c < floor
+    return np.where(low, a_floor, a), np.where(low, floor, c), np.where(low, rss_floor, rss)
 
 
 def _robust_options(y: np.ndarray) -> dict[str, object]:
@@ -203,6 +261,10 @@ def _least_squares(fun, jac, x0: np.ndarray, bounds, y: np.ndarray):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return optimize.least_squares(fun, x0, jac=jac, bounds=bounds, x_scale="jac", method="trf", max_nfev=200, **_robust_options(y))
+
+
+def _lower(floor: float | None) -> float:
+    return -np.inf if floor is None else floor
 
 
 def _finish(model: str, names: tuple[str, ...], result, y: np.ndarray, fitted: np.ndarray, jacobian: np.ndarray) -> CurveFit:
@@ -221,6 +283,7 @@ def _finish(model: str, names: tuple[str, ...], result, y: np.ndarray, fitted: n
         aic=aic,
         aicc=aicc,
         success=bool(result.success) and bool(np.all(np.isfinite(fitted))),
+        at_bound=tuple(name for name, active in zip(names, result.active_mask) if active != 0),
         fitted=fitted,
     )
 
@@ -228,31 +291,52 @@ def _finish(model: str, names: tuple[str, ...], result, y: np.ndarray, fitted: n
 # ---------------------------------------------------------------- single-curve fits
 
 
-def fit_power_law(t: np.ndarray, y: np.ndarray) -> CurveFit:
-    """L(t) = a·t^(−b) + c (t ≥ 1)."""
+def fit_power_law(t: np.ndarray, y: np.ndarray, floor: float | None = None) -> CurveFit:
+    """L(t) = a·t^(−b) + c (t ≥ 1), c ≥ `floor` when given."""
     t, y = np.asarray(t, float), np.asarray(y, float)
-    a, c, rss = _projected_fits(t[None, :] ** -_EXPONENT_GRID[:, None], y)
+    a, c, rss = _projected_fits(t[None, :] ** -_EXPONENT_GRID[:, None], y, floor)
     best = int(np.argmin(rss))
     x0 = np.array([a[best], _EXPONENT_GRID[best], c[best]])
     result = _least_squares(
-        lambda p: power_law(t, *p) - y, lambda p: _power_jacobian(t, p), x0, ([-np.inf, 0.0, -np.inf], [np.inf, _MAX_EXPONENT, np.inf]), y
+        lambda p: power_law(t, *p) - y, lambda p: _power_jacobian(t, p), x0, ([-np.inf, 0.0, _lower(floor)], [np.inf, _MAX_EXPONENT, np.inf]), y
     )
     return _finish("power_law", MODEL_PARAMETERS["power_law"], result, y, power_law(t, *result.x), _power_jacobian(t, result.x))
 
 
-def fit_exponential(t: np.ndarray, y: np.ndarray) -> CurveFit:
-    """L(t) = a·e^(−t/τ) + c."""
+def fit_shifted_power_law(t: np.ndarray, y: np.ndarray, floor: float | None = None) -> CurveFit:
+    """L(t) = a·(t + t0)^(−b) + c, t0 ≥ 0, c ≥ `floor` when given; seeded from a (b, t0) grid."""
+    t, y = np.asarray(t, float), np.asarray(y, float)
+    span = max(float(t[-1] - t[0]), 1.0)
+    shifts = _SHIFT_GRID_FRACTIONS * span
+    grid = [(b, t0) for t0 in shifts for b in _EXPONENT_GRID]
+    basis = (t[None, None, :] + shifts[:, None, None]) ** -_EXPONENT_GRID[None, :, None]
+    a, c, rss = _projected_fits(basis.reshape(len(grid), len(t)), y, floor)
+    best = int(np.argmin(rss))
+    x0 = np.array([a[best], grid[best][0], grid[best][1], c[best]])
+    result = _least_squares(
+        lambda p: shifted_power_law(t, *p) - y,
+        lambda p: _shifted_power_jacobian(t, p),
+        x0,
+        ([-np.inf, 0.0, 0.0, _lower(floor)], [np.inf, _MAX_EXPONENT, _MAX_SHIFT_SPANS * span, np.inf]),
+        y,
+    )
+    fitted = shifted_power_law(t, *result.x)
+    return _finish("shifted_power_law", MODEL_PARAMETERS["shifted_power_law"], result, y, fitted, _shifted_power_jacobian(t, result.x))
+
+
+def fit_exponential(t: np.ndarray, y: np.ndarray, floor: float | None = None) -> CurveFit:
+    """L(t) = a·e^(−t/τ) + c, c ≥ `floor` when given."""
     t, y = np.asarray(t, float), np.asarray(y, float)
     span = max(float(t[-1] - t[0]), 1.0)
     taus = np.geomspace(span / 500.0, span * 5.0, 48)
-    a, c, rss = _projected_fits(np.exp(-t[None, :] / taus[:, None]), y)
+    a, c, rss = _projected_fits(np.exp(-t[None, :] / taus[:, None]), y, floor)
     best = int(np.argmin(rss))
     x0 = np.array([a[best], taus[best], c[best]])
     result = _least_squares(
         lambda p: exponential(t, *p) - y,
         lambda p: _exponential_jacobian(t, p),
         x0,
-        ([-np.inf, span * 1e-6, -np.inf], [np.inf, span * 1e3, np.inf]),
+        ([-np.inf, span * 1e-6, _lower(floor)], [np.inf, span * 1e3, np.inf]),
         y,
     )
     return _finish("exponential", MODEL_PARAMETERS["exponential"], result, y, exponential(t, *result.x), _exponential_jacobian(t, result.x))
@@ -292,9 +376,13 @@ def _segment_costs(basis: np.ndarray, y: np.ndarray, *, intercept: bool) -> tupl
     return prefix, suffix
 
 
+def _min_segment(n: int) -> int:
+    return max(MIN_SEGMENT_POINTS, math.ceil(MIN_SEGMENT_FRACTION * n))
+
+
 def _best_break(prefix: np.ndarray, suffix: np.ndarray, n: int) -> int:
     """The DP over two segments: argmin over allowed k of prefix cost + suffix cost."""
-    min_segment = max(MIN_SEGMENT_POINTS, math.ceil(MIN_SEGMENT_FRACTION * n))
+    min_segment = _min_segment(n)
     candidates = np.arange(min_segment, n - min_segment + 1)
     return int(candidates[np.argmin(prefix[candidates] + suffix[candidates])])
 
@@ -309,7 +397,7 @@ def _segment_start(t: np.ndarray, y: np.ndarray, basis: np.ndarray, shift: float
     return float(sxy[best] / sxx[best]), float(_EXPONENT_GRID[best])
 
 
-def _fit_two_power_at(t: np.ndarray, y: np.ndarray, basis: np.ndarray, k: int, c0: float):
+def _fit_two_power_at(t: np.ndarray, y: np.ndarray, basis: np.ndarray, k: int, c0: float, floor: float | None):
     before = np.arange(len(t)) < k
     a1, b1 = _segment_start(t[before], y[before], basis[:, before], c0)
     _, b2 = _segment_start(t[~before], y[~before], basis[:, ~before], c0)
@@ -318,13 +406,13 @@ def _fit_two_power_at(t: np.ndarray, y: np.ndarray, basis: np.ndarray, k: int, c
         lambda p: two_power(t, p[0], p[1], continuous_a2(p[0], p[1], p[2], break_t), p[2], p[3], break_t) - y,
         lambda p: _two_power_jacobian(t, p, break_t),
         np.array([a1, b1, b2, c0]),
-        ([-np.inf, 0.0, 0.0, -np.inf], [np.inf, _MAX_EXPONENT, _MAX_EXPONENT, np.inf]),
+        ([-np.inf, 0.0, 0.0, _lower(floor)], [np.inf, _MAX_EXPONENT, _MAX_EXPONENT, np.inf]),
         y,
     )
     return result, break_t
 
 
-def fit_two_power(t: np.ndarray, y: np.ndarray) -> CurveFit:
+def fit_two_power(t: np.ndarray, y: np.ndarray, floor: float | None = None) -> CurveFit:
     """Two power-law segments joined at the break T (a2 = a1·T^(b2−b1), so the curve is
     continuous) and sharing the asymptote c; T found by dynamic programming (the segment costs
     of the search let each segment move freely, the final fit joins them).
@@ -333,10 +421,12 @@ def fit_two_power(t: np.ndarray, y: np.ndarray) -> CurveFit:
     n = len(y)
     basis = t[None, :] ** -_EXPONENT_GRID[:, None]
     k = _best_break(*_segment_costs(basis, y - float(np.mean(y)), intercept=True), n)
-    c0 = float(fit_power_law(t[k:], y[k:]).params["c"]) if n - k >= 4 else float(np.min(y))
-    result, _ = _fit_two_power_at(t, y, basis, k, c0)
+    c0 = float(fit_power_law(t[k:], y[k:], floor).params["c"]) if n - k >= 4 else float(np.min(y))
+    c0 = c0 if floor is None else max(c0, floor)
+    result, _ = _fit_two_power_at(t, y, basis, k, c0, floor)
     k = _best_break(*_segment_costs(basis, y - float(result.x[3]), intercept=False), n)
-    result, break_t = _fit_two_power_at(t, y, basis, k, float(result.x[3]))
+    result, break_t = _fit_two_power_at(t, y, basis, k, float(result.x[3]), floor)
+    at_edge = min(k - _min_segment(n), n - _min_segment(n) - k) < KNEE_EDGE_POINTS
     a1, b1, b2, c = result.x
     a2 = continuous_a2(a1, b1, b2, break_t)
     fitted = two_power(t, a1, b1, a2, b2, c, break_t)
@@ -358,19 +448,43 @@ def fit_two_power(t: np.ndarray, y: np.ndarray) -> CurveFit:
         aicc=aicc,
         success=bool(result.success) and bool(np.all(np.isfinite(fitted))),
         break_step=break_t,
+        at_bound=tuple(name for name, active in zip(("a1", "b1", "b2", "c"), result.active_mask) if active != 0) + (("break_step",) if at_edge else ()),
         fitted=fitted,
     )
 
 
-def fit_models(t: np.ndarray, y: np.ndarray) -> list[CurveFit]:
-    """All three models fitted to one finite series (at least `MIN_POINTS` points), in `MODELS` order."""
-    return [fit_power_law(t, y), fit_exponential(t, y), fit_two_power(t, y)]
+def fit_models(t: np.ndarray, y: np.ndarray, floor: float | None = None) -> list[CurveFit]:
+    """All models fitted to one finite series (at least `MIN_POINTS` points), in `MODELS` order;
+    `floor` bounds every model's limit c from below (0 for a loss)."""
+    return [fit_power_law(t, y, floor), fit_shifted_power_law(t, y, floor), fit_exponential(t, y, floor), fit_two_power(t, y, floor)]
+
+
+def has_knee(fits: list[CurveFit]) -> bool:
+    """True when `two_power` beats every successful unbroken model by more than `KNEE_MARGIN`
+    AICc units with its break inside the search range (see module doc)."""
+    broken = next(f for f in fits if f.model == "two_power")
+    unbroken = [f.aicc for f in fits if f.model != "two_power" and f.success]
+    return broken.success and "break_step" not in broken.at_bound and (not unbroken or broken.aicc < min(unbroken) - KNEE_MARGIN)
 
 
 def selected_model(fits: list[CurveFit]) -> CurveFit:
-    """The fit with the lowest AICc among the successful ones (all, if none succeeded)."""
-    pool = [f for f in fits if f.success] or fits
-    return min(pool, key=lambda f: f.aicc)
+    """The selected fit (see module doc): lowest AICc, the fewest parameters within
+    `SELECTION_MARGIN` of it; `two_power` only with a knee; all fits if none succeeded."""
+    knee = has_knee(fits)
+    pool = [f for f in fits if f.success and (f.model != "two_power" or knee)] or fits
+    lowest = min(f.aicc for f in pool)
+    return min((f for f in pool if f.aicc <= lowest + SELECTION_MARGIN), key=lambda f: (f.n_aic_parameters, f.aicc))
+
+
+#: Parameters setting how fast a curve approaches its limit: at a bound, the limit is unidentified.
+DECAY_PARAMETERS = ("b", "b2", "tau")
+
+
+def asymptote(fit: CurveFit) -> tuple[float | None, float | None]:
+    """(limit c, its standard error) of a fit; None when its decay rate is at a bound."""
+    if any(name in fit.at_bound for name in DECAY_PARAMETERS):
+        return None, None
+    return fit.params["c"], fit.standard_errors["c"]
 
 
 # ---------------------------------------------------------------- shape facts
@@ -397,7 +511,8 @@ def zero_phase_ewma(values: np.ndarray, span: float) -> np.ndarray:
 
 def plateau_step(steps: np.ndarray, y: np.ndarray, *, tolerance: float = PLATEAU_TOLERANCE) -> float | None:
     """First step from which the zero-phase EWMA slope stays below `tolerance` (relative, see
-    module doc); None when the curve is still moving at its last point."""
+    module doc); None when the curve is still moving at its last point or the flat stretch is
+    shorter than `PLATEAU_MIN_STRETCH` of the run."""
     steps, y = np.asarray(steps, float), np.asarray(y, float)
     if len(y) < 3:
         return None
@@ -415,9 +530,8 @@ def plateau_step(steps: np.ndarray, y: np.ndarray, *, tolerance: float = PLATEAU
     above = np.flatnonzero(judged >= max(tolerance, PLATEAU_NOISE_SIGMAS * noise))
     if len(above) == 0:
         return float(steps[0])
-    if above[-1] == len(judged) - 1:
-        return None
-    return float(steps[above[-1] + 1])
+    start = float(steps[above[-1] + 1]) if above[-1] < len(judged) - 1 else math.inf
+    return start if steps[-1] - start >= PLATEAU_MIN_STRETCH * length else None
 
 
 def smoothed_slope_noise(span: float) -> float:

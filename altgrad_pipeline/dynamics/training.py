@@ -1,12 +1,16 @@
 """Training dynamics: one row per (run, metric, model) with the fitted learning-curve models, and
 per (run, metric) the knee, plateau, residual spectrum and final value repeated on each model row
 (so one table answers both "which model fits" and "when did the run settle").
+`asymptote` / `asymptote_se` are the selected model's limit (the `model` of the `selected` row
+says which model it comes from), `asymptote_bits` the same in bits for a loss; `at_bound` lists
+each fit's parameters at a bound.
 
 Series: every curve metric (see `dynamics.curves`) of every run, cut at its first non-finite
 value (`first_nonfinite_step`); series with fewer than 12 finite points are not fitted. Model
 definitions, fitting, AICc selection, knee, plateau and spectral slope are described in
-`dynamics.fits`. `knee_epoch` / `plateau_epoch` need the config's steps per epoch (see
-`dynamics.curves`) and are null without it. `final_value` is the mean of the last 10 finite
+`dynamics.fits`. `knee_epoch` / `plateau_epoch` need the steps per epoch (config or logged epoch
+key, see `dynamics.curves`) and are null without it. Losses and other nonnegative metrics are
+fitted with every model's limit bounded below by 0. `final_value` is the mean of the last 10 finite
 values of the prefix; `final_loss_bits` = final_value / ln 2 for loss metrics (null for others).
 """
 
@@ -18,11 +22,11 @@ import numpy as np
 import polars as pl
 
 from altgrad_pipeline.dynamics import fits
-from altgrad_pipeline.dynamics.curves import curve_series, is_loss_metric, steps_per_epoch, to_epochs
+from altgrad_pipeline.dynamics.curves import curve_series, is_loss_metric, is_nonnegative_metric, steps_per_epoch, to_epochs
 
 FINAL_LAST_K = 10
 
-PARAMETER_COLUMNS = ("a", "b", "c", "tau", "a1", "b1", "a2", "b2")
+PARAMETER_COLUMNS = ("a", "b", "c", "t0", "tau", "a1", "b1", "a2", "b2")
 
 TRAINING_DYNAMICS_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String(),
@@ -33,6 +37,7 @@ TRAINING_DYNAMICS_SCHEMA: dict[str, pl.DataType] = {
     "success": pl.Boolean(),
     **{name: pl.Float64() for p in PARAMETER_COLUMNS for name in (p, f"{p}_se")},
     "break_step": pl.Float64(),
+    "at_bound": pl.List(pl.String()),
     "n_points": pl.Int64(),
     "n_aic_parameters": pl.Int64(),
     "rss": pl.Float64(),
@@ -42,6 +47,9 @@ TRAINING_DYNAMICS_SCHEMA: dict[str, pl.DataType] = {
     "last_step": pl.Int64(),
     "first_nonfinite_step": pl.Int64(),
     "steps_per_epoch": pl.Float64(),
+    "asymptote": pl.Float64(),
+    "asymptote_se": pl.Float64(),
+    "asymptote_bits": pl.Float64(),
     "knee_step": pl.Float64(),
     "knee_epoch": pl.Float64(),
     "plateau_step": pl.Float64(),
@@ -53,29 +61,34 @@ TRAINING_DYNAMICS_SCHEMA: dict[str, pl.DataType] = {
 
 
 def _series_rows(run_id: str, metric: str, steps: np.ndarray, values: np.ndarray) -> list[dict]:
-    """The three model rows of one series (empty when its finite prefix is too short)."""
+    """The model rows of one series (empty when its finite prefix is too short)."""
     n_finite = fits.finite_prefix_length(values)
     first_nonfinite = int(steps[n_finite]) if n_finite < len(values) else None
     steps, values = steps[:n_finite].astype(float), values[:n_finite]
     if n_finite < fits.MIN_POINTS:
         return []
     t = steps - steps[0] + 1.0
-    fitted_models = fits.fit_models(t, values)
+    fitted_models = fits.fit_models(t, values, 0.0 if is_nonnegative_metric(metric) else None)
     best = fits.selected_model(fitted_models)
     two_power = next(f for f in fitted_models if f.model == "two_power")
-    knee = float(two_power.break_step + steps[0] - 1.0)
+    knee = float(two_power.break_step + steps[0] - 1.0) if fits.has_knee(fitted_models) else None
+    limit, limit_se = fits.asymptote(best)
     final = float(np.mean(values[-FINAL_LAST_K:]))
+    in_bits = 1 / math.log(2) if is_loss_metric(metric) else None
     shared = {
         "run_id": run_id,
         "metric": metric,
         "first_step": int(steps[0]),
         "last_step": int(steps[-1]),
         "first_nonfinite_step": first_nonfinite,
+        "asymptote": limit,
+        "asymptote_se": limit_se,
+        "asymptote_bits": limit * in_bits if in_bits and limit is not None else None,
         "knee_step": knee,
         "plateau_step": fits.plateau_step(steps, values),
         "spectral_slope": fits.spectral_slope(values - best.fitted),
         "final_value": final,
-        "final_loss_bits": final / math.log(2) if is_loss_metric(metric) else None,
+        "final_loss_bits": final * in_bits if in_bits else None,
     }
     rows = []
     for fit in fitted_models:
@@ -83,6 +96,7 @@ def _series_rows(run_id: str, metric: str, steps: np.ndarray, values: np.ndarray
         row |= {"n_aic_parameters": fit.n_aic_parameters, "rss": fit.rss, "aic": fit.aic, "aicc": fit.aicc}
         row |= fit.params | {f"{name}_se": se for name, se in fit.standard_errors.items()}
         row["break_step"] = None if fit.break_step is None else float(fit.break_step + steps[0] - 1.0)
+        row["at_bound"] = list(fit.at_bound)
         rows.append(row)
     return rows
 
@@ -100,7 +114,7 @@ def training_dynamics(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyF
     return (
         frame.lazy()
         .join(runs.select("run_id", "project"), on="run_id", how="left")
-        .join(steps_per_epoch(runs), on="run_id", how="left")
+        .join(steps_per_epoch(runs, histories), on="run_id", how="left")
         .with_columns(
             to_epochs(pl.col("knee_step"), pl.col("steps_per_epoch")).alias("knee_epoch"),
             to_epochs(pl.col("plateau_step"), pl.col("steps_per_epoch")).alias("plateau_epoch"),

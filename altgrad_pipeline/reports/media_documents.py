@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 from matplotlib.colors import LogNorm, to_rgb
 from matplotlib.patches import Patch
 
@@ -25,7 +26,7 @@ from altgrad_pipeline.escaping import escape_markdown
 from altgrad_pipeline.markdown import format_cell, markdown_table
 from altgrad_pipeline.media.attention import AttentionShape, attention_weights
 from altgrad_pipeline.media.tables import TableRows
-from altgrad_pipeline.dynamics.sweeps import is_noise_key
+from altgrad_pipeline.dynamics.sweeps import run_labels
 from altgrad_pipeline.notebook import differing_config
 from altgrad_pipeline.reports.documents import FIGURES_DIR, ReportResult, _header, _image, _write
 from altgrad_pipeline.reports.style import FALLBACK_COLOURS, FORMAT_COLOURS, new_figure, report_style, save_figure
@@ -188,15 +189,14 @@ def _plain(value: object) -> str:
 
 
 def config_labels(raw_runs: pl.DataFrame, run_ids: Sequence[str]) -> dict[str, str]:
-    """run_id -> the config values that differ between these runs ("lr=0.001, seed=2"), noise
-    keys (names, tags, paths, seeds, intervals: `dynamics.sweeps.is_noise_key`) left out."""
+    """run_id -> the setting that differs between these runs ("format=BF16, lr=0.001"), labelled
+    as the sweep summary labels groups (`dynamics.sweeps.run_labels`: derived format and
+    optimizer, noise keys left out)."""
     runs = raw_runs.filter(pl.col("run_id").is_in(list(run_ids)))
-    differing = differing_config(runs)
-    keys = [c for c in differing.columns if c.startswith("config.") and not is_noise_key(c.removeprefix("config."))]
-    labels = {}
-    for row in differing.iter_rows(named=True):
-        labels[row["run_id"]] = ", ".join(f"{k.removeprefix('config.')}={_plain(row[k])}" for k in keys) or "same config"
-    return {r: labels.get(r, "config unknown") for r in run_ids}
+    keys = [c.removeprefix("config.") for c in differing_config(runs).columns if c.startswith("config.")]
+    plain = runs.with_columns((cs.starts_with("config.") & cs.float()).map_elements(_plain, return_dtype=pl.String))
+    labels = run_labels(plain, keys) if runs.height else {}
+    return {r: labels.get(r, "config unknown").replace("all runs", "same config") for r in run_ids}
 
 
 def curves_figure(curves: pl.DataFrame, keys: list[str], labels: dict[str, str], names: dict[str, str], path: Path) -> Path:

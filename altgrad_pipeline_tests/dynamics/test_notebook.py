@@ -25,9 +25,14 @@ def test_select_runs_by_config_tags_and_state() -> None:
 
 
 def test_differing_config_lists_only_keys_that_differ() -> None:
-    frame = differing_config(_runs().filter(pl.col("run_id").is_in(["a", "b"])))
-    assert frame.columns == ["run_id", "name", "config.lr", "config.seed"]
-    assert differing_config(_runs()).columns == ["run_id", "name", "config.lr", "config.opt.name", "config.seed"]
+    """Seeds, run names, paths and timestamps differ too, but they are the sweep detection's noise."""
+    runs = _runs().with_columns(
+        pl.Series("config.run_name", ["a", "b", "c"]), pl.Series("config.out_dir", ["/a", "/b", "/c"]), pl.Series("config.timestamp", ["1", "2", "3"])
+    )
+    frame = differing_config(runs.filter(pl.col("run_id").is_in(["a", "b"])))
+    assert frame.columns == ["run_id", "name", "config.lr"]
+    assert differing_config(runs).columns == ["run_id", "name", "config.lr", "config.opt.name"]
+    assert differing_config(runs, noise_patterns=()).columns[2:] == ["config.lr", "config.opt.name", "config.out_dir", "config.run_name", "config.seed", "config.timestamp"]
 
 
 def test_load_curves_aligns_runs_on_step(tmp_path) -> None:

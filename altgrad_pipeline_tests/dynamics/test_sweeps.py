@@ -26,6 +26,26 @@ def test_example_study_varies_exactly_its_design_keys() -> None:
     assert groups["group_key"].n_unique() == 9  # 6 formats under AdamW + 3 under ManifoldAdamW; seeds collapse
 
 
+def test_example_study_labels_read_the_derived_format_and_optimizer() -> None:
+    """The baseline's config says fp8_format=E5M2 with use_fp8=false: its label says BF16, and keys
+    the condition determines (max_steps, use_shadow, log_bit_position) stay out of the label."""
+    specs = default_study()
+    raw = raw_runs_frame_of(specs)
+    labels = sweeps.sweep_groups(raw).unique("group_key")["group_label"].to_list()
+    assert "format=BF16, optimizer=AdamW" in labels and "format=E5M2, optimizer=ManifoldAdamW" in labels
+    assert len(labels) == 9 and not any("use_" in label or "E5M2" in label and "BF16" in label for label in labels)
+    override = sweeps.DisplayNames(keys={"fp8_format": "fmt"}, values={"fp8_format": {"BF16": "bf16 baseline"}})
+    assert "fmt=bf16 baseline, optimizer=AdamW" in sweeps.sweep_groups(raw, display=override)["group_label"].to_list()
+
+
+def raw_runs_frame_of(specs) -> pl.DataFrame:
+    """raw_runs of example specs with the derived columns computed as ingest computes them."""
+    configs = [s.config() for s in specs]
+    base = runs_frame(configs, run_ids=[str(i) for i in range(len(specs))], projects=["altgrad"] * len(specs), seeds=[s.seed for s in specs])
+    derived = raw_runs_frame([{"run_id": str(i), "name": s.run_name, "_config": c} for i, (s, c) in enumerate(zip(specs, configs))])
+    return base.drop("fp8_format").join(derived.select("run_id", "fp8_format", "optimizer", "max_steps"), on="run_id")
+
+
 def _corpus_runs(root) -> pl.DataFrame:
     source = LocalWandbSource(root)
     return raw_runs_frame([source.read(locator) for locator in source.discover()])
@@ -72,11 +92,19 @@ def _study(n_per_group: dict[str, int], *, steps: int = 40, seed: int = 0) -> tu
 
 
 def test_statistics_equal_scipy() -> None:
+    """From 8 values BCa bootstrap intervals of mean and IQM; below 8 (ANAL-03's rule) the
+    Student t interval of the mean and no IQM interval."""
     raw, histories, finals = _study({"0.1": 9, "0.01": 5})
     summary = sweeps.sweep_summary(raw, histories, n_resamples=999, seed=4)
     for lr, values in finals.items():
         row = summary.filter(pl.col("group_key") == json.dumps({"lr": float(lr)})).row(0, named=True)
         x = np.array(values)
+        assert row["completeness"] == 1.0 and not row["low_n"]
+        if len(x) < 8:
+            t_ci = sps.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=sps.sem(x))
+            assert row["ci_method"] == "t" and (row["ci_low"], row["ci_high"]) == pytest.approx(t_ci, abs=1e-9)
+            assert row["iqm_ci_low"] is None and "Student t" in row["ci_note"]
+            continue
         assert row["n_runs"] == row["n_seeds"] == row["n_values"] == len(x)
         assert row["mean"] == pytest.approx(np.mean(x), abs=1e-9)
         assert row["median"] == pytest.approx(np.median(x), abs=1e-9)
@@ -87,15 +115,16 @@ def test_statistics_equal_scipy() -> None:
         assert row["ci_method"] == "BCa"
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((mean_ci.low, mean_ci.high), abs=1e-9)
         assert (row["iqm_ci_low"], row["iqm_ci_high"]) == pytest.approx((iqm_ci.low, iqm_ci.high), abs=1e-9)
-        assert row["completeness"] == 1.0 and not row["low_n"]
 
 
-def test_small_groups_get_no_interval_and_say_so() -> None:
-    raw, histories, _ = _study({"0.1": 2, "0.01": 3})
-    summary = sweeps.sweep_summary(raw, histories, min_n=3, n_resamples=199)
-    small = summary.filter(pl.col("n_runs") == 2).row(0, named=True)
-    assert small["low_n"] and small["ci_low"] is None and "fewer than 3" in small["ci_note"]
-    assert not summary.filter(pl.col("n_runs") == 3).row(0, named=True)["low_n"]
+def test_three_runs_get_a_t_interval_wider_than_their_range_and_one_run_none() -> None:
+    raw, histories, finals = _study({"0.1": 1, "0.01": 3})
+    summary = sweeps.sweep_summary(raw, histories, n_resamples=199)
+    single = summary.filter(pl.col("n_runs") == 1).row(0, named=True)
+    assert single["low_n"] and single["ci_low"] is None and single["ci_method"] == "none" and "fewer than 2" in single["ci_note"]
+    three = summary.filter(pl.col("n_runs") == 3).row(0, named=True)
+    assert three["ci_method"] == "t" and not three["low_n"]
+    assert three["ci_low"] < min(finals["0.01"]) and three["ci_high"] > max(finals["0.01"])
 
 
 def test_incomplete_and_diverged_runs_are_counted_not_averaged() -> None:
@@ -108,6 +137,20 @@ def test_incomplete_and_diverged_runs_are_counted_not_averaged() -> None:
     assert row["mean"] == pytest.approx(np.mean(finals["0.1"][2:]), abs=1e-9)
 
 
+def test_completeness_is_against_the_planned_length() -> None:
+    """Every run stopped at step 45 of a planned 500: 0.09 complete, none complete; a metric logged
+    every 100 steps with its last value at 400 of 500 is complete; one never logged is not."""
+    raw, histories, _ = _study({"0.1": 3}, steps=46)
+    raw = raw.with_columns(pl.lit(500, pl.Int64).alias("max_steps"))
+    evals = pl.concat([curve_history(r, np.arange(100, 401, 100), np.full(4, 3.0), key="val_loss") for r in raw["run_id"]])
+    summary = sweeps.sweep_summary(raw, pl.concat([histories, evals.filter(pl.col("run_id") != "lr0.1-s0")]), n_resamples=199)
+    loss = summary.filter(pl.col("metric") == "loss").row(0, named=True)
+    assert loss["completeness"] == pytest.approx(46 / 500) and loss["n_complete"] == 0 and loss["n_logged"] == 3
+    assert loss["expected_steps"] == 500 and loss["n_values"] == 0 and loss["ci_method"] == "none"
+    val = summary.filter(pl.col("metric") == "val_loss").row(0, named=True)
+    assert (val["n_logged"], val["n_complete"]) == (2, 2) and val["completeness"] == pytest.approx(2 / 3)
+
+
 def test_display_names_from_yaml(tmp_path) -> None:
     path = tmp_path / "display.yaml"
     path.write_text("keys:\n  model.weights: Init\nvalues:\n  model.weights:\n    None: random\n    DEFAULT: pretrained\n")
@@ -115,6 +158,7 @@ def test_display_names_from_yaml(tmp_path) -> None:
     raw = raw.with_columns(pl.Series("config.model.weights", [None, "DEFAULT"], dtype=pl.String))
     labels = sweeps.sweep_groups(raw, display=sweeps.DisplayNames.from_yaml(path)).sort("run_id")["group_label"].to_list()
     assert labels == ["Init=random", "Init=pretrained"]
+    assert sweeps.DisplayNames.from_yaml(path).key("fp8_format") == "format"  # the defaults stay under the file
 
 
 def test_projects_are_separate_studies() -> None:
