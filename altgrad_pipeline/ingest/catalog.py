@@ -51,7 +51,7 @@ try:
 except ImportError:  # Windows: concurrent syncs may then re-read a run the other one stored
     fcntl = None  # type: ignore[assignment]
 
-CACHE_VERSION = 3  # 3: cached histories are sorted by (step, key)
+CACHE_VERSION = 4  # 3: cached histories are sorted by (step, key); 4: strings kept in `text`
 INDEX_NAME = "index.json"
 #: What the last full sync saw: the stores' digest, its runs in discovery order, its issues.
 LAST_SYNC_NAME = "last_sync.json"
