@@ -42,6 +42,7 @@ from altgrad_pipeline.analysis.failure_reports import FAILURE_REPORTS_SCHEMA
 from altgrad_pipeline.analysis.layers import DEFAULT_LAYER_PATTERNS, LayerPatterns, parse_metric_keys
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import finite, least_squares_slope
+from altgrad_pipeline.ingest.model import numeric_history
 
 FAILURE_MODES = ("nan_loss", "bit_stall", "overflow", "early_stop", "none")
 THRESHOLD_DEFAULTS = {"config.bit_stall_threshold": 0.5, "config.overflow_threshold": 0.01, "config.nan_patience": 10}
@@ -156,7 +157,7 @@ def failure_modes(
     completed runs of other formats (`ref_*`) and the parsed failure report (`report_*`).
     See the module docstring for every definition."""
     runs = raw_runs.lazy()
-    history = histories.lazy()
+    history = numeric_history(histories)
     thresholds = _thresholds(runs)
     outcome_columns = ["run_id", "outcome", "last_step", "last_finite_loss", "last_finite_loss_step", "first_nan_step", "first_param_nan_step"]
     base = (

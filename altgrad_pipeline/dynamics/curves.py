@@ -20,6 +20,7 @@ import polars as pl
 from scipy import stats as sps
 
 from altgrad_pipeline.analysis.stats import finite
+from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.ingest.tables import CONFIG_PREFIX
 
 LOSS_METRICS = ("loss", "train/loss", "train_loss", "val_loss", "val/loss", "eval/loss")
@@ -45,7 +46,7 @@ def is_loss_metric(metric: str) -> bool:
 def curve_series(histories: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
     """run_id, metric, step, value of every curve metric, sorted by step (last value per step)."""
     return (
-        histories.lazy()
+        numeric_history(histories)
         .filter(is_curve_metric())
         .group_by("run_id", "key", "step")
         .agg(pl.col("value").last())
