@@ -16,6 +16,7 @@ import polars as pl
 
 from altgrad_pipeline.dynamics.sweeps import DEFAULT_NOISE_PATTERNS, varying_keys
 from altgrad_pipeline.ingest.tables import CONFIG_PREFIX
+from altgrad_pipeline.ingest.model import numeric_history
 
 HISTORIES_GLOB = Path("assets") / "run_histories" / "*.parquet"
 
@@ -60,7 +61,7 @@ def load_curves(
         lazy = pl.scan_parquet(str(Path(source) / HISTORIES_GLOB))
     else:
         lazy = source.lazy()
-    lazy = lazy.filter(pl.col("key") == metric)
+    lazy = numeric_history(lazy).filter(pl.col("key") == metric)
     if run_ids is not None:
         lazy = lazy.filter(pl.col("run_id").is_in(list(run_ids)))
     long = lazy.group_by("run_id", "step").agg(pl.col("value").last()).collect()

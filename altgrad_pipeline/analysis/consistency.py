@@ -6,6 +6,7 @@ from __future__ import annotations
 import polars as pl
 
 from altgrad_pipeline.analysis.outcomes import LOSS_KEYS
+from altgrad_pipeline.ingest.model import numeric_history
 
 #: Config keys that differ between runs without changing what is trained (names, paths,
 #: bookkeeping intervals, logging switches). Any key starting with `log_` is noise as well.
@@ -26,7 +27,7 @@ CONFIG_NOISE_KEYS = (
 def every_run_has_loss(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyFrame | pl.DataFrame) -> tuple[bool, pl.DataFrame]:
     """Every run logged a loss series (`loss` or `train/loss`). Details: run_id, name, state of
     the runs without one (e.g. FormatExperimentRunner runs, which log only diagnostics)."""
-    with_loss = histories.lazy().filter(pl.col("key").is_in(LOSS_KEYS)).select("run_id").unique()
+    with_loss = numeric_history(histories).filter(pl.col("key").is_in(LOSS_KEYS)).select("run_id").unique()
     missing = raw_runs.lazy().join(with_loss, on="run_id", how="anti").select("run_id", "name", "state").sort("run_id").collect()
     return missing.is_empty(), missing
 

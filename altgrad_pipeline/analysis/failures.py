@@ -68,6 +68,7 @@ from altgrad_pipeline.analysis.failure_reports import FAILURE_REPORTS_SCHEMA
 from altgrad_pipeline.analysis.layers import DEFAULT_LAYER_PATTERNS, LayerPatterns, parse_metric_keys
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import finite, least_squares_slope
+from altgrad_pipeline.ingest.model import numeric_history
 
 FAILURE_MODES = ("nan_loss", "bit_stall", "overflow", "early_stop", "no_exit_record", "none")
 FAILURE_STAGES = ("optimizer_state_corruption", "forward_overflow", "backward_vanishing", "unknown")
@@ -273,7 +274,7 @@ def failure_modes(
     successful runs of other formats with the same optimizer (`ref_*`) and the parsed failure
     report (`report_*`). `now` (aware) gives `silent_seconds`. See the module docstring."""
     runs = raw_runs.lazy()
-    history = histories.lazy()
+    history = numeric_history(histories)
     thresholds = _thresholds(runs)
     run_columns = runs.collect_schema().names()
     updated_at = pl.col("updated_at").cast(pl.Datetime("us", "UTC")) if "updated_at" in run_columns else pl.lit(None, pl.Datetime("us", "UTC"))

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from altgrad_pipeline.ingest.model import numeric_history
+
 #: Output columns of `layer_metrics`, in order.
 LAYER_METRICS_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String(),
@@ -129,7 +131,7 @@ def parse_metric_keys(keys: pl.LazyFrame | pl.DataFrame, patterns: LayerPatterns
 def layer_metrics(histories: pl.LazyFrame | pl.DataFrame, patterns: LayerPatterns = DEFAULT_LAYER_PATTERNS) -> pl.DataFrame:
     """Per-parameter metrics in long form (columns: `LAYER_METRICS_SCHEMA`), sorted by run, metric,
     param, step. Values are kept as logged (NaN and inf included)."""
-    history = histories.lazy()
+    history = numeric_history(histories)
     parsed = parse_metric_keys(history.select("key"), patterns)
     return (
         history.join(parsed, on="key", how="inner")

@@ -63,6 +63,7 @@ import polars as pl
 
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import count_lower, finite, mean_difference_interval, mean_of_last_k, probability_lower
+from altgrad_pipeline.ingest.model import numeric_history
 
 STANDARD = "AdamW"
 MANIFOLD = "ManifoldAdamW"
@@ -129,7 +130,7 @@ def per_run_metrics(
     fp8_format, optimizer, seed, common_step, loss_threshold and the four `METRICS`.
     `run_summaries` is the `run_summaries` asset (one row per run and key, `min` among them)."""
     runs = raw_runs.lazy().filter(pl.col("fp8_format") != NO_FORMAT)
-    history = histories.lazy()
+    history = numeric_history(histories)
     completed_ids = outcomes.lazy().filter(pl.col("outcome") == "completed").select("run_id")
     loss_series = loss_history(history)
     loss = loss_series.select("run_id", "step", "value")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import polars as pl
 
 from altgrad_pipeline.analysis.stats import finite
+from altgrad_pipeline.ingest.model import numeric_history
 
 LOSS_KEYS = ("loss", "train/loss")
 
@@ -42,7 +43,7 @@ OUTCOMES_SCHEMA: dict[str, pl.DataType] = {
 def history_series(histories: pl.LazyFrame | pl.DataFrame, keys: tuple[str, ...]) -> pl.LazyFrame:
     """run_id, step, value, key of the first of `keys` each run logged (priority order), so runs of
     families that name the same quantity differently become one series."""
-    history = histories.lazy().filter(pl.col("key").is_in(keys))
+    history = numeric_history(histories).filter(pl.col("key").is_in(keys))
     priority = pl.col("key").replace_strict(list(keys), list(range(len(keys))), return_dtype=pl.Int64)
     chosen = history.group_by("run_id").agg(pl.col("key").sort_by(priority).first())
     return history.join(chosen, on=["run_id", "key"], how="inner").select("run_id", "step", "value", "key").sort("run_id", "step")
@@ -60,7 +61,7 @@ def run_outcomes(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyFrame 
     no history); `first_nan_step` the first step whose loss is NaN or +-inf;
     `first_param_nan_step` the first step with `param_nan_count` > 0.
     """
-    history = histories.lazy()
+    history = numeric_history(histories)
     runs = raw_runs.lazy().select("run_id", "state", pl.col("max_steps").cast(pl.Int64), pl.col("last_step").cast(pl.Int64).alias("ingest_last_step"))
     last_steps = history.group_by("run_id").agg(pl.col("step").max().alias("history_last_step"))
     loss = loss_history(history)

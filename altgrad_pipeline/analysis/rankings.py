@@ -55,6 +55,7 @@ import polars as pl
 
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import coefficient_of_variation, finite, mean_difference_interval, mean_intervals, mean_of_last_k
+from altgrad_pipeline.ingest.model import numeric_history
 
 NO_FORMAT = "no_format"
 STANDARD = "AdamW"
@@ -143,7 +144,7 @@ def format_rankings(
 ) -> pl.DataFrame:
     """Rank formats within each optimizer, overall and per layer type (definitions in the module docstring)."""
     runs = raw_runs.lazy().filter(pl.col("fp8_format") != NO_FORMAT)
-    history = histories.lazy()
+    history = numeric_history(histories)
     per_layer = layer_metrics.lazy()
     completed = completed_runs_at_common_step(runs, history, outcomes.lazy())
 

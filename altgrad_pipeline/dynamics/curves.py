@@ -32,6 +32,7 @@ import polars as pl
 from scipy import stats as sps
 
 from altgrad_pipeline.analysis.stats import finite, least_squares_slope
+from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.ingest.tables import CONFIG_PREFIX
 
 LOSS_METRICS = ("loss", "train/loss", "train_loss", "val_loss", "val/loss", "eval/loss")
@@ -69,7 +70,7 @@ def is_nonnegative_metric(metric: str) -> bool:
 def curve_series(histories: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
     """run_id, metric, step, value of every curve metric, sorted by step (last value per step)."""
     return (
-        histories.lazy()
+        numeric_history(histories)
         .filter(is_curve_metric())
         .group_by("run_id", "key", "step")
         .agg(pl.col("value").last())

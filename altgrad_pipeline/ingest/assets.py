@@ -31,7 +31,8 @@ HISTORY_DESCRIPTIONS = {
     "run_id": "Run the value belongs to",
     "step": "Step as logged (_step; falls back to the history record's step)",
     "key": "Metric name exactly as logged; '/' is part of the name",
-    "value": "Value as logged; NaN and ±inf kept (they are the evidence of failure)",
+    "value": "Value as logged; NaN and ±inf kept (they are the evidence of failure); null for a string",
+    "text": "A string value exactly as logged (even one that reads as a number, such as \"7998.707\"); null for a number",
     "runtime": "Seconds since the run started (_runtime) when the row was logged",
     "timestamp": "Unix time (_timestamp) when the row was logged",
 }

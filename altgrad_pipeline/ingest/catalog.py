@@ -51,7 +51,7 @@ try:
 except ImportError:  # Windows: concurrent syncs may then re-read a run the other one stored
     fcntl = None  # type: ignore[assignment]
 
-CACHE_VERSION = 4  # 3: cached histories are sorted by (step, key); 4: wandb-core 0.17 logs read whole, `log_layout`
+CACHE_VERSION = 5  # 3: cached histories are sorted by (step, key); 4: wandb-core 0.17 logs read whole, `log_layout`; 5: strings kept in `text`
 INDEX_NAME = "index.json"
 #: What the last full sync saw: the stores' digest, its runs in discovery order, its issues.
 LAST_SYNC_NAME = "last_sync.json"

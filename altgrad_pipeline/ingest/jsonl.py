@@ -62,6 +62,7 @@ ROWS_SCHEMA: dict[str, pl.DataType] = {
     "step": pl.Int64(),
     "key": pl.String(),
     "value": pl.Float64(),
+    "text": pl.String(),
     "runtime": pl.Float64(),
     "timestamp": pl.Float64(),
 }
@@ -203,7 +204,7 @@ def keep_last_writes(
         conflicts = (
             ordered.join(written_twice, on=["step", "key"])
             .group_by("step", "key", maintain_order=True)
-            .agg(pl.len().alias("writes"), pl.col("value").n_unique().alias("distinct"))
+            .agg(pl.len().alias("writes"), pl.struct("value", "text").n_unique().alias("distinct"))
             .filter(pl.col("distinct") > 1)
         )
         if conflicts.height:
@@ -220,7 +221,7 @@ def keep_last_writes(
                 )
             )
     history = ordered.filter(~pl.col("_rewritten")).select(
-        pl.lit(run_id, pl.String).alias("run_id"), "step", "key", "value", "runtime", "timestamp"
+        pl.lit(run_id, pl.String).alias("run_id"), "step", "key", "value", "text", "runtime", "timestamp"
     )
     return history, issues
 
@@ -237,27 +238,35 @@ def _number(value: Any) -> float | None:
 def _value_type(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, str):
-        return "string"
     if isinstance(value, int):
         return "integer_beyond_float"
     return type(value).__name__
 
 
+@dataclasses.dataclass
+class LineValues:
+    """One line's history values: numbers, and strings kept as logged (they go to `text`)."""
+
+    numbers: dict[str, float] = dataclasses.field(default_factory=dict)
+    texts: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
 def _flatten_values(
-    mapping: dict[str, Any], prefix: str, numbers: dict[str, float], value_types: dict[str, str]
+    mapping: dict[str, Any], prefix: str, values: LineValues, value_types: dict[str, str]
 ) -> None:
-    """Numbers go to `numbers` under '/'-joined keys; anything else only names its type.
-    A dict with a `_type` (W&B-style media or histogram) is one non-scalar value, not a folder."""
+    """Numbers and strings go to `values` under '/'-joined keys; anything else only names its
+    type. A dict with a `_type` (W&B-style media or histogram) is one non-scalar value, not a folder."""
     for key, value in mapping.items():
         name = f"{prefix}{key}"
         number = _number(value)
         if number is not None:
-            numbers[name] = number
+            values.numbers[name] = number
+        elif isinstance(value, str):
+            values.texts[name] = value
         elif isinstance(value, dict) and isinstance(value.get("_type"), str):
             value_types[name] = value["_type"]
         elif isinstance(value, dict):
-            _flatten_values(value, f"{name}/", numbers, value_types)
+            _flatten_values(value, f"{name}/", values, value_types)
         elif value is not None:
             value_types[name] = _value_type(value)
 
@@ -365,13 +374,13 @@ class JsonlLog:
             if record["type"] == "dict_config" and isinstance(record.get("value"), dict) and self.config is None:
                 self.config = record["value"]
             return
-        numbers: dict[str, float] = {}
+        values = LineValues()
         if _is_aggregate_line(record):
             split = record["data_name"]
             step = self.epochs_by_split.get(split, 0)
             self.epochs_by_split[split] = step + 1
-            _flatten_values(record["agg_stats"], f"{split}/", numbers, self.value_types)
-            self._add(columns, line, step, numbers, runtime=None, timestamp=None)
+            _flatten_values(record["agg_stats"], f"{split}/", values, self.value_types)
+            self._add(columns, line, step, values, runtime=None, timestamp=None)
             return
         body = dict(record)
         container = dict(body.pop(METRICS_CONTAINER)) if isinstance(body.get(METRICS_CONTAINER), dict) else {}
@@ -409,25 +418,27 @@ class JsonlLog:
                 )
                 return
             step = int(number)
-        _flatten_values(body, "", numbers, self.value_types)
-        _flatten_values(container, "", numbers, self.value_types)
-        self._add(columns, line, step, numbers, runtime=runtime, timestamp=timestamp)
+        _flatten_values(body, "", values, self.value_types)
+        _flatten_values(container, "", values, self.value_types)
+        self._add(columns, line, step, values, runtime=runtime, timestamp=timestamp)
 
     @staticmethod
     def _add(
         columns: dict[str, list[Any]],
         line: int,
         step: int,
-        numbers: dict[str, float],
+        values: LineValues,
         *,
         runtime: float | None,
         timestamp: float | None,
     ) -> None:
-        count = len(numbers)
+        numbers, texts = values.numbers, values.texts
+        count = len(numbers) + len(texts)
         columns["line"].extend([line] * count)
         columns["step"].extend([step] * count)
-        columns["key"].extend(numbers)
-        columns["value"].extend(numbers.values())
+        columns["key"].extend([*numbers, *texts])
+        columns["value"].extend([*numbers.values(), *[None] * len(texts)])
+        columns["text"].extend([*[None] * len(numbers), *texts.values()])
         columns["runtime"].extend([runtime] * count)
         columns["timestamp"].extend([timestamp] * count)
 

@@ -108,9 +108,9 @@ def _named_columns(header: list[str], location: str) -> tuple[list[int], list[In
     return kept, issues
 
 
-def parse_metrics_csv(data: bytes, *, location: str) -> tuple[pl.DataFrame, dict[str, str], list[IngestIssue]]:
-    """Long rows (ROWS_SCHEMA, write order, duplicates unresolved) from CSVLogger bytes, with the
-    keys that held text instead of numbers and the issues found. Never raises for bad content."""
+def parse_metrics_csv(data: bytes, *, location: str) -> tuple[pl.DataFrame, list[IngestIssue]]:
+    """Long rows (ROWS_SCHEMA, write order, duplicates unresolved) from CSVLogger bytes, a cell
+    that is not a number kept in `text`, and the issues found. Never raises for bad content."""
     issues: list[IngestIssue] = []
     try:
         text = data.decode("utf-8")
@@ -144,7 +144,7 @@ def parse_metrics_csv(data: bytes, *, location: str) -> tuple[pl.DataFrame, dict
     kept, column_issues = _named_columns(header, location)
     issues.extend(column_issues)
     if not records:
-        return pl.DataFrame(schema=ROWS_SCHEMA), {}, issues
+        return pl.DataFrame(schema=ROWS_SCHEMA), issues
     cells = pl.DataFrame(records, schema=[(f"c{i}", pl.String()) for i in range(len(header))], orient="row")
     frame = cells.select(pl.Series("line", lines, dtype=pl.Int64()), *[pl.col(f"c{i}").alias(header[i]) for i in kept])
     if STEP_COLUMN in frame.columns:
@@ -191,35 +191,37 @@ def parse_metrics_csv(data: bytes, *, location: str) -> tuple[pl.DataFrame, dict
         .filter(pl.col("texts") > 0)
         .sort("key")
     )
-    value_types = dict.fromkeys(text_keys.get_column("key").to_list(), "string")
     for mixed in text_keys.filter(pl.col("texts") < pl.col("cells")).iter_rows(named=True):
         issues.append(
             IngestIssue(
                 location,
                 "non_numeric_value",
                 f"{mixed['texts']} of {mixed['cells']} cells in column {mixed['key']!r} are not numbers "
-                f"(e.g. {mixed['example']!r}); the numeric ones are kept",
-                f"{mixed['texts']} cells",
+                f"(e.g. {mixed['example']!r}); those are kept as text",
+                "nothing (kept in `text`)",
                 source=SOURCE_NAME,
             )
         )
-    rows = cells_long.filter(pl.col("value").is_not_null()).select(
+    rows = cells_long.select(
         "line",
         STEP_COLUMN,
         "key",
         "value",
+        pl.when(pl.col("value").is_null()).then(pl.col("text")).alias("text"),
         pl.lit(None, pl.Float64).alias("runtime"),
         pl.lit(None, pl.Float64).alias("timestamp"),
     )
-    return rows, value_types, issues
+    return rows, issues
 
 
 def _first_row_identity(rows: pl.DataFrame) -> bytes:
-    """The first logged row as sorted key=value pairs: stable while Lightning rewrites the file
-    with a wider header, different for a different run in a reused folder."""
-    if rows.is_empty():
+    """The first logged row's numbers as sorted key=value pairs: stable while Lightning rewrites
+    the file with a wider header, different for a different run in a reused folder. Text cells
+    are left out, as before they were kept, so run ids do not change."""
+    numbers = rows.filter(pl.col("value").is_not_null())
+    if numbers.is_empty():
         return b""
-    first = rows.filter(pl.col("line") == pl.col("line").min()).sort("key")
+    first = numbers.filter(pl.col("line") == pl.col("line").min()).sort("key")
     return repr(list(zip(first.get_column("key").to_list(), first.get_column("value").to_list(), strict=True))).encode()
 
 
@@ -272,7 +274,7 @@ class LightningCsvSource:
             config = loaded or {}
             issues.extend(config_issues)
         metrics_bytes = _read_if_present(metrics_path)
-        rows, value_types, csv_issues = parse_metrics_csv(metrics_bytes, location=str(metrics_path))
+        rows, csv_issues = parse_metrics_csv(metrics_bytes, location=str(metrics_path))
         issues.extend(csv_issues)
         relative = relative_posix(run_dir, self.root)
         readable = "-".join(run_dir.parts[-2:])
@@ -287,7 +289,6 @@ class LightningCsvSource:
             name="/".join(run_dir.parts[-2:]),
             config=config,
             last_write=max(writes, default=None),
-            value_types=value_types,
             issues=[dataclasses.replace(issue, run_id=run_id) for issue in [*issues, *history_issues]],
             fingerprint=locator.fingerprint,
         )

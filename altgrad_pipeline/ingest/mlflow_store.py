@@ -170,6 +170,7 @@ def _history_from_rows(
         pl.col("step").cast(pl.Int64),
         pl.col("key").cast(pl.String),
         pl.col("value").cast(pl.Float64),
+        pl.lit(None, pl.String).alias("text"),  # MLflow metrics are numbers only
         (pl.col("timestamp_ms") / 1000 - (origin if origin is not None else pl.col("timestamp_ms").min() / 1000)).alias(
             "runtime"
         ),

@@ -13,12 +13,14 @@ from typing import Any, Protocol
 
 import polars as pl
 
-#: Long (tidy) history: one row per (run_id, step, key). NaN and +-inf are kept as they are.
+#: Long (tidy) history: one row per (run_id, step, key). NaN and +-inf are kept as they are. A
+#: string value is kept as logged in `text` with `value` null (even one that reads as a number).
 HISTORY_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String(),
     "step": pl.Int64(),
     "key": pl.String(),
     "value": pl.Float64(),
+    "text": pl.String(),
     "runtime": pl.Float64(),
     "timestamp": pl.Float64(),
 }
@@ -34,12 +36,18 @@ ISSUE_SCHEMA: dict[str, pl.DataType] = {
     "lost": pl.String(),
 }
 
-#: Keys whose values are not scalars (images, tables, histograms, strings): key -> type name.
+#: Keys whose values are neither numbers nor strings (images, tables, histograms, ...): key -> type name.
 VALUE_TYPES_SCHEMA: dict[str, pl.DataType] = {"key": pl.String(), "value_type": pl.String()}
 
 
 def empty_history() -> pl.DataFrame:
     return pl.DataFrame(schema=HISTORY_SCHEMA)
+
+
+def numeric_history(histories: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
+    """The rows holding a number: string rows have a null `value`, which numeric analyses must
+    not mistake for a missing or last value."""
+    return histories.lazy().filter(pl.col("value").is_not_null())
 
 
 @dataclass(frozen=True)

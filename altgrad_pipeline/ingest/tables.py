@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ParsedRun
+from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ParsedRun, numeric_history
 
 CONFIG_PREFIX = "config."
 
@@ -63,7 +63,7 @@ RAW_RUNS_DESCRIPTIONS: dict[str, str] = {
     "optimizer": "Derived: ManifoldAdamW when use_manifold_aware is true, else AdamW",
     "config": "Full config as JSON text (_wandb removed: it holds host names and e-mails)",
     "summary": "Final folded summary as JSON text",
-    "non_scalar_keys": "History keys whose values are not numbers (histograms, tables, strings) with their type",
+    "non_scalar_keys": "History keys whose values are neither numbers nor strings (histograms, tables, media, ...) with their type",
     "log_layout": "Block layout of the run's .wandb log, told from its bytes: standard, or wandb-core-0.17 (the 0.17.0-0.17.5 "
     "opt-in Go writer, blocks 7 bytes later); several, comma-separated, when resumed segments differ; null for other sources",
 }
@@ -292,13 +292,13 @@ def history_with_run_id(run: ParsedRun) -> pl.DataFrame:
 
 
 def pivot_history(histories: pl.DataFrame | pl.LazyFrame, keys: list[str]) -> pl.DataFrame:
-    """Chosen keys side by side, one row per (run_id, step): the wide view notebooks want.
+    """Chosen keys' numbers side by side, one row per (run_id, step): the wide view notebooks want.
 
     Real runs carry up to ~1,500 keys, so the stored table is long; widen only what you need.
     """
-    lazy = histories.lazy() if isinstance(histories, pl.DataFrame) else histories
     return (
-        lazy.filter(pl.col("key").is_in(keys))
+        numeric_history(histories)
+        .filter(pl.col("key").is_in(keys))
         .collect()
         .pivot(on="key", index=["run_id", "step"], values="value", aggregate_function="last")
         .sort("run_id", "step")

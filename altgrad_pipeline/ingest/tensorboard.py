@@ -818,6 +818,7 @@ class TensorBoardRun:
             "step",
             names.gather(pl.Series(points["tag"])).alias("key") if names.len() else pl.lit(None, pl.String).alias("key"),
             "value",
+            pl.lit(None, pl.String).alias("text"),
             (pl.col("timestamp") - origin).alias("runtime"),
             "timestamp",
         )

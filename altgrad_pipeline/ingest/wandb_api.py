@@ -410,11 +410,12 @@ def normalise_scalar(value: Any) -> Any:
 
 
 def value_type_of(value: Any) -> str | None:
-    """None for values that belong in the numeric history, else the type to record for the key."""
+    """None for values that belong in the history (numbers, and strings as text), else the type
+    to record for the key."""
     value = normalise_scalar(value)
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | str):
         return None
     if isinstance(value, dict):
         return str(value.get("_type") or "dict")
@@ -424,10 +425,11 @@ def value_type_of(value: Any) -> str | None:
 def history_frame(
     rows: list[dict[str, Any]], *, run_id: str, location: str, source: str
 ) -> tuple[pl.DataFrame, dict[str, str], list[IngestIssue]]:
-    """W&B history rows as the long HISTORY_SCHEMA frame, the non-numeric keys' types, and issues
+    """W&B history rows as the long HISTORY_SCHEMA frame (strings in `text`), the other
+    non-numeric keys' types, and issues
     for rows without a usable `_step` (those rows are dropped, the rest kept)."""
     issues: list[IngestIssue] = []
-    steps, runtimes, timestamps, keys, values = [], [], [], [], []
+    steps, runtimes, timestamps, keys, values, texts = [], [], [], [], [], []
     value_types: dict[str, str] = {}
     for index, row in enumerate(rows):
         step = row.get("_step")
@@ -452,17 +454,20 @@ def history_frame(
             if kind is not None:
                 value_types.setdefault(key, kind)
                 continue
+            value = normalise_scalar(value)
             steps.append(step)
             runtimes.append(runtime)
             timestamps.append(timestamp)
             keys.append(key)
-            values.append(float(normalise_scalar(value)))
+            values.append(None if isinstance(value, str) else float(value))
+            texts.append(value if isinstance(value, str) else None)
     history = pl.DataFrame(
         {
             "run_id": [run_id] * len(keys),
             "step": steps,
             "key": keys,
             "value": values,
+            "text": texts,
             "runtime": runtimes,
             "timestamp": timestamps,
         },

@@ -9,9 +9,9 @@ export. A `config.yaml` or `wandb-summary.json` in the same folder (or in a W&B 
 same id beside it, under `files/`) supplies config and summary.
 
 Columns `_step`, `_runtime` and `_timestamp` are the row's coordinates; numeric columns are
-metrics (nulls mean "not logged at that step" and are dropped); other columns are listed in
-`value_types` under the names the API reader gives them (a media struct by its `_type`, such as
-`histogram`; `str`; `bool`). Parts are combined in the order of their first step, whatever their
+metrics (nulls mean "not logged at that step" and are dropped); string columns are history too,
+their cells in `text`; other columns are listed in `value_types` under the names the API reader
+gives them (a media struct by its `_type`, such as `histogram`; `bool`). Parts are combined in the order of their first step, whatever their
 file names, so a later write of a (step, key) wins. The same reader reads the exports the W&B API
 source downloads (`wandb_api`).
 """
@@ -27,7 +27,7 @@ from typing import Any
 import polars as pl
 
 from altgrad_pipeline.ingest import listing
-from altgrad_pipeline.ingest.jsonl import file_stamp, keep_last_writes, load_config_file, mtime_utc, utc_from_epoch
+from altgrad_pipeline.ingest.jsonl import ROWS_SCHEMA, file_stamp, keep_last_writes, load_config_file, mtime_utc, utc_from_epoch
 from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator
 
 SOURCE_NAME = "wandb-export"
@@ -49,7 +49,7 @@ def _value_type(column: pl.Series) -> str:
         return str(kinds[0]) if kinds.len() else "dict"
     if isinstance(column.dtype, pl.Struct):
         return "dict"
-    return {pl.String: "str", pl.Boolean: "bool"}.get(column.dtype.base_type(), str(column.dtype))
+    return {pl.Boolean: "bool"}.get(column.dtype.base_type(), str(column.dtype))
 
 
 def read_history_export(
@@ -78,8 +78,9 @@ def read_history_export(
     value_types: dict[str, str] = {}
     for index, (_, _, wide) in enumerate(parts):
         metrics = [c for c, t in wide.schema.items() if c not in COORDINATES and isinstance(t, NUMERIC)]
+        strings = [c for c, t in wide.schema.items() if not c.startswith("_") and t == pl.String]
         for column in wide.columns:
-            if column not in COORDINATES and column not in metrics and not column.startswith("_"):
+            if column not in COORDINATES and column not in metrics and column not in strings and not column.startswith("_"):
                 value_types.setdefault(column, _value_type(wide.get_column(column)))
         coordinates = [
             pl.col("_step").cast(pl.Int64).alias("step"),
@@ -89,18 +90,15 @@ def read_history_export(
                 for name in ("_runtime", "_timestamp")
             ),
         ]  # fmt: skip
-        long = (
-            wide.select(*coordinates, *(pl.col(m).cast(pl.Float64) for m in metrics))
-            .with_row_index("row")
-            .unpivot(index=["row", "step", "runtime", "timestamp"], on=metrics, variable_name="key", value_name="value")
-            .drop_nulls("value")
-            .select((pl.col("row").cast(pl.Int64) + index * 2**40).alias("line"), "step", "key", "value", "runtime", "timestamp")
-        )
-        frames.append(long)
-    rows = pl.concat(frames) if frames else pl.DataFrame(
-        schema={"line": pl.Int64, "step": pl.Int64, "key": pl.String, "value": pl.Float64, "runtime": pl.Float64,
-                "timestamp": pl.Float64}
-    )  # fmt: skip
+        picked = wide.select(*coordinates, *(pl.col(m).cast(pl.Float64) for m in metrics), *strings).with_row_index("row")
+        index_columns, line = ["row", "step", "runtime", "timestamp"], (pl.col("row").cast(pl.Int64) + index * 2**40).alias("line")
+        numbers = picked.unpivot(index=index_columns, on=metrics, variable_name="key", value_name="value").drop_nulls("value")
+        texts = picked.unpivot(index=index_columns, on=strings, variable_name="key", value_name="text").drop_nulls("text")
+        frames += [
+            numbers.select(line, "step", "key", pl.col("value").cast(pl.Float64), pl.lit(None, pl.String).alias("text"), "runtime", "timestamp"),
+            texts.select(line, "step", "key", pl.lit(None, pl.Float64).alias("value"), pl.col("text").cast(pl.String), "runtime", "timestamp"),
+        ]
+    rows = pl.concat(frames) if frames else pl.DataFrame(schema=ROWS_SCHEMA)
     history, merge_issues = keep_last_writes(rows, run_id=run_id, location=location, source=source)
     return history, value_types, [*issues, *merge_issues]
 

@@ -198,13 +198,18 @@ def empty_media() -> pl.DataFrame:
     return pl.DataFrame(schema=MEDIA_SCHEMA)
 
 
+#: One JSON string and nothing else: its escapes are JSON's, so `str.json_decode` reads it.
+JSON_STRING = r'^\s*"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9A-Fa-f]{4})*"\s*$'
+
+
 def json_value_type(texts: pl.Expr) -> pl.Expr:
     """Type name of non-numeric JSON values: a dict's `_type` (histogram, table-file, ...) when
-    present, else string / dict / list / bool / null."""
+    present, else string (exactly one well-formed JSON string, so it decodes) / dict / list /
+    bool / null."""
     first = texts.str.strip_chars_start().str.slice(0, 1)
     media_type = texts.str.extract(r'"_type"\s*:\s*"([^"]*)"', 1)
     return (
-        pl.when(first == '"')
+        pl.when(texts.str.contains(JSON_STRING))
         .then(pl.lit("string"))
         .when(first == "{")
         .then(pl.coalesce(media_type, pl.lit("dict")))
@@ -360,11 +365,12 @@ def _history_table(
             "step": pl.Series(row_steps[kept_rows], dtype=pl.Int64),
             "key": sorted_names.gather(pl.Series(codes[keep])),
             "value": values,
+            "text": pl.Series([None], dtype=pl.String).new_from_index(0, len(keep)),
             "runtime": _gather(row_runtimes, kept_rows),
             "timestamp": _gather(row_timestamps, kept_rows),
         }
     )
-    if not values.null_count():  # every value numeric: no value types, no media
+    if not values.null_count():  # every value numeric: no strings, no value types, no media
         return HistoryTable(frame, {}, empty_media(), issues)
     other = values.is_null().to_numpy()
     non_numeric = (
@@ -372,9 +378,15 @@ def _history_table(
         .select("step", "key", texts.gather(pl.Series(keep[other])).alias("value_json"))
         .with_columns(json_value_type(pl.col("value_json")).alias("type"))
     )
-    value_types = dict(non_numeric.select("key", "type").unique(subset="key", keep="last", maintain_order=True).iter_rows())
-    media = non_numeric.filter(pl.col("value_json").str.contains('"_type"', literal=True)).select(*MEDIA_SCHEMA)
-    return HistoryTable(frame.filter(~pl.Series(other)), value_types, media, issues)
+    is_string = (non_numeric.get_column("type") == "string").to_numpy()
+    strings = non_numeric.filter(pl.Series(is_string)).get_column("value_json").str.json_decode(pl.String)
+    frame = frame.with_columns(frame.get_column("text").scatter(np.flatnonzero(other)[is_string], strings))
+    rest = non_numeric.filter(~pl.Series(is_string))
+    value_types = dict(rest.select("key", "type").unique(subset="key", keep="last", maintain_order=True).iter_rows())
+    media = rest.filter(pl.col("value_json").str.contains('"_type"', literal=True)).select(*MEDIA_SCHEMA)
+    kept = ~other
+    kept[np.flatnonzero(other)[is_string]] = True
+    return HistoryTable(frame.filter(pl.Series(kept)), value_types, media, issues)
 
 
 def _gather(column: pl.Series, index: np.ndarray) -> pl.Series:

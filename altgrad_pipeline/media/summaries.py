@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from altgrad_pipeline.ingest.model import numeric_history
+
 DEFAULT_FINAL_FRACTION = 0.1
 
 
@@ -82,7 +84,7 @@ def run_summaries(
     """One row per (run_id, key) of `run_histories` (`HISTORY_SCHEMA`); see the module docstring."""
     if not 0 < final_fraction <= 1:
         raise ValueError(f"final_fraction must be in (0, 1], got {final_fraction}")
-    history = run_histories.lazy().select("run_id", "step", "key", "value")
+    history = numeric_history(run_histories).select("run_id", "step", "key", "value")
     keys = history.select(pl.col("key").unique()).collect().to_series()
     history = history.join(_thresholds_per_key(keys, thresholds).lazy(), on="key", how="left").sort("run_id", "key", "step")
     group = ("run_id", "key")

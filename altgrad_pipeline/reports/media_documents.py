@@ -23,6 +23,7 @@ from matplotlib.colors import LogNorm, to_rgb
 from matplotlib.patches import Patch
 
 from altgrad_pipeline.escaping import escape_markdown
+from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.markdown import format_cell, markdown_table
 from altgrad_pipeline.media.attention import AttentionShape, attention_weights
 from altgrad_pipeline.media.tables import TableRows
@@ -281,11 +282,12 @@ def write_media_report(
 
     lines += ["## KL divergence and validation loss", ""]
     pattern = re.compile(options.curve_pattern)
-    keys = sorted(k for k in run_histories.lazy().select(pl.col("key").unique()).collect().to_series().to_list() if pattern.search(k))
+    numbers = numeric_history(run_histories)
+    keys = sorted(k for k in numbers.select(pl.col("key").unique()).collect().to_series().to_list() if pattern.search(k))
     if not keys:
         lines += [f"No history key matches `{escape_markdown(options.curve_pattern)}` yet.", ""]
     else:
-        curves = run_histories.lazy().filter(pl.col("key").is_in(keys)).select("run_id", "step", "key", "value").collect()
+        curves = numbers.filter(pl.col("key").is_in(keys)).select("run_id", "step", "key", "value").collect()
         run_ids = sorted(curves["run_id"].unique().to_list())
         labels = config_labels(raw_runs, run_ids)
         path = curves_figure(curves, keys, labels, names, figures_dir / f"media_curves_{_digest(*keys, *run_ids)}.png")

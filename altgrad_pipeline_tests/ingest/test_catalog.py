@@ -8,7 +8,7 @@ import polars as pl
 import altgrad_pipeline.ingest.catalog as catalog_module
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.listing import store_digest
-from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator
+from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator
 
 
 class FakeSource:
@@ -33,7 +33,7 @@ class FakeSource:
         fingerprint, config = self.runs[locator.location]
         history = pl.DataFrame(
             {"run_id": [locator.location] * 2, "step": [0, 1], "key": ["loss"] * 2, "value": [2.0, float(len(fingerprint))],
-             "runtime": [0.0, 1.0], "timestamp": [0.0, 1.0]}
+             "text": [None, None], "runtime": [0.0, 1.0], "timestamp": [0.0, 1.0]}, schema=HISTORY_SCHEMA
         )  # fmt: skip
         return ParsedRun(
             run_id=config.get("id", locator.location), source=self.name, location=locator.location, history=history,

@@ -41,6 +41,7 @@ def history_frame(run_id: str, rows: list[tuple[int, str, float, float | None, f
             "step": steps,
             "key": keys,
             "value": values,
+            "text": [None] * len(rows),
             "runtime": runtimes,
             "timestamp": timestamps,
         },
@@ -97,7 +98,29 @@ def test_other_step_field_names(tmp_path: Path, step_field: str) -> None:
     assert run.issues == []
 
 
-def test_strings_bools_lists_and_media_are_value_types_not_values(tmp_path: Path) -> None:
+def test_strings_are_kept_as_text_at_their_step_and_key(tmp_path: Path) -> None:
+    write_lines(
+        tmp_path / "run.jsonl",
+        [
+            {"step": step, "loss": 1.0 / (step + 1), "input_seq": f"ab\n\"{step}\" é", "grad_norm": "7998.707", "empty": ""}
+            for step in range(5)
+        ]
+        + [{"step": 5, "grad_norm": 12.5}, {"step": 5, "grad_norm": "rewritten"}],
+    )
+    run = read_one(tmp_path)
+    texts = run.history.filter(pl.col("text").is_not_null())
+    assert texts["value"].null_count() == texts.height
+    assert sorted(texts.select("step", "key", "text").iter_rows()) == sorted(
+        [(step, "input_seq", f'ab\n"{step}" é') for step in range(5)]
+        + [(step, "grad_norm", "7998.707") for step in range(5)]  # as logged, not a number
+        + [(step, "empty", "") for step in range(5)]
+        + [(5, "grad_norm", "rewritten")]  # the last write of (5, grad_norm) wins, number or not
+    )
+    assert values_of(run, "loss") == [(step, 1.0 / (step + 1)) for step in range(5)]
+    assert run.value_types == {} and kinds(run) == ["duplicate_step"]
+
+
+def test_bools_lists_and_media_are_value_types_not_values(tmp_path: Path) -> None:
     write_lines(
         tmp_path / "run.jsonl",
         [
@@ -115,15 +138,8 @@ def test_strings_bools_lists_and_media_are_value_types_not_values(tmp_path: Path
     )
     run = read_one(tmp_path)
     assert values_of(run, "val/acc") == [(0, 0.5)]
-    assert run.history.height == 1
-    assert run.value_types == {
-        "loss": "string",
-        "done": "bool",
-        "sizes": "list",
-        "hist": "histogram",
-        "val/note": "string",
-        "huge": "integer_beyond_float",
-    }
+    assert sorted(run.history.select("key", "text").iter_rows()) == [("loss", "1.5"), ("val/acc", None), ("val/note", "ok")]
+    assert run.value_types == {"done": "bool", "sizes": "list", "hist": "histogram", "huge": "integer_beyond_float"}
 
 
 def test_dr_exp_nested_records_with_job_file(tmp_path: Path) -> None:

@@ -78,6 +78,7 @@ def test_csvlogger_rows_sharing_a_step_merge_value_by_value(tmp_path: Path) -> N
             "step": [r[0] for r in rows],
             "key": [r[1] for r in rows],
             "value": [r[2] for r in rows],
+            "text": [None] * len(rows),
             "runtime": [None] * len(rows),
             "timestamp": [None] * len(rows),
         },
@@ -104,17 +105,20 @@ def test_ragged_rows_are_reported_per_line_and_good_rows_kept(tmp_path: Path) ->
     assert all(i.run_id == run.run_id for i in run.issues)
 
 
-def test_string_cells_are_value_types_and_mixed_columns_are_counted(tmp_path: Path) -> None:
+def test_string_cells_are_kept_as_text_and_mixed_columns_are_counted(tmp_path: Path) -> None:
     make_run(
         tmp_path / "version_0", "epoch,step,loss,phase\n0,1,0.5,warmup\n0,2,oops,train\n0,3,0.25,train\n0,4,n/a,\n"
     )
     run = read_one(tmp_path)
-    assert values_of(run, "loss") == [(1, 0.5), (3, 0.25)]
-    assert run.value_types == {"loss": "string", "phase": "string"}
+    assert run.history.filter(pl.col("key") == "loss").select("step", "value", "text").rows() == [
+        (1, 0.5, None), (2, None, "oops"), (3, 0.25, None), (4, None, "n/a")
+    ]  # fmt: skip
+    assert run.history.filter(pl.col("key") == "phase").select("step", "text").rows() == [(1, "warmup"), (2, "train"), (3, "train")]
+    assert run.value_types == {}
     [issue] = run.issues
     assert issue.kind == "non_numeric_value"
     assert issue.reason.startswith("2 of 4 cells in column 'loss' are not numbers (e.g. 'oops')")
-    assert issue.lost == "2 cells"
+    assert issue.lost == "nothing (kept in `text`)"
 
 
 def test_same_key_twice_at_one_step_keeps_the_last_and_says_so(tmp_path: Path) -> None:

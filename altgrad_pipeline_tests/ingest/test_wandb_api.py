@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from altgrad_pipeline.ingest.model import RunLocator
+from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, RunLocator
 from altgrad_pipeline.ingest.wandb_api import WandbApiError, WandbApiSource, parse_wandb_uri
 from altgrad_pipeline_tests.wandb_server import FAKE_API_KEY, FakeRun, FakeWandbServer, fake_wandb
 
@@ -131,15 +131,16 @@ def test_read_returns_metadata_config_and_summary(server: FakeWandbServer, tmp_p
     assert run.started_at == dt.datetime(2024, 5, 1, 10, tzinfo=dt.UTC)
     assert run.last_write == dt.datetime(2024, 5, 1, 11, tzinfo=dt.UTC)
     assert run.url == f"{server.url}/altgrad/fp8/runs/alpha"
-    assert run.value_types == {"weights": "histogram", "lr_text": "str", "samples": "table-file"}
+    assert run.value_types == {"weights": "histogram", "samples": "table-file"}
     assert run.fingerprint.startswith(f"2024-05-01T11:00:00|finished|{ROWS}|")
 
 
 def test_read_scans_the_full_history_value_by_value(server: FakeWandbServer, tmp_path: Path) -> None:
     run = source(tmp_path).read(locator("alpha"))
-    history = run.history
+    assert run.history.schema == pl.Schema(HISTORY_SCHEMA)
+    assert run.history.filter(pl.col("key") == "lr_text").select("step", "value", "text").rows() == [(11, None, "0.5")]
+    history = run.history.filter(pl.col("key") != "lr_text")
 
-    assert history.schema == pl.Schema({"run_id": pl.String, "step": pl.Int64, "key": pl.String, "value": pl.Float64, "runtime": pl.Float64, "timestamp": pl.Float64})
     assert history["key"].unique().to_list() == ["loss"]
     assert history["step"].to_list() == list(range(ROWS))
     expected = [1.0 / (step + 1) for step in range(ROWS)]
@@ -169,8 +170,8 @@ def test_history_exports_are_downloaded_instead_of_paged(server: FakeWandbServer
     # Value by value the same history as paging gives, NaN and +-inf included.
     assert run.history.schema == paged.history.schema
     assert run.history.equals(paged.history)
-    assert run.history.height == ROWS
-    assert run.value_types == paged.value_types == {"weights": "histogram", "lr_text": "str", "samples": "table-file"}
+    assert run.history.height == ROWS + 1  # with the string row of lr_text
+    assert run.value_types == paged.value_types == {"weights": "histogram", "samples": "table-file"}
     assert not list((tmp_path / "exported" / "cache").glob("exports-*"))  # downloads removed once read
 
 
@@ -185,12 +186,14 @@ def test_rows_after_the_last_export_are_paged(server: FakeWandbServer, tmp_path:
     assert sorted(server.exports_downloaded()) == ["/exports/alpha/0.parquet"] * 2 + ["/exports/alpha/1.parquet"] * 2
     pages = [r.variables for r in server.requests if r.operation == "HistoryPage"]
     assert [(p["minStep"], p["maxStep"]) for p in pages] == [(1200, ROWS)]
-    assert run.history["step"].to_list() == list(range(ROWS))
+    assert run.history.filter(pl.col("text").is_not_null()).select("step", "key", "text").rows() == [(11, "lr_text", "0.5")]
+    loss = run.history.filter(pl.col("key") == "loss")
+    assert loss["step"].to_list() == list(range(ROWS))
     expected = [1.0 / (step + 1) for step in range(ROWS)]
     expected[3:8] = [math.nan, math.inf, -math.inf, math.nan, math.inf]
-    values = run.history["value"].to_list()
+    values = loss["value"].to_list()
     assert all(math.isnan(v) if math.isnan(e) else v == e for v, e in zip(values, expected, strict=True))
-    assert run.history["timestamp"].to_list() == [1.7e9 + step for step in range(ROWS)]
+    assert loss["timestamp"].to_list() == [1.7e9 + step for step in range(ROWS)]
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,21 @@ def test_rows_without_step_field_and_nested_histograms(runs: dict) -> None:
     keys = set(core.history["key"].unique())
     assert "grad/global" not in keys and not any(k.startswith("grad/global/") or k.endswith("_type") for k in keys)
     _, strings = runs["ksyqnmkk"]
-    assert strings.value_types["point"] == "string" and strings.value_types["output_validation_table"] == "table-file"
+    assert strings.value_types == {"output_validation_table": "table-file"}
+
+
+def test_logged_strings_are_read_back_at_their_step_and_key(runs: dict) -> None:
+    """yzqrtop's run logged Chinese `Question`/`Answer` texts (`\\uXXXX` escapes in the log) and
+    `point: "3"`, a numeric-looking string: each is kept as logged, never as a number."""
+    _, run = runs["ksyqnmkk"]
+    texts = run.history.filter(pl.col("text").is_not_null())
+    assert texts["value"].null_count() == texts.height
+    assert sorted(texts.select("step", "key", "text").iter_rows()) == [
+        (0, "Answer", "测试3"), (0, "Question", "测试"),
+        (1, "Answer", "测试1"), (1, "Question", "测试"),
+        (2, "Answer", "测试2"), (2, "Question", "测试"),
+        (6, "Answer", "测试2"), (6, "Question", "测试"), (6, "point", "3"),
+    ]  # fmt: skip
 
 
 def personal_strings(folders: list[Path]) -> set[str]:

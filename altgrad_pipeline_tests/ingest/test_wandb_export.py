@@ -25,8 +25,10 @@ def test_export_folder_is_one_run_with_every_value(tmp_path: Path) -> None:
     run = source.read(locator)
 
     assert run.run_id == "abc123-export" and run.source == "wandb-export" and run.config == {"fp8_format": "E5M2"}
-    got = {(k, s): v for k, s, v in run.history.select("key", "step", "value").iter_rows()}
+    got = {(k, s): v for k, s, v in run.history.filter(pl.col("text").is_null()).select("key", "step", "value").iter_rows()}
     assert got[("loss", 0)] == 1.0 and math.isnan(got[("loss", 1)]) and got[("loss", 2)] == math.inf
     assert got[("grad_norm_l2/w", 1)] == -math.inf and got[("loss", 3)] == 0.25 and len(got) == 6
-    assert run.value_types == {"caption": "str"}  # named as the API reader names it
+    captions = run.history.filter(pl.col("key") == "caption").select("step", "value", "text").rows()
+    assert captions == [(0, None, "a"), (1, None, "b"), (2, None, "c")]  # a string column is history, in `text`
+    assert run.value_types == {}
     assert run.issues == []

@@ -9,6 +9,7 @@ import struct
 import time
 from pathlib import Path
 
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,6 +32,11 @@ def logged_value(key: str, step: int) -> float:
     return {"train/loss": 3.0 / (step + 1), "val loss": step * 0.25, "grad.norm": step + 0.5, "lr": 1e-3 * step}[key]
 
 
+def input_seq(step: int) -> str:
+    """A logged text: quotes, a newline, a tab and non-ASCII, so JSON escapes must be undone."""
+    return f'seq {step}: "ab"\n\tcd → é'
+
+
 def write_sdk_run(root: Path, *, exit_code: int, steps: int = STEPS, padding: int = 0) -> Path:
     """One offline run written by the real SDK; returns its `.wandb` file."""
     import wandb
@@ -48,6 +54,7 @@ def write_sdk_run(root: Path, *, exit_code: int, steps: int = STEPS, padding: in
     for step in range(steps):
         row: dict[str, object] = {key: logged_value(key, step) for key in KEYS}
         row["point"] = "3"
+        row["input_seq"] = input_seq(step)
         if padding:
             row["notes/text"] = "x" * padding
         if step % 10 == 0:
@@ -83,23 +90,30 @@ def same_float(a: float, b: float) -> bool:
 
 def test_history_equals_what_was_logged(sdk_runs: dict[str, Path]) -> None:
     log = read_wandb_log(sdk_runs["finished"])
-    got = {(s, k): v for s, k, v in log.history.select("step", "key", "value").iter_rows()}
+    numbers = log.history.filter(pl.col("text").is_null())
+    got = {(s, k): v for s, k, v in numbers.select("step", "key", "value").iter_rows()}
     expected = expected_values()
     assert set(got) == set(expected)
     assert all(same_float(got[pair], expected[pair]) for pair in expected)
     assert math.isnan(got[(7, "train/loss")]) and got[(9, "grad.norm")] == math.inf and got[(11, "grad.norm")] == -math.inf
-    assert log.history.columns == ["run_id", "step", "key", "value", "runtime", "timestamp"]
+    assert log.history.columns == ["run_id", "step", "key", "value", "text", "runtime", "timestamp"]
     assert log.history["run_id"].unique().to_list() == [log.run_id]
     assert log.history.select("step", "key").rows() == sorted(log.history.select("step", "key").rows())
     assert log.history["runtime"].null_count() == 0 and log.history["timestamp"].min() > 1.7e9
     assert log.issues == []
 
 
-def test_non_numeric_values_become_types_not_history(sdk_runs: dict[str, Path]) -> None:
+def test_strings_are_kept_as_text_and_other_values_become_types(sdk_runs: dict[str, Path]) -> None:
     log = read_wandb_log(sdk_runs["finished"])
-    assert log.value_types == {"point": "string", "grad/global": "histogram"}
+    assert log.value_types == {"grad/global": "histogram"}
+    strings = log.history.filter(pl.col("text").is_not_null())
+    assert strings["value"].null_count() == strings.height  # a string is never a number, "3" included
+    assert dict(strings.filter(pl.col("key") == "point").select("step", "text").iter_rows()) == dict.fromkeys(range(STEPS), "3")
+    got = dict(strings.filter(pl.col("key") == "input_seq").select("step", "text").iter_rows())
+    assert got == {step: input_seq(step) for step in range(STEPS)}
+    assert strings.height == 2 * STEPS and strings["runtime"].null_count() == 0
     keys = set(log.history["key"].unique())
-    assert "point" not in keys and not any(k.startswith("grad/global") for k in keys)
+    assert not any(k.startswith("grad/global") for k in keys)
     assert not keys & {"_step", "_runtime", "_timestamp"}
 
 
@@ -159,6 +173,7 @@ def test_crc_mismatch_skips_to_the_next_block_and_keeps_the_rest(sdk_runs: dict[
     joined = log.history.join(reference.history, on=["step", "key"], suffix="_ref")
     assert joined.height == log.history.height
     assert joined.filter(~pl_same("value", "value_ref")).height == 0
+    assert joined["text"].equals(joined["text_ref"])
 
 
 @pytest.mark.parametrize("flip", [BLOCK_SIZE - 2, BLOCK_SIZE, BLOCK_SIZE + 4, BLOCK_SIZE + 6, BLOCK_SIZE + 7])
@@ -181,8 +196,6 @@ def test_damage_at_the_first_block_boundary_is_not_taken_for_another_layout(
 
 
 def pl_same(left: str, right: str):  # noqa: ANN201 - a Polars expression
-    import polars as pl
-
     return (pl.col(left) == pl.col(right)) | (pl.col(left).is_nan() & pl.col(right).is_nan())
 
 
@@ -232,8 +245,11 @@ def test_random_damage_never_raises_nor_invents_values(sdk_runs: dict[str, Path]
     path.write_bytes(bytes(damaged))
     log = read_wandb_log(path)
     expected = expected_values()
-    for step, key, value in log.history.select("step", "key", "value").iter_rows():
-        assert (step, key) in expected and same_float(value, expected[(step, key)])
+    for step, key, value, text in log.history.select("step", "key", "value", "text").iter_rows():
+        if text is None:
+            assert (step, key) in expected and same_float(value, expected[(step, key)])
+        else:
+            assert text == {"point": "3", "input_seq": input_seq(step)}[key]
 
 
 def test_folder_without_a_log_is_an_issue(tmp_path: Path) -> None:
