@@ -1,6 +1,6 @@
 """Console script `altgrad-pipeline`: `example-runs DIR` writes the example study; `refresh`
-brings every asset and report up to date (exit status 1 if anything failed); `worker` serves
-Celery steps (ALTGRAD_EXECUTOR=celery) on this machine."""
+brings every asset and report up to date (exit status 1 if anything failed, 2 if a run store
+cannot be read); `worker` serves Celery steps (ALTGRAD_EXECUTOR=celery) on this machine."""
 
 from __future__ import annotations
 
@@ -24,8 +24,13 @@ def _example_runs(args: argparse.Namespace) -> int:
 
 def _refresh(args: argparse.Namespace) -> int:
     from altgrad_pipeline.refresh import refresh
+    from altgrad_pipeline.settings import RunStoreError
 
-    report = refresh(runs=args.runs, data_dir=args.data_dir, full=args.full)
+    try:
+        report = refresh(runs=args.runs, data_dir=args.data_dir, full=args.full)
+    except RunStoreError as exc:  # the user's setting, not a bug: one line, no traceback
+        print(f"altgrad-pipeline: {exc}", file=sys.stderr)
+        return 2
     if not report.ok:
         print(f"Refresh failed: {', '.join(report.failed)}", file=sys.stderr)
         return 1

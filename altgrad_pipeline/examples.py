@@ -60,6 +60,8 @@ from typing import Any
 
 import numpy as np
 
+from altgrad_pipeline.ingest.wandb_names import RUN_FOLDER
+
 #: Formats as altgrad names them; "BF16" is the non-FP8 baseline (`use_fp8: false`).
 BASELINE_FORMAT = "BF16"
 #: Optimizers: AdamW (`use_manifold_aware: false`) and ManifoldAdamW (`use_manifold_aware: true`).
@@ -835,7 +837,7 @@ def write_run(root: Path, spec: ExampleRunSpec) -> WrittenRun:
     report = write_failure_report(root, spec, history) if spec.first_nan_step is not None else None
     return WrittenRun(
         run_name=spec.run_name,
-        run_id=run_dir.name.rsplit("-", 1)[1],
+        run_id=RUN_FOLDER.match(run_dir.name)["id"],
         run_dir=str(run_dir.relative_to(root)),
         logged_values=sum(len(row) for row in history),
         seconds=round(time.monotonic() - start, 3),
@@ -1011,8 +1013,9 @@ def clone_run(template: Path, store: Path, run_id: str, *, hard_link: bool = Fal
     """A copy of a written run folder under a new run id (folder and `.wandb` file renamed), for
     stores of thousands of runs in tests and benchmarks without writing each through the SDK;
     `hard_link` shares the bytes with the template instead of copying them."""
-    stamp, old_id = template.name.rsplit("-", 1)
-    target = store / "wandb" / f"{stamp}-{run_id}"
+    match = RUN_FOLDER.match(template.name)
+    old_id = match["id"]
+    target = store / "wandb" / f"{template.name[: match.start('id')]}{run_id}"
     shutil.copytree(template, target, copy_function=os.link if hard_link else shutil.copy2)
     (target / f"run-{old_id}.wandb").rename(target / f"run-{run_id}.wandb")
     return target

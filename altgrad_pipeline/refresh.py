@@ -22,6 +22,7 @@ from dagster._core.instance.ref import InstanceRef
 from altgrad_pipeline import execution, settings
 from altgrad_pipeline.definitions import ASSETS, build_resources
 from altgrad_pipeline.ingest.assets import CATALOG_FINGERPRINT
+from altgrad_pipeline.ingest.sources import no_runs_message
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline.resources import RunStores
 
@@ -107,10 +108,13 @@ def refresh(
     echo: Callable[[str], None] = print,
     instance: dg.DagsterInstance | None = None,
 ) -> RefreshReport:
-    """Bring every asset up to date with the run stores; returns what was done."""
+    """Bring every asset up to date with the run stores; returns what was done. Raises
+    `settings.RunStoreError` before doing anything when a local store is missing or unreadable."""
     data_dir = settings.absolute_data_dir(data_dir)
     runs = settings.run_stores_value() if runs is None else runs
-    if not settings.parse_run_stores(runs):
+    entries = settings.parse_run_stores(runs)
+    settings.check_local_stores(entries)
+    if not entries:
         ensure_example_store(data_dir, echo)
     resources = build_resources(runs=runs, data_dir=data_dir)
     run_stores: RunStores = resources["run_stores"]  # type: ignore[assignment]
@@ -123,6 +127,8 @@ def refresh(
     formats, stale = stale_formats(run_stores, instance)
     known = set(fp8_format_partitions.get_partition_keys(dynamic_partitions_store=instance))
     report.formats = formats
+    if not formats:
+        echo(no_runs_message([e.label for e in run_stores.store_entries()]))
     report.new_formats = [f for f in formats if f not in known]
     if report.new_formats:
         instance.add_dynamic_partitions(fp8_format_partitions.name, report.new_formats)

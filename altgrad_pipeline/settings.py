@@ -84,6 +84,39 @@ def parse_run_stores(value: str) -> list[RunStoreEntry]:
     return entries
 
 
+class RunStoreError(ValueError):
+    """A configured run store that cannot be read: the user's to fix, so it is a message, not a traceback."""
+
+
+def local_store_problem(entry: RunStoreEntry) -> str | None:
+    """Why a local run store cannot be read (None when it can). `wandb://` and SQL entries are
+    never checked here: their sources say what went wrong when they list runs."""
+    if entry.kind != "local":
+        return None
+    path = Path(entry.target)
+    if not path.exists():
+        problem = "does not exist"
+    elif not path.is_dir():
+        problem = "is not a folder"
+    else:
+        try:
+            with os.scandir(path):
+                return None
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror or exc})"
+    return (
+        f"run store {entry.label} {problem}: set {RUNS_ENV} (or --runs) to the folders holding your runs, "
+        f"separated by '{os.pathsep}' (wandb://entity/project and sqlite:///path/to/mlflow.db work too)"
+    )
+
+
+def check_local_stores(entries: list[RunStoreEntry]) -> None:
+    """Raise `RunStoreError` for the first local store that is missing, not a folder or unreadable."""
+    for entry in entries:
+        if problem := local_store_problem(entry):
+            raise RunStoreError(problem)
+
+
 def data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
 

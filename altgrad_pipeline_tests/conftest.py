@@ -37,3 +37,33 @@ def offline_wandb_env(env: pytest.MonkeyPatch, base: Path) -> None:
 def _offline_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Every test that touches the wandb SDK stays offline and writes nothing into the home dir."""
     offline_wandb_env(monkeypatch, tmp_path_factory.getbasetemp())
+
+
+#: Run ids W&B accepts that are not plain alphanumerics, and the (format, optimizer, seed) each is logged as.
+PUNCTUATED_RUN_IDS = {
+    "e5m2-adamw-s1": ("E5M2", "adamw", 1),
+    "e3m4_manifold_s2": ("E3M4", "manifold", 2),
+    "bf16.base.v2": ("BF16", "adamw", 2),
+}
+
+
+def write_punctuated_id_runs(root: Path, max_steps: int = 40) -> dict[str, Path]:
+    """The `PUNCTUATED_RUN_IDS` runs, written with `wandb.init(id=...)` by the real SDK (offline)
+    with the example study's config and history; returns each id's run folder."""
+    import wandb
+
+    from altgrad_pipeline.examples import example_spec, simulate_history
+
+    folders = {}
+    for run_id, (fmt, optimizer, seed) in PUNCTUATED_RUN_IDS.items():
+        spec = example_spec(fmt, optimizer, seed, max_steps=max_steps)
+        run = wandb.init(
+            mode="offline", dir=str(root), project="altgrad", id=run_id, name=spec.run_name, config=spec.config(),
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        )  # fmt: skip
+        for step, row in enumerate(simulate_history(spec)):
+            run.log(row, step=step)
+        run.finish()
+        folders[run_id] = Path(run.settings.sync_dir)
+    wandb.teardown()  # wandb-core may still be writing the last log: wait for it to finish
+    return folders

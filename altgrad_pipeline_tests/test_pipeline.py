@@ -19,6 +19,7 @@ import wandb
 
 from altgrad_pipeline.examples import example_spec, simulate_history, write_example_runs, write_run
 from altgrad_pipeline.refresh import refresh
+from altgrad_pipeline_tests.conftest import PUNCTUATED_RUN_IDS, write_punctuated_id_runs
 
 EVIL_NAME = "| <script> ** [x](y)"
 STEPS = 220
@@ -199,3 +200,22 @@ def test_second_refresh_is_a_no_op_and_a_new_format_is_picked_up(pipeline):
     runs = pl.read_parquet(data / "assets" / "raw_runs" / "E3M4.parquet")
     assert "e3m4-adamw-s7" in runs.get_column("name").to_list()
     assert json.loads(runs.filter(pl.col("name") == "e3m4-adamw-s7").item(0, "config"))["max_steps"] == 60
+
+
+def test_runs_with_punctuated_ids_are_ingested_and_analysed(tmp_path):
+    """Run ids with '-', '_' and '.' reach the tables and the analysis like any other."""
+    store, data = tmp_path / "runs", tmp_path / "data"
+    write_punctuated_id_runs(store)
+    with dg.instance_for_test() as instance:
+        report = refresh(runs=str(store), data_dir=str(data), instance=instance, echo=lambda _: None)
+    assert report.ok, report.failed
+    assert sorted(report.formats) == ["BF16", "E3M4", "E5M2"]
+    runs = _partitioned(data, "raw_runs")
+    assert sorted(runs.get_column("run_id")) == sorted(PUNCTUATED_RUN_IDS)
+    assert all(Path(location).name.endswith(run_id) for run_id, location in runs.select("run_id", "location").iter_rows())
+    outcomes = _asset(data, "run_outcomes")
+    assert dict(outcomes.select("run_id", "outcome").iter_rows()) == dict.fromkeys(PUNCTUATED_RUN_IDS, "completed")
+    rankings = _asset(data, "format_rankings").filter(pl.col("layer_type") == "all")
+    assert sorted(rankings.get_column("fp8_format")) == ["BF16", "E3M4", "E5M2"]
+    assert rankings.get_column("n_completed").to_list() == [1, 1, 1]
+    assert _asset(data, "ingest_issues").filter(pl.col("kind") == "unrecognised_run_folder").is_empty()

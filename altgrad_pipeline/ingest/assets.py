@@ -12,6 +12,7 @@ import polars as pl
 
 from altgrad_pipeline.ingest.catalog import CACHE_VERSION, RunCatalog
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ISSUE_SCHEMA
+from altgrad_pipeline.ingest.sources import no_runs_message
 from altgrad_pipeline.ingest.tables import RAW_RUNS_DESCRIPTIONS, RAW_RUNS_SCHEMA
 from altgrad_pipeline.partition_tables import recipe
 from altgrad_pipeline.partitions import fp8_format_partitions
@@ -111,17 +112,21 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
 @dg.asset(
     group_name=INGEST_GROUP,
     description="Every file, chunk, line or record that could not be used, with location, reason and "
-    "what was lost. Nothing is dropped silently.",
+    "what was lost. Nothing is dropped silently. With no runs at all, `no_runs` says where was looked and for what.",
     metadata={"dagster/column_schema": table_schema(ISSUE_SCHEMA, ISSUE_DESCRIPTIONS)},
     kinds={"polars", "parquet"},
 )
 def ingest_issues(context: dg.AssetExecutionContext, run_stores: RunStores) -> dg.MaterializeResult:
     catalog = run_stores.catalog()
-    issues = RunCatalog.issues(catalog.sync(progress=context.log.info)).sort("location", "position")
+    result = catalog.sync(progress=context.log.info)
+    issues = RunCatalog.issues(result).sort("location", "position")
+    no_runs = {} if result.entries else {"no_runs": dg.MetadataValue.md(no_runs_message([e.label for e in run_stores.store_entries()]))}
     return dg.MaterializeResult(
         value=issues,
         metadata={
             "dagster/row_count": issues.height,
+            "n_runs": len(result.entries),
+            **no_runs,
             "issues_by_kind": counts(issues, "kind"),
             "preview": preview(issues, ["kind", "location", "position", "reason", "lost"]),
         },

@@ -38,6 +38,7 @@ from altgrad_pipeline.ingest import listing
 from altgrad_pipeline.ingest.growing import ReadPosition, read_appended
 from altgrad_pipeline.ingest.jsonlines import parse_json_lines
 from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator
+from altgrad_pipeline.ingest.wandb_names import RUN_FOLDER
 
 SOURCE_NAME = "jsonl"
 STEP_FIELDS = ("step", "_step", "global_step", "iter")
@@ -53,8 +54,6 @@ HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 #: How many logs that may still grow a source keeps parsed, to resume them from their last offset.
 DEFAULT_CACHED_LOGS = 32
-#: W&B run folders (`run-20240101_120000-abc123`) and files (`wandb-history.jsonl`) belong to the W&B reader.
-WANDB_RUN_DIR = re.compile(r"^(offline-)?run-\d{8}_\d{6}-\w+$")
 
 #: Rows in write order, before duplicates are resolved: `line` orders the writes.
 ROWS_SCHEMA: dict[str, pl.DataType] = {
@@ -478,8 +477,9 @@ class JsonlLog:
 
 
 def _is_wandb_file(relative: Path) -> bool:
+    """W&B run folders (`run-20240101_120000-abc123`) and files (`wandb-history.jsonl`) belong to the W&B reader."""
     return relative.name.startswith("wandb-") or any(
-        part == "wandb" or WANDB_RUN_DIR.match(part) for part in relative.parts[:-1]
+        part == "wandb" or RUN_FOLDER.match(part) for part in relative.parts[:-1]
     )
 
 

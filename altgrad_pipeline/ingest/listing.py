@@ -88,12 +88,12 @@ def _first_visit(folder: os.DirEntry, linked: set[str]) -> bool:
 
 
 def store_digest(roots: Iterable[Path]) -> str:
-    """A digest of every file's path, size and mtime under the roots (a missing root counts as
-    empty; the roots' order and repeats do not count). Equal digests mean nothing was added,
-    removed, appended to or rewritten."""
+    """A digest of every file's path, size and mtime under the roots (creating a missing root
+    counts as a change; the roots' order and repeats do not count). Equal digests mean nothing
+    was added, removed, appended to or rewritten."""
     digest = hashlib.blake2b(digest_size=16)
     for root in sorted({Path(root) for root in roots}):
-        digest.update(f"root\x00{root}\n".encode())
+        digest.update(f"root\x00{root}\x00{root.is_dir()}\n".encode())
         stack = [str(root)]
         linked: set[str] = set()
         while stack:

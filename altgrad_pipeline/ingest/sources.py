@@ -22,6 +22,17 @@ from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
 from altgrad_pipeline.settings import RunStoreEntry
 
 AIM_REPOSITORY = ".aim"
+#: What the local readers look for: said when a store holds none of it.
+LOCAL_RUN_FILES = (
+    "W&B run folders (wandb/run-*, wandb/offline-run-*, with their .wandb logs), *.jsonl logs, "
+    "Lightning metrics.csv, TensorBoard events.out.tfevents.*, MLflow mlruns/ folders (MLflow SQLite: "
+    "a sqlite:/// entry) and W&B history exports (*.parquet)"
+)
+
+
+def no_runs_message(labels: list[str]) -> str:
+    """The one line for run stores that hold no runs: where was looked, and for what."""
+    return f"No runs found under {', '.join(labels)}. Looked for {LOCAL_RUN_FILES}."
 
 
 class AimReaderUnavailable(RuntimeError):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,11 @@ import polars as pl
 from altgrad_pipeline.ingest import listing
 from altgrad_pipeline.ingest.jsonl import ROWS_SCHEMA, file_stamp, keep_last_writes, load_config_file, mtime_utc, utc_from_epoch
 from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator
+from altgrad_pipeline.ingest.wandb_names import RUN_FOLDER
 
 SOURCE_NAME = "wandb-export"
 COORDINATES = ("_step", "_runtime", "_timestamp")
 EXPORT_SUFFIX = "-history"
-WANDB_RUN_DIR = re.compile(r"^(offline-)?run-\d{8}_\d{6}-(?P<id>\w+)$")
 NUMERIC = (pl.Float32, pl.Float64, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
 
 
@@ -106,7 +105,9 @@ def read_history_export(
 def _side_files(folder: Path, run_id: str) -> list[Path]:
     """Where this run's config and summary may be: the export folder, then a W&B run folder of the
     same id beside it."""
-    siblings = [p / "files" for p in sorted(folder.parent.glob(f"*run-*-{run_id}")) if WANDB_RUN_DIR.match(p.name)]
+    siblings = [
+        p / "files" for p in sorted(folder.parent.glob("*run-*")) if (match := RUN_FOLDER.match(p.name)) and match["id"] == run_id
+    ]
     return [folder, *siblings]
 
 

@@ -3,7 +3,8 @@
 One run can span several folders (a resumed run writes a new folder with the same id), and
 `wandb/latest-run` may be a symlink or a committed second copy of a run: runs are grouped by id,
 copies dropped, segments merged. Side files fill what the transaction log lacks (config of killed
-runs, the summary of a log cut short) and SDK 0.8 folders have only JSON-lines files.
+runs, the summary of a log cut short) and SDK 0.8 folders have only JSON-lines files. Folder names
+follow `wandb_names`; a `run-*` folder that does not parse is an issue, never skipped in silence.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 
 from altgrad_pipeline.ingest.jsonlines import parse_json_lines
 from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator, empty_history
+from altgrad_pipeline.ingest.wandb_names import LATEST_RUN, LOG_NAME, RUN_FOLDER, named_like_run_folder
 from altgrad_pipeline.ingest.wandb_log import (
     BOOKKEEPING_KEYS,
     PRIVATE_KEY,
@@ -37,9 +39,6 @@ from altgrad_pipeline.ingest.wandb_log import (
 )
 
 SOURCE_NAME = "wandb-local"
-RUN_FOLDER = re.compile(r"^(?:offline-)?run-(?P<stamp>\d{8}_\d{6})-(?P<id>[A-Za-z0-9]+)$")
-LATEST_RUN = re.compile(r"^latest-run(?:\.\d+)?$")
-LOG_NAME = re.compile(r"^run-(?P<id>[A-Za-z0-9]+)\.wandb$")
 #: Files whose size and mtime make up a run's fingerprint (and its last write); read only as needed.
 SIDE_FILES = (
     "files/config.yaml",
@@ -84,8 +83,19 @@ def _latest_copy_id(path: Path) -> str | None:
     return None
 
 
-def _run_folders_in(wandb_dir: Path) -> list[RunFolder]:
+def _holds_parquet(path: str) -> bool:
+    """A `run-<id>-history` folder of Parquet files is a history export (the `wandb-export` reader's)."""
+    try:
+        with os.scandir(path) as entries:
+            return any(entry.name.endswith(".parquet") for entry in entries)
+    except OSError:
+        return False
+
+
+def _run_folders_in(wandb_dir: Path) -> tuple[list[RunFolder], list[Path]]:
+    """The run folders of one `wandb` directory, and the folders named like one that do not parse."""
     folders: list[RunFolder] = []
+    unrecognised: list[Path] = []
     with os.scandir(wandb_dir) as entries:
         for entry in entries:
             if not entry.is_dir(follow_symlinks=False):
@@ -97,21 +107,32 @@ def _run_folders_in(wandb_dir: Path) -> list[RunFolder]:
                 run_id = _latest_copy_id(Path(entry.path))
                 if run_id:
                     folders.append(RunFolder(Path(entry.path), run_id, "", is_latest_copy=True))
-    return folders
+            elif named_like_run_folder(entry.name) and not _holds_parquet(entry.path):
+                unrecognised.append(Path(entry.path))
+    return folders, unrecognised
+
+
+def scan_run_folders(root: Path) -> tuple[list[RunFolder], list[Path]]:
+    """Every run folder in every `wandb` directory under `root` (or `root` itself), and every
+    folder there named `run-*` / `offline-run-*` that is not `[offline-]run-<stamp>-<id>`."""
+    root = Path(root)
+    if not root.is_dir():
+        return [], []
+    found: list[RunFolder] = []
+    unrecognised: list[Path] = []
+    for dirpath, dirnames, _ in os.walk(root):
+        here = Path(dirpath)
+        if here.name == "wandb":
+            folders, odd = _run_folders_in(here)
+            found.extend(folders)
+            unrecognised.extend(odd)
+            dirnames[:] = [d for d in dirnames if not (named_like_run_folder(d) or LATEST_RUN.match(d))]
+    return found, sorted(unrecognised)
 
 
 def find_run_folders(root: Path) -> list[RunFolder]:
     """Every run folder in every `wandb` directory under `root` (or `root` itself)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found: list[RunFolder] = []
-    for dirpath, dirnames, _ in os.walk(root):
-        here = Path(dirpath)
-        if here.name == "wandb":
-            found.extend(_run_folders_in(here))
-            dirnames[:] = [d for d in dirnames if not (RUN_FOLDER.match(d) or LATEST_RUN.match(d))]
-    return found
+    return scan_run_folders(root)[0]
 
 
 def group_runs(folders: list[RunFolder]) -> dict[str, list[RunFolder]]:
@@ -415,11 +436,23 @@ class LocalWandbSource:
     def __init__(self, root: Path, grace_period_s: float = 3600):
         self.root = Path(root)
         self.grace_period_s = grace_period_s
+        #: Folders named like run folders that do not parse, from the last `discover()`.
+        self.discovery_issues: list[IngestIssue] = []
 
     def discover(self) -> list[RunLocator]:
         """One locator per run id, all its folders in `parts`; reads no file contents."""
+        found, unrecognised = scan_run_folders(self.root)
+        self.discovery_issues = [
+            _issue(
+                path,
+                "unrecognised_run_folder",
+                f"{path.name!r} is named like a W&B run folder but is not `[offline-]run-YYYYMMDD_HHMMSS-<run id>`",
+                "whatever run the folder holds (not read)",
+            )
+            for path in unrecognised
+        ]
         locators = []
-        for run_id, folders in sorted(group_runs(find_run_folders(self.root)).items()):
+        for run_id, folders in sorted(group_runs(found).items()):
             paths = [f.path for f in folders]
             locators.append(
                 RunLocator(
@@ -462,7 +495,7 @@ def run_folders_at(location: Path) -> list[RunFolder]:
     run_id = match["id"] if match else _latest_copy_id(location)
     if run_id is None or not location.parent.is_dir():
         return [RunFolder(location, location.name, "", is_latest_copy=match is None)]
-    folders = [f for f in _run_folders_in(location.parent) if f.run_id == run_id]
+    folders = [f for f in _run_folders_in(location.parent)[0] if f.run_id == run_id]
     grouped = group_runs(folders).get(run_id, [])
     return grouped or [RunFolder(location, run_id, "", is_latest_copy=match is None)]
 

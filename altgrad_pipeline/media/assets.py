@@ -212,6 +212,7 @@ def media_report(
         curve_pattern=config.curve_pattern,
         histogram_keys=tuple(config.histogram_keys) or None,
     )
-    frames = [f if f.width else pl.DataFrame(schema=s) for f, s in (
-        (run_media, values.RUN_MEDIA_SCHEMA), (media_tables, tables.MEDIA_TABLES_SCHEMA), (histograms, values.HISTOGRAMS_SCHEMA))]  # fmt: skip
-    return report_result(write_media_report(*frames, run_histories, raw_runs, report_files.reports_dir, options=options), report_files)
+    return report_result(
+        write_media_report(run_media, media_tables, histograms, run_histories, raw_runs, report_files.reports_dir, options=options),
+        report_files,
+    )

@@ -18,6 +18,7 @@ from altgrad_pipeline.definitions import build_defs
 from altgrad_pipeline.ingest.assets import STORE_DIGEST_TAG
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline_tests.automation.conftest import copy_run, wandb_file
+from altgrad_pipeline_tests.conftest import write_punctuated_id_runs
 
 FORMAT_ASSETS = {"raw_runs", "run_histories", "layer_metrics", "run_media", "media_tables", "histograms", "media_issues", "run_summaries"}
 
@@ -112,6 +113,14 @@ def test_burst_of_twenty_runs_gives_one_request_per_format(defs, instance, store
     assert partition_requests(again) == ["E3M4"]
     assert next(r.run_key for r in again.run_requests if r.partition_key) != run_keys["E3M4"]
     assert not again.dynamic_partitions_requests
+
+
+def test_runs_with_punctuated_ids_are_seen(defs, instance, store):
+    """Ids with '-', '_' and '.' (`e5m2-adamw-s1`, ...) written by the SDK request their formats."""
+    write_punctuated_id_runs(store, max_steps=5)
+    result = tick(defs, instance)
+    assert partition_requests(result) == ["BF16", "E3M4", "E5M2"]
+    assert sorted(result.dynamic_partitions_requests[0].partition_keys) == ["BF16", "E3M4", "E5M2"]
 
 
 def test_a_requested_partition_materializes(defs, instance, store, tmp_path, template_runs, monkeypatch):

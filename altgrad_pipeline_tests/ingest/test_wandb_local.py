@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA
 from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
-from altgrad_pipeline_tests.conftest import offline_wandb_env
+from altgrad_pipeline_tests.conftest import PUNCTUATED_RUN_IDS, offline_wandb_env, write_punctuated_id_runs
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +166,45 @@ def test_nothing_to_find(tmp_path: Path) -> None:
     assert LocalWandbSource(tmp_path / "missing").discover() == []
     (tmp_path / "wandb").mkdir()
     assert LocalWandbSource(tmp_path).discover() == []
+
+
+def test_run_ids_with_hyphens_underscores_and_dots(tmp_path: Path) -> None:
+    """Ids W&B accepts beyond [A-Za-z0-9]: folders, logs and a committed `latest-run` copy."""
+    folders = write_punctuated_id_runs(tmp_path, max_steps=5)
+    assert sorted(p.name.split("-", 3)[-1] for p in folders.values()) == sorted(PUNCTUATED_RUN_IDS)
+    wandb_dir = tmp_path / "wandb"
+    link = wandb_dir / "latest-run"
+    assert link.is_symlink() and link.resolve() == folders["bf16.base.v2"].resolve()
+    link.unlink()
+    shutil.copytree(folders["bf16.base.v2"], link)  # a committed real-folder copy: still one run
+    source = LocalWandbSource(tmp_path)
+    locators = by_id(source)
+    assert sorted(locators) == sorted(PUNCTUATED_RUN_IDS) and source.discovery_issues == []
+    for run_id, locator in locators.items():
+        run = source.read(locator)
+        assert run.run_id == run_id and run.ended and run.history.height > 0
+    shutil.rmtree(folders["bf16.base.v2"])
+    copy = by_id(LocalWandbSource(tmp_path))["bf16.base.v2"]
+    assert copy.location == str(link)
+
+
+def test_folders_named_like_runs_that_do_not_parse_are_issues(store: Path, tmp_path: Path) -> None:
+    root = tmp_path / "odd"
+    shutil.copytree(store / "proj_b", root, symlinks=True)
+    wandb_dir = root / "wandb"
+    for name in ("run-nostamp", "offline-run-20240101_120000-", "run-2024-01-01-abc"):
+        (wandb_dir / name).mkdir()
+    export = wandb_dir / "run-plainrun1-history"  # a history export: the wandb-export reader's
+    export.mkdir()
+    (export / "0000.parquet").write_bytes(b"")
+    (wandb_dir / "run-notes.txt").write_text("a file, not a folder")
+    source = LocalWandbSource(root)
+    assert sorted(by_id(source)) == ["plainrun1"]
+    issues = source.discovery_issues
+    assert sorted(Path(i.location).name for i in issues) == ["offline-run-20240101_120000-", "run-2024-01-01-abc", "run-nostamp"]
+    assert {i.kind for i in issues} == {"unrecognised_run_folder"} and all(i.source == "wandb-local" for i in issues)
+    assert "run-nostamp" in next(i.reason for i in issues if i.location.endswith("run-nostamp"))
+    synced = RunCatalog(tmp_path / "cache", [source]).sync()
+    assert sorted(Path(i.location).name for i in synced.issues if i.kind == "unrecognised_run_folder") == [
+        "offline-run-20240101_120000-", "run-2024-01-01-abc", "run-nostamp"
+    ]  # fmt: skip
