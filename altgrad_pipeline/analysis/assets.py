@@ -5,7 +5,6 @@ IO manager); their descriptions are the analysis modules' own docstrings, so the
 and the code state the same definitions.
 """
 
-import datetime as dt
 
 import dagster as dg
 import polars as pl
@@ -96,7 +95,7 @@ def _failure_reports(run_stores: RunStores, raw_runs: pl.LazyFrame) -> pl.DataFr
 def failure_modes(
     raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, run_stores: RunStores
 ) -> dg.MaterializeResult:
-    frame = failures.failure_modes(raw_runs, run_histories, run_outcomes, _failure_reports(run_stores, raw_runs), now=dt.datetime.now(dt.UTC))
+    frame = failures.failure_modes(raw_runs, run_histories, run_outcomes, _failure_reports(run_stores, raw_runs))
     failed = frame.filter(pl.col("failure_mode") != "none")
     return dg.MaterializeResult(
         value=frame,

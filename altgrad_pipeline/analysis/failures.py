@@ -18,8 +18,9 @@ Failure mode, first match wins (thresholds from each run's own config, defaults 
    `max_steps - 1`, with none of the above. `failure_step` = the last logged step.
 5. `no_exit_record`: the outcome is `running`: the run has written no exit record yet. A killed
    process looks like this until the crash grace period (ALTGRAD_CRASH_GRACE_SECONDS) passes and
-   it becomes `killed` (then `early_stop`); a live run looks like this too, which `silent_seconds`
-   (time since the run's files last changed, when the caller passes `now`) tells apart.
+   it becomes `killed` (then `early_stop`); a live run looks like this too, which `last_write_at`
+   (when the run's files last changed) tells apart: the report says how long it has been silent.
+   The table holds the time, not the silence, so the same store always gives the same table.
    `failure_step` = the last logged step. Listed from the first refresh that sees the run, since
    the run already counts against its format's completion rate.
 6. `none`.
@@ -60,7 +61,6 @@ prefixed `report_`.
 
 from __future__ import annotations
 
-import datetime as dt
 
 import polars as pl
 
@@ -268,11 +268,10 @@ def failure_modes(
     window: int = 20,
     trend_steps: int = 50,
     patterns: LayerPatterns = DEFAULT_LAYER_PATTERNS,
-    now: dt.datetime | None = None,
 ) -> pl.DataFrame:
     """One row per run: failure mode, step and stage, the trend before it, the same trend for
     successful runs of other formats with the same optimizer (`ref_*`) and the parsed failure
-    report (`report_*`). `now` (aware) gives `silent_seconds`. See the module docstring."""
+    report (`report_*`). See the module docstring."""
     runs = raw_runs.lazy()
     history = numeric_history(histories)
     thresholds = _thresholds(runs)
@@ -328,7 +327,7 @@ def failure_modes(
             .then(pl.col("last_step"))
             .alias("failure_step"),
             pl.col("state").is_in(EXIT_RECORDED_STATES).alias("exit_recorded"),
-            (pl.lit(now, pl.Datetime("us", "UTC")) - pl.col("updated_at")).dt.total_seconds(fractional=True).alias("silent_seconds"),
+            pl.col("updated_at").alias("last_write_at"),
         )
         .with_columns(
             pl.coalesce("failure_step", "last_step").alias("trend_end_step"),
@@ -395,7 +394,7 @@ def failure_modes(
             "optimizer",
             "outcome",
             "exit_recorded",
-            "silent_seconds",
+            "last_write_at",
             "failure_mode",
             "failure_step",
             "failure_stage",

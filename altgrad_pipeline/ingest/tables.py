@@ -283,9 +283,12 @@ def raw_runs_frame(
 def history_with_run_id(run: ParsedRun) -> pl.DataFrame:
     """The run's history in the public column order, tagged with its run id and sorted by (step,
     key), so a partition is the plain concatenation of its runs in run_id order (no re-sort of the
-    unchanged runs on every refresh)."""
+    unchanged runs on every refresh). A source whose logs hold no strings may leave out `text`."""
+    history = run.history
+    if "text" not in history.columns:
+        history = history.with_columns(pl.lit(None, pl.String).alias("text"))
     return (
-        run.history.with_columns(pl.lit(run.run_id, pl.String).alias("run_id"))
+        history.with_columns(pl.lit(run.run_id, pl.String).alias("run_id"))
         .select(list(HISTORY_SCHEMA))
         .sort("step", "key", maintain_order=True)
     )
