@@ -9,7 +9,7 @@ from scipy import stats as sps
 
 from altgrad_pipeline.analysis.manifold import MANIFOLD_SCHEMA, formats_missing_an_arm, manifold_stats, per_run_metrics
 from altgrad_pipeline.analysis.outcomes import run_outcomes
-from altgrad_pipeline.media.summaries import run_summaries
+from altgrad_pipeline.analysis.summaries import run_summaries
 
 STEPS = 40
 N_RESAMPLES = 999

@@ -15,7 +15,7 @@ import json
 import polars as pl
 import pytest
 
-from altgrad_pipeline.automation.finished_runs import REMOTE_CLOCK_MARGIN_S, WatchCursor, watch_tick
+from altgrad_pipeline.ingest.finished_runs import REMOTE_CLOCK_MARGIN_S, WatchCursor, watch_tick
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.jsonl import JsonlSource
 from altgrad_pipeline.ingest.wandb_api import WandbApiSource

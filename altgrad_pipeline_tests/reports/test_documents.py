@@ -19,18 +19,16 @@ from altgrad_pipeline.analysis.manifold import manifold_stats, per_run_metrics
 from altgrad_pipeline.analysis.outcomes import run_outcomes
 from altgrad_pipeline.analysis.rankings import format_rankings
 from altgrad_pipeline.markdown import format_cell
-from altgrad_pipeline.media.summaries import run_summaries
-from altgrad_pipeline.reports.documents import (
+from altgrad_pipeline.analysis.summaries import run_summaries
+from altgrad_pipeline.reports.failure_modes import write_failure_modes_report
+from altgrad_pipeline.reports.format_comparison import (
     LAYER_RANKING_COLUMNS,
-    MANIFOLD_COLUMNS,
     OVERALL_RANKING_COLUMNS,
-    ReportEntry,
-    run_link,
-    write_failure_modes_report,
     write_format_comparison_report,
-    write_index,
-    write_manifold_comparison_report,
 )
+from altgrad_pipeline.reports.index import write_index
+from altgrad_pipeline.reports.manifold_comparison import MANIFOLD_COLUMNS, write_manifold_comparison_report
+from altgrad_pipeline.reports.page import ReportEntry, run_link
 
 # ##### SYNTHETIC STUDY
 

@@ -19,7 +19,7 @@ from altgrad_pipeline import execution, settings
 from altgrad_pipeline.cli import worker_command
 from altgrad_pipeline.ingest.catalog import PARALLEL_MIN_RUNS, RunCatalog
 from altgrad_pipeline.ingest.model import ParsedRun, RunLocator
-from altgrad_pipeline.resources import ReportFiles, RunStores
+from altgrad_pipeline.defs.resources import ReportFiles, RunStores
 
 AWS = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_REGION": "eu-west-1"}
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from altgrad_pipeline.media.tables import TABLE_COLUMN_PREFIX, TableRows
+from altgrad_pipeline.ingest.media.tables import TABLE_COLUMN_PREFIX, TableRows
 
 ATTENTION_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String(),

@@ -1,6 +1,5 @@
 """Media assets: `run_media`, `media_tables`, `histograms`, `media_issues` (one multi-asset per FP8
-format partition, built from the runs the catalog lists), `run_summaries` (per partition, over
-`run_histories`) and `media_report`. Thin wiring around the pure modules beside it."""
+format partition, built from the runs the catalog lists). Thin wiring around `ingest.media`."""
 
 import functools
 from dataclasses import dataclass
@@ -10,17 +9,14 @@ import dagster as dg
 import polars as pl
 
 from altgrad_pipeline import settings
+from altgrad_pipeline.defs.partitions import fp8_format_partitions
+from altgrad_pipeline.defs.resources import RunStores
+from altgrad_pipeline.defs.ui import counts, preview, table_schema
 from altgrad_pipeline.ingest import wandb_media_api
 from altgrad_pipeline.ingest.catalog import CatalogEntry
+from altgrad_pipeline.ingest.media import store, tables, values
 from altgrad_pipeline.ingest.model import ISSUE_SCHEMA, issues_frame
-from altgrad_pipeline.media import store, summaries, tables, values
-from altgrad_pipeline.media.attention import AttentionShape
 from altgrad_pipeline.partition_tables import recipe, run_versions
-from altgrad_pipeline.partitions import fp8_format_partitions
-from altgrad_pipeline.reports.assets import report_asset, report_result
-from altgrad_pipeline.reports.media_documents import MediaReportOptions, write_media_report
-from altgrad_pipeline.resources import ReportFiles, RunStores
-from altgrad_pipeline.ui import counts, preview, table_schema
 
 MEDIA_GROUP = "media"
 #: Where each table's rows go: `<data dir>/assets/media_tables/<partition>/<hash>.parquet`.
@@ -136,83 +132,3 @@ def media_format(context: dg.AssetExecutionContext, raw_runs: pl.DataFrame, run_
     yield dg.Output(built["media_issues"].table, output_name="media_issues", metadata={
         "dagster/row_count": issues.height, "issues_by_kind": counts(issues, "kind"),
         "preview": preview(issues, ["kind", "location", "position", "reason", "lost"])})  # fmt: skip
-
-
-class ThresholdConfig(dg.Config):
-    """Thresholds for keys matching `pattern` (a regular expression, searched)."""
-
-    pattern: str
-    below: float | None = None
-    above: float | None = None
-
-
-class RunSummariesConfig(dg.Config):
-    final_fraction: float = summaries.DEFAULT_FINAL_FRACTION
-    thresholds: list[ThresholdConfig] = []
-
-
-@dg.asset(
-    group_name=MEDIA_GROUP,
-    partitions_def=fp8_format_partitions,
-    description=(summaries.__doc__ or "").strip(),
-    metadata={"dagster/column_schema": table_schema(summaries.RUN_SUMMARIES_SCHEMA)},
-    kinds={"polars", "parquet"},
-)
-def run_summaries(
-    context: dg.AssetExecutionContext,
-    config: RunSummariesConfig,
-    raw_runs: pl.DataFrame,
-    run_histories: pl.LazyFrame,
-    run_stores: RunStores,
-) -> dg.MaterializeResult:
-    thresholds = [summaries.Threshold(t.pattern, t.below, t.above) for t in config.thresholds]
-    built = run_stores.rebuild_partition(
-        "run_summaries",
-        context.partition_key,
-        run_versions(raw_runs),
-        recipe(summaries, final_fraction=config.final_fraction, thresholds=thresholds),
-        lambda run_ids: summaries.run_summaries(
-            run_histories.filter(pl.col("run_id").is_in(run_ids)), final_fraction=config.final_fraction, thresholds=thresholds
-        ),
-    )
-    frame = built.table.frame
-    return dg.MaterializeResult(value=built.table, metadata={
-        "dagster/row_count": frame.height, "keys_with_nan": int(frame.filter(pl.col("n_nan") > 0).height),
-        "preview": preview(frame, ["run_id", "key", "last", "min", "argmin_step", "final_mean", "first_nan_step"], rows=8)})  # fmt: skip
-
-
-class MediaReportConfig(dg.Config):
-    """Which runs and steps the attention figures show (empty: every run, at its last table step),
-    the KL / validation-loss key pattern, and the histogram keys (empty: all)."""
-
-    runs: list[str] = []
-    steps: list[int] = []
-    curve_pattern: str = MediaReportOptions.curve_pattern
-    histogram_keys: list[str] = []
-    attention_matrix_column: str = AttentionShape.matrix_column
-
-
-@report_asset(
-    "Media report `media.md`: attention heads from W&B Tables (per head and heads as colour channels), "
-    "histograms over training (step × bin), KL divergence and validation loss coloured by differing config."
-)
-def media_report(
-    config: MediaReportConfig,
-    run_media: pl.DataFrame,
-    media_tables: pl.DataFrame,
-    histograms: pl.DataFrame,
-    raw_runs: pl.DataFrame,
-    run_histories: pl.LazyFrame,
-    report_files: ReportFiles,
-) -> dg.MaterializeResult:
-    options = MediaReportOptions(
-        runs=tuple(config.runs) or None,
-        steps=tuple(config.steps) or None,
-        attention=AttentionShape(matrix_column=config.attention_matrix_column),
-        curve_pattern=config.curve_pattern,
-        histogram_keys=tuple(config.histogram_keys) or None,
-    )
-    return report_result(
-        write_media_report(run_media, media_tables, histograms, run_histories, raw_runs, report_files.reports_dir, options=options),
-        report_files,
-    )

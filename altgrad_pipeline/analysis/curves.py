@@ -34,8 +34,9 @@ from scipy import stats as sps
 from altgrad_pipeline.analysis.stats import finite, least_squares_slope
 from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.ingest.tables import CONFIG_PREFIX
+from altgrad_pipeline.study import LOSS_KEYS
 
-LOSS_METRICS = ("loss", "train/loss", "train_loss", "val_loss", "val/loss", "eval/loss")
+LOSS_METRICS = (*LOSS_KEYS, "train_loss", "val_loss", "val/loss", "eval/loss")
 EVAL_PREFIX = "eval/"
 DYNAMICS_METRIC_NAMES = (
     "lambda_max", "sharpness", "hutchinson_trace", "hessian_trace", "trace_estimate",

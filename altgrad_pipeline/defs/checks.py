@@ -8,10 +8,9 @@ import dagster as dg
 import polars as pl
 
 from altgrad_pipeline.analysis import consistency, manifold
-from altgrad_pipeline.partitions import fp8_format_partitions
-from altgrad_pipeline.ui import preview
-
-NO_FORMAT = "no_format"
+from altgrad_pipeline.defs.partitions import fp8_format_partitions
+from altgrad_pipeline.defs.ui import preview
+from altgrad_pipeline.study import NO_FORMAT
 
 # Partitioned asset checks (one format at a time) are a preview feature of Dagster 1.13: chosen knowingly.
 warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
@@ -105,14 +104,3 @@ def every_format_has_both_optimizers(manifold_stats: pl.DataFrame, raw_runs: pl.
     missing = manifold.formats_missing_an_arm(raw_runs)
     result = _result(missing.is_empty(), missing, "every format has both optimizer arms")
     return dg.AssetCheckResult(passed=result.passed, severity=dg.AssetCheckSeverity.WARN, description=result.description, metadata=result.metadata)
-
-
-ANALYSIS_CHECKS = [
-    every_run_has_a_loss_series,
-    steps_are_unique_and_increasing,
-    no_duplicate_configurations,
-    partitions_cover_every_format,
-    formats_completed_or_marked_all_failed,
-    intervals_contain_the_effect,
-    every_format_has_both_optimizers,
-]

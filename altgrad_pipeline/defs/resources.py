@@ -14,9 +14,9 @@ from pydantic import PrivateAttr
 from upath import UPath
 
 from altgrad_pipeline import settings
+from altgrad_pipeline.defs.io_manager import previous_build
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.sources import build_sources
-from altgrad_pipeline.io_manager import previous_build
 from altgrad_pipeline.partition_tables import Rebuilt, rebuild
 
 

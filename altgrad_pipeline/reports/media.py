@@ -22,14 +22,14 @@ import polars.selectors as cs
 from matplotlib.colors import LogNorm, to_rgb
 from matplotlib.patches import Patch
 
+from altgrad_pipeline.analysis.attention import AttentionShape, attention_weights
+from altgrad_pipeline.analysis.sweeps import run_labels
 from altgrad_pipeline.escaping import escape_markdown
+from altgrad_pipeline.ingest.media.tables import TableRows
 from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.markdown import format_cell, markdown_table
-from altgrad_pipeline.media.attention import AttentionShape, attention_weights
-from altgrad_pipeline.media.tables import TableRows
-from altgrad_pipeline.dynamics.sweeps import run_labels
 from altgrad_pipeline.notebook import differing_config
-from altgrad_pipeline.reports.documents import FIGURES_DIR, ReportResult, _header, _image, _write
+from altgrad_pipeline.reports.page import FIGURES_DIR, ReportResult, header, image, write_report
 from altgrad_pipeline.reports.style import FALLBACK_COLOURS, FORMAT_COLOURS, new_figure, report_style, save_figure
 
 MEDIA_REPORT_NAME = "media"
@@ -240,7 +240,7 @@ def write_media_report(
     figures_dir = reports_dir / FIGURES_DIR
     names = dict(raw_runs.select("run_id", "name").iter_rows()) if {"run_id", "name"} <= set(raw_runs.columns) else {}
     figures: list[Path] = []
-    lines = _header(MEDIA_REPORT_TITLE, "What the runs logged besides scalars: W&B Tables, histograms, and the KL / validation-loss curves.", built_at)
+    lines = header(MEDIA_REPORT_TITLE, "What the runs logged besides scalars: W&B Tables, histograms, and the KL / validation-loss curves.", built_at)
 
     lines += ["## Media logged", ""]
     if run_media.is_empty():
@@ -266,8 +266,8 @@ def write_media_report(
             figures += [heads, channels]
             lines += [f"### {escape_markdown(where)}", "", f"{format_cell(frame['head'].n_unique())} heads, "
                       f"{format_cell(frame.height)} weights (every logged cell drawn).", "",  # fmt: skip
-                      _image(heads, reports_dir, f"attention per head, {where}"), "",
-                      _image(channels, reports_dir, f"heads as colour channels, {where}"), ""]  # fmt: skip
+                      image(heads, reports_dir, f"attention per head, {where}"), "",
+                      image(channels, reports_dir, f"heads as colour channels, {where}"), ""]  # fmt: skip
 
     lines += ["## Histograms over training", ""]
     chosen = histograms if options.histogram_keys is None else histograms.filter(pl.col("key").is_in(list(options.histogram_keys)))
@@ -278,7 +278,7 @@ def write_media_report(
         where = f"{key}, run {_label(run_id, names)}, steps {steps.min()}–{steps.max()} ({series.height} logged)"
         path = histogram_heatmap_figure(series, figures_dir / f"media_histogram_{_digest(run_id, key)}.png", title=f"Histogram of {where}")
         figures.append(path)
-        lines += [f"### {escape_markdown(where)}", "", _image(path, reports_dir, f"histogram heatmap of {where}"), ""]
+        lines += [f"### {escape_markdown(where)}", "", image(path, reports_dir, f"histogram heatmap of {where}"), ""]
 
     lines += ["## KL divergence and validation loss", ""]
     pattern = re.compile(options.curve_pattern)
@@ -295,7 +295,7 @@ def write_media_report(
         described = ", ".join(escape_markdown(_label(r, names)) for r in run_ids)
         lines += [f"Keys {', '.join(f'`{escape_markdown(k)}`' for k in keys)} of {format_cell(len(run_ids))} runs ({described}), "
                   f"every logged step; colour = config values that differ between them.", "",  # fmt: skip
-                  _image(path, reports_dir, "KL divergence and validation loss over training"), ""]
+                  image(path, reports_dir, "KL divergence and validation loss over training"), ""]
         lines += [f"- {escape_markdown(_label(r, names))}: {escape_markdown(labels[r])}" for r in run_ids] + [""]
-    return _write(reports_dir, MEDIA_REPORT_NAME, MEDIA_REPORT_TITLE, "Attention heads from W&B Tables, histograms over training, KL and validation loss.",
+    return write_report(reports_dir, MEDIA_REPORT_NAME, MEDIA_REPORT_TITLE, "Attention heads from W&B Tables, histograms over training, KL and validation loss.",
                   "\n".join(lines), figures, figures[0] if figures else None)  # fmt: skip

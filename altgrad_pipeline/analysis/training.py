@@ -21,8 +21,8 @@ import math
 import numpy as np
 import polars as pl
 
-from altgrad_pipeline.dynamics import fits
-from altgrad_pipeline.dynamics.curves import curve_series, is_loss_metric, is_nonnegative_metric, steps_per_epoch, to_epochs
+from altgrad_pipeline.analysis import fits
+from altgrad_pipeline.analysis.curves import curve_series, is_loss_metric, is_nonnegative_metric, steps_per_epoch, to_epochs
 
 FINAL_LAST_K = 10
 

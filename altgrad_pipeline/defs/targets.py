@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from altgrad_pipeline.partitions import fp8_format_partitions
+from altgrad_pipeline.defs.partitions import fp8_format_partitions
 
 
 def format_partitioned_keys(repository: dg.RepositoryDefinition) -> list[dg.AssetKey]:

@@ -10,15 +10,15 @@ import datetime as dt
 import dagster as dg
 import polars as pl
 
+from altgrad_pipeline.defs.partitions import fp8_format_partitions
+from altgrad_pipeline.defs.resources import RunStores
+from altgrad_pipeline.defs.ui import counts, preview, table_schema
 from altgrad_pipeline.ingest.catalog import CACHE_VERSION, RunCatalog
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ISSUE_SCHEMA
 from altgrad_pipeline.ingest.sources import no_runs_message
 from altgrad_pipeline.ingest.tables import RAW_RUNS_DESCRIPTIONS, RAW_RUNS_SCHEMA
 from altgrad_pipeline.partition_tables import recipe
-from altgrad_pipeline.partitions import fp8_format_partitions
-from altgrad_pipeline.resources import RunStores
 from altgrad_pipeline.settings import WANDB_API_POOL
-from altgrad_pipeline.ui import counts, preview, table_schema
 
 INGEST_GROUP = "ingest"
 #: Histories are the catalog's cached ones: a new catalog format means rebuilding the partitions.

@@ -1,5 +1,5 @@
-"""The training-dynamics and sweep-summary reports (`training_dynamics.md`, `sweep_summary.md`,
-each with an `.html` copy and figures under `reports/figures/`), in the shared report style.
+"""The training-dynamics report (`training_dynamics.md`, with an `.html` copy and figures under
+`reports/figures/`), in the shared report style.
 
 Numbers come from the asset frames and are printed with `format_cell`; run names, projects and
 config values are escaped; figure file names come from fixed stems and `safe_filename` of the
@@ -9,42 +9,39 @@ project. An empty input gives a sentence saying there are no runs of that kind y
 from __future__ import annotations
 
 import datetime as dt
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from altgrad_pipeline.dynamics import curves as curves_analysis
-from altgrad_pipeline.dynamics import fits as fits_analysis
-from altgrad_pipeline.dynamics import sweeps as sweeps_analysis
-from altgrad_pipeline.dynamics import training as training_analysis
+from altgrad_pipeline.analysis import curves as curves_analysis
+from altgrad_pipeline.analysis import fits as fits_analysis
+from altgrad_pipeline.analysis import sweeps as sweeps_analysis
+from altgrad_pipeline.analysis import training as training_analysis
 from altgrad_pipeline.escaping import escape_markdown
 from altgrad_pipeline.markdown import format_cell, markdown_table
-from altgrad_pipeline.reports.documents import (
+from altgrad_pipeline.reports.figures import figure_path
+from altgrad_pipeline.reports.page import (
     FIGURES_DIR,
     ReportResult,
-    _header,
-    _image,
-    _in_project,
-    _project_heading,
-    _projects,
-    _run_lookup,
-    _write,
     data_summary,
+    header,
+    image,
+    in_project,
+    project_heading,
+    projects,
     run_link,
+    run_lookup,
     table,
+    write_report,
 )
-from altgrad_pipeline.reports.figures import figure_path
-from altgrad_pipeline.reports.style import FALLBACK_COLOURS, FORMAT_COLOURS, new_figure, report_style, save_figure
+from altgrad_pipeline.reports.style import new_figure, report_style, save_figure
 
 TRAINING_DYNAMICS_TITLE = "Training dynamics"
-SWEEP_SUMMARY_TITLE = "Sweep summary"
 #: Panels of the fit figure of each project: one run per setting (sweep group), at most this many.
 MAX_FIT_PANELS = 12
 FIT_GRID_COLUMNS = 3
 MODEL_COLOURS = {"power_law": "#0072B2", "shifted_power_law": "#CC79A7", "exponential": "#E69F00", "two_power": "#009E73"}
-GROUP_COLOURS = tuple(c for c in FORMAT_COLOURS.values() if c != "#000000") + FALLBACK_COLOURS
 #: Residual axes span this central range of the residuals (widened by `RESIDUAL_MARGIN`): the bulk
 #: of the points sets the scale, not a first point the model cannot follow.
 RESIDUAL_PERCENTILES = (1.0, 99.0)
@@ -54,16 +51,11 @@ DATA_PERCENTILES = (0.5, 99.5)
 #: For a diverged run, the ranges are read from this leading share of its finite prefix: the run-up
 #: to the first NaN does not set the scale.
 DIVERGED_RANGE_SHARE = 0.8
-LEGEND_WRAP = 40
 SELECTED_COLUMNS = ("model", "asymptote", "asymptote_se", "asymptote_bits", "b", "t0", "tau", "b1", "b2", "at_bound", "aicc")
 SHAPE_COLUMNS = ("knee_step", "knee_epoch", "plateau_step", "plateau_epoch", "first_nonfinite_step", "spectral_slope", "final_value", "final_loss_bits")
-SWEEP_COLUMNS = (
-    "group_label", "metric", "n_runs", "n_seeds", "n_logged", "n_complete", "expected_steps", "completeness", "n_diverged", "n_values",
-    "mean", "median", "iqm", "ci_low", "ci_high", "iqm_ci_low", "iqm_ci_high", "ci_method", "ci_note",
-)
 
 
-def _primary_metric(metrics: list[str]) -> str | None:
+def primary_metric(metrics: list[str]) -> str | None:
     """The metric a project's figures show: the training loss when logged, else the first."""
     for name in curves_analysis.LOSS_METRICS:
         if name in metrics:
@@ -91,7 +83,7 @@ def _model_curve(row: dict, t: np.ndarray) -> np.ndarray:
     return fits_analysis.two_power(t, row["a1"], row["b1"], row["a2"], row["b2"], row["c"], break_t)
 
 
-def _central_range(values: np.ndarray, percentiles: tuple[float, float], margin: float) -> tuple[float, float] | None:
+def central_range(values: np.ndarray, percentiles: tuple[float, float], margin: float) -> tuple[float, float] | None:
     """An axis range around the central `percentiles` of the finite values, widened by `margin`
     of its width on each side; None without finite values."""
     finite = values[np.isfinite(values)]
@@ -147,14 +139,14 @@ def fit_figure(dynamics: pl.DataFrame, histories: pl.LazyFrame | pl.DataFrame, p
                 if row["selected"]:
                     residuals = values - _model_curve(row, t)
                     bottom.plot(steps, residuals, color=MODEL_COLOURS[row["model"]], linewidth=0.8)
-                    residual_range = _central_range(residuals[bulk], RESIDUAL_PERCENTILES, RESIDUAL_MARGIN)
+                    residual_range = central_range(residuals[bulk], RESIDUAL_PERCENTILES, RESIDUAL_MARGIN)
                     if residual_range is not None:
                         bottom.set_ylim(*residual_range)
                     top.text(0.98, 0.95, f"selected: {label.split(' ')[0]}\nasymptote {format_cell(first['asymptote'])}", transform=top.transAxes, ha="right", va="top", fontsize=8)
             for marker, style, colour, name in (("knee_step", "--", "#000000", "knee"), ("plateau_step", ":", "#000000", "plateau"), ("first_nonfinite_step", "-", "#D55E00", "diverged (first NaN/inf)")):
                 if first[marker] is not None:
                     handles[name] = top.axvline(first[marker], color=colour, linestyle=style, linewidth=1.0)
-            data_range = _central_range(values[bulk], DATA_PERCENTILES, 0.1)
+            data_range = central_range(values[bulk], DATA_PERCENTILES, 0.1)
             if data_range is not None:
                 top.set_ylim(*data_range)  # neither a wild non-selected fit nor a divergence spike sets the scale
             bottom.axhline(0.0, color="#000000", linewidth=0.8)
@@ -180,18 +172,18 @@ def write_training_dynamics_report(
     """`training_dynamics.md`: per project the selected model of every (run, metric) with its
     parameters, knee, plateau and residual spectrum, and a figure of fits over the data."""
     reports_dir = Path(reports_dir)
-    lookup = _run_lookup(raw_runs)
-    lines = _header(TRAINING_DYNAMICS_TITLE, "Which learning-curve model fits each run, where does burn-in end and when does it plateau?", built_at)
+    lookup = run_lookup(raw_runs)
+    lines = header(TRAINING_DYNAMICS_TITLE, "Which learning-curve model fits each run, where does burn-in end and when does it plateau?", built_at)
     figures: list[Path] = []
     if training_dynamics.is_empty():
         lines += [f"No run has logged a learning curve with at least {fits_analysis.MIN_POINTS} finite points yet, so there is nothing to fit.", ""]
-    for project in _projects(training_dynamics) if not training_dynamics.is_empty() else []:
-        frame = _in_project(training_dynamics, project)
+    for project in projects(training_dynamics) if not training_dynamics.is_empty() else []:
+        frame = in_project(training_dynamics, project)
         selected = frame.filter(pl.col("selected")).sort("metric", "run_id")
         counts = selected.group_by("metric", "model").len("n_series").sort("metric", "model")
         n_knees = selected.filter(pl.col("knee_step").is_not_null()).height
         lines += [
-            _project_heading(project), "", (
+            project_heading(project), "", (
                 f"{format_cell(selected.height)} series fitted; {format_cell(n_knees)} with a knee, "
                 f"{format_cell(selected.filter(pl.col('plateau_step').is_not_null()).height)} with a plateau. "
                 f"Selected models (AICc, the simpler within {format_cell(fits_analysis.SELECTION_MARGIN)}):"
@@ -212,7 +204,7 @@ def write_training_dynamics_report(
             ), "",
             table(headers, rows), "",
         ]
-        metric = _primary_metric(frame["metric"].unique().to_list())
+        metric = primary_metric(frame["metric"].unique().to_list())
         chosen = chosen_fit_runs(frame, raw_runs, metric)
         figure = fit_figure(frame, run_histories, figure_path(reports_dir / FIGURES_DIR, "dynamics_fits", project=project or "all"), metric=metric, chosen=chosen)
         lines += [f"### Fits of {escape_markdown(metric)}", ""]
@@ -221,7 +213,7 @@ def write_training_dynamics_report(
         else:
             figures.append(figure)
             lines += [
-                _image(figure, reports_dir, f"Fits of {metric}"),
+                image(figure, reports_dir, f"Fits of {metric}"),
                 "",
                 f"One run per setting (lowest seed). Grey: logged values (finite prefix); thick line: the selected model; dashed: knee; "
                 f"dotted: plateau; orange: first NaN/inf (diverged). Below each: data minus the selected model, on a scale set by the "
@@ -236,86 +228,7 @@ def write_training_dynamics_report(
             lines += ["### Per quarter epoch", "", "Finite values of each series aggregated per quarter epoch (epoch = start of the quarter).", "", markdown_table(per_epoch, max_rows=200), ""]
     lines += ["## Method", "", (training_analysis.__doc__ or "").strip(), "", (fits_analysis.__doc__ or "").strip(), "", (curves_analysis.__doc__ or "").strip(), ""]
     lines += ["## Data", "", data_summary(raw_runs), ""]
-    return _write(
+    return write_report(
         reports_dir, "training_dynamics", TRAINING_DYNAMICS_TITLE, "Learning-curve fits per run and metric, knee, plateau and residual spectrum.",
-        "\n".join(lines), figures, figures[0] if figures else None,
-    )
-
-
-def grouped_curves_figure(summary: pl.DataFrame, labels: dict[str, str], path: Path, *, metric: str, diverged: frozenset[str] = frozenset()) -> Path | None:
-    """Mean curve per group with its Student-t band (`curves.grouped_curves`). Groups with a
-    diverged run (`diverged`) are dashed and do not set the y range; legend entries wrap, beside
-    the axes, never cut."""
-    if summary.is_empty():
-        return None
-    with report_style():
-        figure, axes = new_figure(panel_size=(10.0, 5.0))
-        for index, group in enumerate(summary["group"].unique(maintain_order=True).to_list()):
-            curve = summary.filter(pl.col("group") == group)
-            colour = GROUP_COLOURS[index % len(GROUP_COLOURS)]
-            label = f"{labels.get(group, group)} · n≤{int(curve['n_runs'].max())}{' · diverged' if group in diverged else ''}"
-            axes.plot(curve["step"], curve["mean"], color=colour, linestyle="--" if group in diverged else "-", label="\n".join(textwrap.wrap(label, LEGEND_WRAP)))
-            band = curve.filter(pl.col("ci_low").is_not_null())
-            if not band.is_empty():
-                axes.fill_between(band["step"], band["ci_low"], band["ci_high"], color=colour, alpha=0.18, linewidth=0)
-        steady = summary.filter(~pl.col("group").is_in(list(diverged)))
-        y_range = _central_range((steady if not steady.is_empty() else summary)["mean"].to_numpy().astype(float), (0.0, 100.0), 0.05)
-        if y_range is not None:
-            axes.set_ylim(*y_range)
-        axes.set_xlabel("training step")
-        axes.set_ylabel(metric)
-        axes.set_title(f"{metric} per group, mean and 95% t band over seeds")
-        figure.legend(loc="outside right upper", fontsize=9)
-        return save_figure(figure, path)
-
-
-def write_sweep_summary_report(
-    sweep_summary: pl.DataFrame,
-    raw_runs: pl.DataFrame,
-    run_histories: pl.LazyFrame | pl.DataFrame,
-    reports_dir: Path,
-    *,
-    built_at: dt.datetime | None = None,
-) -> ReportResult:
-    """`sweep_summary.md`: per project the varying hyperparameters, the table of groups per
-    metric with n, completeness, mean/median/IQM and CIs, and grouped curves with CI bands."""
-    reports_dir = Path(reports_dir)
-    lines = _header(SWEEP_SUMMARY_TITLE, "Which hyperparameters vary, and how does each setting do over seeds?", built_at)
-    figures: list[Path] = []
-    if sweep_summary.is_empty():
-        lines += ["No runs with a learning-curve metric yet, so there is no sweep to summarise.", ""]
-    groups = sweeps_analysis.sweep_groups(raw_runs) if not sweep_summary.is_empty() else None
-    for project in _projects(sweep_summary) if not sweep_summary.is_empty() else []:
-        frame = _in_project(sweep_summary, project)
-        keys = list(frame["varying_keys"][0])
-        lines += [_project_heading(project), ""]
-        if keys:
-            lines += ["Varying hyperparameters: " + ", ".join(f"`{escape_markdown(k)}`" for k in keys) + ".", ""]
-        else:
-            lines += ["No hyperparameter varies between this project's runs (noise keys aside), so all runs form one group.", ""]
-        lines += [markdown_table(frame.select(SWEEP_COLUMNS)), ""]
-        metric = _primary_metric(frame["metric"].unique().to_list())
-        project_groups = _in_project(groups, project).select("run_id", pl.col("group_key").alias("group"))
-        series = curves_analysis.curve_series(run_histories).filter(pl.col("metric") == metric)
-        summary = curves_analysis.grouped_curves(series, project_groups)
-        labels = dict(frame.select("group_key", "group_label").unique().iter_rows())
-        diverged = frozenset(frame.filter((pl.col("metric") == metric) & (pl.col("n_diverged") > 0))["group_key"].to_list())
-        figure = grouped_curves_figure(summary, labels, figure_path(reports_dir / FIGURES_DIR, "sweep_curves", project=project or "all"), metric=metric, diverged=diverged)
-        lines += [f"### {escape_markdown(metric)} per group", ""]
-        if figure is None:
-            lines += ["No finite values of this metric to draw.", ""]
-        else:
-            figures.append(figure)
-            lines += [
-                _image(figure, reports_dir, f"{metric} per group"), "",
-                (
-                    "Mean over the group's runs at each logged step, shaded: 95% Student-t interval (none where one run is left). "
-                    "Dashed: a group with a diverged run; the y range is set by the others."
-                ), "",
-            ]
-    lines += ["## Method", "", (sweeps_analysis.__doc__ or "").strip(), "", (curves_analysis.__doc__ or "").strip(), ""]
-    lines += ["## Data", "", data_summary(raw_runs), ""]
-    return _write(
-        reports_dir, "sweep_summary", SWEEP_SUMMARY_TITLE, "Varying hyperparameters per project; final metrics per setting with bootstrap CIs.",
         "\n".join(lines), figures, figures[0] if figures else None,
     )

@@ -3,7 +3,7 @@
 Varying hyperparameters are found per project (runs of different projects are different
 studies): a flattened config key varies when its values (compared as text, a missing key being
 a value of its own) differ between the project's runs. Noise keys never count: the run's
-identity and bookkeeping rather than the experiment (`DEFAULT_NOISE_PATTERNS`: seeds,
+identity and bookkeeping rather than the experiment (`study.DEFAULT_NOISE_PATTERNS`: seeds,
 run names and ids, tags, project/entity/W&B settings, `paths.*`, `*_dir`/`*_path`/`*_file`,
 checkpoint settings, `*_interval` and log/eval/save frequencies, `eval_iters`, timestamps,
 device placement, `_wandb`); pass other patterns to change that. `notebook.differing_config`
@@ -47,7 +47,6 @@ text; a missing or null value reads `None`). Unmapped keys show as their dotted 
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,24 +57,12 @@ import polars as pl
 import yaml
 from scipy import stats as sps
 
+from altgrad_pipeline.analysis.curves import curve_series
 from altgrad_pipeline.analysis.manifold import LOW_N, MIN_BOOTSTRAP_N
 from altgrad_pipeline.analysis.stats import finite, mean_difference_interval
-from altgrad_pipeline.dynamics.curves import curve_series
 from altgrad_pipeline.ingest.tables import CONFIG_PREFIX
+from altgrad_pipeline.study import BASELINE_FORMAT, DEFAULT_NOISE_PATTERNS, is_noise_key
 
-DEFAULT_NOISE_PATTERNS: tuple[str, ...] = (
-    r"(^|\.)_wandb(\.|$)",
-    r"(^|\.|_)seed$",
-    r"(^|\.)(run_name|run_id|tags?|project|entity|notes|group)$",
-    r"(^|\.)wandb_\w+$",
-    r"(^|\.)paths?(\.|$)",
-    r"_(dir|path|file)$",
-    r"checkpoint",
-    r"_interval$",
-    r"(^|\.)(log|eval|save|print|val_check)_(every|freq|frequency|steps|iters)$",
-    r"(^|\.|_)(time|timestamp|date|datetime)$",
-    r"(^|\.)(device|backend|num_workers)$",
-)
 LAST_K = 10
 #: raw_runs' derived condition columns and the config keys each is read from (`ingest.tables.StudyRules`).
 DERIVED_FROM: dict[str, tuple[str, ...]] = {"fp8_format": ("fp8_format", "use_fp8"), "optimizer": ("use_manifold_aware",)}
@@ -141,7 +128,7 @@ class DisplayNames:
 
 #: Display names used unless a remapping file says otherwise: the derived format reads "format",
 #: and a raw format saying there is none reads as the baseline.
-DEFAULT_DISPLAY = DisplayNames(keys={"fp8_format": "format"}, values={"fp8_format": {"none": "BF16", "None": "BF16"}})
+DEFAULT_DISPLAY = DisplayNames(keys={"fp8_format": "format"}, values={"fp8_format": {"none": BASELINE_FORMAT, "None": BASELINE_FORMAT}})
 
 
 def value_text(value: object) -> str:
@@ -151,10 +138,6 @@ def value_text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def is_noise_key(key: str, patterns: Sequence[str] = DEFAULT_NOISE_PATTERNS) -> bool:
-    return any(re.search(p, key) for p in patterns)
 
 
 def config_keys(frame: pl.DataFrame | pl.LazyFrame) -> list[str]:

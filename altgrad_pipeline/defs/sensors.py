@@ -1,4 +1,6 @@
-"""`finished_runs_sensor`: a newly finished run refreshes exactly the format partition it changes.
+"""Sensors. `finished_runs_sensor`: a newly finished run refreshes exactly the format partition it
+changes. `analysis_automation_sensor`: evaluates the automation conditions of the analysis and
+report assets (`automation.analysis_automation_condition`).
 
 Each tick scans the local stores cheaply (sizes and mtimes) and asks W&B API sources only for runs
 that ended since the last tick; only when something changed (or a running run may have passed the
@@ -16,16 +18,18 @@ import os
 
 import dagster as dg
 
-from altgrad_pipeline import execution
-from altgrad_pipeline.automation.finished_runs import WatchCursor, watch_tick
-from altgrad_pipeline.automation.targets import format_partitioned_keys, run_store_root_keys
-from altgrad_pipeline.ingest.assets import STORE_DIGEST_TAG
+from altgrad_pipeline.defs.executor import create_pools
+from altgrad_pipeline.defs.ingest import STORE_DIGEST_TAG
+from altgrad_pipeline.defs.partitions import fp8_format_partitions
+from altgrad_pipeline.defs.resources import RunStores
+from altgrad_pipeline.defs.targets import format_partitioned_keys, run_store_root_keys
 from altgrad_pipeline.ingest.catalog import RunCatalog
-from altgrad_pipeline.partitions import fp8_format_partitions
-from altgrad_pipeline.resources import RunStores
+from altgrad_pipeline.ingest.finished_runs import WatchCursor, watch_tick
 
 SENSOR_INTERVAL_ENV = "ALTGRAD_SENSOR_INTERVAL_SECONDS"
 DEFAULT_SENSOR_INTERVAL_S = 30
+AUTOMATION_INTERVAL_ENV = "ALTGRAD_AUTOMATION_INTERVAL_SECONDS"
+DEFAULT_AUTOMATION_INTERVAL_S = 30
 TRIGGER_TAG = "altgrad/trigger"
 
 
@@ -71,7 +75,7 @@ def _requests(repository: dg.RepositoryDefinition, refresh: dict[str, str], stor
 )
 def finished_runs_sensor(context: dg.SensorEvaluationContext, run_stores: RunStores) -> dg.SensorResult:
     # Every tick (3 ms): a backfill launched from the UI then also finds the pool's row in place.
-    execution.create_pools(context.instance)
+    create_pools(context.instance)
     cursor = WatchCursor.from_json(context.cursor)
     outcome = watch_tick(
         _catalog(run_stores),
@@ -93,3 +97,12 @@ def finished_runs_sensor(context: dg.SensorEvaluationContext, run_stores: RunSto
         dynamic_partitions_requests=[fp8_format_partitions.build_add_request(new_formats)] if new_formats else [],
         cursor=outcome.cursor.to_json(),
     )
+
+
+analysis_automation_sensor = dg.AutomationConditionSensorDefinition(
+    name="analysis_automation_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=int(os.environ.get(AUTOMATION_INTERVAL_ENV) or DEFAULT_AUTOMATION_INTERVAL_S),
+    description="Runs analysis and reports once format partitions they read were refreshed.",
+)

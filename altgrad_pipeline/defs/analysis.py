@@ -1,4 +1,6 @@
-"""Analysis assets (ANAL-01/02/03): thin Dagster wiring around the pure Polars functions beside it.
+"""Analysis assets: thin Dagster wiring around the pure Polars functions of `analysis/`: layer
+metrics, run outcomes, failure modes, rankings and the manifold comparison (ANAL-01/02/03),
+per-key run summaries, training dynamics and sweep summaries.
 
 Unpartitioned assets read every format partition of their inputs through one lazy scan (see the
 IO manager); their descriptions are the analysis modules' own docstrings, so the UI, the reports
@@ -6,21 +8,25 @@ and the code state the same definitions.
 """
 
 import datetime as dt
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
-from altgrad_pipeline.analysis import failures, layers, manifold, outcomes, rankings
+from altgrad_pipeline.analysis import failures, layers, manifold, outcomes, rankings, summaries, sweeps, training
 from altgrad_pipeline.analysis.failure_reports import FAILURE_REPORTS_SCHEMA, find_failure_reports
-from altgrad_pipeline.automation.conditions import analysis_automation_condition
+from altgrad_pipeline.defs.automation import analysis_automation_condition
+from altgrad_pipeline.defs.partitions import fp8_format_partitions
+from altgrad_pipeline.defs.resources import ReportFiles, RunStores
+from altgrad_pipeline.defs.ui import counts, preview, table_schema
 from altgrad_pipeline.partition_tables import recipe, run_versions
-from altgrad_pipeline.partitions import fp8_format_partitions
-from altgrad_pipeline.resources import RunStores
-from altgrad_pipeline.ui import counts, preview, table_schema
+from altgrad_pipeline.study import DEFAULT_NOISE_PATTERNS
 
 ANALYSIS_GROUP = "analysis"
 LAYER_METRICS_RECIPE = recipe(layers)
 ALL_FORMATS = {"raw_runs": dg.AssetIn(), "run_histories": dg.AssetIn()}
+#: Display remapping read by `sweep_summary` when its config names no file: `<data dir>/sweep_display.yaml`.
+DISPLAY_FILE_NAME = "sweep_display.yaml"
 
 
 def _doc(module: object) -> str:
@@ -154,5 +160,107 @@ def manifold_stats(
         metadata={
             "dagster/row_count": frame.height,
             "effects": preview(frame, ["fp8_format", "metric", "diff", "ci_low", "ci_high", "method", "n_manifold", "n_standard", "low_n"], rows=20),
+        },
+    )
+
+
+class ThresholdConfig(dg.Config):
+    """Thresholds for keys matching `pattern` (a regular expression, searched)."""
+
+    pattern: str
+    below: float | None = None
+    above: float | None = None
+
+
+class RunSummariesConfig(dg.Config):
+    final_fraction: float = summaries.DEFAULT_FINAL_FRACTION
+    thresholds: list[ThresholdConfig] = []
+
+
+@dg.asset(
+    group_name=ANALYSIS_GROUP,
+    partitions_def=fp8_format_partitions,
+    description=(summaries.__doc__ or "").strip(),
+    metadata={"dagster/column_schema": table_schema(summaries.RUN_SUMMARIES_SCHEMA)},
+    kinds={"polars", "parquet"},
+)
+def run_summaries(
+    context: dg.AssetExecutionContext,
+    config: RunSummariesConfig,
+    raw_runs: pl.DataFrame,
+    run_histories: pl.LazyFrame,
+    run_stores: RunStores,
+) -> dg.MaterializeResult:
+    thresholds = [summaries.Threshold(t.pattern, t.below, t.above) for t in config.thresholds]
+    built = run_stores.rebuild_partition(
+        "run_summaries",
+        context.partition_key,
+        run_versions(raw_runs),
+        recipe(summaries, final_fraction=config.final_fraction, thresholds=thresholds),
+        lambda run_ids: summaries.run_summaries(
+            run_histories.filter(pl.col("run_id").is_in(run_ids)), final_fraction=config.final_fraction, thresholds=thresholds
+        ),
+    )
+    frame = built.table.frame
+    return dg.MaterializeResult(value=built.table, metadata={
+        "dagster/row_count": frame.height, "keys_with_nan": int(frame.filter(pl.col("n_nan") > 0).height),
+        "preview": preview(frame, ["run_id", "key", "last", "min", "argmin_step", "final_mean", "first_nan_step"], rows=8)})  # fmt: skip
+
+
+class SweepSummaryConfig(dg.Config):
+    """Run config of `sweep_summary` (the defaults are what automation uses)."""
+
+    display_file: str | None = None
+    extra_noise_patterns: list[str] = []
+    last_k: int = sweeps.LAST_K
+    min_bootstrap_n: int = sweeps.MIN_BOOTSTRAP_N
+
+
+@dg.asset(
+    group_name=ANALYSIS_GROUP,
+    ins=ALL_FORMATS,
+    description=(training.__doc__ or "").strip(),
+    metadata={"dagster/column_schema": table_schema(training.TRAINING_DYNAMICS_SCHEMA)},
+    automation_condition=analysis_automation_condition(),
+    kinds={"polars", "parquet", "scipy"},
+)
+def training_dynamics(raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame) -> dg.MaterializeResult:
+    frame = training.training_dynamics(raw_runs, run_histories)
+    selected = frame.filter(pl.col("selected"))
+    return dg.MaterializeResult(
+        value=frame,
+        metadata={
+            "dagster/row_count": frame.height,
+            "selected_models": counts(selected, "model"),
+            "selected": preview(selected, ["run_id", "metric", "model", "b", "tau", "knee_step", "plateau_step", "final_loss_bits"], rows=15),
+        },
+    )
+
+
+@dg.asset(
+    group_name=ANALYSIS_GROUP,
+    ins=ALL_FORMATS,
+    description=(sweeps.__doc__ or "").strip(),
+    metadata={"dagster/column_schema": table_schema(sweeps.SWEEP_SUMMARY_SCHEMA)},
+    automation_condition=analysis_automation_condition(),
+    kinds={"polars", "parquet", "scipy"},
+)
+def sweep_summary(config: SweepSummaryConfig, raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, report_files: ReportFiles) -> dg.MaterializeResult:
+    display_file = config.display_file or str(Path(report_files.data_dir) / DISPLAY_FILE_NAME)
+    frame = sweeps.sweep_summary(
+        raw_runs,
+        run_histories,
+        noise_patterns=DEFAULT_NOISE_PATTERNS + tuple(config.extra_noise_patterns),
+        display=sweeps.DisplayNames.from_yaml(display_file),
+        last_k=config.last_k,
+        min_bootstrap_n=config.min_bootstrap_n,
+    )
+    varying = {p: list(k) for p, k in frame.select("project", "varying_keys").unique("project").iter_rows()} if frame.height else {}
+    return dg.MaterializeResult(
+        value=frame,
+        metadata={
+            "dagster/row_count": frame.height,
+            "varying_keys": dg.MetadataValue.json({str(p): k for p, k in varying.items()}),
+            "groups": preview(frame, ["project", "group_label", "metric", "n_runs", "n_values", "mean", "ci_low", "ci_high", "ci_note"], rows=15),
         },
     )
