@@ -188,7 +188,7 @@ def paired_seed_figure(per_run: pl.DataFrame, path: Path, *, metric_label: str, 
             colour = format_colour(fp8_format)
             runs = values.filter(pl.col("fp8_format") == fp8_format)
             n_pairs = 0
-            for (seed,), seed_runs in runs.group_by("seed", maintain_order=True):
+            for _seed, seed_runs in runs.group_by("seed", maintain_order=True):
                 by_optimizer = {o: seed_runs.filter(pl.col("optimizer") == o)["value"].mean() for o in optimizers}
                 xs = [i for i, o in enumerate(optimizers) if by_optimizer[o] is not None]
                 panel.plot(xs, [by_optimizer[optimizers[i]] for i in xs], color=colour, marker="o", alpha=0.8)

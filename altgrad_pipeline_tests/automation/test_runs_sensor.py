@@ -12,11 +12,11 @@ import polars as pl
 import pytest
 
 import altgrad_pipeline.ingest.catalog as catalog_module
-from altgrad_pipeline.ingest.finished_runs import WatchCursor
-from altgrad_pipeline.defs.sensors import finished_runs_sensor
 from altgrad_pipeline.definitions import build_defs
 from altgrad_pipeline.defs.ingest import STORE_DIGEST_TAG
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
+from altgrad_pipeline.defs.sensors import finished_runs_sensor
+from altgrad_pipeline.ingest.finished_runs import WatchCursor
 from altgrad_pipeline_tests.automation.conftest import copy_run, wandb_file
 from altgrad_pipeline_tests.conftest import write_punctuated_id_runs
 

@@ -11,11 +11,11 @@ import polars as pl
 
 from altgrad_pipeline.defs import analysis as analysis_defs
 from altgrad_pipeline.defs import reports as report_defs
-from altgrad_pipeline.examples import example_spec
 from altgrad_pipeline.defs.io_manager import PolarsParquetIOManager
+from altgrad_pipeline.defs.resources import ReportFiles
+from altgrad_pipeline.examples import example_spec
 from altgrad_pipeline.reports.sweep_summary import write_sweep_summary_report
 from altgrad_pipeline.reports.training_dynamics import write_training_dynamics_report
-from altgrad_pipeline.defs.resources import ReportFiles
 from altgrad_pipeline_tests.dynamics.synthetic import example_frames
 
 

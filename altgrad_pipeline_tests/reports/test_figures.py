@@ -22,8 +22,8 @@ from altgrad_pipeline.reports.figures import (
     score_heatmap_figure,
 )
 from altgrad_pipeline.reports.style import (
-    FORMAT_COLOURS,
     FIGURE_DPI,
+    FORMAT_COLOURS,
     checked_format_name,
     format_colour,
     new_figure,

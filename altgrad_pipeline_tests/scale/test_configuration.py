@@ -17,9 +17,9 @@ from polars.testing import assert_frame_equal
 
 from altgrad_pipeline import execution, settings
 from altgrad_pipeline.cli import worker_command
+from altgrad_pipeline.defs.resources import ReportFiles, RunStores
 from altgrad_pipeline.ingest.catalog import PARALLEL_MIN_RUNS, RunCatalog
 from altgrad_pipeline.ingest.model import ParsedRun, RunLocator
-from altgrad_pipeline.defs.resources import ReportFiles, RunStores
 
 AWS = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_REGION": "eu-west-1"}
 
@@ -83,7 +83,7 @@ def test_the_worker_command_carries_the_configuration_and_the_interpreter_path(t
     assert Path(command[0]).name == "dagster-celery" and command[1:3] == ["worker", "start"]
     assert command[command.index("-A") + 1] == "dagster_celery.app"
     assert command[command.index("-i") + 1] == "altgrad_pipeline.definitions"
-    assert command[-2:] == ["--", "--concurrency=3"] and ["-n", "gpu-box"] == command[command.index("-n") : command.index("-n") + 2]
+    assert command[-2:] == ["--", "--concurrency=3"] and command[command.index("-n") : command.index("-n") + 2] == ["-n", "gpu-box"]
     assert env["PATH"].split(os.pathsep)[0] == str(Path(command[0]).parent)
     assert env[settings.EXECUTOR_ENV] == "celery" and env["DAGSTER_HOME"] == str(tmp_path / "home")
     config = yaml.safe_load(Path(command[command.index("-y") + 1]).read_text())

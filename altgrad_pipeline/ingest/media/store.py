@@ -29,12 +29,12 @@ import polars as pl
 
 from altgrad_pipeline.ingest import wandb_media_api
 from altgrad_pipeline.ingest.catalog import CatalogEntry
+from altgrad_pipeline.ingest.media import tables
+from altgrad_pipeline.ingest.media.values import MEDIA_VALUES_SCHEMA
 from altgrad_pipeline.ingest.model import IngestIssue, RunSource
 from altgrad_pipeline.ingest.wandb_api import WandbApiSource
 from altgrad_pipeline.ingest.wandb_local import SOURCE_NAME as LOCAL_SOURCE
 from altgrad_pipeline.ingest.wandb_local import read_run_media
-from altgrad_pipeline.ingest.media import tables
-from altgrad_pipeline.ingest.media.values import MEDIA_VALUES_SCHEMA
 
 MEDIA_CACHE_DIR = "media"
 #: Table files of API runs, by SHA-256, under the media cache.

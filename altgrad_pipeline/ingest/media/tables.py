@@ -22,8 +22,8 @@ from typing import Any
 
 import polars as pl
 
-from altgrad_pipeline.ingest.model import IngestIssue
 from altgrad_pipeline.ingest.media.values import TABLE_TYPES
+from altgrad_pipeline.ingest.model import IngestIssue
 
 TABLE_COLUMN_PREFIX = "col."
 BOOKKEEPING_COLUMNS = ("run_id", "step", "key", "row")
