@@ -3,7 +3,7 @@
 Varying hyperparameters are found per project (runs of different projects are different
 studies): a flattened config key varies when its values (compared as text, a missing key being
 a value of its own) differ between the project's runs. Noise keys never count: the run's
-identity and bookkeeping rather than the experiment (`study.DEFAULT_NOISE_PATTERNS`: seeds,
+identity and bookkeeping rather than the experiment (`DEFAULT_NOISE_PATTERNS`: seeds,
 run names and ids, tags, project/entity/W&B settings, `paths.*`, `*_dir`/`*_path`/`*_file`,
 checkpoint settings, `*_interval` and log/eval/save frequencies, `eval_iters`, timestamps,
 device placement, `_wandb`); pass other patterns to change that. `notebook.differing_config`

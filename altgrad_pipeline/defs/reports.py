@@ -231,9 +231,10 @@ def media_report(
     ins={asset.key.to_python_identifier(): dg.AssetIn(key=asset.key) for asset in REPORT_ASSETS},
 )
 def reports_index(raw_runs: pl.DataFrame, report_files: ReportFiles, **manifests: pl.DataFrame) -> dg.MaterializeResult:
+    ordered = [manifests[asset.key.to_python_identifier()] for asset in REPORT_ASSETS]  # definition order
     entries = [
         ReportEntry(title, Path(path), description)
-        for manifest in manifests.values()
+        for manifest in ordered
         for title, path, description in manifest.select("title", "path", "description").rows()
     ]
     return report_result(index.write_index(entries, raw_runs, report_files.reports_dir), report_files)
