@@ -13,10 +13,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "altgrad_pipeline"
 #: Entry points: they may import Dagster, `defs/` and every room.
 ENTRY_POINTS = {"definitions", "cli", "refresh", "execution"}
 #: Rooms in order; a room imports only rooms of its rank or below. The bottom holds the vocabulary
-#: and plain helpers; `notebook` (helpers for notebooks over the tables) sits with analysis.
+#: and plain helpers; `examples` (the example-run generator, which names runs as the readers do)
+#: sits with ingest, `notebook` (helpers for notebooks over the tables) with analysis.
 RANKS = {
-    "study": 0, "settings": 0, "escaping": 0, "markdown": 0, "partition_tables": 0, "examples": 0,
-    "ingest": 1,
+    "study": 0, "settings": 0, "escaping": 0, "markdown": 0, "partition_tables": 0,
+    "ingest": 1, "examples": 1,
     "analysis": 2, "notebook": 2, "__init__": 2,
     "reports": 3,
     "defs": 4,

@@ -62,7 +62,13 @@ import numpy as np
 import polars as pl
 
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
-from altgrad_pipeline.analysis.stats import count_lower, finite, mean_difference_interval, mean_of_last_k, probability_lower
+from altgrad_pipeline.analysis.stats import (
+    count_lower,
+    finite,
+    mean_difference_interval,
+    mean_of_last_k,
+    probability_lower,
+)
 from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.study import BASELINE_FORMAT, MANIFOLD_OPTIMIZER, NO_FORMAT, STANDARD_OPTIMIZER
 

@@ -54,7 +54,13 @@ import numpy as np
 import polars as pl
 
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
-from altgrad_pipeline.analysis.stats import coefficient_of_variation, finite, mean_difference_interval, mean_intervals, mean_of_last_k
+from altgrad_pipeline.analysis.stats import (
+    coefficient_of_variation,
+    finite,
+    mean_difference_interval,
+    mean_intervals,
+    mean_of_last_k,
+)
 from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.study import BASELINE_FORMAT, NO_FORMAT, STANDARD_OPTIMIZER
 

@@ -22,7 +22,13 @@ import numpy as np
 import polars as pl
 
 from altgrad_pipeline.analysis import fits
-from altgrad_pipeline.analysis.curves import curve_series, is_loss_metric, is_nonnegative_metric, steps_per_epoch, to_epochs
+from altgrad_pipeline.analysis.curves import (
+    curve_series,
+    is_loss_metric,
+    is_nonnegative_metric,
+    steps_per_epoch,
+    to_epochs,
+)
 
 FINAL_LAST_K = 10
 

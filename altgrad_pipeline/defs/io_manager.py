@@ -25,8 +25,8 @@ import polars as pl
 from upath import UPath
 
 from altgrad_pipeline import settings
-from altgrad_pipeline.partition_tables import RunVersionedFrame, read_build
 from altgrad_pipeline.defs.partitions import PARTITIONED_SCHEMAS
+from altgrad_pipeline.partition_tables import RunVersionedFrame, read_build
 
 
 def _storage_path(base_dir: str) -> UPath:

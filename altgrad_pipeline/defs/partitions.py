@@ -5,11 +5,11 @@ import dagster as dg
 import polars as pl
 
 from altgrad_pipeline.analysis.layers import LAYER_METRICS_SCHEMA
-from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ISSUE_SCHEMA
-from altgrad_pipeline.ingest.tables import RAW_RUNS_SCHEMA
 from altgrad_pipeline.analysis.summaries import RUN_SUMMARIES_SCHEMA
 from altgrad_pipeline.ingest.media.tables import MEDIA_TABLES_SCHEMA
 from altgrad_pipeline.ingest.media.values import HISTOGRAMS_SCHEMA, RUN_MEDIA_SCHEMA
+from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ISSUE_SCHEMA
+from altgrad_pipeline.ingest.tables import RAW_RUNS_SCHEMA
 
 fp8_format_partitions = dg.DynamicPartitionsDefinition(name="fp8_format")
 

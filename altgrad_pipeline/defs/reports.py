@@ -23,7 +23,6 @@ from altgrad_pipeline.analysis.attention import AttentionShape
 from altgrad_pipeline.defs.automation import analysis_automation_condition
 from altgrad_pipeline.defs.resources import ReportFiles
 from altgrad_pipeline.defs.ui import table_schema
-from altgrad_pipeline.ingest.media import tables, values
 from altgrad_pipeline.reports import failure_modes as failure_modes_doc
 from altgrad_pipeline.reports import format_comparison, index, manifold_comparison, media
 from altgrad_pipeline.reports import sweep_summary as sweep_summary_doc
