@@ -14,9 +14,9 @@ from pathlib import Path
 
 import polars as pl
 
-from altgrad_pipeline.dynamics.sweeps import DEFAULT_NOISE_PATTERNS, varying_keys
-from altgrad_pipeline.ingest.tables import CONFIG_PREFIX
+from altgrad_pipeline.analysis.sweeps import DEFAULT_NOISE_PATTERNS, varying_keys
 from altgrad_pipeline.ingest.model import numeric_history
+from altgrad_pipeline.ingest.tables import CONFIG_PREFIX
 
 HISTORIES_GLOB = Path("assets") / "run_histories" / "*.parquet"
 

@@ -8,7 +8,6 @@ has steps to take."""
 from __future__ import annotations
 
 import concurrent.futures
-import datetime as dt
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -21,10 +20,11 @@ from dagster._core.instance.ref import InstanceRef
 
 from altgrad_pipeline import execution, settings
 from altgrad_pipeline.definitions import ASSETS, build_resources
-from altgrad_pipeline.ingest.assets import CATALOG_FINGERPRINT
+from altgrad_pipeline.defs.executor import create_pools
+from altgrad_pipeline.defs.partitions import fp8_format_partitions
+from altgrad_pipeline.defs.resources import RunStores
+from altgrad_pipeline.defs.schedules import stale_formats
 from altgrad_pipeline.ingest.sources import no_runs_message
-from altgrad_pipeline.partitions import fp8_format_partitions
-from altgrad_pipeline.resources import RunStores
 
 #: Dagster's console logger prints every step event at DEBUG; the CLI shows progress, not the event log.
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -74,32 +74,6 @@ class RefreshReport:
         return not self.failed
 
 
-def stored_fingerprint(instance: dg.DagsterInstance, fmt: str) -> str | None:
-    """The catalog fingerprint the latest `raw_runs` materialization of this format was built from."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_runs"), asset_partitions=[fmt]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    value = records[0].asset_materialization.metadata.get(CATALOG_FINGERPRINT)
-    return None if value is None else value.value
-
-
-def stale_formats(run_stores: RunStores, instance: dg.DagsterInstance, formats: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """(all formats found, formats whose stored partition no longer matches the run stores)."""
-    catalog = run_stores.catalog()
-    result = catalog.sync()
-    now = dt.datetime.now(dt.UTC)
-    stale = []
-    for fmt in result.formats if formats is None else formats:
-        entries = result.for_format(fmt)
-        runs = catalog.raw_runs(entries, now=now, grace_s=run_stores.crash_grace_seconds)
-        wanted = catalog.partition_fingerprint(entries, runs)
-        if stored_fingerprint(instance, fmt) != wanted:
-            stale.append(fmt)
-    return result.formats, stale
-
-
 def refresh(
     *,
     runs: str | None = None,
@@ -141,7 +115,7 @@ def refresh(
     if choice.name != "in_process":
         echo(f"Executor: {choice.name}")
     parallel = execution.runs_in_parallel(choice) and len(todo) > 1
-    execution.create_pools(instance)  # steps of out-of-process runs claim it together
+    create_pools(instance)  # steps of out-of-process runs claim it together
     for fmt in todo:
         echo(f"Materializing format partition {fmt} ({', '.join(k.to_user_string() for k in _asset_keys(partitioned))})")
         if not parallel:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import polars as pl
 from hypothesis import given
 from hypothesis import strategies as st
-
-import polars as pl
 
 from altgrad_pipeline.escaping import escape_html, escape_markdown, safe_filename
 from altgrad_pipeline.markdown import markdown_table

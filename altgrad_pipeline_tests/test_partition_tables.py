@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from altgrad_pipeline import partition_tables
-from altgrad_pipeline.io_manager import PolarsParquetIOManager, previous_build
+from altgrad_pipeline.defs.io_manager import PolarsParquetIOManager, previous_build
 from altgrad_pipeline.partition_tables import RunVersionedFrame, read_build, rebuild, recipe, run_versions
 
 

@@ -84,7 +84,7 @@ def test_the_graph_materializes_on_an_empty_store(tmp_path):
 
 def test_a_missing_store_is_an_ingest_issue_where_the_cli_is_not_asked(tmp_path):
     """`dagster dev` and the sensor sync without the CLI's check: `ingest_issues` says it instead."""
-    from altgrad_pipeline.resources import RunStores
+    from altgrad_pipeline.defs.resources import RunStores
 
     absent = tmp_path / "absent"
     result = RunStores(runs=str(absent), data_dir=str(tmp_path / "data")).catalog().sync()

@@ -41,15 +41,15 @@ from pathlib import Path
 
 import dagster as dg
 
-from altgrad_pipeline.automation.finished_runs import WatchCursor, watch_tick
-from altgrad_pipeline.automation.runs_sensor import finished_runs_sensor
-from altgrad_pipeline.automation.targets import format_partitioned_keys
 from altgrad_pipeline.definitions import build_defs
-from altgrad_pipeline.refresh import QUIET_RUN_CONFIG
+from altgrad_pipeline.defs.sensors import finished_runs_sensor
+from altgrad_pipeline.defs.targets import format_partitioned_keys
 from altgrad_pipeline.examples import ExampleRunSpec, clone_run, write_run
 from altgrad_pipeline.ingest.catalog import RunCatalog
+from altgrad_pipeline.ingest.finished_runs import WatchCursor, watch_tick
 from altgrad_pipeline.ingest.wandb_api import WandbApiSource
 from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
+from altgrad_pipeline.refresh import QUIET_RUN_CONFIG
 
 FORMATS = ("E5M2", "E3M4", "E1M6", "E0M7", "BF16")
 NEW_RUN_FORMAT = "E5M2"

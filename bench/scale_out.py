@@ -55,7 +55,7 @@ def backfill(executor: str, env: dict[str, str], store: Path, data: Path) -> dic
 
     from altgrad_pipeline import execution, refresh, settings
     from altgrad_pipeline.definitions import ASSETS
-    from altgrad_pipeline.partitions import fp8_format_partitions
+    from altgrad_pipeline.defs.partitions import fp8_format_partitions
 
     os.environ.update(env | {"ALTGRAD_EXECUTOR": executor, "ALTGRAD_CACHE_DIR": str(data / "cache")})
     keys = [key for asset in ASSETS if asset.partitions_def is not None for key in asset.keys]

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import polars as pl
 
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
-from altgrad_pipeline.analysis.rankings import BIT_STALL_KEYS, NO_FORMAT
+from altgrad_pipeline.analysis.rankings import BIT_STALL_KEYS
 from altgrad_pipeline.analysis.stats import finite
+from altgrad_pipeline.study import NO_FORMAT
 
 #: Failure modes that do not count as a failure when deciding which formats to avoid.
 NOT_FAILED = ("none", "no_exit_record")

@@ -5,23 +5,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from altgrad_pipeline.analysis.outcomes import LOSS_KEYS
 from altgrad_pipeline.ingest.model import numeric_history
-
-#: Config keys that differ between runs without changing what is trained (names, paths,
-#: bookkeeping intervals, logging switches). Any key starting with `log_` is noise as well.
-CONFIG_NOISE_KEYS = (
-    "run_name",
-    "tags",
-    "project",
-    "seed",
-    "checkpoint_dir",
-    "checkpoint_interval",
-    "max_checkpoints",
-    "log_interval",
-    "eval_interval",
-    "diagnostic_interval",
-)
+from altgrad_pipeline.study import CONFIG_NOISE_KEYS, LOSS_KEYS
 
 
 def every_run_has_loss(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyFrame | pl.DataFrame) -> tuple[bool, pl.DataFrame]:

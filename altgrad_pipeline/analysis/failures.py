@@ -61,7 +61,6 @@ prefixed `report_`.
 
 from __future__ import annotations
 
-
 import polars as pl
 
 from altgrad_pipeline.analysis.failure_reports import FAILURE_REPORTS_SCHEMA
@@ -69,6 +68,7 @@ from altgrad_pipeline.analysis.layers import DEFAULT_LAYER_PATTERNS, LayerPatter
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import finite, least_squares_slope
 from altgrad_pipeline.ingest.model import numeric_history
+from altgrad_pipeline.study import NO_FORMAT
 
 FAILURE_MODES = ("nan_loss", "bit_stall", "overflow", "early_stop", "no_exit_record", "none")
 FAILURE_STAGES = ("optimizer_state_corruption", "forward_overflow", "backward_vanishing", "unknown")
@@ -337,7 +337,7 @@ def failure_modes(
 
     targets = classified.select("run_id", "project", "optimizer", "fp8_format", "trend_start_step", "trend_end_step")
     references = classified.filter(
-        (pl.col("outcome") == "completed") & (pl.col("failure_mode") == "none") & (pl.col("fp8_format") != "no_format")
+        (pl.col("outcome") == "completed") & (pl.col("failure_mode") == "none") & (pl.col("fp8_format") != NO_FORMAT)
     ).select(pl.col("run_id").alias("source_id"), "project", "optimizer", pl.col("fp8_format").alias("source_format"))
     windows = pl.concat(
         [

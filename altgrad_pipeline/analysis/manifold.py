@@ -62,12 +62,16 @@ import numpy as np
 import polars as pl
 
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
-from altgrad_pipeline.analysis.stats import count_lower, finite, mean_difference_interval, mean_of_last_k, probability_lower
+from altgrad_pipeline.analysis.stats import (
+    count_lower,
+    finite,
+    mean_difference_interval,
+    mean_of_last_k,
+    probability_lower,
+)
 from altgrad_pipeline.ingest.model import numeric_history
+from altgrad_pipeline.study import BASELINE_FORMAT, MANIFOLD_OPTIMIZER, NO_FORMAT, STANDARD_OPTIMIZER
 
-STANDARD = "AdamW"
-MANIFOLD = "ManifoldAdamW"
-NO_FORMAT = "no_format"
 METRICS = ("final_loss", "best_loss", "steps_to_threshold", "bit_stall_rate")
 FAILURE_METRICS = ("failure_rate", "failure_step")
 #: Metrics for which a higher value is the better one.
@@ -124,7 +128,7 @@ def per_run_metrics(
     smoothing_span: int = 20,
     threshold_fraction: float = 0.8,
     loss_threshold: float | None = None,
-    baseline: str = "BF16",
+    baseline: str = BASELINE_FORMAT,
 ) -> pl.DataFrame:
     """One row per completed run of a format that has both optimizers: run_id, project,
     fp8_format, optimizer, seed, common_step, loss_threshold and the four `METRICS`.
@@ -142,14 +146,14 @@ def per_run_metrics(
     last_loss_step = loss.group_by("run_id").agg(pl.col("step").max().alias("last_loss_step"))
     key = ["project", "fp8_format"]
     both = (
-        runs.filter(pl.col("optimizer").is_in([STANDARD, MANIFOLD]))
+        runs.filter(pl.col("optimizer").is_in([STANDARD_OPTIMIZER, MANIFOLD_OPTIMIZER]))
         .group_by(key)
         .agg(pl.col("optimizer").n_unique().alias("n_optimizers"))
         .filter(pl.col("n_optimizers") == 2)
         .select(key)
     )
     compared = (
-        runs.filter(pl.col("optimizer").is_in([STANDARD, MANIFOLD]))
+        runs.filter(pl.col("optimizer").is_in([STANDARD_OPTIMIZER, MANIFOLD_OPTIMIZER]))
         .join(both, on=key, how="semi")
         .join(completed_ids, on="run_id", how="semi")
         .join(last_loss_step, on="run_id", how="inner")
@@ -266,7 +270,7 @@ def per_run_failures(raw_runs: pl.LazyFrame | pl.DataFrame, failure_modes: pl.La
     grace period has passed)."""
     return (
         raw_runs.lazy()
-        .filter((pl.col("fp8_format") != NO_FORMAT) & pl.col("optimizer").is_in([STANDARD, MANIFOLD]))
+        .filter((pl.col("fp8_format") != NO_FORMAT) & pl.col("optimizer").is_in([STANDARD_OPTIMIZER, MANIFOLD_OPTIMIZER]))
         .select("run_id", "project", "fp8_format", "optimizer", pl.col("seed").cast(pl.Int64))
         .join(failure_modes.lazy().select("run_id", "failure_mode", "failure_step"), on="run_id", how="inner")
         .filter(pl.col("failure_mode") != "no_exit_record")
@@ -287,9 +291,9 @@ def formats_missing_an_arm(raw_runs: pl.LazyFrame | pl.DataFrame) -> pl.DataFram
         raw_runs.lazy()
         .filter(pl.col("fp8_format") != NO_FORMAT)
         .group_by("project", "fp8_format")
-        .agg((pl.col("optimizer") == STANDARD).sum().alias("n_standard"), (pl.col("optimizer") == MANIFOLD).sum().alias("n_manifold"))
+        .agg((pl.col("optimizer") == STANDARD_OPTIMIZER).sum().alias("n_standard"), (pl.col("optimizer") == MANIFOLD_OPTIMIZER).sum().alias("n_manifold"))
         .filter((pl.col("n_standard") == 0) | (pl.col("n_manifold") == 0))
-        .with_columns(pl.when(pl.col("n_manifold") == 0).then(pl.lit(MANIFOLD)).otherwise(pl.lit(STANDARD)).alias("missing_optimizer"))
+        .with_columns(pl.when(pl.col("n_manifold") == 0).then(pl.lit(MANIFOLD_OPTIMIZER)).otherwise(pl.lit(STANDARD_OPTIMIZER)).alias("missing_optimizer"))
         .sort("project", "fp8_format")
         .collect()
     )
@@ -309,23 +313,23 @@ def manifold_stats(
     smoothing_span: int = 20,
     threshold_fraction: float = 0.8,
     loss_threshold: float | None = None,
-    baseline: str = "BF16",
+    baseline: str = BASELINE_FORMAT,
 ) -> pl.DataFrame:
     """One row per (project, fp8_format, metric) for formats with both optimizers (columns:
     `MANIFOLD_SCHEMA`; definitions in the module docstring); the `FAILURE_METRICS` rows only when
     `failure_modes` is given."""
-    runs = raw_runs.lazy().filter((pl.col("fp8_format") != NO_FORMAT) & pl.col("optimizer").is_in([STANDARD, MANIFOLD]))
+    runs = raw_runs.lazy().filter((pl.col("fp8_format") != NO_FORMAT) & pl.col("optimizer").is_in([STANDARD_OPTIMIZER, MANIFOLD_OPTIMIZER]))
     key = ["project", "fp8_format"]
     arms = (
         runs.join(outcomes.lazy().select("run_id", "outcome"), on="run_id", how="left")
         .group_by(key)
         .agg(
             *(
-                (pl.col("optimizer") == optimizer).sum().alias(f"n_{arm}") for arm, optimizer in (("manifold", MANIFOLD), ("standard", STANDARD))
+                (pl.col("optimizer") == optimizer).sum().alias(f"n_{arm}") for arm, optimizer in (("manifold", MANIFOLD_OPTIMIZER), ("standard", STANDARD_OPTIMIZER))
             ),
             *(
                 ((pl.col("optimizer") == optimizer) & (pl.col("outcome") != "completed").fill_null(True)).sum().alias(f"n_excluded_{arm}")
-                for arm, optimizer in (("manifold", MANIFOLD), ("standard", STANDARD))
+                for arm, optimizer in (("manifold", MANIFOLD_OPTIMIZER), ("standard", STANDARD_OPTIMIZER))
             ),
         )
         .filter((pl.col("n_manifold") > 0) & (pl.col("n_standard") > 0))
@@ -340,7 +344,7 @@ def manifold_stats(
     rows = []
     for project, fp8_format, n_excluded_manifold, n_excluded_standard in arms.select(*key, "n_excluded_manifold", "n_excluded_standard").iter_rows():
         group = values.filter((pl.col("project") == project) & (pl.col("fp8_format") == fp8_format))
-        manifold, standard = group.filter(pl.col("optimizer") == MANIFOLD), group.filter(pl.col("optimizer") == STANDARD)
+        manifold, standard = group.filter(pl.col("optimizer") == MANIFOLD_OPTIMIZER), group.filter(pl.col("optimizer") == STANDARD_OPTIMIZER)
         for metric in METRICS:
             rows.append(
                 {
@@ -364,7 +368,7 @@ def manifold_stats(
                         "metric": metric,
                         "n_excluded_manifold": n_excluded_manifold,
                         "n_excluded_standard": n_excluded_standard,
-                        **_compare(fate.filter(pl.col("optimizer") == MANIFOLD), fate.filter(pl.col("optimizer") == STANDARD), metric, n_resamples, seed, min_bootstrap_n),
+                        **_compare(fate.filter(pl.col("optimizer") == MANIFOLD_OPTIMIZER), fate.filter(pl.col("optimizer") == STANDARD_OPTIMIZER), metric, n_resamples, seed, min_bootstrap_n),
                     }
                 )
     return pl.DataFrame(rows, schema=MANIFOLD_SCHEMA).select(list(MANIFOLD_SCHEMA))

@@ -22,8 +22,7 @@ import polars as pl
 
 from altgrad_pipeline.analysis.stats import finite
 from altgrad_pipeline.ingest.model import numeric_history
-
-LOSS_KEYS = ("loss", "train/loss")
+from altgrad_pipeline.study import LOSS_KEYS
 
 OUTCOMES_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String(),

@@ -54,11 +54,16 @@ import numpy as np
 import polars as pl
 
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
-from altgrad_pipeline.analysis.stats import coefficient_of_variation, finite, mean_difference_interval, mean_intervals, mean_of_last_k
+from altgrad_pipeline.analysis.stats import (
+    coefficient_of_variation,
+    finite,
+    mean_difference_interval,
+    mean_intervals,
+    mean_of_last_k,
+)
 from altgrad_pipeline.ingest.model import numeric_history
+from altgrad_pipeline.study import BASELINE_FORMAT, NO_FORMAT, STANDARD_OPTIMIZER
 
-NO_FORMAT = "no_format"
-STANDARD = "AdamW"
 RUN_KEY = ("project", "optimizer", "fp8_format")
 BIT_STALL_KEYS = ("quantization/bit_stall_rate", "bit_stall_rate")
 #: Below this many values per format the intervals are Student/Welch t, not the bootstrap.
@@ -135,8 +140,8 @@ def format_rankings(
     layer_metrics: pl.LazyFrame | pl.DataFrame,
     *,
     last_k: int = 10,
-    baseline: str = "BF16",
-    standard: str = STANDARD,
+    baseline: str = BASELINE_FORMAT,
+    standard: str = STANDARD_OPTIMIZER,
     min_sweet_spot_runs: int = MIN_SWEET_SPOT_RUNS,
     min_bootstrap_n: int = MIN_BOOTSTRAP_N,
     n_resamples: int = 9999,

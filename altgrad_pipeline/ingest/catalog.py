@@ -44,7 +44,8 @@ import polars as pl
 from altgrad_pipeline.ingest.listing import shared_walks, store_digest
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator, RunSource, issues_frame
 from altgrad_pipeline.ingest.parse_process import reuse_freed_memory
-from altgrad_pipeline.ingest.tables import StudyRules, state_expr, history_with_run_id, raw_runs_frame, run_row
+from altgrad_pipeline.ingest.tables import history_with_run_id, raw_runs_frame, run_row, state_expr
+from altgrad_pipeline.study import StudyRules
 
 try:
     import fcntl

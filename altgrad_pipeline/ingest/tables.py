@@ -1,7 +1,7 @@
 """From parsed runs to the public tables: `raw_runs` (one row per run) and `run_histories`.
 
 The study-specific parts (which config key names the FP8 format, what counts as the BF16 baseline,
-which flag means ManifoldAdamW) are `StudyRules`, so another study changes rules, not code.
+which flag means ManifoldAdamW) are `study.StudyRules`, so another study changes rules, not code.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ParsedRun, numeric_history
+from altgrad_pipeline.study import StudyRules
 
 CONFIG_PREFIX = "config."
 
@@ -67,27 +67,6 @@ RAW_RUNS_DESCRIPTIONS: dict[str, str] = {
     "log_layout": "Block layout of the run's .wandb log, told from its bytes: standard, or wandb-core-0.17 (the 0.17.0-0.17.5 "
     "opt-in Go writer, blocks 7 bytes later); several, comma-separated, when resumed segments differ; null for other sources",
 }
-
-
-@dataclass(frozen=True)
-class StudyRules:
-    """How to read the experimental condition of a run from its config (and name, as a fallback)."""
-
-    format_key: str = "fp8_format"
-    enabled_key: str = "use_fp8"
-    baseline_label: str = "BF16"
-    baseline_values: tuple[str, ...] = ("none", "bf16", "fp32", "")
-    strip_prefix: str = "FP8_"
-    no_format_label: str = "no_format"
-    optimizer_key: str = "use_manifold_aware"
-    optimizer_on: str = "ManifoldAdamW"
-    optimizer_off: str = "AdamW"
-    seed_key: str = "seed"
-    max_steps_key: str = "max_steps"
-    #: Runs from stores without projects (JSONL, CSV, TensorBoard) join their study by this config key.
-    project_key: str = "project"
-    #: Classification runs name themselves `E5M2_manifold` / `BF16_adamw` and may lack config keys.
-    name_pattern: str = r"^(?i:(BF16|FP8_E\dM\d|E\dM\d))_(?i:(adamw|manifold))\b"
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

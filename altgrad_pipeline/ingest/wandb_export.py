@@ -26,7 +26,14 @@ from typing import Any
 import polars as pl
 
 from altgrad_pipeline.ingest import listing
-from altgrad_pipeline.ingest.jsonl import ROWS_SCHEMA, file_stamp, keep_last_writes, load_config_file, mtime_utc, utc_from_epoch
+from altgrad_pipeline.ingest.jsonl import (
+    ROWS_SCHEMA,
+    file_stamp,
+    keep_last_writes,
+    load_config_file,
+    mtime_utc,
+    utc_from_epoch,
+)
 from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator
 from altgrad_pipeline.ingest.wandb_names import RUN_FOLDER
 

@@ -37,9 +37,9 @@ from typing import Any
 
 import polars as pl
 
+from altgrad_pipeline.ingest.media import tables
+from altgrad_pipeline.ingest.media.values import MEDIA_VALUES_SCHEMA, SPECIAL_MEDIA_TYPES, TABLE_TYPES
 from altgrad_pipeline.ingest.model import IngestIssue
-from altgrad_pipeline.media import tables
-from altgrad_pipeline.media.values import MEDIA_VALUES_SCHEMA, SPECIAL_MEDIA_TYPES, TABLE_TYPES
 
 #: Artifact types holding the tables `run.log` logs (incremental tables are not read).
 TABLE_ARTIFACT_TYPES = ("run_table",)

@@ -3,10 +3,11 @@
 Each builder takes already-computed frames, draws one PNG with the shared style (fixed colour per
 format, labelled axes with units) and returns the path written, or None when there is nothing to
 draw, so a report can say "no runs of this kind yet" instead of shipping an empty plot. The
-numbers drawn come from small summary frames (`loss_curve_summary`, `failure_trace_series`) that
-are public so tests and report text can use exactly the values the figure shows.
+numbers drawn come from small summary frames computed in analysis (`analysis.report_series`:
+`loss_curve_summary`, `failure_trace_series`), so tests and report text can use exactly the
+values the figure shows.
 
-File names are built from format names (checked against `style.FORMAT_NAME`) and fixed stems,
+File names are built from format names (checked by `study.is_safe_format_name`) and fixed stems,
 never from run names or tags.
 """
 
@@ -17,9 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from scipy import stats as sps
 
-from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import finite
 from altgrad_pipeline.escaping import safe_filename
 from altgrad_pipeline.reports.style import (
@@ -31,29 +30,13 @@ from altgrad_pipeline.reports.style import (
     save_figure,
 )
 
-#: Confidence level of the loss-curve bands.
-CURVE_CONFIDENCE = 0.95
-
-#: How the loss-curve band is computed, for figure captions and the report's Method section.
-CURVE_BAND_METHOD = (
-    "mean over seeds at each logged step, with a two-sided 95% Student-t interval "
-    "(mean ± t(0.975, n−1)·s/√n, s the sample standard deviation over the n runs with a finite loss "
-    "at that step); steps with a single run show the mean without a band. Non-finite losses are "
-    "left out, so n drops where runs have stopped."
-)
-
-#: Failure-trace panels: series name -> (history keys in priority order, panel title, y-axis
-#: label with unit). The dead-neuron series is not a history key; it is averaged from
-#: `layer_metrics` (see `failure_trace_series`).
-TRACE_PANELS: dict[str, tuple[tuple[str, ...], str, str]] = {
-    "loss": (("loss", "train/loss"), "training loss", "cross-entropy (nats)"),
-    "grad_norm": (("grad_norm",), "gradient norm before clipping", "global L2 norm"),
-    "bit_stall_rate": (("quantization/bit_stall_rate", "bit_stall_rate"), "bit-stall rate (cumulative)", "fraction of weight updates"),
-    "dead_neuron_frac_ex_embedding": ((), "dead neurons, embeddings excluded", "fraction of gradient elements"),
+#: Failure-trace panels, one per series of `report_series.TRACE_SERIES`: panel title, y-axis label with unit.
+TRACE_PANELS: dict[str, tuple[str, str]] = {
+    "loss": ("training loss", "cross-entropy (nats)"),
+    "grad_norm": ("gradient norm before clipping", "global L2 norm"),
+    "bit_stall_rate": ("bit-stall rate (cumulative)", "fraction of weight updates"),
+    "dead_neuron_frac_ex_embedding": ("dead neurons, embeddings excluded", "fraction of gradient elements"),
 }
-
-#: The per-layer metric averaged into `dead_neuron_frac_ex_embedding`.
-DEAD_NEURON_METRIC = "dead_neuron_frac"
 
 
 def figure_path(figures_dir: Path, stem: str, *, project: str | None = None, fp8_format: str | None = None) -> Path:
@@ -66,43 +49,6 @@ def figure_path(figures_dir: Path, stem: str, *, project: str | None = None, fp8
     if fp8_format is not None:
         parts.append(checked_format_name(fp8_format))
     return Path(figures_dir) / ("_".join(parts) + ".png")
-
-
-def _t_half_width(std: pl.Expr, n: pl.Expr, confidence: float) -> pl.Expr:
-    """Half width of the Student-t interval; null for fewer than two values."""
-    quantile = n.map_elements(
-        lambda k: float(sps.t.ppf(0.5 + confidence / 2, k - 1)) if k >= 2 else None,
-        return_dtype=pl.Float64,
-    )
-    return quantile * std / n.cast(pl.Float64).sqrt()
-
-
-def loss_curve_summary(
-    histories: pl.LazyFrame | pl.DataFrame,
-    runs: pl.DataFrame,
-    *,
-    confidence: float = CURVE_CONFIDENCE,
-) -> pl.DataFrame:
-    """Per format and step: n_runs, mean, ci_low, ci_high of the training loss over the runs in
-    `runs` (run_id, fp8_format). Runs are aligned on the logged step; non-finite losses are left
-    out (see `CURVE_BAND_METHOD`)."""
-    loss = loss_history(histories).filter(finite(pl.col("value")))
-    summary = (
-        loss.join(runs.lazy().select("run_id", "fp8_format"), on="run_id", how="inner")
-        .group_by("fp8_format", "step")
-        .agg(
-            pl.len().alias("n_runs"),
-            pl.col("value").mean().alias("mean"),
-            pl.col("value").std(ddof=1).alias("std"),
-        )
-        .collect()
-    )
-    half = _t_half_width(pl.col("std"), pl.col("n_runs"), confidence)
-    return (
-        summary.with_columns((pl.col("mean") - half).alias("ci_low"), (pl.col("mean") + half).alias("ci_high"))
-        .select("fp8_format", "step", pl.col("n_runs").cast(pl.Int64), "mean", "ci_low", "ci_high")
-        .sort("fp8_format", "step")
-    )
 
 
 def loss_curves_figure(summary: pl.DataFrame, path: Path, *, title: str) -> Path | None:
@@ -170,36 +116,6 @@ def score_heatmap_figure(
         return save_figure(figure, path)
 
 
-def failure_trace_series(
-    histories: pl.LazyFrame | pl.DataFrame,
-    layer_metrics: pl.LazyFrame | pl.DataFrame,
-    run_ids: list[str],
-) -> pl.DataFrame:
-    """run_id, step, series, value for the `TRACE_PANELS` series of the given runs. The dead-neuron
-    series is the unweighted mean of `dead_neuron_frac` over each step's quantised (2-D weight)
-    parameters outside the embedding layers, as in `failures.dead_neuron_frac_ex_embedding`
-    (embedding gradients are structurally sparse)."""
-    history = histories.lazy().filter(pl.col("run_id").is_in(run_ids))
-    parts = [
-        history_series(history, keys).select("run_id", "step", pl.lit(series).alias("series"), "value")
-        for series, (keys, _, _) in TRACE_PANELS.items()
-        if keys
-    ]
-    dead = (
-        layer_metrics.lazy()
-        .filter(
-            pl.col("run_id").is_in(run_ids)
-            & (pl.col("metric") == DEAD_NEURON_METRIC)
-            & pl.col("quantized").fill_null(False)
-            & (pl.col("layer_type") != "embedding")
-        )
-        .group_by("run_id", "step")
-        .agg(pl.col("value").filter(finite(pl.col("value"))).mean())
-        .select("run_id", "step", pl.lit("dead_neuron_frac_ex_embedding").alias("series"), "value")
-    )
-    return pl.concat([*parts, dead]).cast({"step": pl.Int64, "value": pl.Float64}).sort("series", "run_id", "step").collect()
-
-
 def failure_trace_figure(
     trace: pl.DataFrame,
     failed_runs: pl.DataFrame,
@@ -223,7 +139,7 @@ def failure_trace_figure(
     reference_formats = ordered_formats(reference_runs["fp8_format"].unique())
     with report_style():
         figure, axes = new_figure(2, 2)
-        for panel, (series, (_, title, unit)) in zip(axes.flat, TRACE_PANELS.items(), strict=True):
+        for panel, (series, (title, unit)) in zip(axes.flat, TRACE_PANELS.items(), strict=True):
             values = trace.filter((pl.col("series") == series) & (pl.col("step") <= last_step))
             for index, run_id in enumerate(failed_ids):
                 run = values.filter(pl.col("run_id") == run_id)
@@ -272,7 +188,7 @@ def paired_seed_figure(per_run: pl.DataFrame, path: Path, *, metric_label: str, 
             colour = format_colour(fp8_format)
             runs = values.filter(pl.col("fp8_format") == fp8_format)
             n_pairs = 0
-            for (seed,), seed_runs in runs.group_by("seed", maintain_order=True):
+            for _seed, seed_runs in runs.group_by("seed", maintain_order=True):
                 by_optimizer = {o: seed_runs.filter(pl.col("optimizer") == o)["value"].mean() for o in optimizers}
                 xs = [i for i, o in enumerate(optimizers) if by_optimizer[o] is not None]
                 panel.plot(xs, [by_optimizer[optimizers[i]] for i in xs], color=colour, marker="o", alpha=0.8)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -21,12 +20,11 @@ matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first)
 
-#: The baseline every FP8 format is compared with.
-BASELINE_FORMAT = "BF16"
+from altgrad_pipeline.study import BASELINE_FORMAT, SAFE_FORMAT_NAME, is_safe_format_name  # noqa: E402
 
 #: Fixed colours (Okabe-Ito, readable for colour-blind readers); the baseline is black.
 FORMAT_COLOURS: dict[str, str] = {
-    "BF16": "#000000",
+    BASELINE_FORMAT: "#000000",
     "E5M2": "#0072B2",
     "E3M4": "#E69F00",
     "E1M6": "#009E73",
@@ -37,9 +35,6 @@ FORMAT_COLOURS: dict[str, str] = {
 #: Colours for formats not listed above (E2M5, E4M3, ...), picked by a hash of the name so a
 #: format keeps its colour across figures, runs and processes.
 FALLBACK_COLOURS: tuple[str, ...] = ("#56B4E9", "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD", "#F0E442")
-
-#: Format names are used in figure file names, so they must be this plain.
-FORMAT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 #: Rendering resolution of saved PNGs: sharp enough on a laptop screen, small enough to embed.
 FIGURE_DPI = 110
@@ -88,8 +83,8 @@ def ordered_formats(formats: Iterable[str | None]) -> list[str]:
 def checked_format_name(fp8_format: str) -> str:
     """A format name that is safe inside a file name; anything else is refused, not cleaned, because
     a format name that needs cleaning means the upstream parsing went wrong."""
-    if not FORMAT_NAME.fullmatch(fp8_format or ""):
-        raise ValueError(f"format name {fp8_format!r} does not match {FORMAT_NAME.pattern}")
+    if not is_safe_format_name(fp8_format):
+        raise ValueError(f"format name {fp8_format!r} does not match {SAFE_FORMAT_NAME.pattern}")
     return fp8_format
 
 

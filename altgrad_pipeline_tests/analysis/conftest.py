@@ -7,7 +7,7 @@ import pytest
 
 from altgrad_pipeline.analysis.layers import layer_metrics
 from altgrad_pipeline.analysis.outcomes import run_outcomes
-from altgrad_pipeline.media.summaries import run_summaries
+from altgrad_pipeline.analysis.summaries import run_summaries
 from altgrad_pipeline_tests.analysis.synthetic import RunSpec, study
 
 

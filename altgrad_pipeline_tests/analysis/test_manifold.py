@@ -9,7 +9,7 @@ from scipy import stats as sps
 
 from altgrad_pipeline.analysis.manifold import MANIFOLD_SCHEMA, formats_missing_an_arm, manifold_stats, per_run_metrics
 from altgrad_pipeline.analysis.outcomes import run_outcomes
-from altgrad_pipeline.media.summaries import run_summaries
+from altgrad_pipeline.analysis.summaries import run_summaries
 
 STEPS = 40
 N_RESAMPLES = 999
@@ -210,7 +210,7 @@ def test_failure_step_and_rate_per_arm():
 def test_formats_lacking_an_arm_are_listed_and_the_check_warns():
     import dagster as dg
 
-    from altgrad_pipeline.analysis.checks import every_format_has_both_optimizers
+    from altgrad_pipeline.defs.checks import every_format_has_both_optimizers
 
     raw, *_ = _arm_study(0.0, range(2), range(2))
     lone = raw.head(1).with_columns(pl.lit("E1M6").alias("fp8_format"), pl.lit("AdamW").alias("optimizer"), pl.lit("e1m6").alias("run_id"))

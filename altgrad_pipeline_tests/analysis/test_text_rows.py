@@ -7,11 +7,11 @@ import polars as pl
 from polars.testing import assert_frame_equal
 
 from altgrad_pipeline.analysis.consistency import every_run_has_loss, steps_unique_and_increasing
+from altgrad_pipeline.analysis.curves import curve_series
 from altgrad_pipeline.analysis.failures import failure_modes
 from altgrad_pipeline.analysis.layers import layer_metrics
 from altgrad_pipeline.analysis.outcomes import run_outcomes
-from altgrad_pipeline.dynamics.curves import curve_series
-from altgrad_pipeline.media.summaries import run_summaries
+from altgrad_pipeline.analysis.summaries import run_summaries
 
 
 def with_strings(histories: pl.DataFrame) -> pl.DataFrame:

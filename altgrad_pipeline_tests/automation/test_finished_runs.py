@@ -7,16 +7,12 @@ last tick (through the real client and the loopback server)."""
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
-
 import json
 
-import polars as pl
 import pytest
 
-from altgrad_pipeline.automation.finished_runs import REMOTE_CLOCK_MARGIN_S, WatchCursor, watch_tick
 from altgrad_pipeline.ingest.catalog import RunCatalog
+from altgrad_pipeline.ingest.finished_runs import REMOTE_CLOCK_MARGIN_S, WatchCursor, watch_tick
 from altgrad_pipeline.ingest.jsonl import JsonlSource
 from altgrad_pipeline.ingest.wandb_api import WandbApiSource
 from altgrad_pipeline_tests.wandb_server import FakeRun, fake_wandb

@@ -12,11 +12,11 @@ import polars as pl
 import pytest
 
 import altgrad_pipeline.ingest.catalog as catalog_module
-from altgrad_pipeline.automation.finished_runs import WatchCursor
-from altgrad_pipeline.automation.runs_sensor import finished_runs_sensor
 from altgrad_pipeline.definitions import build_defs
-from altgrad_pipeline.ingest.assets import STORE_DIGEST_TAG
-from altgrad_pipeline.partitions import fp8_format_partitions
+from altgrad_pipeline.defs.ingest import STORE_DIGEST_TAG
+from altgrad_pipeline.defs.partitions import fp8_format_partitions
+from altgrad_pipeline.defs.sensors import finished_runs_sensor
+from altgrad_pipeline.ingest.finished_runs import WatchCursor
 from altgrad_pipeline_tests.automation.conftest import copy_run, wandb_file
 from altgrad_pipeline_tests.conftest import write_punctuated_id_runs
 
@@ -143,7 +143,7 @@ def test_a_requested_partition_materializes(defs, instance, store, tmp_path, tem
 
 
 def test_schedule_refreshes_only_stale_formats(defs, instance, store, template_runs):
-    from altgrad_pipeline.automation.schedules import stale_formats_schedule
+    from altgrad_pipeline.defs.schedules import stale_formats_schedule
 
     copy_run(template_runs["E3M4"], store, "sched001")
     context = dg.build_schedule_context(

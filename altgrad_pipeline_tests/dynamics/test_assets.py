@@ -9,11 +9,13 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from altgrad_pipeline.dynamics import assets
+from altgrad_pipeline.defs import analysis as analysis_defs
+from altgrad_pipeline.defs import reports as report_defs
+from altgrad_pipeline.defs.io_manager import PolarsParquetIOManager
+from altgrad_pipeline.defs.resources import ReportFiles
 from altgrad_pipeline.examples import example_spec
-from altgrad_pipeline.io_manager import PolarsParquetIOManager
-from altgrad_pipeline.reports.dynamics_documents import write_sweep_summary_report, write_training_dynamics_report
-from altgrad_pipeline.resources import ReportFiles
+from altgrad_pipeline.reports.sweep_summary import write_sweep_summary_report
+from altgrad_pipeline.reports.training_dynamics import write_training_dynamics_report
 from altgrad_pipeline_tests.dynamics.synthetic import example_frames
 
 
@@ -38,7 +40,7 @@ def test_materialize_dynamics_assets_and_reports(tmp_path: Path) -> None:
     # and an ephemeral instance of its own could already be garbage-collected by then.
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [raw_runs, run_histories, assets.training_dynamics, assets.sweep_summary, assets.training_dynamics_report, assets.sweep_summary_report],
+            [raw_runs, run_histories, analysis_defs.training_dynamics, analysis_defs.sweep_summary, report_defs.training_dynamics_report, report_defs.sweep_summary_report],
             resources={"report_files": ReportFiles(data_dir=str(tmp_path)), "io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))},
             instance=instance,
         )

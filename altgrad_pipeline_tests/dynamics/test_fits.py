@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from altgrad_pipeline.dynamics import curves, fits
-from altgrad_pipeline.dynamics.training import training_dynamics
+from altgrad_pipeline.analysis import curves, fits
+from altgrad_pipeline.analysis.training import training_dynamics
 from altgrad_pipeline_tests.dynamics.synthetic import curve_history, runs_frame
 
 N_POINTS = 300

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from scipy import stats as sps
 
-from altgrad_pipeline.dynamics import sweeps
+from altgrad_pipeline.analysis import sweeps
 from altgrad_pipeline.examples import default_study
 from altgrad_pipeline.ingest.tables import raw_runs_frame
 from altgrad_pipeline.ingest.wandb_local import LocalWandbSource

@@ -402,7 +402,7 @@ def test_quiet_and_ended_logs_are_dropped_while_a_growing_log_resumes(
 ) -> None:
     growing = write_lines(tmp_path / "growing.jsonl", [{"step": 0, "loss": 1.0}])
     quiet = write_lines(tmp_path / "quiet.jsonl", [{"step": 0, "loss": 1.0}])
-    ended = write_lines(
+    write_lines(  # ended
         tmp_path / "ended.jsonl", [{"data_name": "train", "agg_stats": {"loss": 1.0}}, {"type": "str", "value": "Training time 1s"}]
     )
     an_hour_ago = quiet.stat().st_mtime - 3600

@@ -105,7 +105,7 @@ def read_with(path: Path | bytes, *, fast: bool, threshold: int | None = None, f
             return wandb_log.read_wandb_log(path)
         reader = WandbLogReader("memory")
         cuts = sorted({0, len(path), *(len(path) * i // feeds for i in range(1, feeds))})
-        for lo, hi in zip(cuts, cuts[1:]):
+        for _lo, hi in zip(cuts, cuts[1:]):
             reader.feed(path[reader.offset : hi], file_age_s=1e6)
         return reader.result()
 

@@ -11,9 +11,11 @@ import polars as pl
 import pytest
 
 from altgrad_pipeline.definitions import build_resources
-from altgrad_pipeline.ingest import assets as ingest_assets
-from altgrad_pipeline.media import assets as media_assets
-from altgrad_pipeline.reports import media_documents
+from altgrad_pipeline.defs import analysis as analysis_defs
+from altgrad_pipeline.defs import ingest as ingest_defs
+from altgrad_pipeline.defs import media as media_defs
+from altgrad_pipeline.defs import reports as report_defs
+from altgrad_pipeline.reports import media as media_report_doc
 from altgrad_pipeline_tests.media.sdk_runs import write_media_run
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "media"
@@ -29,7 +31,7 @@ def built(tmp_path_factory: pytest.TempPathFactory):
     gone = next((logged[1].folder / "files/media/table").glob("samples_*.table.json"))
     gone.unlink()
     defs = dg.Definitions(
-        assets=[ingest_assets.ingest_format, media_assets.media_format, media_assets.run_summaries, media_assets.media_report],
+        assets=[ingest_defs.ingest_format, media_defs.media_format, analysis_defs.run_summaries, report_defs.media_report],
         resources=build_resources(runs=str(store), data_dir=str(data)),
     )
     instance = dg.DagsterInstance.ephemeral()
@@ -89,10 +91,10 @@ def test_media_report_figures_load_in_the_browser(built) -> None:
 
 
 def test_empty_inputs_say_so(tmp_path: Path) -> None:
-    from altgrad_pipeline.media import tables, values
+    from altgrad_pipeline.ingest.media import tables, values
     from altgrad_pipeline.ingest.model import empty_history
 
-    result = media_documents.write_media_report(
+    result = media_report_doc.write_media_report(
         pl.DataFrame(schema=values.RUN_MEDIA_SCHEMA), pl.DataFrame(schema=tables.MEDIA_TABLES_SCHEMA),
         pl.DataFrame(schema=values.HISTOGRAMS_SCHEMA), empty_history(), pl.DataFrame(), tmp_path,
     )  # fmt: skip

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from altgrad_pipeline.media.summaries import Threshold, final_count, run_summaries
+from altgrad_pipeline.analysis.summaries import Threshold, final_count, run_summaries
 
 
 def history() -> pl.DataFrame:

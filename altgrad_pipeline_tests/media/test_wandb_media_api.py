@@ -13,14 +13,14 @@ import polars as pl
 import pytest
 
 from altgrad_pipeline.definitions import build_resources
-from altgrad_pipeline.ingest import assets as ingest_assets
+from altgrad_pipeline.defs import ingest as ingest_defs
+from altgrad_pipeline.defs import media as media_defs
+from altgrad_pipeline.ingest import wandb_media_api
 from altgrad_pipeline.ingest.catalog import RunCatalog
+from altgrad_pipeline.ingest.media import store, tables, values
 from altgrad_pipeline.ingest.wandb_api import WandbApiSource
 from altgrad_pipeline.ingest.wandb_local import read_run_media
-from altgrad_pipeline.ingest import wandb_media_api
 from altgrad_pipeline.ingest.wandb_media_api import entry_name
-from altgrad_pipeline.media import assets as media_assets
-from altgrad_pipeline.media import store, tables, values
 from altgrad_pipeline_tests.conftest import offline_wandb_env
 from altgrad_pipeline_tests.media.sdk_runs import LoggedRun, write_media_run
 from altgrad_pipeline_tests.media.test_media_values import JSON_TEXT_COLUMNS, decoded_run, same_cell
@@ -161,7 +161,7 @@ def test_media_assets_of_a_wandb_store(sdk_run: LoggedRun, monkeypatch: pytest.M
     lost = next(iter(run.artifacts[-1].files))  # step 2's `samples`, referenced by artifact id
     run.artifacts[-1].missing.add(lost)
     defs = dg.Definitions(
-        assets=[ingest_assets.ingest_format, media_assets.media_format],
+        assets=[ingest_defs.ingest_format, media_defs.media_format],
         resources=build_resources(runs="wandb://altgrad/fp8", data_dir=str(tmp_path / "data")),
     )
     instance = dg.DagsterInstance.ephemeral()

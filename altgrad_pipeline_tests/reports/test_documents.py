@@ -18,19 +18,17 @@ from altgrad_pipeline.analysis.layers import layer_metrics
 from altgrad_pipeline.analysis.manifold import manifold_stats, per_run_metrics
 from altgrad_pipeline.analysis.outcomes import run_outcomes
 from altgrad_pipeline.analysis.rankings import format_rankings
+from altgrad_pipeline.analysis.summaries import run_summaries
 from altgrad_pipeline.markdown import format_cell
-from altgrad_pipeline.media.summaries import run_summaries
-from altgrad_pipeline.reports.documents import (
+from altgrad_pipeline.reports.failure_modes import write_failure_modes_report
+from altgrad_pipeline.reports.format_comparison import (
     LAYER_RANKING_COLUMNS,
-    MANIFOLD_COLUMNS,
     OVERALL_RANKING_COLUMNS,
-    ReportEntry,
-    run_link,
-    write_failure_modes_report,
     write_format_comparison_report,
-    write_index,
-    write_manifold_comparison_report,
 )
+from altgrad_pipeline.reports.index import write_index
+from altgrad_pipeline.reports.manifold_comparison import MANIFOLD_COLUMNS, write_manifold_comparison_report
+from altgrad_pipeline.reports.page import ReportEntry, run_link
 
 # ##### SYNTHETIC STUDY
 
@@ -246,7 +244,7 @@ def test_evil_run_name_is_escaped_everywhere(study: dict, reports: dict) -> None
     markdown = reports["failure_modes"].path.read_text()
     assert markdown.count(EVIL_ESCAPED) == 2  # failed-runs table and trend table
     assert markdown.count("script") == 2
-    assert f'>| &lt;script&gt; ** [x](y)</a>' in reports["failure_modes"].html_path.read_text()
+    assert '>| &lt;script&gt; ** [x](y)</a>' in reports["failure_modes"].html_path.read_text()
     for result in reports.values():
         html = result.html_path.read_text()
         assert "<script" not in html.lower()

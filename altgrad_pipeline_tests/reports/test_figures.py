@@ -13,18 +13,17 @@ from matplotlib.colors import to_hex
 from scipy import stats as sps
 
 import altgrad_pipeline.reports.figures as figures_module
+from altgrad_pipeline.analysis.report_series import failure_trace_series, loss_curve_summary
 from altgrad_pipeline.reports.figures import (
     failure_trace_figure,
-    failure_trace_series,
     figure_path,
-    loss_curve_summary,
     loss_curves_figure,
     paired_seed_figure,
     score_heatmap_figure,
 )
 from altgrad_pipeline.reports.style import (
-    FORMAT_COLOURS,
     FIGURE_DPI,
+    FORMAT_COLOURS,
     checked_format_name,
     format_colour,
     new_figure,
@@ -57,7 +56,8 @@ def test_backend_is_agg_and_colours_are_fixed() -> None:
 
 def test_format_names_are_guarded_in_file_names(tmp_path: Path) -> None:
     assert checked_format_name("E5M2") == "E5M2"
-    for bad in ("../E5M2", "E5M2.png", "E5 M2", ""):
+    assert checked_format_name("E4M3-FNUZ") == "E4M3-FNUZ"  # the sensor's partition keys are the reports' names
+    for bad in ("../E5M2", "E5M2/x", ".E5M2", "E5 M2", "E5M2\n", ""):
         with pytest.raises(ValueError):
             checked_format_name(bad)
     path = figure_path(tmp_path, "failure_trace", project="team/<alt grad>", fp8_format="E7M0")

@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from altgrad_pipeline import execution
+from altgrad_pipeline.defs import executor
 from altgrad_pipeline.examples import ExampleRunSpec, write_run
 from altgrad_pipeline.refresh import refresh
 from altgrad_pipeline_tests.scale import servers
@@ -164,7 +164,7 @@ def _create_pool_at_once(env: dict[str, str], pool: str, start: multiprocessing.
     with dg.DagsterInstance.get() as instance:
         start.wait()
         try:
-            execution.create_pools(instance, [pool])
+            executor.create_pools(instance, [pool])
         except Exception as exc:  # reported to the test, which names it
             return f"{type(exc).__name__}: {exc}"
     return "ok"

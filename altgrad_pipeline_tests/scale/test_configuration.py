@@ -17,9 +17,10 @@ from polars.testing import assert_frame_equal
 
 from altgrad_pipeline import execution, settings
 from altgrad_pipeline.cli import worker_command
+from altgrad_pipeline.defs import executor
+from altgrad_pipeline.defs.resources import ReportFiles, RunStores
 from altgrad_pipeline.ingest.catalog import PARALLEL_MIN_RUNS, RunCatalog
 from altgrad_pipeline.ingest.model import ParsedRun, RunLocator
-from altgrad_pipeline.resources import ReportFiles, RunStores
 
 AWS = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_REGION": "eu-west-1"}
 
@@ -59,10 +60,10 @@ def test_s3_options_come_from_the_standard_variables(monkeypatch):
 def test_the_executor_is_chosen_by_altgrad_executor(monkeypatch):
     monkeypatch.delenv(settings.EXECUTOR_ENV, raising=False)
     assert settings.executor_choice() == settings.ExecutorChoice("in_process", settings.DEFAULT_CELERY_URL, settings.DEFAULT_CELERY_URL)
-    assert execution.executor_from_env() is dg.in_process_executor
+    assert executor.executor_from_env() is dg.in_process_executor
     monkeypatch.setenv(settings.EXECUTOR_ENV, "multiprocess")
-    assert execution.executor_from_env().name == "multiprocess"
-    assert execution.MULTIPROCESS_CONFIG == {"start_method": {"forkserver": {"preload_modules": ["altgrad_pipeline.definitions"]}}}
+    assert executor.executor_from_env().name == "multiprocess"
+    assert executor.MULTIPROCESS_CONFIG == {"start_method": {"forkserver": {"preload_modules": ["altgrad_pipeline.definitions"]}}}
     monkeypatch.setenv(settings.EXECUTOR_ENV, "dask")
     with pytest.raises(ValueError, match="in_process, multiprocess, celery"):
         settings.executor_choice()
@@ -83,7 +84,7 @@ def test_the_worker_command_carries_the_configuration_and_the_interpreter_path(t
     assert Path(command[0]).name == "dagster-celery" and command[1:3] == ["worker", "start"]
     assert command[command.index("-A") + 1] == "dagster_celery.app"
     assert command[command.index("-i") + 1] == "altgrad_pipeline.definitions"
-    assert command[-2:] == ["--", "--concurrency=3"] and ["-n", "gpu-box"] == command[command.index("-n") : command.index("-n") + 2]
+    assert command[-2:] == ["--", "--concurrency=3"] and command[command.index("-n") : command.index("-n") + 2] == ["-n", "gpu-box"]
     assert env["PATH"].split(os.pathsep)[0] == str(Path(command[0]).parent)
     assert env[settings.EXECUTOR_ENV] == "celery" and env["DAGSTER_HOME"] == str(tmp_path / "home")
     config = yaml.safe_load(Path(command[command.index("-y") + 1]).read_text())
@@ -159,11 +160,11 @@ def test_a_parallel_sync_stores_what_a_serial_one_does(tmp_path):
 
 def test_pools_get_their_default_limit_before_runs_start_and_only_once():
     with dg.instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 2}}}) as instance:
-        execution.create_pools(instance, [settings.WANDB_API_POOL])
+        executor.create_pools(instance, [settings.WANDB_API_POOL])
         assert instance.event_log_storage.get_concurrency_info(settings.WANDB_API_POOL).slot_count == 2
         instance.event_log_storage.set_concurrency_slots(settings.WANDB_API_POOL, 5)  # set apart by a user
-        execution.create_pools(instance, [settings.WANDB_API_POOL])
+        executor.create_pools(instance, [settings.WANDB_API_POOL])
         assert instance.event_log_storage.get_concurrency_info(settings.WANDB_API_POOL).slot_count == 5
     with dg.instance_for_test() as instance:  # no default limit: pools stay unlimited, no row
-        execution.create_pools(instance, [settings.WANDB_API_POOL])
+        executor.create_pools(instance, [settings.WANDB_API_POOL])
         assert settings.WANDB_API_POOL not in instance.event_log_storage.get_concurrency_keys()

@@ -1,0 +1,133 @@
+"""Ingest assets: `raw_runs` and `run_histories` per FP8 format partition, and `ingest_issues`.
+
+Thin wiring: the catalog (pure Python + Polars) does the reading and caching; these functions pick
+the partition's runs and describe the result for the UI.
+"""
+
+
+import datetime as dt
+
+import dagster as dg
+import polars as pl
+
+from altgrad_pipeline.defs.partitions import fp8_format_partitions
+from altgrad_pipeline.defs.resources import RunStores
+from altgrad_pipeline.defs.ui import counts, preview, table_schema
+from altgrad_pipeline.ingest.catalog import CACHE_VERSION, RunCatalog
+from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ISSUE_SCHEMA
+from altgrad_pipeline.ingest.sources import no_runs_message
+from altgrad_pipeline.ingest.tables import RAW_RUNS_DESCRIPTIONS, RAW_RUNS_SCHEMA
+from altgrad_pipeline.partition_tables import recipe
+from altgrad_pipeline.settings import WANDB_API_POOL
+
+INGEST_GROUP = "ingest"
+#: Histories are the catalog's cached ones: a new catalog format means rebuilding the partitions.
+HISTORY_RECIPE = recipe(catalog_cache=CACHE_VERSION)
+#: Metadata key on raw_runs: what the partition was built from (the refresh and sensor compare it).
+CATALOG_FINGERPRINT = "catalog_fingerprint"
+#: Run tag set by the sensor: the store digest its tick synced, so the run need not digest again.
+STORE_DIGEST_TAG = "altgrad/store_digest"
+
+HISTORY_DESCRIPTIONS = {
+    "run_id": "Run the value belongs to",
+    "step": "Step as logged (_step; falls back to the history record's step)",
+    "key": "Metric name exactly as logged; '/' is part of the name",
+    "value": "Value as logged; NaN and ±inf kept (they are the evidence of failure); null for a string",
+    "text": "A string value exactly as logged (even one that reads as a number, such as \"7998.707\"); null for a number",
+    "runtime": "Seconds since the run started (_runtime) when the row was logged",
+    "timestamp": "Unix time (_timestamp) when the row was logged",
+}
+ISSUE_DESCRIPTIONS = {
+    "kind": "What went wrong (crc_mismatch, truncated_tail, malformed_line, duplicate_step, …)",
+    "position": "Where in the file: byte offset, block, line or step",
+    "lost": "What data could not be used because of it",
+}
+
+
+@dg.multi_asset(
+    outs={
+        "raw_runs": dg.AssetOut(
+            description="One row per run of this FP8 format: identity, tracker state, derived format and "
+            "optimizer, config (JSON and flattened `config.*` columns), summary, step extent.",
+            group_name=INGEST_GROUP,
+            metadata={"dagster/column_schema": table_schema(RAW_RUNS_SCHEMA, RAW_RUNS_DESCRIPTIONS)},
+            kinds={"polars", "parquet"},
+        ),
+        "run_histories": dg.AssetOut(
+            description="Every logged history value of this format's runs, full resolution, long form: "
+            "one row per (run_id, step, key). Use `pivot_history` to widen chosen keys.",
+            group_name=INGEST_GROUP,
+            metadata={"dagster/column_schema": table_schema(HISTORY_SCHEMA, HISTORY_DESCRIPTIONS)},
+            kinds={"polars", "parquet"},
+        ),
+    },
+    partitions_def=fp8_format_partitions,
+    pool=WANDB_API_POOL,
+)
+def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
+    """Sync the run catalog (re-reading only changed runs) and emit this format's runs."""
+    fmt = context.partition_key
+    catalog = run_stores.catalog()
+    result = catalog.sync(progress=context.log.info, seen_digest=context.run.tags.get(STORE_DIGEST_TAG))
+    entries = result.for_format(fmt)
+    runs = catalog.raw_runs(entries, now=dt.datetime.now(dt.UTC), grace_s=run_stores.crash_grace_seconds)
+    # Each cached history is sorted by (step, key): in run_id order a partition needs no sort, and
+    # only changed runs are read from the catalog; the others' rows come from the last build.
+    by_run = {e.run_id: e for e in entries}
+    built = run_stores.rebuild_partition(
+        "run_histories",
+        fmt,
+        {e.run_id: e.version for e in entries},
+        HISTORY_RECIPE,
+        lambda run_ids: catalog.histories([by_run[run] for run in run_ids]).collect(),
+    )
+    histories = built.table.frame
+    context.log.info(f"{fmt}: {runs.height} runs, {histories.height} values; re-read {len(result.reread)} changed runs")
+    yield dg.Output(
+        runs,
+        output_name="raw_runs",
+        metadata={
+            "dagster/row_count": runs.height,
+            "runs_by_state": counts(runs, "state"),
+            "runs_by_optimizer": counts(runs, "optimizer"),
+            "runs_reread": len(result.reread),
+            CATALOG_FINGERPRINT: catalog.partition_fingerprint(entries, runs),
+            "preview": preview(runs, ["run_id", "name", "state", "optimizer", "seed", "last_step", "n_values", "source"]),
+        },
+    )
+    yield dg.Output(
+        built.table,
+        output_name="run_histories",
+        metadata={
+            "dagster/row_count": histories.height,
+            "n_runs": runs.height,
+            "runs_rebuilt": len(built.computed),
+            "n_keys": histories.get_column("key").n_unique() if histories.height else 0,
+            "n_nonfinite": int(histories.filter(~pl.col("value").is_finite()).height),
+            "preview": preview(histories, rows=8),
+        },
+    )
+
+
+@dg.asset(
+    group_name=INGEST_GROUP,
+    description="Every file, chunk, line or record that could not be used, with location, reason and "
+    "what was lost. Nothing is dropped silently. With no runs at all, `no_runs` says where was looked and for what.",
+    metadata={"dagster/column_schema": table_schema(ISSUE_SCHEMA, ISSUE_DESCRIPTIONS)},
+    kinds={"polars", "parquet"},
+)
+def ingest_issues(context: dg.AssetExecutionContext, run_stores: RunStores) -> dg.MaterializeResult:
+    catalog = run_stores.catalog()
+    result = catalog.sync(progress=context.log.info)
+    issues = RunCatalog.issues(result).sort("location", "position")
+    no_runs = {} if result.entries else {"no_runs": dg.MetadataValue.md(no_runs_message([e.label for e in run_stores.store_entries()]))}
+    return dg.MaterializeResult(
+        value=issues,
+        metadata={
+            "dagster/row_count": issues.height,
+            "n_runs": len(result.entries),
+            **no_runs,
+            "issues_by_kind": counts(issues, "kind"),
+            "preview": preview(issues, ["kind", "location", "position", "reason", "lost"]),
+        },
+    )

@@ -1,0 +1,189 @@
+"""The report page kit every report module builds on: Markdown building blocks (tables, run
+links, images, headers, per-project sections), the Markdown-to-HTML copy, and `write_report`.
+
+Each report module (`format_comparison`, `failure_modes`, `manifold_comparison`,
+`training_dynamics`, `sweep_summary`, `media`, `index`) has a `write_*` function that takes the
+analysis frames and a reports directory, writes `<reports_dir>/<name>.md`, `<reports_dir>/<name>.html`
+and its figures under `<reports_dir>/figures/`, and returns a `ReportResult` (paths for the Dagster
+UI). Every number in the text and tables is taken from the input frames and printed with
+`format_cell`; every run name, tag, project and failure-report string is escaped; file names come
+from fixed stems, format names and `safe_filename`, never from run names. An empty input gives a
+sentence saying that there are no runs of that kind yet, never a stand-in text.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+from markdown_it import MarkdownIt
+
+from altgrad_pipeline.escaping import escape_html, escape_markdown
+from altgrad_pipeline.markdown import format_cell, markdown_table
+from altgrad_pipeline.reports.style import ordered_formats
+
+FIGURES_DIR = "figures"
+
+HTML_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.5; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+img { max-width: 100%; height: auto; }
+code { background: #f3f3f3; padding: 0 0.2rem; }
+"""
+
+
+@dataclass(frozen=True)
+class ReportEntry:
+    """One line of the index: a report's title, its Markdown file and what it answers."""
+
+    title: str
+    path: Path
+    description: str
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What a report function wrote: the Markdown and HTML files and the figures (the main one
+    is the figure to show in the Dagster UI; None when the report has no figure)."""
+
+    entry: ReportEntry
+    html_path: Path
+    figure_paths: tuple[Path, ...] = field(default_factory=tuple)
+    main_figure: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.entry.path
+
+
+# ---------------------------------------------------------------- Markdown building blocks
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table whose cells are already Markdown (escaped text, links); headers escaped."""
+    lines = ["| " + " | ".join(escape_markdown(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def link_target(target: str) -> str:
+    """A link destination with every character Markdown could read as syntax percent-encoded."""
+    return urllib.parse.quote(target, safe=":/?#&=%@+,;~!$*'")
+
+
+def run_link(run: dict, report_dir: Path) -> str:
+    """Markdown for a run: its escaped name linked to its W&B page (API runs), or to its local
+    directory (relative from the report when both sit under a common root below the filesystem
+    root), else the escaped name with the absolute path as text."""
+    text = escape_markdown(run.get("name") or run.get("run_id"))
+    url = run.get("url")
+    if url and urllib.parse.urlparse(url).scheme in ("http", "https"):
+        return f"[{text}]({link_target(url)})"
+    location = run.get("location")
+    if not location:
+        return text
+    path = Path(location)
+    report_dir = Path(report_dir).resolve()
+    if path.is_absolute() and os.path.commonpath([path, report_dir]) != path.anchor:
+        return f"[{text}]({link_target(Path(os.path.relpath(path, report_dir)).as_posix())})"
+    return f"{text} ({escape_markdown(location)})"
+
+
+def run_lookup(raw_runs: pl.DataFrame) -> dict[str, dict]:
+    columns = [c for c in ("run_id", "name", "url", "location") if c in raw_runs.columns]
+    return {row["run_id"]: row for row in raw_runs.select(columns).iter_rows(named=True)}
+
+
+def image(figure: Path, reports_dir: Path, alt: str) -> str:
+    return f"![{escape_markdown(alt)}]({link_target(figure.relative_to(reports_dir).as_posix())})"
+
+
+def projects(frame: pl.DataFrame) -> list[str | None]:
+    """The projects in a frame, sorted (a frame without a project column is one study)."""
+    if "project" not in frame.columns:
+        return [None]
+    return sorted(frame["project"].unique().to_list(), key=lambda p: (p is None, p or ""))
+
+
+def in_project(frame: pl.DataFrame, project: str | None) -> pl.DataFrame:
+    if "project" not in frame.columns:
+        return frame
+    return frame.filter(pl.col("project").is_null() if project is None else pl.col("project") == project)
+
+
+def project_heading(project: str | None) -> str:
+    return f"## Project {escape_markdown(project)}" if project is not None else "## All runs"
+
+
+def format_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows in the report order of formats (baseline first, then study order)."""
+    order = ordered_formats(frame["fp8_format"].unique())
+    return frame.with_columns(pl.col("fp8_format").replace_strict(order, list(range(len(order))), return_dtype=pl.Int64).alias("_order")).sort(
+        "_order", maintain_order=True
+    ).drop("_order")
+
+
+def data_summary(raw_runs: pl.DataFrame) -> str:
+    """How many runs the reports were built from, by format and state, and the newest update."""
+    if raw_runs.is_empty():
+        return "No runs have been ingested yet."
+    counts = (
+        raw_runs.group_by("fp8_format", "state")
+        .len("n_runs")
+        .pivot(on="state", index="fp8_format", values="n_runs", sort_columns=True)
+        .fill_null(0)
+    )
+    states = [c for c in counts.columns if c != "fp8_format"]
+    counts = format_order(counts.with_columns(pl.sum_horizontal(states).alias("total")))
+    newest = raw_runs["updated_at"].max() if "updated_at" in raw_runs.columns else None
+    newest_text = f"newest run update {format_cell(newest)} UTC" if newest is not None else "no run reports an update time"
+    return f"Built from {format_cell(raw_runs.height)} runs ({newest_text}). Runs per format and tracker state:\n\n{markdown_table(counts)}"
+
+
+# ---------------------------------------------------------------- HTML
+
+
+def markdown_to_html(markdown: str, *, title: str, base_dir: Path) -> str:
+    """A self-contained HTML page from report Markdown: raw HTML in the Markdown is not
+    interpreted (html=False, so escaped names stay text), images under `base_dir` are embedded as
+    base64 PNG data URIs, and links to sibling `.md` reports point at their `.html` copies."""
+    renderer = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = renderer.parse(markdown)
+    for token in tokens:
+        for child in token.children or []:
+            if child.type == "image":
+                source = base_dir / urllib.parse.unquote(str(child.attrGet("src")))
+                child.attrSet("src", "data:image/png;base64," + base64.b64encode(source.read_bytes()).decode("ascii"))
+            elif child.type == "link_open":
+                href = str(child.attrGet("href"))
+                if not urllib.parse.urlparse(href).scheme and href.endswith(".md"):
+                    child.attrSet("href", href[: -len(".md")] + ".html")
+    body = renderer.renderer.render(tokens, renderer.options, {})
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{escape_html(title)}</title>\n<style>{HTML_STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"
+    )
+
+
+def write_report(reports_dir: Path, name: str, title: str, description: str, markdown: str, figures: Sequence[Path], main: Path | None) -> ReportResult:
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    path = reports_dir / f"{name}.md"
+    path.write_text(markdown, encoding="utf-8")
+    html_path = reports_dir / f"{name}.html"
+    html_path.write_text(markdown_to_html(markdown, title=title, base_dir=reports_dir), encoding="utf-8")
+    return ReportResult(ReportEntry(title, path, description), html_path, tuple(figures), main)
+
+
+def header(title: str, question: str, built_at: dt.datetime | None) -> list[str]:
+    built = built_at or dt.datetime.now(dt.UTC)
+    if built.tzinfo is not None:
+        built = built.astimezone(dt.UTC).replace(tzinfo=None)
+    return [f"# {title}", "", question, "", f"Built {format_cell(built)} UTC.", ""]
