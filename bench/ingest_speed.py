@@ -22,6 +22,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 GOAL_VALUES_PER_S_PER_CORE = 2_000_000
@@ -32,8 +33,9 @@ def row_of(run: int, step: int, keys: int) -> dict[str, float]:
     return {f"layer{k:04d}/grad_norm": rnd.random() for k in range(keys)}
 
 
-def write_wandb_store(root: Path, runs: int, steps: int, keys: int) -> None:
-    """One offline SDK run per index; a `.done-<i>` marker makes an interrupted write resumable."""
+def write_wandb_store(root: Path, runs: int, steps: int, keys: int, row: Callable[[int, int, int], dict] = row_of) -> None:
+    """One offline SDK run per index, logging `row(run, step, keys)`; a `.done-<i>` marker makes
+    an interrupted write resumable."""
     os.environ.update(
         {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off", "WANDB_DISABLE_GIT": "true",
          "WANDB_CONFIG_DIR": str(root / ".wandb-config"), "WANDB_CACHE_DIR": str(root / ".wandb-cache")}
@@ -48,7 +50,7 @@ def write_wandb_store(root: Path, runs: int, steps: int, keys: int) -> None:
         run = wandb.init(mode="offline", dir=root, project="ingest-bench", id=f"bench{index:04d}",
                          config={"fp8_format": "E5M2", "seed": index})
         for step in range(steps):
-            run.log(row_of(index, step, keys), step=step)
+            run.log(row(index, step, keys), step=step)
         run.finish()
         marker.touch()
         print(f"  wrote wandb run {index + 1}/{runs} in {time.perf_counter() - started:.1f} s", flush=True)

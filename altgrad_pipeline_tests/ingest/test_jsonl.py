@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from altgrad_pipeline.ingest import jsonl as jsonl_module
 from altgrad_pipeline.ingest.jsonl import JsonlLog, JsonlSource
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ParsedRun
 
@@ -25,6 +24,26 @@ def write_lines(path: Path, records: list[Any], *, end: str = "\n") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + end)
     return path
+
+
+@pytest.fixture(autouse=True, params=["fast", "reference"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test reads with the fast path and with the reference reader it must equal."""
+    monkeypatch.setattr(JsonlLog, "fast", request.param == "fast")
+    return request.param
+
+
+def spy_on_fed_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the byte strings the log parses, in order."""
+    sizes: list[int] = []
+    real_feed = JsonlLog.feed
+
+    def spying_feed(self: JsonlLog, data: bytes) -> int:
+        sizes.append(len(data))
+        return real_feed(self, data)
+
+    monkeypatch.setattr(JsonlLog, "feed", spying_feed)
+    return sizes
 
 
 def read_one(root: Path) -> ParsedRun:
@@ -337,14 +356,7 @@ def test_git_lfs_pointer_is_reported(tmp_path: Path) -> None:
 def test_a_growing_log_parses_only_new_bytes_and_matches_a_full_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parsed_sizes: list[int] = []
-    real_parse = jsonl_module.parse_json_lines
-
-    def spying_parse(data: bytes, **kwargs: Any) -> Any:
-        parsed_sizes.append(len(data))
-        return real_parse(data, **kwargs)
-
-    monkeypatch.setattr(jsonl_module, "parse_json_lines", spying_parse)
+    parsed_sizes = spy_on_fed_bytes(monkeypatch)
     path = tmp_path / "run.jsonl"
     first = "".join(json.dumps({"step": s, "loss": 1.0 / (s + 1)}) + "\n" for s in range(3))
     path.write_text(first + '{"step": 3, "lo')
@@ -411,14 +423,7 @@ def test_quiet_and_ended_logs_are_dropped_while_a_growing_log_resumes(
     for locator in source.discover():
         source.read(locator)
     assert list(source._logs) == [growing]
-    parsed_sizes: list[int] = []
-    real_parse = jsonl_module.parse_json_lines
-
-    def spying_parse(data: bytes, **kwargs: Any) -> Any:
-        parsed_sizes.append(len(data))
-        return real_parse(data, **kwargs)
-
-    monkeypatch.setattr(jsonl_module, "parse_json_lines", spying_parse)
+    parsed_sizes = spy_on_fed_bytes(monkeypatch)
     appended = json.dumps({"step": 1, "loss": 0.5}) + "\n"
     with growing.open("a") as handle:
         handle.write(appended)
@@ -498,7 +503,7 @@ def test_garbage_lines_never_lose_a_good_line(tmp_path: Path, values: list[float
     assert all(issue.kind == "malformed_line" for issue in log.issues)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     records=st.lists(record_values, min_size=1, max_size=12),
     cuts=st.lists(st.floats(min_value=0, max_value=1), max_size=6),
