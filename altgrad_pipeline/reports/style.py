@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first)
+from altgrad_pipeline import atomic  # noqa: E402
 
 #: The baseline every FP8 format is compared with.
 BASELINE_FORMAT = "BF16"
@@ -112,7 +113,7 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, panel_size: tuple[float, float
 def save_figure(figure: Figure, path: Path, *, dpi: int = FIGURE_DPI) -> Path:
     """Write the figure as PNG (parents created) and release it; returns the path written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=dpi)
+    with atomic.atomic_path(path) as tmp:  # a kill or a full disk never leaves half a PNG
+        figure.savefig(tmp, format="png", dpi=dpi)
     figure.clear()
     return path
