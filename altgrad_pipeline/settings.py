@@ -40,6 +40,21 @@ _ENTRY_START = re.compile(r"^(?:[/~.]|\w[\w+.-]*://)")
 #: (deploy/) caps how many of them run at once across the instance.
 WANDB_API_POOL = "wandb_api"
 LOCAL_STATE_ROOT = Path("~/.cache/altgrad-pipeline")
+#: Format names come from run configs; only names safe as partition keys and file names are used.
+_SAFE_FORMAT_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,63}")
+#: The partition of runs whose format name fails `is_safe_format_name` (an ingest_issues row says why).
+INVALID_FORMAT = "invalid_format"
+
+
+def is_safe_format_name(name: str) -> bool:
+    """The one rule for a format name that becomes a partition key and a file name: short, no path
+    separator, no leading dot, nothing a shell, URL or file system reads specially."""
+    return bool(_SAFE_FORMAT_NAME.fullmatch(name))
+
+
+def format_partition(name: str) -> str:
+    """The partition a derived format name goes to: itself when safe, else `INVALID_FORMAT`."""
+    return name if is_safe_format_name(name) else INVALID_FORMAT
 
 
 @dataclass(frozen=True)

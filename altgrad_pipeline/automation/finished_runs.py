@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -28,10 +27,9 @@ from pathlib import Path
 
 from altgrad_pipeline.ingest.listing import store_digest
 from altgrad_pipeline.ingest.catalog import CatalogEntry, RunCatalog
+from altgrad_pipeline.settings import is_safe_format_name
 
 TERMINAL_STATES = frozenset({"finished", "failed", "crashed"})
-#: Format names come from run configs; only names safe as partition keys and file names are used.
-SAFE_PARTITION_KEY = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,63}$")
 #: How far back of the last tick remote sources are asked for updates: the server's clock and ours
 #: may disagree. Asking again about a run costs nothing: unchanged fingerprints do not sync.
 REMOTE_CLOCK_MARGIN_S = 300.0
@@ -118,7 +116,7 @@ def watch_tick(
     result = catalog.sync(seen_digest=digest)
     states = catalog.states(result.entries, now=now, grace_s=grace_s)
     digests = terminal_digests(result.entries, states)
-    rejected = sorted(fmt for fmt in digests if not SAFE_PARTITION_KEY.match(fmt))
+    rejected = sorted(fmt for fmt in digests if not is_safe_format_name(fmt))
     for fmt in rejected:
         del digests[fmt]
     refresh = {fmt: d for fmt, d in sorted(digests.items()) if cursor.format_digests.get(fmt) != d}
