@@ -12,7 +12,7 @@ import polars as pl
 from altgrad_pipeline.analysis import failures, layers, manifold, outcomes, rankings
 from altgrad_pipeline.analysis.failure_reports import FAILURE_REPORTS_SCHEMA, find_failure_reports
 from altgrad_pipeline.automation.conditions import analysis_automation_condition
-from altgrad_pipeline.partition_tables import recipe, run_versions
+from altgrad_pipeline.partition_tables import CATALOG_FINGERPRINT, built_from, recipe, run_versions
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline.resources import RunStores
 from altgrad_pipeline.ui import counts, preview, table_schema
@@ -51,6 +51,7 @@ def layer_metrics(
             "rows_by_layer_type": counts(frame, "layer_type"),
             "n_params": frame.get_column("param").n_unique() if frame.height else 0,
             "runs_rebuilt": len(built.computed),
+            CATALOG_FINGERPRINT: built_from(raw_runs),
             "preview": preview(frame, rows=8),
         },
     )

@@ -72,6 +72,9 @@ def _requests(repository: dg.RepositoryDefinition, refresh: dict[str, str], stor
 def finished_runs_sensor(context: dg.SensorEvaluationContext, run_stores: RunStores) -> dg.SensorResult:
     # Every tick (3 ms): a backfill launched from the UI then also finds the pool's row in place.
     execution.create_pools(context.instance)
+    # Runs whose process died (a killed refresh, a crashed run worker) would hold the run queue.
+    for run_id in execution.fail_orphaned_runs(context.instance):
+        context.log.warning(f"run {run_id} was left unfinished by a process that is gone: marked failed")
     cursor = WatchCursor.from_json(context.cursor)
     outcome = watch_tick(
         _catalog(run_stores),

@@ -9,9 +9,9 @@ import os
 import dagster as dg
 
 from altgrad_pipeline import execution
-from altgrad_pipeline.automation.finished_runs import SAFE_PARTITION_KEY
+from altgrad_pipeline.settings import is_safe_format_name
 from altgrad_pipeline.automation.targets import format_partitioned_keys
-from altgrad_pipeline.partitions import fp8_format_partitions
+from altgrad_pipeline.partitions import register_formats
 from altgrad_pipeline.resources import RunStores
 
 REFRESH_CRON_ENV = "ALTGRAD_REFRESH_CRON"
@@ -34,11 +34,11 @@ def stale_formats_schedule(context: dg.ScheduleEvaluationContext, run_stores: Ru
     from altgrad_pipeline.refresh import stale_formats
 
     _, stale = stale_formats(run_stores, context.instance)
-    stale = [fmt for fmt in stale if SAFE_PARTITION_KEY.match(fmt)]
+    stale = [fmt for fmt in stale if is_safe_format_name(fmt)]
     if not stale:
         return dg.SkipReason("every format partition matches its runs")
     # A schedule cannot return partition requests; adding keys is idempotent, so register directly.
-    context.instance.add_dynamic_partitions(fp8_format_partitions.name, stale)
+    register_formats(context.instance, stale)
     execution.create_pools(context.instance)
     partitioned = format_partitioned_keys(context.repository_def)
     tick = context.scheduled_execution_time.isoformat()

@@ -9,13 +9,13 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from altgrad_pipeline import settings
+from altgrad_pipeline import atomic, settings
 from altgrad_pipeline.ingest import wandb_media_api
 from altgrad_pipeline.ingest.catalog import CatalogEntry
 from altgrad_pipeline.ingest.model import ISSUE_SCHEMA, issues_frame
 from altgrad_pipeline.media import store, summaries, tables, values
 from altgrad_pipeline.media.attention import AttentionShape
-from altgrad_pipeline.partition_tables import recipe, run_versions
+from altgrad_pipeline.partition_tables import CATALOG_FINGERPRINT, built_from, recipe, run_versions
 from altgrad_pipeline.partitions import fp8_format_partitions
 from altgrad_pipeline.reports.assets import report_asset, report_result
 from altgrad_pipeline.reports.media_documents import MediaReportOptions, write_media_report
@@ -37,7 +37,8 @@ def _write_tables(found: list[tables.TableRows], folder: Path) -> pl.DataFrame:
     rows = []
     for table in found:
         path = folder / f"{table.stem}.parquet"
-        table.frame.write_parquet(path)
+        with atomic.atomic_path(path) as tmp:
+            table.frame.write_parquet(tmp)
         rows.append(tables.table_index_row(table, str(path)))
     return pl.DataFrame(rows, schema=tables.MEDIA_TABLES_SCHEMA)
 
@@ -126,14 +127,15 @@ def media_format(context: dg.AssetExecutionContext, raw_runs: pl.DataFrame, run_
     store.remove_superseded(catalog.live_versions(), run_stores.cache_dir)
     context.log.info(f"{fmt}: {run_media.height} media values, {table_index.height} tables, {histograms.height} histograms, "
                      f"{issues.height} issues; read {len(built['run_media'].computed)} new or changed runs")  # fmt: skip
-    yield dg.Output(built["run_media"].table, output_name="run_media", metadata={
+    fingerprint = {CATALOG_FINGERPRINT: built_from(raw_runs)}
+    yield dg.Output(built["run_media"].table, output_name="run_media", metadata={**fingerprint,
         "dagster/row_count": run_media.height, "values_by_media_type": counts(run_media, "media_type"),
         "preview": preview(run_media, ["run_id", "step", "key", "media_type", "path", "nrows", "ncols"])})  # fmt: skip
-    yield dg.Output(built["media_tables"].table, output_name="media_tables", metadata={
+    yield dg.Output(built["media_tables"].table, output_name="media_tables", metadata={**fingerprint,
         "dagster/row_count": table_index.height, "preview": preview(table_index, ["run_id", "step", "key", "nrows", "ncols", "columns"])})  # fmt: skip
-    yield dg.Output(built["histograms"].table, output_name="histograms", metadata={
+    yield dg.Output(built["histograms"].table, output_name="histograms", metadata={**fingerprint,
         "dagster/row_count": histograms.height, "n_keys": histograms["key"].n_unique()})  # fmt: skip
-    yield dg.Output(built["media_issues"].table, output_name="media_issues", metadata={
+    yield dg.Output(built["media_issues"].table, output_name="media_issues", metadata={**fingerprint,
         "dagster/row_count": issues.height, "issues_by_kind": counts(issues, "kind"),
         "preview": preview(issues, ["kind", "location", "position", "reason", "lost"])})  # fmt: skip
 
@@ -176,7 +178,7 @@ def run_summaries(
         ),
     )
     frame = built.table.frame
-    return dg.MaterializeResult(value=built.table, metadata={
+    return dg.MaterializeResult(value=built.table, metadata={CATALOG_FINGERPRINT: built_from(raw_runs),
         "dagster/row_count": frame.height, "keys_with_nan": int(frame.filter(pl.col("n_nan") > 0).height),
         "preview": preview(frame, ["run_id", "key", "last", "min", "argmin_step", "final_mean", "first_nan_step"], rows=8)})  # fmt: skip
 
