@@ -100,7 +100,7 @@ def create_pools(instance: dg.DagsterInstance, pools: Iterable[str] = PROJECT_PO
 #: Tags on every run `refresh` executes: the process running it, so a later refresh or sensor tick
 #: can tell a run whose process was killed from one still going.
 PROCESS_TAGS = ("altgrad/host", "altgrad/pid", "altgrad/pid_started")
-_UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+_UNFINISHED = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 _STARTED_PROCESS = re.compile(r"^Started process for run \(pid: (\d+)\)")
 
 
