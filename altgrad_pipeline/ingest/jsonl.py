@@ -67,6 +67,9 @@ ROWS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def stable_run_id(readable: str, *identity: bytes) -> str:
     """A short readable id that stays the same for the same identity bytes across reads."""
     digest = hashlib.sha1(b"\0".join(identity)).hexdigest()[:10]
@@ -417,6 +420,18 @@ class JsonlLog:
                 )
                 return
             step = int(number)
+            if not INT64_MIN <= step <= INT64_MAX:  # steps are Int64: this line only is lost, not the run
+                self.issues.append(
+                    IngestIssue(
+                        self.location,
+                        "bad_step",
+                        f"{step_field} is {raw_step!r}, beyond a 64-bit integer",
+                        f"line {line} ({len(body) + len(container)} fields)",
+                        position=f"line {line}",
+                        source=SOURCE_NAME,
+                    )
+                )
+                return
         _flatten_values(body, "", values, self.value_types)
         _flatten_values(container, "", values, self.value_types)
         self._add(columns, line, step, values, runtime=runtime, timestamp=timestamp)
