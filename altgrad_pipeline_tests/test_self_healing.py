@@ -28,8 +28,6 @@ from altgrad_pipeline.examples import example_spec, simulate_history
 STEPS = 120
 LONG_FORMAT = "E" * 300
 _BUILT = re.compile(r"Built \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\.")
-#: Measured against the clock at build time (how long a run has been silent), not from the runs.
-CLOCK_COLUMNS = ["silent_seconds"]
 
 
 def _write_jsonl_run(root: Path, token: str, config: dict, history: list[dict]) -> None:
@@ -86,7 +84,7 @@ def _tables(data: Path) -> dict[str, pl.DataFrame]:
     files = sorted((data / "assets").rglob("*.parquet"))
     here = [pl.col(pl.String).str.replace_all(str(data), "<data>", literal=True),
             pl.col(pl.List(pl.String)).list.eval(pl.element().str.replace_all(str(data), "<data>", literal=True))]  # fmt: skip
-    return {str(p.relative_to(data)): pl.read_parquet(p).drop(CLOCK_COLUMNS, strict=False).with_columns(here) for p in files}
+    return {str(p.relative_to(data)): pl.read_parquet(p).with_columns(here) for p in files}
 
 
 def _reports(data: Path) -> dict[str, str | bytes]:
