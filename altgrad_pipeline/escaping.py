@@ -10,19 +10,27 @@ import re
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
 _LINE_BREAKS_AND_CONTROLS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
+#: Bidirectional overrides/isolates and zero-width characters: invisible, yet they reorder or hide
+#: the text around them (a run name could make a table row read differently than it is).
+_INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def reveal_invisible(text: str) -> str:
+    """Each bidi control or zero-width character shown as its code point, `<U+202E>`: visible, inert."""
+    return _INVISIBLE.sub(lambda m: f"<U+{ord(m.group()):04X}>", text)
 
 
 def escape_markdown(text: object) -> str:
     """Inline Markdown that renders as the literal text: specials backslash-escaped, `<`/`>` as
     entities (so `<script>` can never become a tag), newlines folded (a table row stays one row)."""
     value = "" if text is None else str(text)
-    value = _LINE_BREAKS_AND_CONTROLS.sub(" ", value)
+    value = reveal_invisible(_LINE_BREAKS_AND_CONTROLS.sub(" ", value))
     value = _MARKDOWN_SPECIAL.sub(r"\\\1", value)
     return value.replace("\\<", "&lt;").replace("\\>", "&gt;")
 
 
 def escape_html(text: object) -> str:
-    return html.escape("" if text is None else str(text), quote=True)
+    return html.escape(reveal_invisible("" if text is None else str(text)), quote=True)
 
 
 def safe_filename(text: object, *, max_length: int = 60) -> str:

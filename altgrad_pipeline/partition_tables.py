@@ -49,6 +49,23 @@ def run_versions(raw_runs: pl.DataFrame) -> dict[str, str]:
     return dict(raw_runs.select("run_id", pl.col("run_version").fill_null(once)).iter_rows())
 
 
+#: Materialization metadata of every format-partitioned asset: `built_from` of the runs it was built
+#: from. A partition is complete when each of its assets carries the fingerprint its runs have now.
+CATALOG_FINGERPRINT = "catalog_fingerprint"
+
+
+def built_from(raw_runs: pl.DataFrame) -> str:
+    """Changes exactly when a partition's tables would: a run's files (its version), its state, or
+    which runs are in it. Computed from `raw_runs` alone, so every asset downstream of it can say
+    which runs it was built from."""
+    if not raw_runs.height:
+        return hashlib.sha256(b"").hexdigest()[:32]
+    parts = raw_runs.select(
+        pl.concat_str(["source", "location", "run_version", "state"], separator="\x00", ignore_nulls=False).fill_null("")
+    ).to_series()
+    return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class RunVersionedFrame:
     """A partition table with the run versions and recipe it was built from; the IO manager

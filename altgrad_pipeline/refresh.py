@@ -8,6 +8,8 @@ has steps to take."""
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import json
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -18,12 +20,13 @@ import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster._core.instance.ref import InstanceRef
 
-from altgrad_pipeline import execution, settings
+from altgrad_pipeline import execution, locking, settings
 from altgrad_pipeline.definitions import ASSETS, build_resources
 from altgrad_pipeline.defs.executor import create_pools
-from altgrad_pipeline.defs.partitions import fp8_format_partitions
+from altgrad_pipeline.defs.orphaned_runs import fail_orphaned_runs, process_tags
+from altgrad_pipeline.defs.partitions import fp8_format_partitions, register_formats
 from altgrad_pipeline.defs.resources import RunStores
-from altgrad_pipeline.defs.schedules import stale_formats
+from altgrad_pipeline.defs.schedules import assess, damaged_files
 from altgrad_pipeline.ingest.sources import no_runs_message
 
 #: Dagster's console logger prints every step event at DEBUG; the CLI shows progress, not the event log.
@@ -39,7 +42,14 @@ telemetry:
 concurrency:
   runs:
     max_concurrent_runs: 1
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 300
+  cancel_timeout_seconds: 300
 """
+#: Tags of the analysis runs `refresh` executes: which partitions (`analysis_basis`) they read.
+ANALYSIS_KIND_TAG = "altgrad/kind"
+ANALYSIS_BASIS_TAG = "altgrad/analysis_of"
 
 
 def dagster_home(data_dir: str) -> Path:
@@ -74,6 +84,29 @@ class RefreshReport:
         return not self.failed
 
 
+def analysis_basis(wanted: dict[str, str]) -> str:
+    """One hash of every partition's fingerprint: what an analysis run read."""
+    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def analysis_owed(
+    instance: dg.DagsterInstance, data_dir: str, keys: Sequence[dg.AssetKey], basis: str, echo: Callable[[str], None]
+) -> str | None:
+    """Why the analysis must run again (None: its last run succeeded on these partitions and its
+    files are intact)."""
+    if any(instance.get_latest_materialization_event(k) is None for k in keys):
+        return "never built"
+    damaged = damaged_files(instance, data_dir, keys, None, echo)
+    last = instance.get_runs(dg.RunsFilter(tags={ANALYSIS_KIND_TAG: "analysis"}), limit=1)
+    if not last:
+        return "no analysis run of refresh recorded"
+    if last[0].status != dg.DagsterRunStatus.SUCCESS:
+        return f"its last run {last[0].run_id} did not succeed ({last[0].status.value})"
+    if last[0].tags.get(ANALYSIS_BASIS_TAG) != basis:
+        return "the partitions changed since its last run"
+    return "damaged files" if damaged else None
+
+
 def refresh(
     *,
     runs: str | None = None,
@@ -88,7 +121,14 @@ def refresh(
     runs = settings.run_stores_value() if runs is None else runs
     entries = settings.parse_run_stores(runs)
     settings.check_local_stores(entries)
-    if not entries:
+    with locking.refresh_lock(settings.local_state_dir(data_dir), echo):  # one refresh per data dir at a time
+        return _refresh(runs, data_dir, full=full, echo=echo, instance=instance, example=not entries)
+
+
+def _refresh(
+    runs: str, data_dir: str, *, full: bool, echo: Callable[[str], None], instance: dg.DagsterInstance | None, example: bool
+) -> RefreshReport:
+    if example:
         ensure_example_store(data_dir, echo)
     resources = build_resources(runs=runs, data_dir=data_dir)
     run_stores: RunStores = resources["run_stores"]  # type: ignore[assignment]
@@ -97,18 +137,21 @@ def refresh(
     echo(f"Run stores: {', '.join(e.label for e in run_stores.store_entries())}")
     echo(f"Dagster instance: {instance.root_directory}")
 
+    if orphans := fail_orphaned_runs(instance):
+        echo(f"Marked failed {len(orphans)} run(s) whose process was gone (a killed refresh?): {', '.join(orphans)}")
     report = RefreshReport()
-    formats, stale = stale_formats(run_stores, instance)
+    partitioned = [a for a in ASSETS if _partitioned(a)]
+    found = assess(run_stores, instance, data_dir, _asset_keys(partitioned), echo)
+    formats, stale = found.formats, found.stale
     known = set(fp8_format_partitions.get_partition_keys(dynamic_partitions_store=instance))
     report.formats = formats
     if not formats:
         echo(no_runs_message([e.label for e in run_stores.store_entries()]))
     report.new_formats = [f for f in formats if f not in known]
     if report.new_formats:
-        instance.add_dynamic_partitions(fp8_format_partitions.name, report.new_formats)
+        register_formats(instance, report.new_formats)
         echo(f"New format partitions: {', '.join(report.new_formats)}")
     todo = formats if full else stale
-    partitioned = [a for a in ASSETS if _partitioned(a)]
     unpartitioned = [a for a in ASSETS if not _partitioned(a)]
     job = execution.reconstructable_refresh_job(runs, data_dir)
     choice = settings.executor_choice()
@@ -124,16 +167,19 @@ def refresh(
     if parallel:
         for fmt, outcome in _run_partitions_in_parallel(instance, runs, data_dir, _asset_keys(partitioned), todo):
             _record(report, fmt, outcome, echo, instance)
-    never_built = any(instance.get_latest_materialization_event(k) is None for k in _asset_keys(unpartitioned))
-    if todo or full or never_built:
-        echo(f"Materializing analysis and reports ({len(_asset_keys(unpartitioned))} assets)")
-        success, run_id = _run(instance, job, _asset_keys(unpartitioned), None)
+    # Read against partitions that failed to build, the analysis is owed again next time.
+    basis = "incomplete" if report.failed else analysis_basis(found.wanted)
+    owed = analysis_owed(instance, data_dir, _asset_keys(unpartitioned), basis, echo)
+    if todo or full or owed:
+        reason = f" (owed: {owed})" if owed and not todo and not full else ""
+        echo(f"Materializing analysis and reports ({len(_asset_keys(unpartitioned))} assets){reason}")
+        success, run_id = _run(instance, job, _asset_keys(unpartitioned), None, {ANALYSIS_KIND_TAG: "analysis", ANALYSIS_BASIS_TAG: basis})
         report.analysis_refreshed = True
         if not success:
             report.failed.append("analysis")
             echo(f"  FAILED: see run {run_id} in the Dagster UI")
             _echo_step_failures(instance, run_id, echo)
-    if not todo and not never_built and not full:
+    else:
         echo("Everything is up to date.")
     echo(f"Assets: {_child(data_dir, 'assets')}")
     echo(f"Reports: {_child(data_dir, 'reports')}")
@@ -167,10 +213,15 @@ def _record(
 
 
 def _run(
-    instance: dg.DagsterInstance, job: ReconstructableJob, keys: Sequence[dg.AssetKey], fmt: str | None
+    instance: dg.DagsterInstance,
+    job: ReconstructableJob,
+    keys: Sequence[dg.AssetKey],
+    fmt: str | None,
+    extra_tags: dict[str, str] | None = None,
 ) -> tuple[bool, str]:
-    """(success, run id) of one run of `keys`: one format partition, or the unpartitioned assets."""
-    tags = {"dagster/partition": fmt} if fmt else {}
+    """(success, run id) of one run of `keys`: one format partition, or the unpartitioned assets.
+    Tagged with this process, so a later refresh can tell the run was orphaned if it is killed."""
+    tags = ({"dagster/partition": fmt} if fmt else {}) | process_tags() | (extra_tags or {})
     result = dg.execute_job(job, instance, asset_selection=list(keys), tags=tags, run_config=QUIET_RUN_CONFIG)
     return result.success, result.run_id
 

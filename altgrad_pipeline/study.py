@@ -65,10 +65,22 @@ def is_noise_key(key: str, patterns: Sequence[str] = DEFAULT_NOISE_PATTERNS) -> 
 SAFE_FORMAT_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,63}$")
 
 
+#: The partition of runs whose format name fails `is_safe_format_name` (an ingest_issues row says why).
+INVALID_FORMAT = "invalid_format"
+
+
 def is_safe_format_name(name: object) -> bool:
-    """The one rule every stage applies to a format name: the sensor and schedule refuse to
-    partition by an unsafe one, and the reports refuse to put one in a file name."""
+    """The one rule every stage applies to a format name that becomes a partition key and a file
+    name: short, no path separator, no leading dot, nothing a shell, URL or file system reads
+    specially. Ingest puts runs with another name in `INVALID_FORMAT` (`format_partition`), the
+    sensor and schedule refuse to partition by one, the IO manager refuses it as a file name, and
+    the reports refuse to put one in a file name."""
     return isinstance(name, str) and SAFE_FORMAT_NAME.fullmatch(name) is not None
+
+
+def format_partition(name: str) -> str:
+    """The partition a derived format name goes to: itself when safe, else `INVALID_FORMAT`."""
+    return name if is_safe_format_name(name) else INVALID_FORMAT
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ ENTRY_POINTS = {"definitions", "cli", "refresh", "execution"}
 #: sits with ingest, `notebook` (helpers for notebooks over the tables) with analysis.
 RANKS = {
     "study": 0, "settings": 0, "escaping": 0, "markdown": 0, "partition_tables": 0,
+    "atomic": 0, "integrity": 0, "locking": 0,
     "ingest": 1, "examples": 1,
     "analysis": 2, "notebook": 2, "__init__": 2,
     "reports": 3,

@@ -40,3 +40,12 @@ def test_distinct_names_stay_distinct_files():
 def test_numbers_and_missing_values_render():
     table = markdown_table(pl.DataFrame({"x": [1.23456789, float("nan"), float("inf"), None]}))
     assert table.splitlines()[2:] == ["| 1.235 |", "| NaN |", "| +inf |", "| — |"]
+
+
+def test_bidi_and_zero_width_characters_are_made_visible():
+    from altgrad_pipeline.escaping import escape_html, escape_markdown
+
+    name = "run\u202eexe.txt\u200b\u2066x"
+    for escaped in (escape_markdown(name), escape_html(name)):
+        assert not any(ch in escaped for ch in "\u202e\u200b\u2066")
+        assert "U+202E" in escaped.replace("\\", "") and "U+200B" in escaped.replace("\\", "")

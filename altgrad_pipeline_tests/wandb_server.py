@@ -222,6 +222,7 @@ class _PlannedFailure:
     operation: str | None
     remaining: int
     retry_after: str | None
+    echo_auth: bool = False
 
 
 class FakeWandbServer:
@@ -249,11 +250,13 @@ class FakeWandbServer:
         return next(run for run in self.runs if run.id == run_id)
 
     def fail_next(
-        self, status: int = 429, *, times: int = 1, operation: str | None = None, retry_after: str | None = None
+        self, status: int = 429, *, times: int = 1, operation: str | None = None, retry_after: str | None = None,
+        echo_auth: bool = False,
     ) -> None:
-        """Answer the next `times` GraphQL requests (of `operation`, if given) with `status`."""
+        """Answer the next `times` GraphQL requests (of `operation`, if given) with `status`; with
+        `echo_auth`, a misbehaving server's error text that repeats the request's credentials."""
         with self._lock:
-            self._failures.append(_PlannedFailure(status, operation, times, retry_after))
+            self._failures.append(_PlannedFailure(status, operation, times, retry_after, echo_auth))
 
     def operations(self) -> list[str | None]:
         """Operation names of the GraphQL requests received so far, in order."""
@@ -322,7 +325,8 @@ class FakeWandbServer:
         if failure is not None:
             self._record(path, operation, variables, failure.status, headers, text)
             extra = {"Retry-After": failure.retry_after} if failure.retry_after is not None else {}
-            payload = json.dumps({"errors": [{"message": f"planned failure {failure.status}"}]})
+            echoed = f" for {headers.get('authorization', '')} ({urllib.parse.quote(headers.get('authorization', ''))})"
+            payload = json.dumps({"errors": [{"message": f"planned failure {failure.status}{echoed if failure.echo_auth else ''}"}]})
             return failure.status, {"Content-Type": "application/json", **extra}, payload.encode()
         self._record(path, operation, variables, 200, headers, text)
         try:

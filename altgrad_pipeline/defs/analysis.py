@@ -18,7 +18,7 @@ from altgrad_pipeline.defs.automation import analysis_automation_condition
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import ReportFiles, RunStores
 from altgrad_pipeline.defs.ui import counts, preview, table_schema
-from altgrad_pipeline.partition_tables import recipe, run_versions
+from altgrad_pipeline.partition_tables import CATALOG_FINGERPRINT, built_from, recipe, run_versions
 from altgrad_pipeline.study import DEFAULT_NOISE_PATTERNS
 
 ANALYSIS_GROUP = "analysis"
@@ -57,6 +57,7 @@ def layer_metrics(
             "rows_by_layer_type": counts(frame, "layer_type"),
             "n_params": frame.get_column("param").n_unique() if frame.height else 0,
             "runs_rebuilt": len(built.computed),
+            CATALOG_FINGERPRINT: built_from(raw_runs),
             "preview": preview(frame, rows=8),
         },
     )
@@ -201,7 +202,7 @@ def run_summaries(
         ),
     )
     frame = built.table.frame
-    return dg.MaterializeResult(value=built.table, metadata={
+    return dg.MaterializeResult(value=built.table, metadata={CATALOG_FINGERPRINT: built_from(raw_runs),
         "dagster/row_count": frame.height, "keys_with_nan": int(frame.filter(pl.col("n_nan") > 0).height),
         "preview": preview(frame, ["run_id", "key", "last", "min", "argmin_step", "final_mean", "first_nan_step"], rows=8)})  # fmt: skip
 

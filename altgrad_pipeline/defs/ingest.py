@@ -17,14 +17,12 @@ from altgrad_pipeline.ingest.catalog import CACHE_VERSION, RunCatalog
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ISSUE_SCHEMA
 from altgrad_pipeline.ingest.sources import no_runs_message
 from altgrad_pipeline.ingest.tables import RAW_RUNS_DESCRIPTIONS, RAW_RUNS_SCHEMA
-from altgrad_pipeline.partition_tables import recipe
+from altgrad_pipeline.partition_tables import CATALOG_FINGERPRINT, built_from, recipe
 from altgrad_pipeline.settings import WANDB_API_POOL
 
 INGEST_GROUP = "ingest"
 #: Histories are the catalog's cached ones: a new catalog format means rebuilding the partitions.
 HISTORY_RECIPE = recipe(catalog_cache=CACHE_VERSION)
-#: Metadata key on raw_runs: what the partition was built from (the refresh and sensor compare it).
-CATALOG_FINGERPRINT = "catalog_fingerprint"
 #: Run tag set by the sensor: the store digest its tick synced, so the run need not digest again.
 STORE_DIGEST_TAG = "altgrad/store_digest"
 
@@ -68,7 +66,11 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
     """Sync the run catalog (re-reading only changed runs) and emit this format's runs."""
     fmt = context.partition_key
     catalog = run_stores.catalog()
-    result = catalog.sync(progress=context.log.info, seen_digest=context.run.tags.get(STORE_DIGEST_TAG))
+    result, healed = catalog.verified_sync(
+        lambda synced: synced.for_format(fmt), progress=context.log.info, seen_digest=context.run.tags.get(STORE_DIGEST_TAG)
+    )
+    for message in healed:
+        context.log.warning(message)
     entries = result.for_format(fmt)
     runs = catalog.raw_runs(entries, now=dt.datetime.now(dt.UTC), grace_s=run_stores.crash_grace_seconds)
     # Each cached history is sorted by (step, key): in run_id order a partition needs no sort, and
@@ -91,7 +93,7 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
             "runs_by_state": counts(runs, "state"),
             "runs_by_optimizer": counts(runs, "optimizer"),
             "runs_reread": len(result.reread),
-            CATALOG_FINGERPRINT: catalog.partition_fingerprint(entries, runs),
+            CATALOG_FINGERPRINT: built_from(runs),
             "preview": preview(runs, ["run_id", "name", "state", "optimizer", "seed", "last_step", "n_values", "source"]),
         },
     )
@@ -102,6 +104,7 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
             "dagster/row_count": histories.height,
             "n_runs": runs.height,
             "runs_rebuilt": len(built.computed),
+            CATALOG_FINGERPRINT: built_from(runs),
             "n_keys": histories.get_column("key").n_unique() if histories.height else 0,
             "n_nonfinite": int(histories.filter(~pl.col("value").is_finite()).height),
             "preview": preview(histories, rows=8),
@@ -118,7 +121,9 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
 )
 def ingest_issues(context: dg.AssetExecutionContext, run_stores: RunStores) -> dg.MaterializeResult:
     catalog = run_stores.catalog()
-    result = catalog.sync(progress=context.log.info)
+    result, healed = catalog.verified_sync(progress=context.log.info)
+    for message in healed:
+        context.log.warning(message)
     issues = RunCatalog.issues(result).sort("location", "position")
     no_runs = {} if result.entries else {"no_runs": dg.MetadataValue.md(no_runs_message([e.label for e in run_stores.store_entries()]))}
     return dg.MaterializeResult(

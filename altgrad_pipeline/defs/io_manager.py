@@ -16,17 +16,16 @@ and columns a query needs.
 
 from __future__ import annotations
 
-import os
-import uuid
 from typing import Any, ClassVar
 
 import dagster as dg
 import polars as pl
 from upath import UPath
 
-from altgrad_pipeline import settings
+from altgrad_pipeline import atomic, integrity, settings
 from altgrad_pipeline.defs.partitions import PARTITIONED_SCHEMAS
 from altgrad_pipeline.partition_tables import RunVersionedFrame, read_build
+from altgrad_pipeline.study import is_safe_format_name
 
 
 def _storage_path(base_dir: str) -> UPath:
@@ -38,6 +37,17 @@ def previous_build(base_dir: str, asset: str, partition: str) -> RunVersionedFra
     path = _storage_path(base_dir) / asset / f"{partition}{PolarsParquetIOManager.extension}"
     options = settings.polars_storage_options(dict(path.storage_options))
     return read_build(str(path), options or None)
+
+
+def recorded_sha256(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None) -> str | None:
+    """The SHA-256 the latest materialization of this asset (partition) recorded for its file."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get(integrity.SHA256_KEY)
+    return None if value is None else value.value
 
 
 def _wants_lazy(context: dg.InputContext) -> bool:
@@ -53,16 +63,35 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._base_path = _storage_path(self.base_dir)
 
+    def _inside(self, path: UPath) -> UPath:
+        """Every path this IO manager builds is proven to stay under `<base_dir>/assets`."""
+        if not integrity.inside(str(path), str(_storage_path(self.base_dir))):
+            raise ValueError(f"refusing to use {path}: it is outside {_storage_path(self.base_dir)}")
+        return path
+
+    def make_safe_partition_path(self, base_path: UPath, partition: str) -> UPath:
+        """Partition keys name files: only keys passing `study.is_safe_format_name` are used."""
+        if not is_safe_format_name(partition):
+            raise ValueError(f"partition key {partition!r} is not a safe file name (study.is_safe_format_name)")
+        return self._inside(base_path / partition)
+
+    def _get_path(self, context: dg.InputContext | dg.OutputContext) -> UPath:
+        return self._inside(super()._get_path(context))
+
     def dump_to_path(
         self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame | RunVersionedFrame, path: UPath
     ) -> None:
-        """A `RunVersionedFrame` keeps its run versions in the same file, as Parquet metadata."""
+        """A `RunVersionedFrame` keeps its run versions in the same file, as Parquet metadata. A
+        local file is written atomically and its SHA-256 recorded with the materialization, so a
+        later read or refresh can tell it from a damaged one."""
         metadata = obj.parquet_metadata() if isinstance(obj, RunVersionedFrame) else None
         frame = obj.frame if isinstance(obj, RunVersionedFrame) else obj.collect() if isinstance(obj, pl.LazyFrame) else obj
+        atomic.kill_point(f"write:{context.asset_key.to_user_string()}" if context.has_asset_key else "write")
         if path.protocol in ("", "file"):
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            frame.write_parquet(str(tmp), metadata=metadata)
-            os.replace(str(tmp), str(path))  # readers (sensors, other runs) never see half a file
+            with atomic.atomic_path(str(path)) as tmp:  # readers (sensors, other runs) never see half a file
+                frame.write_parquet(tmp, metadata=metadata)
+                digest = integrity.sha256_of(tmp)
+            context.add_output_metadata({integrity.SHA256_KEY: digest})
         else:
             with path.open("wb") as handle:
                 frame.write_parquet(handle, metadata=metadata)
@@ -73,7 +102,21 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         options = settings.polars_storage_options(dict(path.storage_options))
         return pl.scan_parquet(str(path), storage_options=options or None)
 
+    @staticmethod
+    def _verify(context: dg.InputContext, path: UPath, partition: str | None) -> None:
+        """A local file must hash to what its latest materialization recorded (files written before
+        hashes were recorded, and object stores, which check their own transfers, are trusted)."""
+        if path.protocol not in ("", "file") or not context.has_asset_key:
+            return
+        try:
+            instance = context.instance
+        except Exception:  # noqa: BLE001 - a context built without an instance (direct IO manager use)
+            return
+        expected = recorded_sha256(instance, context.asset_key, partition)
+        integrity.verify(str(path), expected)
+
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.DataFrame | pl.LazyFrame:
+        self._verify(context, path, context.asset_partition_key if context.has_asset_partitions else None)
         lazy = self._scan(path)
         return lazy if _wants_lazy(context) else lazy.collect()
 
@@ -86,8 +129,10 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
 
     def load_partitions(self, context: dg.InputContext) -> pl.DataFrame | pl.LazyFrame:
         """All requested partitions as one frame; partitions not materialized yet are skipped."""
-        paths = self._get_paths_for_partitions(context)
-        scans = [self._scan(p) for p in paths.values() if p.exists()]
+        paths = {key: path for key, path in self._get_paths_for_partitions(context).items() if path.exists()}
+        for key, path in paths.items():
+            self._verify(context, path, key)
+        scans = [self._scan(p) for p in paths.values()]
         if not scans:
             return self._empty(context)
         lazy = scans[0] if len(scans) == 1 else pl.concat(scans, how="diagonal_relaxed")

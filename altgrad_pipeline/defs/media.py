@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from altgrad_pipeline import settings
+from altgrad_pipeline import atomic, settings
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import RunStores
 from altgrad_pipeline.defs.ui import counts, preview, table_schema
@@ -16,7 +16,7 @@ from altgrad_pipeline.ingest import wandb_media_api
 from altgrad_pipeline.ingest.catalog import CatalogEntry
 from altgrad_pipeline.ingest.media import store, tables, values
 from altgrad_pipeline.ingest.model import ISSUE_SCHEMA, issues_frame
-from altgrad_pipeline.partition_tables import recipe, run_versions
+from altgrad_pipeline.partition_tables import CATALOG_FINGERPRINT, built_from, recipe, run_versions
 
 MEDIA_GROUP = "media"
 #: Where each table's rows go: `<data dir>/assets/media_tables/<partition>/<hash>.parquet`.
@@ -33,7 +33,8 @@ def _write_tables(found: list[tables.TableRows], folder: Path) -> pl.DataFrame:
     rows = []
     for table in found:
         path = folder / f"{table.stem}.parquet"
-        table.frame.write_parquet(path)
+        with atomic.atomic_path(path) as tmp:
+            table.frame.write_parquet(tmp)
         rows.append(tables.table_index_row(table, str(path)))
     return pl.DataFrame(rows, schema=tables.MEDIA_TABLES_SCHEMA)
 
@@ -122,13 +123,14 @@ def media_format(context: dg.AssetExecutionContext, raw_runs: pl.DataFrame, run_
     store.remove_superseded(catalog.live_versions(), run_stores.cache_dir)
     context.log.info(f"{fmt}: {run_media.height} media values, {table_index.height} tables, {histograms.height} histograms, "
                      f"{issues.height} issues; read {len(built['run_media'].computed)} new or changed runs")  # fmt: skip
-    yield dg.Output(built["run_media"].table, output_name="run_media", metadata={
+    fingerprint = {CATALOG_FINGERPRINT: built_from(raw_runs)}
+    yield dg.Output(built["run_media"].table, output_name="run_media", metadata={**fingerprint,
         "dagster/row_count": run_media.height, "values_by_media_type": counts(run_media, "media_type"),
         "preview": preview(run_media, ["run_id", "step", "key", "media_type", "path", "nrows", "ncols"])})  # fmt: skip
-    yield dg.Output(built["media_tables"].table, output_name="media_tables", metadata={
+    yield dg.Output(built["media_tables"].table, output_name="media_tables", metadata={**fingerprint,
         "dagster/row_count": table_index.height, "preview": preview(table_index, ["run_id", "step", "key", "nrows", "ncols", "columns"])})  # fmt: skip
-    yield dg.Output(built["histograms"].table, output_name="histograms", metadata={
+    yield dg.Output(built["histograms"].table, output_name="histograms", metadata={**fingerprint,
         "dagster/row_count": histograms.height, "n_keys": histograms["key"].n_unique()})  # fmt: skip
-    yield dg.Output(built["media_issues"].table, output_name="media_issues", metadata={
+    yield dg.Output(built["media_issues"].table, output_name="media_issues", metadata={**fingerprint,
         "dagster/row_count": issues.height, "issues_by_kind": counts(issues, "kind"),
         "preview": preview(issues, ["kind", "location", "position", "reason", "lost"])})  # fmt: skip

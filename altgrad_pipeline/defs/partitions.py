@@ -3,6 +3,7 @@ with no code change: the refresh command and the sensor register the formats the
 
 import dagster as dg
 import polars as pl
+import sqlalchemy.exc
 
 from altgrad_pipeline.analysis.layers import LAYER_METRICS_SCHEMA
 from altgrad_pipeline.analysis.summaries import RUN_SUMMARIES_SCHEMA
@@ -25,3 +26,17 @@ PARTITIONED_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "media_issues": ISSUE_SCHEMA,
     "run_summaries": RUN_SUMMARIES_SCHEMA,
 }
+
+
+def register_formats(instance: dg.DagsterInstance, formats: list[str]) -> None:
+    """Add format partitions, tolerating another process adding the same ones at the same moment
+    (the sensor, a second refresh): Dagster checks, then inserts, and the loser of that race gets a
+    UNIQUE-constraint error although the partitions it wanted now exist."""
+    missing = [f for f in formats if not instance.has_dynamic_partition(fp8_format_partitions.name, f)]
+    if not missing:
+        return
+    try:
+        instance.add_dynamic_partitions(fp8_format_partitions.name, missing)
+    except sqlalchemy.exc.IntegrityError:
+        still = [f for f in missing if not instance.has_dynamic_partition(fp8_format_partitions.name, f)]
+        instance.add_dynamic_partitions(fp8_format_partitions.name, still)

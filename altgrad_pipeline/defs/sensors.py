@@ -20,6 +20,7 @@ import dagster as dg
 
 from altgrad_pipeline.defs.executor import create_pools
 from altgrad_pipeline.defs.ingest import STORE_DIGEST_TAG
+from altgrad_pipeline.defs.orphaned_runs import fail_orphaned_runs
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import RunStores
 from altgrad_pipeline.defs.targets import format_partitioned_keys, run_store_root_keys
@@ -76,6 +77,9 @@ def _requests(repository: dg.RepositoryDefinition, refresh: dict[str, str], stor
 def finished_runs_sensor(context: dg.SensorEvaluationContext, run_stores: RunStores) -> dg.SensorResult:
     # Every tick (3 ms): a backfill launched from the UI then also finds the pool's row in place.
     create_pools(context.instance)
+    # Runs whose process died (a killed refresh, a crashed run worker) would hold the run queue.
+    for run_id in fail_orphaned_runs(context.instance):
+        context.log.warning(f"run {run_id} was left unfinished by a process that is gone: marked failed")
     cursor = WatchCursor.from_json(context.cursor)
     outcome = watch_tick(
         _catalog(run_stores),

@@ -41,18 +41,19 @@ from typing import Any
 
 import polars as pl
 
+from altgrad_pipeline import integrity
 from altgrad_pipeline.ingest.listing import shared_walks, store_digest
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator, RunSource, issues_frame
-from altgrad_pipeline.ingest.parse_process import reuse_freed_memory
+from altgrad_pipeline.ingest.parse_process import die_with_parent, reuse_freed_memory
 from altgrad_pipeline.ingest.tables import history_with_run_id, raw_runs_frame, run_row, state_expr
-from altgrad_pipeline.study import StudyRules
+from altgrad_pipeline.study import INVALID_FORMAT, StudyRules
 
 try:
     import fcntl
 except ImportError:  # Windows: concurrent syncs may then re-read a run the other one stored
     fcntl = None  # type: ignore[assignment]
 
-CACHE_VERSION = 5  # 3: cached histories are sorted by (step, key); 4: wandb-core 0.17 logs read whole, `log_layout`; 5: strings kept in `text`
+CACHE_VERSION = 6  # 3: cached histories are sorted by (step, key); 4: wandb-core 0.17 logs read whole, `log_layout`; 5: strings kept in `text`; 6: unsafe format names in `invalid_format`
 INDEX_NAME = "index.json"
 #: What the last full sync saw: the stores' digest, its runs in discovery order, its issues.
 LAST_SYNC_NAME = "last_sync.json"
@@ -98,6 +99,8 @@ class CatalogEntry:
     facts: RunFacts
     #: The catalog's folder of per-run files (a string: thousands of entries are made per sync).
     runs_dir: str
+    #: SHA-256 of the run's two cache files as written (`history`, `details`); empty for older indexes.
+    sha256: dict[str, str] = field(default_factory=dict)
     _details: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -114,7 +117,11 @@ class CatalogEntry:
 
     def _load_details(self) -> dict[str, Any]:
         if self._details is None:
-            self._details = json.loads(self.details_path.read_text(), object_hook=_decode)
+            try:
+                self._details = json.loads(self.details_path.read_text(), object_hook=_decode)
+            except (OSError, ValueError) as exc:
+                raise integrity.CorruptFileError(f"run cache file {self.details_path} is unreadable ({exc}); "
+                                                 "the next `altgrad-pipeline refresh` re-reads the run") from exc  # fmt: skip
         return self._details
 
     @property
@@ -133,6 +140,7 @@ class CatalogEntry:
             "run_id": self.run_id,
             "fp8_format": self.fp8_format,
             "facts": asdict(self.facts),
+            "sha256": self.sha256,
         }
 
 
@@ -217,6 +225,7 @@ class RunCatalog:
             fp8_format=record["fp8_format"],
             facts=facts,
             runs_dir=str(self._runs_dir),
+            sha256=record.get("sha256", {}),
         )
 
     def _read_index(self) -> dict[str, dict[str, Any]]:
@@ -259,16 +268,78 @@ class RunCatalog:
             facts=RunFacts(ended=run.ended, exit_code=run.exit_code, cut_short=run.cut_short, updated_at=row["updated_at"]),
             runs_dir=str(self._runs_dir),
         )
+        issues = list(run.issues)
+        if fmt == INVALID_FORMAT:
+            issues.append(self._invalid_format_issue(locator, run))
         details = {
             "row": row,
-            "issues": [i.as_row() | {"run_id": i.run_id or run.run_id, "source": i.source or run.source} for i in run.issues],
+            "issues": [i.as_row() | {"run_id": i.run_id or run.run_id, "source": i.source or run.source} for i in issues],
         }
         history = history_with_run_id(run)
         _atomic_write(self.history_path(entry), lambda p: history.write_parquet(p))
         payload = json.dumps(details, default=_encode)
         _atomic_write(entry.details_path, lambda p: p.write_text(payload))
+        entry.sha256 = {"history": integrity.sha256_of(self.history_path(entry)), "details": integrity.sha256_of(entry.details_path)}
         entry._details = details
         return entry
+
+    def _invalid_format_issue(self, locator: RunLocator, run: ParsedRun) -> IngestIssue:
+        """Why a run sits in the `invalid_format` partition: its format name could not name a file."""
+        value = run.config.get(self.rules.format_key, run.name)
+        return IngestIssue(
+            location=locator.location,
+            source=locator.source,
+            run_id=run.run_id,
+            kind="invalid_format",
+            reason=f"format name {value!r} (config {self.rules.format_key}) is not a safe partition or file name "
+            f"(letters, digits, _ + - . up to 64 characters, no leading dot)",
+            lost=f"nothing: the run is kept in partition {INVALID_FORMAT}",
+        )
+
+    def damaged(self, entries: Sequence[CatalogEntry]) -> list[tuple[CatalogEntry, str]]:
+        """Entries whose cache files are missing, altered or unreadable, with what is wrong. Files
+        written before hashes were kept are checked for readability only."""
+        found = []
+        for entry in entries:
+            for path, expected in ((self.history_path(entry), entry.sha256.get("history")),
+                                   (entry.details_path, entry.sha256.get("details"))):  # fmt: skip
+                why = integrity.problem(path, expected)
+                if why is None and expected is None:
+                    try:
+                        pl.read_parquet_schema(path) if path.suffix == ".parquet" else json.loads(path.read_text())
+                    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+                        why = f"{path} is unreadable ({type(exc).__name__})"
+                if why is not None:
+                    found.append((entry, why))
+                    break
+        return found
+
+    def heal(self, entries: Sequence[CatalogEntry]) -> list[str]:
+        """Move the damaged cache files of these runs aside and drop the runs from the index, so the
+        next sync reads them again from their stores; one message per run, naming the file."""
+        damaged = self.damaged(entries)
+        if not damaged:
+            return []
+        messages = []
+        with self._index_lock():
+            index = self._read_index()
+            for entry, why in damaged:
+                moved = [integrity.quarantine(path, self.cache_dir) for path in (self.history_path(entry), entry.details_path)]
+                index.pop(entry.key, None)
+                where = ", ".join(str(m) for m in moved if m is not None) or "nothing left to move"
+                messages.append(f"run cache of {entry.run_id}: {why}; moved aside ({where}), re-reading the run")
+            payload = json.dumps({"version": CACHE_VERSION, "entries": index}, default=_encode)
+            _atomic_write(self._index_path, lambda p: p.write_text(payload))
+        return messages
+
+    def verified_sync(self, entries_of: Callable[[SyncResult], Sequence[CatalogEntry]] | None = None, **options: Any) -> tuple[SyncResult, list[str]]:
+        """`sync`, then a check of the cache files of `entries_of(result)` (default: every run): a
+        damaged run is re-read from its store at once, and the messages say which files were bad."""
+        result = self.sync(**options)
+        messages = self.heal(entries_of(result) if entries_of else result.entries)
+        if messages:
+            result = self.sync(**{k: v for k, v in options.items() if k != "seen_digest"})
+        return result, messages
 
     def _commit(self, stored: list[CatalogEntry], removed: set[str]) -> None:
         """Merge this sync's changes into the index on disk (another sync may have written since)."""
@@ -436,7 +507,7 @@ class RunCatalog:
             if len(parallel) >= PARALLEL_MIN_RUNS:
                 with concurrent.futures.ProcessPoolExecutor(
                     min(self.workers, len(parallel)), mp_context=multiprocessing.get_context("forkserver"),
-                    initializer=_start_worker, initargs=(self.cache_dir, portable, self.rules),
+                    initializer=_start_worker, initargs=(self.cache_dir, portable, self.rules, os.getpid()),
                 ) as pool:  # fmt: skip
                     futures = {i: pool.submit(_read_in_worker, position[id(pending[i][1])], pending[i][2]) for i in parallel}
                     for i, future in futures.items():
@@ -479,13 +550,6 @@ class RunCatalog:
         return pl.concat(frames, how="vertical")
 
     @staticmethod
-    def partition_fingerprint(entries: Sequence[CatalogEntry], runs: pl.DataFrame) -> str:
-        """Changes exactly when a partition's tables would: a run's files, or its state, changed."""
-        states = dict(runs.select("run_id", "state").iter_rows()) if runs.height else {}
-        parts = sorted(f"{e.key}:{e.fingerprint}:{states.get(e.run_id)}" for e in entries)
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
-
-    @staticmethod
     def issues(result: SyncResult) -> pl.DataFrame:
         stored = [row for e in result.entries for row in e.issues]
         return pl.concat(
@@ -505,11 +569,13 @@ def _can_send(source: RunSource) -> bool:
     return True
 
 
-def _start_worker(cache_dir: Path, sources: list[RunSource | None], rules: StudyRules) -> None:
+def _start_worker(cache_dir: Path, sources: list[RunSource | None], rules: StudyRules, parent_pid: int) -> None:
     """A pool worker's catalog; `sources` keeps the parent's order, None where a source stays there.
-    The worker only parses, so its allocator keeps freed buffers for the next run."""
+    The worker only parses, so its allocator keeps freed buffers for the next run; it ends with the
+    sync that started it."""
     global _WORKER_CATALOG
     reuse_freed_memory()
+    die_with_parent(parent_pid)
     _WORKER_CATALOG = RunCatalog(cache_dir, sources, rules)  # type: ignore[arg-type]
 
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import threading
+import time
 
 #: glibc `mallopt` parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -34,3 +37,22 @@ def reuse_freed_memory() -> bool:
     if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+
+
+#: How often a parse worker checks that the process that started it is still there.
+PARENT_CHECK_SECONDS = 0.5
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this worker as soon as `parent_pid` (the process whose sync it serves) is gone: a killed
+    refresh must not leave workers parsing and writing cache files behind it. The pool's workers
+    are children of the forkserver, not of the sync, so a watchdog thread looks for the sync itself."""
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_SECONDS)
+            try:
+                os.kill(parent_pid, 0)
+            except (ProcessLookupError, PermissionError):  # gone (or the pid reused by another user)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()

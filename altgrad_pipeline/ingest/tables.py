@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ParsedRun, numeric_history
-from altgrad_pipeline.study import StudyRules
+from altgrad_pipeline.study import StudyRules, format_partition
 
 CONFIG_PREFIX = "config."
 
@@ -255,6 +255,7 @@ def raw_runs_frame(
             pl.col(CONFIG_PREFIX + rules.project_key).cast(pl.String) if has(rules.project_key) else pl.lit(None, pl.String),
         ).alias("project"),
     ).drop("ended", "cut_short")
+    frame = frame.with_columns(pl.col("fp8_format").map_elements(format_partition, return_dtype=pl.String))
     leading = list(RAW_RUNS_SCHEMA)
     return frame.select(leading + sorted(c for c in frame.columns if c not in RAW_RUNS_SCHEMA)).sort("run_id")
 

@@ -25,6 +25,7 @@ client (it reads `WANDB_API_KEY`); texts this module produces are scrubbed of it
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import hashlib
@@ -262,13 +263,15 @@ class WandbApiSource:
         return history_frame(rows, run_id=run_id, location=location, source=self.name)
 
     def _redact(self, exc: BaseException) -> str:
-        return self.redact(f"{type(exc).__name__}: {exc}")
+        return self.redact(describe_error(exc))
 
     def redact(self, text: str) -> str:
-        """`text` without the API key (the environment's or the client's)."""
+        """`text` without the API key (the environment's or the client's), in any form a client or a
+        misbehaving server may echo it: plain, URL-encoded, or as Basic-auth base64 of `api:<key>`."""
         for secret in {os.environ.get("WANDB_API_KEY"), getattr(self._api, "api_key", None)}:
             if secret:
-                text = text.replace(secret, "[redacted]")
+                for form in secret_forms(secret):
+                    text = text.replace(form, "[redacted]")
         return text
 
     # -- what a run logged besides its history ---------------------------------------------------
@@ -474,6 +477,35 @@ def history_frame(
         schema=HISTORY_SCHEMA,
     ).sort("step", "key", maintain_order=True)
     return history, value_types, issues
+
+
+def secret_forms(secret: str) -> list[str]:
+    """The texts a secret may appear as: itself, URL-encoded, and base64 (standard and URL-safe,
+    padded or not) of itself and of the Basic-auth pair `api:<secret>`; longest first."""
+    forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
+    for raw in (f"api:{secret}".encode(), secret.encode()):
+        for encoded in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
+            forms |= {encoded, encoded.rstrip("=")}
+    return sorted(forms, key=len, reverse=True)
+
+
+def describe_error(exc: BaseException) -> str:
+    """What went wrong, from the bottom of the exception chain: the client wraps a refused
+    connection or an HTTP error status in an authentication error whose own text says neither."""
+    text = f"{type(exc).__name__}: {exc}"
+    if "connection refused" in text.lower():  # wandb-core reports it inside its own error's text
+        return f"could not connect (connection refused): {text}"
+    seen, cause = {id(exc)}, exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        response = getattr(cause, "response", None)
+        status = getattr(response, "status_code", None)
+        if status is not None:
+            return f"{text} (HTTP {status} from {getattr(response, 'url', 'the server')})"
+        if isinstance(cause, (ConnectionError, OSError)) or "ConnectionError" in type(cause).__name__:
+            return f"{text} (could not connect: {type(cause).__name__}: {cause})"
+        cause = cause.__cause__ or cause.__context__
+    return text
 
 
 def _float_or_none(value: Any) -> float | None:

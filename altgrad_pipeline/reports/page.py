@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 from markdown_it import MarkdownIt
 
+from altgrad_pipeline import atomic
 from altgrad_pipeline.escaping import escape_html, escape_markdown
 from altgrad_pipeline.markdown import format_cell, markdown_table
 from altgrad_pipeline.reports.style import ordered_formats
@@ -176,9 +177,9 @@ def markdown_to_html(markdown: str, *, title: str, base_dir: Path) -> str:
 def write_report(reports_dir: Path, name: str, title: str, description: str, markdown: str, figures: Sequence[Path], main: Path | None) -> ReportResult:
     reports_dir.mkdir(parents=True, exist_ok=True)
     path = reports_dir / f"{name}.md"
-    path.write_text(markdown, encoding="utf-8")
+    atomic.write_text(path, markdown)  # a kill or a full disk never leaves half a report
     html_path = reports_dir / f"{name}.html"
-    html_path.write_text(markdown_to_html(markdown, title=title, base_dir=reports_dir), encoding="utf-8")
+    atomic.write_text(html_path, markdown_to_html(markdown, title=title, base_dir=reports_dir))
     return ReportResult(ReportEntry(title, path, description), html_path, tuple(figures), main)
 
 

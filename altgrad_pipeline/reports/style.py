@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first)
 
+from altgrad_pipeline import atomic  # noqa: E402
 from altgrad_pipeline.study import BASELINE_FORMAT, SAFE_FORMAT_NAME, is_safe_format_name  # noqa: E402
 
 #: Fixed colours (Okabe-Ito, readable for colour-blind readers); the baseline is black.
@@ -107,7 +108,7 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, panel_size: tuple[float, float
 def save_figure(figure: Figure, path: Path, *, dpi: int = FIGURE_DPI) -> Path:
     """Write the figure as PNG (parents created) and release it; returns the path written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=dpi)
+    with atomic.atomic_path(path) as tmp:  # a kill or a full disk never leaves half a PNG
+        figure.savefig(tmp, format="png", dpi=dpi)
     figure.clear()
     return path

@@ -102,13 +102,15 @@ def test_burst_of_finished_runs_gives_one_refresh_per_format(tmp_path):
     assert list(changed.refresh) == ["E5M2"] and changed.refresh["E5M2"] != burst.refresh["E5M2"]
 
 
-def test_unsafe_format_names_are_not_partition_keys(tmp_path):
+def test_unsafe_format_names_go_to_the_invalid_format_partition(tmp_path):
     store = tmp_path / "store"
     catalog = RunCatalog(tmp_path / "cache", [JsonlSource(store)])
     _jsonl_run(store, "evil", "../../etc", folder="evil")
     _jsonl_run(store, "fine", "E4M3")
     outcome = _tick(catalog, store, WatchCursor())
-    assert list(outcome.refresh) == ["E4M3"] and outcome.rejected_formats == ["../../ETC"]
+    assert sorted(outcome.refresh) == ["E4M3", "invalid_format"] and outcome.rejected_formats == []
+    [issue] = [i for e in catalog.sync().entries for i in e.issues if i["kind"] == "invalid_format"]
+    assert "'../../etc'" in issue["reason"] and issue["run_id"]
 
 
 def test_the_wandb_api_is_asked_only_for_runs_ended_since_the_last_tick(monkeypatch, tmp_path):

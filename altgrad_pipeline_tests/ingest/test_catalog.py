@@ -9,6 +9,7 @@ import altgrad_pipeline.ingest.catalog as catalog_module
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.listing import store_digest
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator
+from altgrad_pipeline.partition_tables import built_from
 
 
 class FakeSource:
@@ -93,9 +94,10 @@ def test_partition_fingerprint_tracks_files_and_state(tmp_path):
     catalog = RunCatalog(tmp_path, [source])
     entries = catalog.sync().entries
     runs = catalog.raw_runs(entries)
-    before = RunCatalog.partition_fingerprint(entries, runs)
-    assert before == RunCatalog.partition_fingerprint(entries, runs)
-    assert before != RunCatalog.partition_fingerprint(entries, runs.with_columns(pl.lit("crashed").alias("state")))
+    before = built_from(runs)
+    assert before == built_from(runs.reverse())
+    assert before != built_from(runs.with_columns(pl.lit("crashed").alias("state")))
+    assert before != built_from(runs.with_columns(pl.lit("other").alias("run_version")))
 
 
 class FolderSource(FakeSource):

@@ -517,3 +517,14 @@ def test_feeding_any_byte_split_equals_one_full_read(records: list[dict[str, flo
     whole.feed(data)
     assert log.position.offset == len(data)
     assert_frame_equal(log.parsed_run("s").history, whole.parsed_run("s").history, check_exact=True)
+
+
+def test_a_step_beyond_int64_loses_its_line_only(tmp_path):
+    lines = [json.dumps({"step": step, "loss": 1.0 / (step + 1)}) for step in range(5)]
+    lines.insert(2, '{"step": 9223372036854775808, "loss": 0.1}')
+    (tmp_path / "run.jsonl").write_text("\n".join(lines) + "\n")
+    source = JsonlSource(tmp_path)
+    [locator] = source.discover()
+    run = source.read(locator)
+    assert run.history.get_column("step").to_list() == [0, 1, 2, 3, 4]
+    assert [(i.kind, i.position) for i in run.issues] == [("bad_step", "line 3")]

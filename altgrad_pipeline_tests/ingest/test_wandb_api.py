@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import math
+import urllib.parse
 from pathlib import Path
 
 import polars as pl
@@ -342,6 +343,27 @@ def test_api_key_never_leaks(
     assert bad.issues, "the failing read should have produced an issue to check"
     for secret in (FAKE_API_KEY, basic):
         assert not [text for text in texts if secret in text]
+
+
+def test_a_key_echoed_by_the_server_is_redacted_in_every_form(server: FakeWandbServer, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    src = source(tmp_path)
+    server.fail_next(500, times=50, retry_after="0", echo_auth=True)
+    bad = src.read(locator("beta"))
+
+    basic = base64.b64encode(f"api:{FAKE_API_KEY}".encode()).decode()
+    texts = [repr(bad), caplog.text] + [p.read_bytes().decode("latin-1") for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert "[redacted]" in bad.issues[0].reason
+    for form in (FAKE_API_KEY, basic, basic.rstrip("="), urllib.parse.quote(basic)):
+        assert not [text for text in texts if form in text], form
+
+
+def test_a_refused_connection_is_said_so(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_API_KEY)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    with pytest.raises(WandbApiError) as caught:
+        source(tmp_path).discover()
+    assert "could not connect" in str(caught.value) or "Connection refused" in str(caught.value), caught.value
 
 
 def test_unknown_run_is_an_issue_not_an_exception(server: FakeWandbServer, tmp_path: Path) -> None:

@@ -1,0 +1,76 @@
+"""Files written whole or not at all: a temp file beside the target, renamed over it once complete,
+removed when writing fails, so a kill or a full disk never leaves half a report, figure or table at
+its final path. Out-of-space errors name the path and say so; no Dagster import.
+
+`ALTGRAD_TEST_KILL_AT=<point>` (test-only, see `kill_point`) SIGKILLs the process at a named write,
+so the tests can interrupt a refresh at exactly one phase boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+#: Test-only: the name of the write point at which the process kills itself (see `kill_point`).
+KILL_AT_ENV = "ALTGRAD_TEST_KILL_AT"
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded")
+
+
+class OutOfSpaceError(OSError):
+    """The disk (or quota) is full: said plainly, with the file that could not be written."""
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """A full disk or quota, whether raised by Python (errno) or by a library that only keeps the text."""
+    return (isinstance(exc, OSError) and exc.errno in _NO_SPACE) or any(m in str(exc) for m in _NO_SPACE_TEXT)
+
+
+def kill_point(name: str) -> None:
+    """Test-only hook: SIGKILL this process when ALTGRAD_TEST_KILL_AT equals `name`, to simulate a
+    refresh killed at that point (`write:<asset>` before an asset's file, `write:<file name>` before
+    a report file). Unset (always, outside tests) it does nothing."""
+    if os.environ.get(KILL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def temp_path(path: Path) -> Path:
+    """A hidden, unique sibling of `path`: same folder, so the final rename is atomic."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path to write; on success it replaces `path`, on any failure it is removed and a
+    full disk is re-raised as `OutOfSpaceError` naming `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kill_point(f"write:{path.name}")
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except Exception as exc:
+        if is_out_of_space(exc):
+            raise OutOfSpaceError(errno.ENOSPC, f"out of disk space writing {path}") from exc
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding=encoding)
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

@@ -1,0 +1,180 @@
+"""A refresh that heals itself: killed at any phase, fed hostile format names, handed damaged files
+or started twice at once, a plain `altgrad-pipeline refresh` converges to what a clean run builds.
+
+One small JSONL study (BF16 and E5M2, plus a run whose format is "../../../ESCAPE" and one whose
+format is 300 characters) is refreshed once cleanly; every other data dir must end equal to it:
+the same tables, and the same reports apart from their build times. Kills are SIGKILLs of the CLI
+process at named write points (`ALTGRAD_TEST_KILL_AT`, test-only, see `atomic.kill_point`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from altgrad_pipeline.atomic import KILL_AT_ENV
+from altgrad_pipeline.examples import example_spec, simulate_history
+
+STEPS = 120
+LONG_FORMAT = "E" * 300
+_BUILT = re.compile(r"Built \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\.")
+
+
+def _write_jsonl_run(root: Path, token: str, config: dict, history: list[dict]) -> None:
+    """A dr_exp-style JSONL run: `exp/run_<token>/metrics.jsonl`, its job file says it completed."""
+    folder = root / "exp" / f"run_{token}"
+    folder.mkdir(parents=True)
+    folder.joinpath("metrics.jsonl").write_text("".join(json.dumps({"step": step, **row}) + "\n" for step, row in enumerate(history)))
+    (root / "exp" / "jobs").mkdir(exist_ok=True)
+    (root / "exp" / "jobs" / f"{token}.json").write_text(json.dumps({"status": "completed", "config": config}))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("healing") / "runs"
+    cells = [("BF16", "adamw", 1), ("BF16", "adamw", 2), ("E5M2", "adamw", 1), ("E5M2", "adamw", 2),
+             ("E5M2", "manifold", 1), ("E5M2", "manifold", 2)]  # fmt: skip
+    for fmt, optimizer, seed in cells:
+        spec = example_spec(fmt, optimizer, seed, max_steps=STEPS)
+        _write_jsonl_run(root, spec.run_name.replace("_", "-"), spec.config(), simulate_history(spec))
+    odd = example_spec("E5M2", "adamw", 7, max_steps=STEPS)
+    _write_jsonl_run(root, "escape", odd.config() | {"fp8_format": "../../../ESCAPE"}, simulate_history(odd))
+    _write_jsonl_run(root, "long", odd.config() | {"fp8_format": LONG_FORMAT}, simulate_history(odd))
+    return root
+
+
+def _refresh(store: Path, data: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """The CLI in its own process (so it can be SIGKILLed), with its instance under the data dir."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", KILL_AT_ENV)}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    if kill_at:
+        env[KILL_AT_ENV] = kill_at
+    command = [sys.executable, "-m", "altgrad_pipeline.cli", "refresh", "--runs", str(store), "--data-dir", str(data), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0 and "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    return result.stdout
+
+
+def _killed(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def clean(store, tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("clean") / "data"
+    _ok(_refresh(store, data))
+    return data
+
+
+def _tables(data: Path) -> dict[str, pl.DataFrame]:
+    """Every asset file, with the data dir's own path (in `path`-like columns) written as <data>."""
+    files = sorted((data / "assets").rglob("*.parquet"))
+    here = [pl.col(pl.String).str.replace_all(str(data), "<data>", literal=True),
+            pl.col(pl.List(pl.String)).list.eval(pl.element().str.replace_all(str(data), "<data>", literal=True))]  # fmt: skip
+    return {str(p.relative_to(data)): pl.read_parquet(p).with_columns(here) for p in files}
+
+
+def _reports(data: Path) -> dict[str, str | bytes]:
+    files = sorted(p for p in (data / "reports").rglob("*") if p.is_file())
+    def text(path: Path) -> str:
+        return _BUILT.sub("Built <time>.", path.read_text()).replace(str(data), "<data>")
+
+    return {str(p.relative_to(data)): text(p) if p.suffix in (".md", ".html") else p.read_bytes() for p in files}
+
+
+def assert_like_clean(data: Path, clean: Path) -> None:
+    """The same tables and the same reports (build times aside) as the clean refresh; no temp file left."""
+    tables, expected = _tables(data), _tables(clean)
+    assert sorted(tables) == sorted(expected)
+    for name, frame in expected.items():
+        assert_frame_equal(tables[name], frame, check_row_order=False), name  # ties may sort either way
+    reports, expected_reports = _reports(data), _reports(clean)
+    assert sorted(reports) == sorted(expected_reports)
+    assert [name for name in reports if reports[name] != expected_reports[name]] == []
+    assert not [p for p in data.rglob("*.tmp") if "quarantine" not in p.parts]
+
+
+def test_odd_format_names_stay_inside_the_data_dir_and_are_explained(clean, store):
+    outside = [p for p in clean.parent.parent.rglob("*") if "ESCAPE" in p.name or LONG_FORMAT[:64] in p.name]
+    assert outside == []
+    assert sorted(p.stem for p in (clean / "assets" / "raw_runs").glob("*.parquet")) == ["BF16", "E5M2", "invalid_format"]
+    issues = pl.read_parquet(clean / "assets" / "ingest_issues.parquet").filter(pl.col("kind") == "invalid_format")
+    assert sorted(issues.get_column("reason").str.contains("ESCAPE").to_list()) == [False, True]
+    assert issues.get_column("reason").str.contains(LONG_FORMAT).any() and issues.get_column("run_id").null_count() == 0
+    rankings = pl.read_parquet(clean / "assets" / "format_rankings.parquet")
+    assert "E5M2" in rankings.get_column("fp8_format").to_list()
+    assert "E5M2" in (clean / "reports" / "format_comparison.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("phase", "kill_at", "full"),
+    [
+        ("after a partition's first table", "write:run_histories", False),
+        ("mid-partition", "write:layer_metrics", False),
+        ("mid-analysis", "write:format_rankings", True),
+        ("mid-report", "write:failure_modes.md", True),
+    ],
+)
+def test_a_refresh_killed_at_any_phase_heals_on_a_plain_rerun(phase, kill_at, full, store, clean, tmp_path):
+    data = tmp_path / "data"
+    if full:  # the analysis phases: a built data dir, then a --full refresh killed in its analysis
+        shutil.copytree(clean, data)
+    _killed(_refresh(store, data, *(["--full"] if full else []), kill_at=kill_at))
+    out = _ok(_refresh(store, data))
+    assert "Marked failed 1 run(s) whose process was gone" in out, out
+    assert "Everything is up to date." not in out and "Materializing analysis and reports" in out, out
+    assert_like_clean(data, clean)
+    if kill_at == "write:run_histories":  # converged: the next refresh has nothing to do, and says so
+        assert "Everything is up to date." in _ok(_refresh(store, data))
+
+
+def test_damaged_partition_and_cache_files_are_named_and_rebuilt(store, clean, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(clean, data)
+    partition = data / "assets" / "run_histories" / "E5M2.parquet"
+    with open(partition, "r+b") as handle:  # 64 bytes inside the file: still decodes, with wrong values
+        handle.seek(partition.stat().st_size // 2)
+        handle.write(bytes(range(64)))
+    deleted = data / "assets" / "layer_metrics" / "BF16.parquet"
+    deleted.unlink()
+    cache = data / "cache" / "runs"
+    histories = sorted((cache / "runs").glob("*.history.parquet"))
+    details = sorted((cache / "runs").glob("*.json"))
+    histories[0].write_bytes(histories[0].read_bytes()[:100])  # truncated
+    details[1].write_text('{"row": {"run_id": ')  # garbled
+    analysis = data / "assets" / "format_rankings.parquet"
+    analysis.write_bytes(analysis.read_bytes()[:-10])
+    out = _ok(_refresh(store, data))
+    for path in (partition, deleted, histories[0], details[1], analysis):
+        assert str(path) in out, (path, out)
+    assert "Materializing format partition E5M2" in out and "Materializing format partition BF16" in out
+    assert len(list((data / "quarantine").rglob("*.parquet"))) == 2  # the missing file had nothing to move
+    assert len([p for p in (cache / "quarantine").rglob("*") if p.is_file()]) == 4  # both files of both runs
+    assert_like_clean(data, clean)
+
+
+def test_two_refreshes_started_together_one_waits_and_both_end_like_a_clean_run(store, clean, tmp_path):
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", KILL_AT_ENV)}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "altgrad_pipeline.cli", "refresh", "--runs", str(store), "--data-dir", str(data)]
+    first, second = (subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2))
+    outputs = [process.communicate(timeout=300) for process in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outputs
+    assert not any("Traceback" in out + err for out, err in outputs), outputs
+    waited = [out for out, _ in outputs if "Another refresh of this data dir is running (pid" in out]
+    assert len(waited) == 1 and "Everything is up to date." in waited[0], outputs
+    assert_like_clean(data, clean)
