@@ -42,3 +42,17 @@ def test_a_dashed_format_with_a_failing_run_goes_through_the_graph(tmp_path: Pat
     traces = list((reports / "figures").glob(f"failure_trace*_{FORMAT}.png"))
     assert traces, sorted(p.name for p in (reports / "figures").iterdir())
     assert (reports / "format_comparison.md").exists() and (reports / "index.md").exists()
+
+
+def test_one_rule_decides_the_partition_of_a_format_name() -> None:
+    """Ingest, the sensor, the schedule, the IO manager and the reports share `study`'s rule; a
+    name it refuses goes to `invalid_format`, itself a safe name."""
+    from altgrad_pipeline import settings
+    from altgrad_pipeline.study import INVALID_FORMAT, format_partition
+
+    assert not hasattr(settings, "is_safe_format_name")
+    assert is_safe_format_name(INVALID_FORMAT) and format_partition(FORMAT) == FORMAT
+    for name in ("../../../ESCAPE", ".hidden", "E" * 65, "a/b", "E4M3\n", "", None):
+        assert not is_safe_format_name(name)
+    for name in ("../../../ESCAPE", ".hidden", "E" * 65, "a/b", "E4M3\n", ""):
+        assert format_partition(name) == INVALID_FORMAT
