@@ -20,6 +20,7 @@ import wandb
 from altgrad_pipeline.examples import example_spec, simulate_history, write_example_runs, write_run
 from altgrad_pipeline.refresh import refresh
 from altgrad_pipeline_tests.conftest import PUNCTUATED_RUN_IDS, write_punctuated_id_runs
+from altgrad_pipeline_tests.sdk import finish_and_flush
 
 EVIL_NAME = "| <script> ** [x](y)"
 STEPS = 220
@@ -50,7 +51,7 @@ def _write_evil_run(root: Path) -> None:
     )  # fmt: skip
     for step, row in enumerate(simulate_history(spec)):
         run.log(row, step=step)
-    run.finish()
+    finish_and_flush(run)
 
 
 @pytest.fixture(scope="module")
