@@ -40,3 +40,14 @@ def safe_filename(text: object, *, max_length: int = 60) -> str:
     cleaned = _UNSAFE_FILENAME.sub("_", raw).strip("._-")[:max_length] or "run"
     digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
     return f"{cleaned}-{digest}"
+
+
+_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_csv_text(text: str | None) -> str | None:
+    """A text cell for a CSV opened in a spreadsheet: a leading `= + - @` (a formula there) gets a
+    `'` in front, so a run name can never run as a formula."""
+    if text is None or not text.startswith(_CSV_FORMULA_START):
+        return text
+    return "'" + text

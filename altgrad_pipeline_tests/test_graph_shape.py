@@ -44,7 +44,7 @@ EXPECTED: dict[str, Any] = {
         "manifold_stats": ("analysis", None, ("failure_modes", "raw_runs", "run_histories", "run_outcomes", "run_summaries")),
         "training_dynamics": ("analysis", None, ("raw_runs", "run_histories")),
         "sweep_summary": ("analysis", None, ("raw_runs", "run_histories")),
-        "format_comparison_report": ("reports", None, ("format_rankings", "raw_runs", "run_histories")),
+        "format_comparison_report": ("reports", None, ("failure_modes", "format_rankings", "raw_runs", "run_histories", "run_outcomes")),
         "failure_modes_report": ("reports", None, ("failure_modes", "layer_metrics", "raw_runs", "run_histories")),
         "manifold_comparison_report": (
             "reports", None, ("manifold_stats", "raw_runs", "run_histories", "run_outcomes", "run_summaries"),

@@ -20,6 +20,7 @@ import wandb
 from altgrad_pipeline.examples import example_spec, simulate_history, write_example_runs, write_run
 from altgrad_pipeline.refresh import refresh
 from altgrad_pipeline_tests.conftest import PUNCTUATED_RUN_IDS, write_punctuated_id_runs
+from altgrad_pipeline_tests.sdk import finish_and_flush
 
 EVIL_NAME = "| <script> ** [x](y)"
 STEPS = 220
@@ -50,7 +51,7 @@ def _write_evil_run(root: Path) -> None:
     )  # fmt: skip
     for step, row in enumerate(simulate_history(spec)):
         run.log(row, step=step)
-    run.finish()
+    finish_and_flush(run)
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +178,30 @@ def test_reports_exist_with_their_figures(pipeline):
             assert (reports / image).is_file(), image
         html = (reports / f"{name}.html").read_text()
         assert "<script" not in html
+
+
+def test_every_report_table_has_its_csv_and_every_figure_its_svg(pipeline):
+    """All reports (dynamics, sweep and media included) write the twins through the page kit."""
+    reports = pipeline["data"] / "reports"
+    for path in sorted(reports.glob("*.md")):
+        text = path.read_text()
+        n_tables = len(re.findall(r"^\|(?:---\|)+$", text, flags=re.MULTILINE))
+        links = re.findall(r"\nTable as CSV: \[[^\]]*\]\((tables/[^)]+\.csv)\)", text)
+        assert len(links) == n_tables, path.name
+        assert all((reports / link).is_file() for link in links), path.name
+        for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\.png\)", text):
+            assert (reports / f"{image}.svg").is_file(), image
+
+
+def test_killed_run_is_in_the_failure_report_from_the_first_refresh(pipeline):
+    """The killed E1M6 run has no exit record on the first refresh: it is listed with its silence and last step."""
+    text = (pipeline["data"] / "reports" / "failure_modes.md").read_text()
+    assert "e1m6\\-adamw\\-s4" in text
+    conclusions = text.split("## Conclusions", 1)[1]
+    assert "**E1M6**" in conclusions and "**E7M0**: with AdamW" in conclusions
+    if "### Runs without an exit record" in text:
+        section = text.split("### Runs without an exit record", 1)[1].split("###", 1)[0]
+        assert "e1m6\\-adamw\\-s4" in section and re.search(r"no exit record, silent for \d+ minutes", section)
 
 
 def test_hostile_run_name_is_escaped(pipeline):

@@ -12,6 +12,15 @@ last loss step), best loss (lowest finite loss) and final bit-stall rate (last f
 - `per_layer`: the recommended format per layer type (the sweet spot of its mean rank);
 - `vs_baseline`: how far each ranked format trails BF16 at the common step (`trails_by`, nats,
   and `trails_by_pct` of the baseline's final loss; negative = ahead of BF16).
+
+`failure_conclusions` (ANAL-02): per (project, fp8_format, optimizer, failure_mode,
+failure_stage) of the failed runs: how many of the decided runs failed that way, the first,
+median and last failure step, and the stage's recommendation.
+
+`manifold_conclusions` (ANAL-03): per (project, fp8_format) of `manifold_stats`: the verdict and
+effect on `final_loss` (absolute and percent, interval, method, observed counts), the effect on
+the failure step and each arm's failure rate; `benefits_most` marks the format whose final loss
+ManifoldAdamW lowers most in percent among those where it helps.
 """
 
 from __future__ import annotations
@@ -74,8 +83,8 @@ def conclusions(format_rankings: pl.DataFrame, failure_modes: pl.DataFrame) -> C
     """Best format per optimizer, formats to avoid, format per layer type and distance to BF16."""
     overall = format_rankings.filter(pl.col("layer_type") == "all")
     best = overall.filter(pl.col("is_sweet_spot")).select(
-        "project", "optimizer", "fp8_format", "final_loss", "final_loss_ci_low", "final_loss_ci_high", "n_completed", "n_runs",
-        "runner_up", "lead_over_runner_up", "lead_ci_low", "lead_ci_high", "lead_beyond_noise",
+        "project", "optimizer", "fp8_format", "final_loss", "final_loss_ci_low", "final_loss_ci_high", "final_loss_ci_method", "n_completed", "n_runs",
+        "runner_up", "lead_over_runner_up", "lead_ci_low", "lead_ci_high", "lead_ci_method", "lead_beyond_noise",
     )
     failed = ~pl.col("failure_mode").is_in(NOT_FAILED)
     avoid = (
@@ -106,3 +115,56 @@ def conclusions(format_rankings: pl.DataFrame, failure_modes: pl.DataFrame) -> C
         .sort("project", "optimizer", "rank", "fp8_format", nulls_last=True)
     )
     return Conclusions(best=best, avoid=avoid, per_layer=per_layer, vs_baseline=vs_baseline)
+
+
+def failure_conclusions(failure_modes: pl.DataFrame) -> pl.DataFrame:
+    """project, fp8_format, optimizer, failure_mode, failure_stage, recommendation, n_failed,
+    n_decided, first/median/last_failure_step: how, when and where each format's runs fail."""
+    decided = (
+        failure_modes.filter(pl.col("failure_mode") != "no_exit_record")
+        .group_by("project", "fp8_format", "optimizer")
+        .agg(pl.len().alias("n_decided"))
+    )
+    return (
+        failure_modes.filter(~pl.col("failure_mode").is_in(NOT_FAILED))
+        .group_by("project", "fp8_format", "optimizer", "failure_mode", "failure_stage", "recommendation")
+        .agg(
+            pl.len().alias("n_failed"),
+            pl.col("failure_step").min().alias("first_failure_step"),
+            pl.col("failure_step").median().alias("median_failure_step"),
+            pl.col("failure_step").max().alias("last_failure_step"),
+        )
+        .join(decided, on=["project", "fp8_format", "optimizer"], how="left")
+        .sort("project", "fp8_format", "optimizer", "failure_mode", nulls_last=True)
+    )
+
+
+def manifold_conclusions(manifold_stats: pl.DataFrame) -> pl.DataFrame:
+    """One row per (project, fp8_format) of `manifold_stats` (module docstring)."""
+    key = ["project", "fp8_format"]
+    stats = manifold_stats
+    loss = stats.filter(pl.col("metric") == "final_loss").select(
+        *key, "verdict", "diff", "diff_pct", "ci_low", "ci_high", "method", "paired", "n_lower", "n_pairs", "n_standard", "n_manifold", "common_step"
+    )
+    step = stats.filter(pl.col("metric") == "failure_step").select(
+        *key,
+        pl.col("mean_standard").alias("failure_step_standard"),
+        pl.col("mean_manifold").alias("failure_step_manifold"),
+        pl.col("diff").alias("failure_delay"),
+        pl.col("diff_pct").alias("failure_delay_pct"),
+        pl.col("verdict").alias("failure_step_verdict"),
+    )
+    rate = stats.filter(pl.col("metric") == "failure_rate").select(
+        *key,
+        pl.col("mean_standard").alias("failure_rate_standard"),
+        pl.col("n_standard").alias("n_decided_standard"),
+        pl.col("mean_manifold").alias("failure_rate_manifold"),
+        pl.col("n_manifold").alias("n_decided_manifold"),
+    )
+    helps = pl.col("verdict") == "helps"
+    return (
+        loss.join(step, on=key, how="left")
+        .join(rate, on=key, how="left")
+        .with_columns((helps & (pl.col("diff_pct") == pl.col("diff_pct").filter(helps).min().over("project"))).fill_null(False).alias("benefits_most"))
+        .sort(key)
+    )

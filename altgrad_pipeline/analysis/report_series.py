@@ -5,6 +5,8 @@ and the metric traces before a collapse (`failure_trace_series`). Computed here,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import polars as pl
 from scipy import stats as sps
 
@@ -22,6 +24,11 @@ CURVE_BAND_METHOD = (
     "at that step); steps with a single run show the mean without a band. Non-finite losses are "
     "left out, so n drops where runs have stopped."
 )
+
+#: Share of the compared steps the zoomed loss panel shows (the last steps, where formats separate).
+ZOOM_FRACTION = 0.2
+#: Padding added above and below a y range, as a share of its span.
+RANGE_PADDING = 0.05
 
 #: Failure-trace series: name -> history keys in priority order. The dead-neuron series is not a
 #: history key; it is averaged from `layer_metrics` (see `failure_trace_series`).
@@ -71,6 +78,63 @@ def loss_curve_summary(
         .select("fp8_format", "step", pl.col("n_runs").cast(pl.Int64), "mean", "ci_low", "ci_high")
         .sort("fp8_format", "step")
     )
+
+
+@dataclass(frozen=True)
+class LossCurveView:
+    """How the headline loss figure frames `loss_curve_summary`, decided from the data so every
+    format that trains stays readable.
+
+    `diverging`: formats whose mean loss ends above where it started (they blow up); the y range
+    `y_range` is set by the other formats (their bands included, padded) and the diverging
+    formats' first steps (so they start inside the frame), and `exits` (fp8_format,
+    step, peak) says where each diverging format first leaves that range and how high it goes.
+    `zoom_steps` are the last `ZOOM_FRACTION` of the steps every training format reached, and
+    `zoom_range` the y range of the training formats there."""
+
+    diverging: tuple[str, ...]
+    y_range: tuple[float, float]
+    exits: pl.DataFrame
+    zoom_steps: tuple[int, int]
+    zoom_range: tuple[float, float]
+
+
+def _padded(low: float, high: float) -> tuple[float, float]:
+    pad = RANGE_PADDING * (high - low) if high > low else max(abs(high), 1.0) * RANGE_PADDING
+    return low - pad, high + pad
+
+
+def loss_curve_view(summary: pl.DataFrame, *, zoom_fraction: float = ZOOM_FRACTION) -> LossCurveView | None:
+    """The framing of the headline loss figure (see `LossCurveView`); None without a finite mean at
+    a step >= 1."""
+    shown = summary.filter((pl.col("step") >= 1) & finite(pl.col("mean")))
+    if shown.is_empty():
+        return None
+    ends = shown.group_by("fp8_format").agg(
+        pl.col("mean").sort_by("step").first().alias("first"),
+        pl.col("mean").sort_by("step").last().alias("last"),
+        pl.col("step").max().alias("last_step"),
+    )
+    diverging = ends.filter(pl.col("last") > pl.col("first"))["fp8_format"].sort().to_list()
+    training = shown.filter(~pl.col("fp8_format").is_in(diverging)) if len(diverging) < ends.height else shown
+    def value_range(frame: pl.DataFrame) -> tuple[float, float]:
+        lows = frame.select(pl.min_horizontal(pl.col("mean"), pl.col("ci_low").fill_nan(None)).min()).item()
+        highs = frame.select(pl.max_horizontal(pl.col("mean"), pl.col("ci_high").fill_nan(None)).max()).item()
+        return _padded(float(lows), float(highs))
+
+    starts = shown.filter(pl.col("fp8_format").is_in(diverging)).sort("step").group_by("fp8_format").head(1)
+    y_range = value_range(pl.concat([training, starts]))
+    exits = (
+        shown.filter(pl.col("fp8_format").is_in(diverging))
+        .group_by("fp8_format")
+        .agg(pl.col("step").filter(pl.col("mean") > y_range[1]).min().alias("step"), pl.col("mean").max().alias("peak"))
+        .filter(pl.col("step").is_not_null())
+        .sort("fp8_format")
+    )
+    end = int(ends.filter(pl.col("fp8_format").is_in(training["fp8_format"].unique().to_list()))["last_step"].min())
+    start = max(1, end - max(1, round(zoom_fraction * end)))
+    zoom_range = value_range(training.filter(pl.col("step").is_between(start, end)))
+    return LossCurveView(tuple(diverging), y_range, exits, (start, end), zoom_range)
 
 
 def failure_trace_series(

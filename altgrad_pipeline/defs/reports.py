@@ -112,21 +112,28 @@ def report_result(result: ReportResult, report_files: ReportFiles) -> dg.Materia
 
 
 @report_asset(
-    "ANAL-01 report `format_comparison.md`: sweet spot overall and per layer type, ranking tables "
-    "with n, completion rates, improvement over BF16, loss curves with CI bands, format × layer-type heatmap."
+    "ANAL-01 report `format_comparison.md`: AdamW rankings first and ManifoldAdamW beside them, final loss with "
+    "intervals, the sweet spot's lead, per-layer criteria with spread, bit-stall ranking, loss curves, every run, conclusions."
 )
 def format_comparison_report(
-    format_rankings: pl.DataFrame, raw_runs: pl.DataFrame, run_histories: pl.LazyFrame, report_files: ReportFiles
+    format_rankings: pl.DataFrame,
+    raw_runs: pl.DataFrame,
+    run_histories: pl.LazyFrame,
+    run_outcomes: pl.DataFrame,
+    failure_modes: pl.DataFrame,
+    report_files: ReportFiles,
 ) -> dg.MaterializeResult:
     return report_result(
-        format_comparison.write_format_comparison_report(format_rankings, raw_runs, run_histories, report_files.reports_dir),
+        format_comparison.write_format_comparison_report(
+            format_rankings, raw_runs, run_histories, run_outcomes, failure_modes, report_files.reports_dir
+        ),
         report_files,
     )
 
 
 @report_asset(
-    "ANAL-02 report `failure_modes.md`: every failed run with mode, failure step, last finite loss and "
-    "evidence; per failing format the metric traces before collapse beside a successful format."
+    "ANAL-02 report `failure_modes.md`: runs without an exit record, every failed run with mode, step, stage, "
+    "evidence and prevention; per failing format the traces up to each collapse; conclusions."
 )
 def failure_modes_report(
     failure_modes: pl.DataFrame,
@@ -142,8 +149,8 @@ def failure_modes_report(
 
 
 @report_asset(
-    "ANAL-03 report `manifold_comparison.md`: ManifoldAdamW − AdamW per format and metric with CI, "
-    "method and n, a paired-seed plot, and 'observed' wording where n is low."
+    "ANAL-03 report `manifold_comparison.md`: verdict per format, ManifoldAdamW − AdamW per metric with CI, "
+    "percent and observed counts, effect on failure, formats lacking an arm, paired-seed plot, conclusions."
 )
 def manifold_comparison_report(
     manifold_stats: pl.DataFrame,

@@ -18,14 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from matplotlib.lines import Line2D
 
+from altgrad_pipeline.analysis.report_series import LossCurveView
 from altgrad_pipeline.analysis.stats import finite
 from altgrad_pipeline.escaping import safe_filename
 from altgrad_pipeline.reports.style import (
     checked_format_name,
     format_colour,
     new_figure,
+    optimizer_line_style,
+    optimizer_order,
     ordered_formats,
+    plain_log_ticks,
     report_style,
     save_figure,
 )
@@ -51,27 +56,46 @@ def figure_path(figures_dir: Path, stem: str, *, project: str | None = None, fp8
     return Path(figures_dir) / ("_".join(parts) + ".png")
 
 
-def loss_curves_figure(summary: pl.DataFrame, path: Path, *, title: str) -> Path | None:
-    """Mean training loss per format with its confidence band, log-scaled step axis (step 0 cannot
-    sit on a log axis and is left out). None when no format has a step >= 1."""
+def loss_curves_figure(summary: pl.DataFrame, view: LossCurveView | None, path: Path, *, title: str) -> Path | None:
+    """Mean training loss per format with its confidence band, framed by `view`
+    (`report_series.loss_curve_view`): left, every step on a log axis (step 0 cannot sit there and
+    is left out) with the y range of the formats that train and a marker where a diverging format
+    leaves the frame; right, the last steps on a linear axis, where the formats separate. None when
+    no format has a finite mean at a step >= 1."""
     shown = summary.filter(pl.col("step") >= 1)
-    if shown.is_empty():
+    if view is None or shown.is_empty():
         return None
     with report_style():
-        figure, axes = new_figure()
+        figure, (overview, zoom) = new_figure(1, 2, panel_size=(6.0, 4.6))
         for fp8_format in ordered_formats(shown["fp8_format"].unique()):
             curve = shown.filter(pl.col("fp8_format") == fp8_format).sort("step")
             colour = format_colour(fp8_format)
             n_max = int(curve["n_runs"].max())
-            axes.plot(curve["step"], curve["mean"], color=colour, label=f"{fp8_format} (n ≤ {n_max})")
             band = curve.filter(pl.col("ci_low").is_not_null())
-            if not band.is_empty():
-                axes.fill_between(band["step"], band["ci_low"], band["ci_high"], color=colour, alpha=0.18, linewidth=0)
-        axes.set_xscale("log")
-        axes.set_xlabel("training step (log scale)")
-        axes.set_ylabel("training loss (cross-entropy, nats)")
-        axes.set_title(title)
-        axes.legend(title="format (runs)", loc="best")
+            for panel in (overview, zoom):
+                panel.plot(curve["step"], curve["mean"], color=colour, label=f"{fp8_format} (n ≤ {n_max})" if panel is overview else None)
+                if not band.is_empty():
+                    panel.fill_between(band["step"], band["ci_low"], band["ci_high"], color=colour, alpha=0.18, linewidth=0)
+        overview.set_xscale("log")
+        plain_log_ticks(overview.xaxis)
+        overview.set_ylim(*view.y_range)
+        for row in view.exits.iter_rows(named=True):
+            colour = format_colour(row["fp8_format"])
+            overview.plot([row["step"]], [view.y_range[1]], marker="^", markersize=10, color=colour, clip_on=False, linestyle="none")
+            overview.annotate(
+                f"{row['fp8_format']} diverges:\nleaves the frame at step {row['step']},\npeaks at {row['peak']:.3g}",
+                (row["step"], view.y_range[1]), xytext=(8, -4), textcoords="offset points", va="top", color=colour, fontsize=9,
+            )
+        overview.set_xlabel("training step (log scale)")
+        overview.set_ylabel("training loss (cross-entropy, nats)")
+        overview.set_title("all steps")
+        overview.legend(title="format (runs)", loc="lower left")
+        zoom.set_xlim(*view.zoom_steps)
+        zoom.set_ylim(*view.zoom_range)
+        zoom.set_xlabel("training step")
+        zoom.set_ylabel("training loss (cross-entropy, nats)")
+        zoom.set_title(f"steps {view.zoom_steps[0]}-{view.zoom_steps[1]}, where the formats separate")
+        figure.suptitle(title)
         return save_figure(figure, path)
 
 
@@ -125,49 +149,57 @@ def failure_trace_figure(
     fp8_format: str,
 ) -> Path | None:
     """One panel per `TRACE_PANELS` series: each failed run of `fp8_format` (failed_runs: run_id,
-    failure_step, trend_start_step; a thin line per run) up to its collapse, the collapse steps
-    dashed and the trend window shaded, beside the mean of the completed runs of each reference
-    format (reference_runs: run_id, fp8_format) over the same steps. None when the failed runs
-    logged none of the series."""
+    optimizer, failure_step, trend_start_step; a thin line per run, an X at its collapse) beside
+    the mean of the completed runs of each reference format per optimizer (reference_runs: run_id,
+    fp8_format, optimizer; thick lines), the line style telling the optimizers apart and the trend
+    window shaded. `trace` should already end each failed run at its own collapse
+    (`failures.trace_to_collapse`). None when the failed runs logged none of the series."""
     failed_ids = failed_runs["run_id"].to_list()
     failed_trace = trace.filter(pl.col("run_id").is_in(failed_ids))
     if failed_trace.is_empty():
         return None
-    collapse_steps = sorted({s for s in failed_runs["failure_step"].to_list() if s is not None})
-    last_step = collapse_steps[-1] if collapse_steps else int(failed_trace["step"].max())
+    collapse_steps = [s for s in failed_runs["failure_step"].to_list() if s is not None]
+    last_step = max(collapse_steps) if collapse_steps else int(failed_trace["step"].max())
     window_starts = [s for s in failed_runs["trend_start_step"].to_list() if s is not None]
-    reference_formats = ordered_formats(reference_runs["fp8_format"].unique())
+    optimizers = optimizer_order(failed_runs["optimizer"].unique())
+    references = reference_runs.filter(pl.col("optimizer").is_in(optimizers))
+    reference_formats = ordered_formats(references["fp8_format"].unique())
+    colour = format_colour(fp8_format)
     with report_style():
         figure, axes = new_figure(2, 2)
         for panel, (series, (title, unit)) in zip(axes.flat, TRACE_PANELS.items(), strict=True):
             values = trace.filter((pl.col("series") == series) & (pl.col("step") <= last_step))
-            for index, run_id in enumerate(failed_ids):
-                run = values.filter(pl.col("run_id") == run_id)
-                if not run.is_empty():
-                    panel.plot(run["step"], run["value"], color=format_colour(fp8_format), linewidth=1.0,
-                               label=f"{fp8_format} (failed runs)" if index == 0 else None)
+            for run in failed_runs.iter_rows(named=True):
+                line = values.filter((pl.col("run_id") == run["run_id"]) & finite(pl.col("value"))).sort("step")
+                if line.is_empty():
+                    continue
+                style = optimizer_line_style(run["optimizer"])
+                panel.plot(line["step"], line["value"], color=colour, linewidth=1.0, linestyle=style)
+                panel.plot(line["step"][-1:], line["value"][-1:], color=colour, marker="X", markersize=7, linestyle="none")
             for reference_format in reference_formats:
-                ids = reference_runs.filter(pl.col("fp8_format") == reference_format)["run_id"].to_list()
-                reference = (
-                    values.filter(pl.col("run_id").is_in(ids) & finite(pl.col("value")))
-                    .group_by("step")
-                    .agg(pl.col("value").mean())
-                    .sort("step")
-                )
-                if not reference.is_empty():
-                    panel.plot(reference["step"], reference["value"], color=format_colour(reference_format),
-                               linewidth=2.0, alpha=0.8, label=f"{reference_format} (completed, mean)")
+                for optimizer in optimizers:
+                    ids = references.filter((pl.col("fp8_format") == reference_format) & (pl.col("optimizer") == optimizer))["run_id"].to_list()
+                    reference = (
+                        values.filter(pl.col("run_id").is_in(ids) & finite(pl.col("value"))).group_by("step").agg(pl.col("value").mean()).sort("step")
+                    )
+                    if not reference.is_empty():
+                        panel.plot(reference["step"], reference["value"], color=format_colour(reference_format), linewidth=2.0, alpha=0.7,
+                                   linestyle=optimizer_line_style(optimizer))
             if window_starts and collapse_steps:
                 panel.axvspan(max(0, min(window_starts)), last_step, color="#999999", alpha=0.12, linewidth=0)
-            for index, step in enumerate(collapse_steps):
-                panel.axvline(step, color="#444444", linestyle="--", linewidth=1, label="collapse" if index == 0 else None)
             if values.filter(pl.col("run_id").is_in(failed_ids)).is_empty():
                 panel.text(0.5, 0.5, "not logged by the failed runs", ha="center", va="center", transform=panel.transAxes)
             panel.set_title(title)
             panel.set_xlabel("training step")
             panel.set_ylabel(unit)
-        axes.flat[0].legend(loc="best")
-        figure.suptitle(f"{fp8_format}: key metrics before collapse")
+        handles = [
+            Line2D([], [], color=colour, linewidth=1.0, label=f"{fp8_format} (failed runs, thin)"),
+            *(Line2D([], [], color=format_colour(f), linewidth=2.0, alpha=0.7, label=f"{f} (completed, mean)") for f in reference_formats),
+            *(Line2D([], [], color="#444444", linestyle=optimizer_line_style(o), label=o) for o in optimizers),
+            Line2D([], [], color=colour, marker="X", linestyle="none", label="collapse of a failed run"),
+        ]
+        figure.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)))
+        figure.suptitle(f"{fp8_format}: key metrics up to each failed run's collapse")
         return save_figure(figure, path)
 
 

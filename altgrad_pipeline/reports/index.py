@@ -37,5 +37,5 @@ def write_index(
     for entry in entries:
         target = link_target(Path(os.path.relpath(Path(entry.path).resolve(), reports_dir.resolve())).as_posix())
         lines.append(f"- [{escape_markdown(entry.title)}]({target}): {escape_markdown(entry.description)}")
-    lines += ["", "## Data", "", data_summary(raw_runs), ""]
+    lines += ["", "## Data", "", data_summary(raw_runs, reports_dir, "index"), ""]
     return write_report(reports_dir, "index", "altgrad analysis reports", "All reports.", "\n".join(lines), (), None)

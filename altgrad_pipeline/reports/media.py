@@ -27,9 +27,9 @@ from altgrad_pipeline.analysis.sweeps import run_labels
 from altgrad_pipeline.escaping import escape_markdown
 from altgrad_pipeline.ingest.media.tables import TableRows
 from altgrad_pipeline.ingest.model import numeric_history
-from altgrad_pipeline.markdown import format_cell, markdown_table
+from altgrad_pipeline.markdown import format_cell
 from altgrad_pipeline.notebook import differing_config
-from altgrad_pipeline.reports.page import FIGURES_DIR, ReportResult, header, image, write_report
+from altgrad_pipeline.reports.page import FIGURES_DIR, ReportResult, data_table, figure_block, header, write_report
 from altgrad_pipeline.reports.style import FALLBACK_COLOURS, FORMAT_COLOURS, new_figure, report_style, save_figure
 
 MEDIA_REPORT_NAME = "media"
@@ -248,7 +248,7 @@ def write_media_report(
     else:
         counts = run_media.group_by("run_id", "media_type").agg(pl.len().alias("values"), pl.col("key").n_unique().alias("keys"),
                                                                 pl.col("step").min().alias("first_step"), pl.col("step").max().alias("last_step"))  # fmt: skip
-        lines += [markdown_table(counts.sort("run_id", "media_type")), ""]
+        lines += [data_table(counts.sort("run_id", "media_type"), reports_dir, MEDIA_REPORT_NAME, "media_logged"), ""]
 
     lines += ["## Attention heads", ""]
     weights = load_attention(media_tables, options)
@@ -266,8 +266,8 @@ def write_media_report(
             figures += [heads, channels]
             lines += [f"### {escape_markdown(where)}", "", f"{format_cell(frame['head'].n_unique())} heads, "
                       f"{format_cell(frame.height)} weights (every logged cell drawn).", "",  # fmt: skip
-                      image(heads, reports_dir, f"attention per head, {where}"), "",
-                      image(channels, reports_dir, f"heads as colour channels, {where}"), ""]  # fmt: skip
+                      figure_block(heads, reports_dir, f"attention per head, {where}"), "",
+                      figure_block(channels, reports_dir, f"heads as colour channels, {where}"), ""]  # fmt: skip
 
     lines += ["## Histograms over training", ""]
     chosen = histograms if options.histogram_keys is None else histograms.filter(pl.col("key").is_in(list(options.histogram_keys)))
@@ -278,7 +278,7 @@ def write_media_report(
         where = f"{key}, run {_label(run_id, names)}, steps {steps.min()}–{steps.max()} ({series.height} logged)"
         path = histogram_heatmap_figure(series, figures_dir / f"media_histogram_{_digest(run_id, key)}.png", title=f"Histogram of {where}")
         figures.append(path)
-        lines += [f"### {escape_markdown(where)}", "", image(path, reports_dir, f"histogram heatmap of {where}"), ""]
+        lines += [f"### {escape_markdown(where)}", "", figure_block(path, reports_dir, f"histogram heatmap of {where}"), ""]
 
     lines += ["## KL divergence and validation loss", ""]
     pattern = re.compile(options.curve_pattern)
@@ -295,7 +295,7 @@ def write_media_report(
         described = ", ".join(escape_markdown(_label(r, names)) for r in run_ids)
         lines += [f"Keys {', '.join(f'`{escape_markdown(k)}`' for k in keys)} of {format_cell(len(run_ids))} runs ({described}), "
                   f"every logged step; colour = config values that differ between them.", "",  # fmt: skip
-                  image(path, reports_dir, "KL divergence and validation loss over training"), ""]
+                  figure_block(path, reports_dir, "KL divergence and validation loss over training"), ""]
         lines += [f"- {escape_markdown(_label(r, names))}: {escape_markdown(labels[r])}" for r in run_ids] + [""]
     return write_report(reports_dir, MEDIA_REPORT_NAME, MEDIA_REPORT_TITLE, "Attention heads from W&B Tables, histograms over training, KL and validation loss.",
                   "\n".join(lines), figures, figures[0] if figures else None)  # fmt: skip

@@ -25,11 +25,14 @@ import polars as pl
 from markdown_it import MarkdownIt
 
 from altgrad_pipeline import atomic
-from altgrad_pipeline.escaping import escape_html, escape_markdown
+from altgrad_pipeline.escaping import escape_csv_text, escape_html, escape_markdown, safe_filename
 from altgrad_pipeline.markdown import format_cell, markdown_table
-from altgrad_pipeline.reports.style import ordered_formats
+from altgrad_pipeline.reports.style import VECTOR_FORMAT, checked_format_name, ordered_formats
+from altgrad_pipeline.study import is_safe_format_name
 
 FIGURES_DIR = "figures"
+#: Every report table's CSV twin sits here, `<report>_<stem>[_<project>][_<part>...].csv`.
+TABLES_DIR = "tables"
 
 HTML_STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.5; color: #222; }
@@ -107,6 +110,62 @@ def image(figure: Path, reports_dir: Path, alt: str) -> str:
     return f"![{escape_markdown(alt)}]({link_target(figure.relative_to(reports_dir).as_posix())})"
 
 
+def figure_block(figure: Path, reports_dir: Path, alt: str) -> str:
+    """The PNG inline and a link to its vector twin (`style.save_figure` writes both), so a figure
+    can go into a paper without a screenshot."""
+    vector = figure.with_suffix(f".{VECTOR_FORMAT}")
+    return f"{image(figure, reports_dir, alt)}\n\nVector copy: [{escape_markdown(vector.name)}]({link_target(vector.relative_to(reports_dir).as_posix())})"
+
+
+def table_path(reports_dir: Path, report: str, stem: str, *, project: str | None = None, parts: Sequence[str] = ()) -> Path:
+    """`<reports_dir>/tables/<report>_<stem>[_<project>][_<part>...].csv`: report and stem are fixed
+    by the caller, the project (free text) goes through `safe_filename`, and each other part (a
+    format, optimizer or layer type) is kept when it is a safe name, else cleaned and hashed. Run
+    names never reach a file name."""
+    names = [checked_format_name(report), checked_format_name(stem)]
+    if project is not None:
+        names.append(safe_filename(project))
+    names += [part if is_safe_format_name(part) else safe_filename(part) for part in parts]
+    return Path(reports_dir) / TABLES_DIR / ("_".join(names) + ".csv")
+
+
+def _csv_ready(frame: pl.DataFrame) -> pl.DataFrame:
+    """Cells a CSV can hold: lists joined with "; ", structs as JSON, and text guarded so a
+    spreadsheet never reads a run name as a formula."""
+    columns = []
+    for name, dtype in frame.schema.items():
+        column = pl.col(name)
+        if isinstance(dtype, pl.List | pl.Array):
+            inner = dtype.inner
+            column = column.list.eval(pl.element().struct.json_encode() if isinstance(inner, pl.Struct) else pl.element().cast(pl.String)).list.join("; ")
+        elif isinstance(dtype, pl.Struct):
+            column = column.struct.json_encode()
+        if isinstance(dtype, pl.String | pl.List | pl.Array | pl.Struct | pl.Categorical | pl.Enum):
+            column = column.cast(pl.String).map_elements(escape_csv_text, return_dtype=pl.String)
+        columns.append(column.alias(name))
+    return frame.select(columns)
+
+
+def data_table(
+    frame: pl.DataFrame,
+    reports_dir: Path,
+    report: str,
+    stem: str,
+    *,
+    project: str | None = None,
+    parts: Sequence[str] = (),
+    markdown: str | None = None,
+) -> str:
+    """A report table and its CSV twin: writes `frame` (raw values, every row) to `table_path`
+    and returns the Markdown table (`markdown` when the caller rendered cells itself, e.g. run
+    links; else `frame` escaped) followed by the link to the CSV."""
+    path = table_path(reports_dir, report, stem, project=project, parts=parts)
+    with atomic.atomic_path(path) as tmp:  # parents created; whole or not at all
+        _csv_ready(frame).write_csv(tmp)
+    rendered = markdown if markdown is not None else markdown_table(frame)
+    return f"{rendered}\n\nTable as CSV: [{escape_markdown(path.name)}]({link_target(path.relative_to(reports_dir).as_posix())})"
+
+
 def projects(frame: pl.DataFrame) -> list[str | None]:
     """The projects in a frame, sorted (a frame without a project column is one study)."""
     if "project" not in frame.columns:
@@ -132,8 +191,9 @@ def format_order(frame: pl.DataFrame) -> pl.DataFrame:
     ).drop("_order")
 
 
-def data_summary(raw_runs: pl.DataFrame) -> str:
-    """How many runs the reports were built from, by format and state, and the newest update."""
+def data_summary(raw_runs: pl.DataFrame, reports_dir: Path | None = None, report: str | None = None) -> str:
+    """How many runs the reports were built from, by format and state, and the newest update; the
+    counts table gets its CSV twin when `reports_dir` and `report` are given."""
     if raw_runs.is_empty():
         return "No runs have been ingested yet."
     counts = (
@@ -146,7 +206,8 @@ def data_summary(raw_runs: pl.DataFrame) -> str:
     counts = format_order(counts.with_columns(pl.sum_horizontal(states).alias("total")))
     newest = raw_runs["updated_at"].max() if "updated_at" in raw_runs.columns else None
     newest_text = f"newest run update {format_cell(newest)} UTC" if newest is not None else "no run reports an update time"
-    return f"Built from {format_cell(raw_runs.height)} runs ({newest_text}). Runs per format and tracker state:\n\n{markdown_table(counts)}"
+    counts_table = data_table(counts, reports_dir, report, "runs_per_format") if reports_dir is not None and report is not None else markdown_table(counts)
+    return f"Built from {format_cell(raw_runs.height)} runs ({newest_text}). Runs per format and tracker state:\n\n{counts_table}"
 
 
 # ---------------------------------------------------------------- HTML

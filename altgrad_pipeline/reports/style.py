@@ -19,9 +19,16 @@ import matplotlib
 matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first)
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from altgrad_pipeline import atomic  # noqa: E402
-from altgrad_pipeline.study import BASELINE_FORMAT, SAFE_FORMAT_NAME, is_safe_format_name  # noqa: E402
+from altgrad_pipeline.study import (  # noqa: E402
+    BASELINE_FORMAT,
+    MANIFOLD_OPTIMIZER,
+    SAFE_FORMAT_NAME,
+    STANDARD_OPTIMIZER,
+    is_safe_format_name,
+)
 
 #: Fixed colours (Okabe-Ito, readable for colour-blind readers); the baseline is black.
 FORMAT_COLOURS: dict[str, str] = {
@@ -36,6 +43,9 @@ FORMAT_COLOURS: dict[str, str] = {
 #: Colours for formats not listed above (E2M5, E4M3, ...), picked by a hash of the name so a
 #: format keeps its colour across figures, runs and processes.
 FALLBACK_COLOURS: tuple[str, ...] = ("#56B4E9", "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD", "#F0E442")
+
+#: Every figure is also written in this vector format beside its PNG (same stem).
+VECTOR_FORMAT = "svg"
 
 #: Rendering resolution of saved PNGs: sharp enough on a laptop screen, small enough to embed.
 FIGURE_DPI = 110
@@ -61,6 +71,8 @@ REPORT_RC: dict[str, object] = {
     # Titles and legends carry run names and metric keys (untrusted text): a `$` must stay a `$`,
     # never start a mathtext formula that mangles the label or fails to render.
     "text.parse_math": False,
+    # The same figure gives the same SVG bytes (ids do not change from build to build).
+    "svg.hashsalt": "altgrad-pipeline",
 }
 
 
@@ -71,6 +83,21 @@ def format_colour(fp8_format: str | None) -> str:
         return FORMAT_COLOURS[name]
     digest = int(hashlib.sha256(name.encode()).hexdigest(), 16)
     return FALLBACK_COLOURS[digest % len(FALLBACK_COLOURS)]
+
+
+#: Line style per optimizer wherever both appear in one figure (colour stays the format's).
+OPTIMIZER_LINE_STYLES: dict[str, str] = {STANDARD_OPTIMIZER: "-", MANIFOLD_OPTIMIZER: "--"}
+
+
+def optimizer_line_style(optimizer: str | None) -> str:
+    """Solid for the standard optimizer, dashed for ManifoldAdamW, dotted for any other."""
+    return OPTIMIZER_LINE_STYLES.get(str(optimizer), ":")
+
+
+def optimizer_order(optimizers: Iterable[str | None]) -> list[str]:
+    """The standard optimizer first (the study's method), then ManifoldAdamW, then others by name."""
+    present = {str(o) for o in optimizers if o is not None}
+    return [o for o in OPTIMIZER_LINE_STYLES if o in present] + sorted(present - set(OPTIMIZER_LINE_STYLES))
 
 
 def ordered_formats(formats: Iterable[str | None]) -> list[str]:
@@ -105,10 +132,22 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, panel_size: tuple[float, float
     return figure, axes
 
 
+def plain_log_ticks(axis: object) -> None:
+    """Tick labels of a log-scaled axis as plain numbers (1, 10, 100): matplotlib's log labels are
+    mathtext (`$\\mathdefault{10^{0}}$`), which `text.parse_math` off would print literally."""
+    axis.set_major_formatter(FuncFormatter(lambda value, _position: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def save_figure(figure: Figure, path: Path, *, dpi: int = FIGURE_DPI) -> Path:
-    """Write the figure as PNG (parents created) and release it; returns the path written."""
+    """Write the figure as PNG and its `VECTOR_FORMAT` twin beside it (parents created), then
+    release it; returns the PNG path (the one reports show inline)."""
     path = Path(path)
-    with atomic.atomic_path(path) as tmp:  # a kill or a full disk never leaves half a PNG
-        figure.savefig(tmp, format="png", dpi=dpi)
+    with matplotlib.rc_context({"svg.hashsalt": REPORT_RC["svg.hashsalt"]}):
+        # Each file whole or not at all: a kill or a full disk never leaves half a PNG or SVG.
+        with atomic.atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=dpi)
+        with atomic.atomic_path(path.with_suffix(f".{VECTOR_FORMAT}")) as tmp:
+            figure.savefig(tmp, format=VECTOR_FORMAT, metadata={"Date": None})
     figure.clear()
     return path

@@ -13,14 +13,14 @@ import polars as pl
 from altgrad_pipeline.analysis import curves as curves_analysis
 from altgrad_pipeline.analysis import sweeps as sweeps_analysis
 from altgrad_pipeline.escaping import escape_markdown
-from altgrad_pipeline.markdown import markdown_table
 from altgrad_pipeline.reports.figures import figure_path
 from altgrad_pipeline.reports.page import (
     FIGURES_DIR,
     ReportResult,
     data_summary,
+    data_table,
+    figure_block,
     header,
-    image,
     in_project,
     project_heading,
     projects,
@@ -89,7 +89,7 @@ def write_sweep_summary_report(
             lines += ["Varying hyperparameters: " + ", ".join(f"`{escape_markdown(k)}`" for k in keys) + ".", ""]
         else:
             lines += ["No hyperparameter varies between this project's runs (noise keys aside), so all runs form one group.", ""]
-        lines += [markdown_table(frame.select(SWEEP_COLUMNS)), ""]
+        lines += [data_table(frame.select(SWEEP_COLUMNS), reports_dir, "sweep_summary", "groups", project=project), ""]
         metric = primary_metric(frame["metric"].unique().to_list())
         project_groups = in_project(groups, project).select("run_id", pl.col("group_key").alias("group"))
         series = curves_analysis.curve_series(run_histories).filter(pl.col("metric") == metric)
@@ -103,14 +103,14 @@ def write_sweep_summary_report(
         else:
             figures.append(figure)
             lines += [
-                image(figure, reports_dir, f"{metric} per group"), "",
+                figure_block(figure, reports_dir, f"{metric} per group"), "",
                 (
                     "Mean over the group's runs at each logged step, shaded: 95% Student-t interval (none where one run is left). "
                     "Dashed: a group with a diverged run; the y range is set by the others."
                 ), "",
             ]
     lines += ["## Method", "", (sweeps_analysis.__doc__ or "").strip(), "", (curves_analysis.__doc__ or "").strip(), ""]
-    lines += ["## Data", "", data_summary(raw_runs), ""]
+    lines += ["## Data", "", data_summary(raw_runs, reports_dir, "sweep_summary"), ""]
     return write_report(
         reports_dir, "sweep_summary", SWEEP_SUMMARY_TITLE, "Varying hyperparameters per project; final metrics per setting with bootstrap CIs.",
         "\n".join(lines), figures, figures[0] if figures else None,

@@ -25,8 +25,9 @@ from altgrad_pipeline.reports.page import (
     FIGURES_DIR,
     ReportResult,
     data_summary,
+    data_table,
+    figure_block,
     header,
-    image,
     in_project,
     project_heading,
     projects,
@@ -188,7 +189,7 @@ def write_training_dynamics_report(
                 f"{format_cell(selected.filter(pl.col('plateau_step').is_not_null()).height)} with a plateau. "
                 f"Selected models (AICc, the simpler within {format_cell(fits_analysis.SELECTION_MARGIN)}):"
             ),
-            "", markdown_table(counts), "",
+            "", data_table(counts, reports_dir, "training_dynamics", "selected_models", project=project), "",
         ]
         headers = ["run", "metric", *SELECTED_COLUMNS, *SHAPE_COLUMNS]
         rows = [
@@ -202,7 +203,8 @@ def write_training_dynamics_report(
                 "`asymptote` is the limit c of the model in the `model` column (its standard error beside it; in bits for a loss); "
                 "`at_bound` lists parameters held by a bound (c = 0 for a loss), whose values the constraint, not the data, set."
             ), "",
-            table(headers, rows), "",
+            data_table(selected.select("run_id", "metric", *SELECTED_COLUMNS, *SHAPE_COLUMNS), reports_dir, "training_dynamics", "selected_fits",
+                       project=project, markdown=table(headers, rows)), "",
         ]
         metric = primary_metric(frame["metric"].unique().to_list())
         chosen = chosen_fit_runs(frame, raw_runs, metric)
@@ -213,7 +215,7 @@ def write_training_dynamics_report(
         else:
             figures.append(figure)
             lines += [
-                image(figure, reports_dir, f"Fits of {metric}"),
+                figure_block(figure, reports_dir, f"Fits of {metric}"),
                 "",
                 f"One run per setting (lowest seed). Grey: logged values (finite prefix); thick line: the selected model; dashed: knee; "
                 f"dotted: plateau; orange: first NaN/inf (diverged). Below each: data minus the selected model, on a scale set by the "
@@ -225,9 +227,9 @@ def write_training_dynamics_report(
             frame.select("run_id", "steps_per_epoch").unique("run_id"),
         )
         if not per_epoch.is_empty():
-            lines += ["### Per quarter epoch", "", "Finite values of each series aggregated per quarter epoch (epoch = start of the quarter).", "", markdown_table(per_epoch, max_rows=200), ""]
+            lines += ["### Per quarter epoch", "", "Finite values of each series aggregated per quarter epoch (epoch = start of the quarter).", "", data_table(per_epoch, reports_dir, "training_dynamics", "per_quarter_epoch", project=project, markdown=markdown_table(per_epoch, max_rows=200)), ""]
     lines += ["## Method", "", (training_analysis.__doc__ or "").strip(), "", (fits_analysis.__doc__ or "").strip(), "", (curves_analysis.__doc__ or "").strip(), ""]
-    lines += ["## Data", "", data_summary(raw_runs), ""]
+    lines += ["## Data", "", data_summary(raw_runs, reports_dir, "training_dynamics"), ""]
     return write_report(
         reports_dir, "training_dynamics", TRAINING_DYNAMICS_TITLE, "Learning-curve fits per run and metric, knee, plateau and residual spectrum.",
         "\n".join(lines), figures, figures[0] if figures else None,

@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from altgrad_pipeline.analysis.conclusions import conclusions, run_results
-from altgrad_pipeline.analysis.failures import failure_modes
+from altgrad_pipeline.analysis.conclusions import conclusions, failure_conclusions, manifold_conclusions, run_results
+from altgrad_pipeline.analysis.failures import RECOMMENDATIONS, failure_modes
 from altgrad_pipeline.analysis.rankings import format_rankings
 from altgrad_pipeline_tests.analysis.synthetic import HEALTHIEST, PROJECT
 
@@ -48,3 +48,31 @@ def test_conclusions(found):
     trails = found.vs_baseline.filter((pl.col("project") == PROJECT) & (pl.col("optimizer") == "AdamW"))
     np.testing.assert_allclose(trails["trails_by"].to_numpy(), (trails["final_loss"] - trails["baseline_final_loss"]).to_numpy())
     assert (trails["trails_by"] > 0).all() and trails["rank"].is_sorted()
+
+
+def test_failure_conclusions_say_how_when_and_where(raw_runs, histories, outcomes):
+    modes = failure_modes(raw_runs, histories, outcomes)
+    found = failure_conclusions(modes).filter(pl.col("project") == PROJECT)
+    failed = modes.filter((pl.col("project") == PROJECT) & ~pl.col("failure_mode").is_in(["none", "no_exit_record"]))
+    assert found["n_failed"].sum() == failed.height
+    e7m0 = found.filter(pl.col("fp8_format") == "E7M0").row(0, named=True)
+    steps = failed.filter(pl.col("fp8_format") == "E7M0")["failure_step"]
+    assert (e7m0["failure_mode"], e7m0["first_failure_step"], e7m0["last_failure_step"]) == ("nan_loss", steps.min(), steps.max())
+    assert e7m0["recommendation"] == RECOMMENDATIONS[e7m0["failure_stage"]]
+
+
+def test_manifold_conclusions_pick_the_format_that_benefits_most():
+    rows = [
+        ("p", fmt, metric, verdict, diff, pct)
+        for fmt, verdict, diff, pct in (("E5M2", "helps", -0.08, -1.6), ("E0M7", "helps", -0.13, -2.5), ("E3M4", "no detectable effect", -0.01, -0.2))
+        for metric in ("final_loss",)
+    ] + [("p", "E0M7", "failure_step", "helps", 99.0, 71.7), ("p", "E0M7", "failure_rate", "no detectable effect", 0.0, 0.0)]
+    stats = pl.DataFrame(rows, schema=["project", "fp8_format", "metric", "verdict", "diff", "diff_pct"], orient="row").with_columns(
+        ci_low=pl.col("diff") - 0.01, ci_high=pl.col("diff") + 0.01, method=pl.lit("t paired"), paired=True, n_lower=3, n_pairs=3,
+        n_standard=3, n_manifold=3, common_step=499, mean_standard=pl.lit(137.0), mean_manifold=pl.lit(236.0),
+    )
+    found = manifold_conclusions(stats)
+    assert found.filter(pl.col("benefits_most"))["fp8_format"].to_list() == ["E0M7"]
+    e0m7 = found.filter(pl.col("fp8_format") == "E0M7").row(0, named=True)
+    assert (e0m7["failure_delay"], e0m7["failure_step_standard"], e0m7["failure_step_manifold"]) == (99.0, 137.0, 236.0)
+    assert found.filter(pl.col("fp8_format") == "E5M2")["failure_delay"].item() is None

@@ -16,6 +16,7 @@ from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA
 from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
 from altgrad_pipeline_tests.conftest import PUNCTUATED_RUN_IDS, offline_wandb_env, write_punctuated_id_runs
+from altgrad_pipeline_tests.sdk import finish_and_flush
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run = wandb.init(mode="offline", dir=base / "proj_b", project="b", id="plainrun1", config={"seed": 3})
         for step in range(3):
             run.log({"acc": step / 10}, step=step)
-        run.finish()
+        finish_and_flush(run)
     return base
 
 

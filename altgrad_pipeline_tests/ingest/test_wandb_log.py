@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from altgrad_pipeline.ingest.wandb_log import BLOCK_SIZE, LOG_HEADER, WandbLogReader, read_wandb_log
 from altgrad_pipeline_tests.conftest import offline_wandb_env
+from altgrad_pipeline_tests.sdk import finish_and_flush
 
 STEPS = 40
 KEYS = ("train/loss", "val loss", "grad.norm", "lr")
@@ -62,7 +63,7 @@ def write_sdk_run(root: Path, *, exit_code: int, steps: int = STEPS, padding: in
         run.log(row, step=step)
     run.config.update({"late_key": 7})
     run.summary["best/val loss"] = 0.125
-    run.finish(exit_code=exit_code)
+    finish_and_flush(run, exit_code=exit_code)
     (log,) = root.glob("wandb/offline-run-*/run-*.wandb")
     return log
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from altgrad_pipeline_tests.sdk import finish_and_flush
+
 HEADS, POSITIONS = 3, 4
 ODD_STRINGS = ("a|b", "<script>x</script>", "é\n\"quoted\"\ttab", "", "**bold** [x](y)", "中文", "\\back\\slash")
 
@@ -73,6 +75,6 @@ def write_media_run(root: Path, run_id: str, *, seed: int, lr: float, steps: int
         logged.tables[(step, "attn/long")] = (long_columns, long_rows)
         logged.tables[(step, "samples")] = (MIXED_COLUMNS, mixed_rows(step))
         logged.histograms[(step, "weights")] = (edges, counts)
-    run.finish()
+    finish_and_flush(run)
     (logged.folder,) = Path(root).glob(f"wandb/offline-run-*-{run_id}")
     return logged

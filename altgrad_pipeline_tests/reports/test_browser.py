@@ -109,10 +109,13 @@ def _open(page, url: str) -> None:
     ("group", "assets"),
     [
         ("ingest", ("raw_runs", "run_histories", "ingest_issues")),
-        ("media", ("run_media", "media_tables", "histograms", "media_issues", "run_summaries")),
+        ("media", ("run_media", "media_tables", "histograms", "media_issues")),
         (
             "analysis",
-            ("layer_metrics", "run_outcomes", "format_rankings", "failure_modes", "manifold_stats", "training_dynamics", "sweep_summary"),
+            (
+                "layer_metrics", "run_summaries", "run_outcomes", "format_rankings", "failure_modes", "manifold_stats",
+                "training_dynamics", "sweep_summary",
+            ),
         ),
         (
             "reports",

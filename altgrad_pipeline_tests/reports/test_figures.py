@@ -13,7 +13,7 @@ from matplotlib.colors import to_hex
 from scipy import stats as sps
 
 import altgrad_pipeline.reports.figures as figures_module
-from altgrad_pipeline.analysis.report_series import failure_trace_series, loss_curve_summary
+from altgrad_pipeline.analysis.report_series import failure_trace_series, loss_curve_summary, loss_curve_view
 from altgrad_pipeline.reports.figures import (
     failure_trace_figure,
     figure_path,
@@ -104,22 +104,25 @@ def test_same_format_same_colour_in_two_figures(tmp_path: Path, monkeypatch: pyt
         schema_overrides={"ci_low": pl.Float64, "ci_high": pl.Float64},
     )
     drawn: dict[str, dict[str, str]] = {}
+    drawn_lines: dict[str, list] = {}
     original = figures_module.save_figure
 
     def capture(figure, path):
         drawn[Path(path).stem] = {k: v for ax in figure.get_axes() for k, v in _line_colours(ax).items()}
+        drawn_lines[Path(path).stem] = [line for ax in figure.get_axes() for line in ax.get_lines()]
         return original(figure, path)
 
     monkeypatch.setattr(figures_module, "save_figure", capture)
-    assert loss_curves_figure(curves, tmp_path / "curves.png", title="t") is not None
+    assert loss_curves_figure(curves, loss_curve_view(curves), tmp_path / "curves.png", title="t") is not None
     trace = pl.DataFrame(
         {"run_id": ["bad", "bad", "good", "good"], "step": [0, 5, 0, 5], "series": ["loss"] * 4, "value": [3.0, 9.0, 3.0, 2.0]}
     )
-    failed = pl.DataFrame({"run_id": ["bad"], "failure_step": [5], "trend_start_step": [0]})
-    reference = pl.DataFrame({"run_id": ["good"], "fp8_format": ["E5M2"]})
+    failed = pl.DataFrame({"run_id": ["bad"], "optimizer": ["AdamW"], "failure_step": [5], "trend_start_step": [0]})
+    reference = pl.DataFrame({"run_id": ["good"], "fp8_format": ["E5M2"], "optimizer": ["AdamW"]})
     assert failure_trace_figure(trace, failed, reference, tmp_path / "trace.png", fp8_format="E7M0") is not None
-    assert drawn["curves"]["E5M2 (n ≤ 1)"] == drawn["trace"]["E5M2 (completed, mean)"] == format_colour("E5M2").lower()
-    assert drawn["trace"]["E7M0 (failed runs)"] == format_colour("E7M0").lower()
+    trace_lines = {to_hex(line.get_color()) for line in drawn_lines["trace"]}
+    assert drawn["curves"]["E5M2 (n ≤ 1)"] == format_colour("E5M2").lower()
+    assert {format_colour("E5M2").lower(), format_colour("E7M0").lower()} <= trace_lines
     assert (tmp_path / "curves.png").is_file() and (tmp_path / "trace.png").is_file()
 
 
@@ -144,14 +147,15 @@ def test_failure_trace_series_excludes_embeddings_and_unquantised(tmp_path: Path
 
 def test_builders_return_none_without_data(tmp_path: Path) -> None:
     empty_curves = pl.DataFrame(schema={"fp8_format": pl.String, "step": pl.Int64, "n_runs": pl.Int64, "mean": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64})
-    assert loss_curves_figure(empty_curves, tmp_path / "a.png", title="t") is None
+    assert loss_curve_view(empty_curves) is None
+    assert loss_curves_figure(empty_curves, None, tmp_path / "a.png", title="t") is None
     rankings = pl.DataFrame({"fp8_format": ["BF16"], "layer_type": ["mlp"], "health_score": [None], "n_completed": [3]}, schema_overrides={"health_score": pl.Float64})
     assert score_heatmap_figure(rankings, tmp_path / "b.png", score_column="health_score", score_label="s", layer_types=["mlp"], lower_is_better=True) is None
     per_run = pl.DataFrame({"fp8_format": ["E5M2"], "optimizer": ["AdamW"], "seed": [0], "value": [float("nan")]})
     assert paired_seed_figure(per_run, tmp_path / "c.png", metric_label="m", optimizers=("AdamW", "ManifoldAdamW")) is None
     trace = pl.DataFrame(schema={"run_id": pl.String, "step": pl.Int64, "series": pl.String, "value": pl.Float64})
-    failed = pl.DataFrame({"run_id": ["x"], "failure_step": [3], "trend_start_step": [0]})
-    reference = pl.DataFrame(schema={"run_id": pl.String, "fp8_format": pl.String})
+    failed = pl.DataFrame({"run_id": ["x"], "optimizer": ["AdamW"], "failure_step": [3], "trend_start_step": [0]})
+    reference = pl.DataFrame(schema={"run_id": pl.String, "fp8_format": pl.String, "optimizer": pl.String})
     assert failure_trace_figure(trace, failed, reference, tmp_path / "d.png", fp8_format="E7M0") is None
     assert list(tmp_path.iterdir()) == []
 
@@ -179,3 +183,52 @@ def test_dollar_signs_in_run_names_stay_literal(tmp_path):
         assert title.get_parse_math() is False
         save_figure(figure, tmp_path / "dollars.png")
     assert (tmp_path / "dollars.png").stat().st_size > 0
+
+
+def _curve(fp8_format: str, values: list[float]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"fp8_format": fp8_format, "step": list(range(1, len(values) + 1)), "n_runs": 3, "mean": values, "ci_low": None, "ci_high": None},
+        schema_overrides={"ci_low": pl.Float64, "ci_high": pl.Float64},
+    )
+
+
+def test_headline_loss_figure_is_framed_by_the_formats_that_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A format that blows up to ~50 does not squash the others: the y range is theirs, the blow-up is
+    marked where it leaves the frame, the zoom panel shows the last steps, and no tick label is mathtext."""
+    steps = 100
+    trains = [10.0 - 5.0 * step / steps for step in range(steps)]
+    summary = pl.concat([_curve("BF16", trains), _curve("E5M2", [v + 0.3 for v in trains]), _curve("E7M0", [10.5 + 0.01 * s**2 for s in range(40)])])
+    view = loss_curve_view(summary)
+    assert view is not None and view.diverging == ("E7M0",)
+    assert view.y_range[1] < 12 and view.y_range[0] < 5.0
+    [exit_row] = view.exits.iter_rows(named=True)
+    assert exit_row["fp8_format"] == "E7M0" and exit_row["peak"] == pytest.approx(10.5 + 0.01 * 39**2)
+    assert view.zoom_steps == (80, 100)
+    figures: list = []
+    original = figures_module.save_figure
+    monkeypatch.setattr(figures_module, "save_figure", _drawing_saver(figures, original))
+    path = loss_curves_figure(summary, view, tmp_path / "loss.png", title="t")
+    assert path is not None and path.with_suffix(".svg").is_file()
+    overview, zoom = figures[0]
+    assert overview["xscale"] == "log" and overview["ylim"] == pytest.approx(view.y_range)
+    assert zoom["xlim"] == pytest.approx(view.zoom_steps)
+    assert any("E7M0 diverges" in text for text in overview["texts"])
+    labels = overview["labels"] + zoom["labels"]
+    assert "10" in labels and not [label for label in labels if "$" in label]
+
+
+def _drawing_saver(figures: list, original):
+    """A save_figure that draws the figure and records what each of its axes shows before saving it."""
+
+    def save(figure, path):
+        figure.canvas.draw()
+        figures.append([
+            {
+                "xscale": axes.get_xscale(), "xlim": axes.get_xlim(), "ylim": axes.get_ylim(), "texts": [t.get_text() for t in axes.texts],
+                "labels": [label.get_text() for axis in (axes.xaxis, axes.yaxis) for label in axis.get_ticklabels(which="both")],
+            }
+            for axes in figure.get_axes()
+        ])  # fmt: skip
+        return original(figure, path)
+
+    return save
