@@ -40,8 +40,11 @@ def kill_point(name: str) -> None:
 
 
 def temp_path(path: Path) -> Path:
-    """A hidden, unique sibling of `path`: same folder, so the final rename is atomic."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    """Where `path` is written before the rename: a file of the same name in a hidden, unique
+    folder beside it (`.<name>.<hex>.tmp/<name>`). Same file system, so the final rename is atomic;
+    same name, so a writer that reads meaning from the file name (its suffix, its stem) sees the
+    real one."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp") / path.name
 
 
 @contextlib.contextmanager
@@ -53,6 +56,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     kill_point(f"write:{path.name}")
     tmp = temp_path(path)
     try:
+        tmp.parent.mkdir()
         yield tmp
         os.replace(tmp, path)
     except Exception as exc:
@@ -62,6 +66,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            tmp.parent.rmdir()
 
 
 def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
