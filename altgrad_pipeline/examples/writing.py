@@ -35,7 +35,7 @@ from altgrad_pipeline.examples.curves import simulate_history
 from altgrad_pipeline.examples.failure_report import write_failure_report
 from altgrad_pipeline.examples.specs import ExampleRunSpec, default_study
 from altgrad_pipeline.examples.truth import StudyTruth
-from altgrad_pipeline.ingest.wandb_names import RUN_FOLDER
+from altgrad_pipeline.ingest.wandb.names import RUN_FOLDER
 
 #: How often wandb-core flushes the `.wandb` file; short, so a killed run's rows land promptly.
 _FLUSH_INTERVAL_SECONDS = 0.5

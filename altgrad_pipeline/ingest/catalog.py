@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import datetime as dt
+import functools
 import hashlib
 import json
 import multiprocessing

@@ -12,7 +12,7 @@ import pytest
 
 from altgrad_pipeline.analysis.attention import attention_weights
 from altgrad_pipeline.ingest.media import tables, values
-from altgrad_pipeline.ingest.wandb_local import find_run_folders, group_runs, read_run_media
+from altgrad_pipeline.ingest.wandb.local import find_run_folders, group_runs, read_run_media
 from altgrad_pipeline_tests.media.sdk_runs import HEADS, POSITIONS, attention_matrix, write_media_run
 
 

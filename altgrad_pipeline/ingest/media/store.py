@@ -10,7 +10,7 @@ the catalog, without widening the catalog's history files for every consumer.
 
 W&B API runs (`wandb://` stores) are read through the catalog's `WandbApiSource`: their media
 values from the server's history of the run's media keys, cached the same way, and their tables
-from the run's artifacts (`ingest.wandb_media_api`), whose files are kept by SHA-256 under
+from the run's artifacts (`ingest.wandb.media_api`), whose files are kept by SHA-256 under
 `<cache dir>/media/tables/`. A run the server cannot answer for becomes an issue, and is asked
 again on the next refresh. Sources without W&B media (JSONL, CSV, TensorBoard, MLflow)
 contribute no rows.
@@ -27,14 +27,14 @@ from typing import Any
 
 import polars as pl
 
-from altgrad_pipeline.ingest import wandb_media_api
 from altgrad_pipeline.ingest.catalog import CatalogEntry
 from altgrad_pipeline.ingest.media import tables
 from altgrad_pipeline.ingest.media.values import MEDIA_VALUES_SCHEMA
 from altgrad_pipeline.ingest.model import IngestIssue, RunSource
-from altgrad_pipeline.ingest.wandb_api import WandbApiSource
-from altgrad_pipeline.ingest.wandb_local import SOURCE_NAME as LOCAL_SOURCE
-from altgrad_pipeline.ingest.wandb_local import read_run_media
+from altgrad_pipeline.ingest.wandb import media_api as wandb_media_api
+from altgrad_pipeline.ingest.wandb.api import WandbApiSource
+from altgrad_pipeline.ingest.wandb.local import SOURCE_NAME as LOCAL_SOURCE
+from altgrad_pipeline.ingest.wandb.local import read_run_media
 
 MEDIA_CACHE_DIR = "media"
 #: Table files of API runs, by SHA-256, under the media cache.

@@ -24,19 +24,10 @@ import yaml
 
 from altgrad_pipeline.ingest.jsonlines import parse_json_lines
 from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator, empty_history
-from altgrad_pipeline.ingest.wandb_names import LATEST_RUN, LOG_NAME, RUN_FOLDER, named_like_run_folder
-from altgrad_pipeline.ingest.wandb_log import (
-    BOOKKEEPING_KEYS,
-    PRIVATE_KEY,
-    RUNTIME_KEY,
-    STEP_KEY,
-    TIMESTAMP_KEY,
-    MEDIA_SCHEMA,
-    HistoryColumns,
-    WandbLog,
-    build_history,
-    read_wandb_log,
-)
+from altgrad_pipeline.ingest.wandb.history import MEDIA_SCHEMA, HistoryColumns, build_history
+from altgrad_pipeline.ingest.wandb.log import WandbLog, read_wandb_log
+from altgrad_pipeline.ingest.wandb.names import LATEST_RUN, LOG_NAME, RUN_FOLDER, named_like_run_folder
+from altgrad_pipeline.ingest.wandb.records import BOOKKEEPING_KEYS, PRIVATE_KEY, RUNTIME_KEY, STEP_KEY, TIMESTAMP_KEY
 
 SOURCE_NAME = "wandb-local"
 #: Files whose size and mtime make up a run's fingerprint (and its last write); read only as needed.
