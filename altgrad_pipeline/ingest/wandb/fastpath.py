@@ -580,7 +580,7 @@ class HistoryBatch:
     def from_rows(cls, rows: Sequence[tuple[int, Sequence[bytes | str], Sequence[bytes | str], int | None]]) -> HistoryBatch:
         """A batch from rows decoded elsewhere (the protobuf path): (record index, names, value
         texts, `step.num` or None). Bytes that are not UTF-8 get replacement characters, as the
-        reader's `_text_series` does."""
+        reader's `text_series` (wandb.history) does."""
 
         def text(raw: bytes | str) -> str:
             return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
