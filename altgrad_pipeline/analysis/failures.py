@@ -63,10 +63,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from altgrad_pipeline.analysis.failure_reports import FAILURE_REPORTS_SCHEMA
 from altgrad_pipeline.analysis.layers import DEFAULT_LAYER_PATTERNS, LayerPatterns, parse_metric_keys
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import finite, least_squares_slope
+from altgrad_pipeline.ingest.failure_reports import FAILURE_REPORTS_SCHEMA
 from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.study import NO_FORMAT
 

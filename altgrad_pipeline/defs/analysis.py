@@ -13,7 +13,6 @@ import dagster as dg
 import polars as pl
 
 from altgrad_pipeline.analysis import failures, layers, manifold, outcomes, rankings, summaries, sweeps, training
-from altgrad_pipeline.analysis.failure_reports import FAILURE_REPORTS_SCHEMA, find_failure_reports
 from altgrad_pipeline.defs.automation import analysis_automation_condition
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import ReportFiles, RunStores
@@ -82,26 +81,17 @@ def run_outcomes(raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame) -> dg.Mate
     )
 
 
-def _failure_reports(run_stores: RunStores, raw_runs: pl.LazyFrame) -> pl.DataFrame:
-    """FormatExperimentRunner reports beside the runs: `<store root>/<checkpoint_dir>/failure_reports/`."""
-    if "config.checkpoint_dir" not in raw_runs.collect_schema().names():
-        return pl.DataFrame(schema=FAILURE_REPORTS_SCHEMA)
-    checkpoint_dirs = raw_runs.select("config.checkpoint_dir").unique().collect().to_series().to_list()
-    found = [find_failure_reports(root, checkpoint_dirs) for root in run_stores.local_roots()]
-    return pl.concat(found).sort("report_timestamp").unique("checkpoint_dir", keep="last") if found else pl.DataFrame(schema=FAILURE_REPORTS_SCHEMA)
-
-
 @dg.asset(
     group_name=ANALYSIS_GROUP,
-    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn()},
+    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn(), "failure_reports": dg.AssetIn()},
     description="ANAL-02: one row per run with its failure mode, failure step and the trend before it.\n\n" + _doc(failures),
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet"},
 )
 def failure_modes(
-    raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, run_stores: RunStores
+    raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, failure_reports: pl.LazyFrame
 ) -> dg.MaterializeResult:
-    frame = failures.failure_modes(raw_runs, run_histories, run_outcomes, _failure_reports(run_stores, raw_runs))
+    frame = failures.failure_modes(raw_runs, run_histories, run_outcomes, failure_reports)
     failed = frame.filter(pl.col("failure_mode") != "none")
     return dg.MaterializeResult(
         value=frame,

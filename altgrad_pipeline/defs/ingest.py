@@ -1,4 +1,5 @@
-"""Ingest assets: `raw_runs` and `run_histories` per FP8 format partition, and `ingest_issues`.
+"""Ingest assets: `raw_runs` and `run_histories` per FP8 format partition, `ingest_issues`, and
+`failure_reports` (the FormatExperimentRunner reports beside the runs, parsed).
 
 Thin wiring: the catalog (pure Python + Polars) does the reading and caching; these functions pick
 the partition's runs and describe the result for the UI.
@@ -10,9 +11,11 @@ import datetime as dt
 import dagster as dg
 import polars as pl
 
+from altgrad_pipeline.defs.automation import analysis_automation_condition
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import RunStores
 from altgrad_pipeline.defs.ui import counts, preview, table_schema
+from altgrad_pipeline.ingest import failure_reports as reports
 from altgrad_pipeline.ingest.catalog import CACHE_VERSION, RunCatalog
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ISSUE_SCHEMA
 from altgrad_pipeline.ingest.sources import no_runs_message
@@ -129,5 +132,30 @@ def ingest_issues(context: dg.AssetExecutionContext, run_stores: RunStores) -> d
             **no_runs,
             "issues_by_kind": counts(issues, "kind"),
             "preview": preview(issues, ["kind", "location", "position", "reason", "lost"]),
+        },
+    )
+
+
+@dg.asset(
+    group_name=INGEST_GROUP,
+    ins={"raw_runs": dg.AssetIn()},
+    description=(reports.__doc__ or "").strip(),
+    metadata={"dagster/column_schema": table_schema(reports.FAILURE_REPORTS_SCHEMA)},
+    automation_condition=analysis_automation_condition(),
+    kinds={"polars", "parquet"},
+)
+def failure_reports(raw_runs: pl.LazyFrame, run_stores: RunStores) -> dg.MaterializeResult:
+    """FormatExperimentRunner reports beside the runs: `<store root>/<checkpoint_dir>/failure_reports/`."""
+    if "config.checkpoint_dir" not in raw_runs.collect_schema().names():
+        frame = pl.DataFrame(schema=reports.FAILURE_REPORTS_SCHEMA)
+    else:
+        checkpoint_dirs = raw_runs.select("config.checkpoint_dir").unique().collect().to_series().to_list()
+        frame = reports.read_failure_reports(run_stores.local_roots(), checkpoint_dirs)
+    return dg.MaterializeResult(
+        value=frame,
+        metadata={
+            "dagster/row_count": frame.height,
+            "n_unparsed": int(frame.filter(pl.col("parse_error").is_not_null()).height),
+            "preview": preview(frame, ["checkpoint_dir", "format", "collapse_step", "collapse_reason", "final_loss", "n_reports", "parse_error"]),
         },
     )

@@ -12,10 +12,10 @@ from altgrad_pipeline import settings
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import RunStores
 from altgrad_pipeline.defs.ui import counts, preview, table_schema
-from altgrad_pipeline.ingest import wandb_media_api
 from altgrad_pipeline.ingest.catalog import CatalogEntry
 from altgrad_pipeline.ingest.media import store, tables, values
 from altgrad_pipeline.ingest.model import ISSUE_SCHEMA, issues_frame
+from altgrad_pipeline.ingest.wandb import media_api as wandb_media_api
 from altgrad_pipeline.partition_tables import recipe, run_versions
 
 MEDIA_GROUP = "media"

@@ -191,7 +191,7 @@ def _plain(value: object) -> str:
 
 def config_labels(raw_runs: pl.DataFrame, run_ids: Sequence[str]) -> dict[str, str]:
     """run_id -> the setting that differs between these runs ("format=BF16, lr=0.001"), labelled
-    as the sweep summary labels groups (`dynamics.sweeps.run_labels`: derived format and
+    as the sweep summary labels groups (`analysis.sweeps.run_labels`: derived format and
     optimizer, noise keys left out)."""
     runs = raw_runs.filter(pl.col("run_id").is_in(list(run_ids)))
     keys = [c.removeprefix("config.") for c in differing_config(runs).columns if c.startswith("config.")]

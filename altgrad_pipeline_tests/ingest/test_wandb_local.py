@@ -14,7 +14,7 @@ import pytest
 
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA
-from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
+from altgrad_pipeline.ingest.wandb.local import LocalWandbSource
 from altgrad_pipeline_tests.conftest import PUNCTUATED_RUN_IDS, offline_wandb_env, write_punctuated_id_runs
 from altgrad_pipeline_tests.sdk import finish_and_flush
 

@@ -108,7 +108,7 @@ def _open(page, url: str) -> None:
 @pytest.mark.parametrize(
     ("group", "assets"),
     [
-        ("ingest", ("raw_runs", "run_histories", "ingest_issues")),
+        ("ingest", ("raw_runs", "run_histories", "ingest_issues", "failure_reports")),
         ("media", ("run_media", "media_tables", "histograms", "media_issues")),
         (
             "analysis",

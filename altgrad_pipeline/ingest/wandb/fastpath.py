@@ -54,6 +54,8 @@ import pyarrow.compute as pc
 from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as wandb_pb
 
+from altgrad_pipeline.ingest.wandb.records import record_view, single_names
+
 _RECORD = wandb_pb.Record.DESCRIPTOR.fields_by_name
 F_RECORD_HISTORY = _RECORD["history"].number
 F_RECORD_SUMMARY = _RECORD["summary"].number
@@ -72,7 +74,7 @@ F_SUMMARY_INFO = _SUMMARY["_info"].number
 _HITEM = wandb_pb.HistoryItem.DESCRIPTOR.fields_by_name
 _SITEM = wandb_pb.SummaryItem.DESCRIPTOR.fields_by_name
 F_ITEM_KEY, F_ITEM_NESTED_KEY, F_ITEM_VALUE_JSON = (_HITEM[n].number for n in ("key", "nested_key", "value_json"))
-if (F_ITEM_KEY, F_ITEM_NESTED_KEY, F_ITEM_VALUE_JSON) != tuple(_SITEM[n].number for n in ("key", "nested_key", "value_json")):
+if tuple(_SITEM[n].number for n in ("key", "nested_key", "value_json")) != (F_ITEM_KEY, F_ITEM_NESTED_KEY, F_ITEM_VALUE_JSON):
     raise ImportError("wandb.proto: HistoryItem and SummaryItem name their fields differently; the fast path assumes they agree")
 
 STEP_KEY, RUNTIME_KEY, TIMESTAMP_KEY = "_step", "_runtime", "_timestamp"
@@ -578,7 +580,7 @@ class HistoryBatch:
     def from_rows(cls, rows: Sequence[tuple[int, Sequence[bytes | str], Sequence[bytes | str], int | None]]) -> HistoryBatch:
         """A batch from rows decoded elsewhere (the protobuf path): (record index, names, value
         texts, `step.num` or None). Bytes that are not UTF-8 get replacement characters, as the
-        reader's `_text_series` does."""
+        reader's `text_series` (wandb.history) does."""
 
         def text(raw: bytes | str) -> str:
             return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
@@ -703,15 +705,13 @@ def _parsed_summary(payload: bytes) -> list[SummaryEntry] | None:
     """A summary record's updates as `WandbLogReader._fold_items` folds them (one-element name
     as bytes, a path as a tuple of str, the value as str), or None when protobuf rejects the
     record or it has `remove` items (those need the caller's in-order fold)."""
-    from altgrad_pipeline.ingest.wandb_log import WandbLogReader, _record_view
-
     try:
-        view = _record_view().FromString(payload).summary
+        view = record_view().FromString(payload).summary
         summary = wandb_pb.Record.FromString(payload).summary
     except DecodeError:
         return None
     # The reader folds item by item only when its view cannot pair names and values by position.
-    if len(summary.remove) or WandbLogReader._single_names(view.update) is not None:
+    if len(summary.remove) or single_names(view.update) is not None:
         return None
     entries: list[SummaryEntry] = []
     for item in summary.update:

@@ -5,6 +5,10 @@ when a run collapses; it is the only structured failure artifact altgrad produce
 logs no loss to W&B). The format in the file name and the Summary is the post-shift format.
 Percentages are returned as fractions. A malformed report never raises: whatever parsed is
 returned, and `parse_error` says what did not.
+
+The `failure_reports` table holds the newest report of each run's `config.checkpoint_dir`, looked
+for under every local run store (`<store root>/<checkpoint_dir>/failure_reports/`); the analysis
+joins it to the runs (`failure_modes`, columns prefixed `report_`).
 """
 
 from __future__ import annotations
@@ -231,3 +235,11 @@ def find_failure_reports(store_root: Path, checkpoint_dirs: Iterable[str | None]
             }
         )
     return pl.DataFrame(rows, schema=FAILURE_REPORTS_SCHEMA)
+
+
+def read_failure_reports(store_roots: Iterable[Path], checkpoint_dirs: Iterable[str | None]) -> pl.DataFrame:
+    """The `failure_reports` table: the newest report of each checkpoint dir over all `store_roots`
+    (columns: `FAILURE_REPORTS_SCHEMA`; when two stores hold one, the newer timestamp wins)."""
+    checkpoint_dirs = list(checkpoint_dirs)
+    found = [find_failure_reports(root, checkpoint_dirs) for root in store_roots]
+    return pl.concat(found).sort("report_timestamp").unique("checkpoint_dir", keep="last") if found else pl.DataFrame(schema=FAILURE_REPORTS_SCHEMA)
