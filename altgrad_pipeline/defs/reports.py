@@ -18,7 +18,7 @@ import dagster as dg
 import polars as pl
 from PIL import Image
 
-from altgrad_pipeline.analysis import manifold
+from altgrad_pipeline.analysis import columns, manifold
 from altgrad_pipeline.analysis.attention import AttentionShape
 from altgrad_pipeline.defs.automation import analysis_automation_condition
 from altgrad_pipeline.defs.resources import ReportFiles
@@ -79,7 +79,7 @@ def _report_spec(description: str, kinds: tuple[str, ...], **kwargs: object):
         group_name=REPORTS_GROUP,
         description=description,
         automation_condition=analysis_automation_condition(),
-        metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA)},
+        metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA, columns.REPORT_MANIFEST)},
         kinds=set(kinds),
         **kwargs,
     )
