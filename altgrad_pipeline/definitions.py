@@ -1,5 +1,5 @@
-"""The one `Definitions` of the project: `dagster dev` from the repo root (workspace.yaml) and
-`altgrad-pipeline refresh` both load `altgrad_pipeline.definitions:defs`.
+"""The one `Definitions` of the project: `dg dev` from the repo root (`[tool.dg]` in pyproject.toml),
+dagster-webserver (workspace.yaml) and `altgrad-pipeline refresh` all load `altgrad_pipeline.definitions:defs`.
 
 Everything Dagster lives in `defs/`; this module only collects it. Assets and checks are gathered
 from the asset-group modules, so adding an asset or a check touches its `defs/` module only;

@@ -1,5 +1,5 @@
 """`altgrad-pipeline refresh`: discover runs, register format partitions, and materialize what is
-stale in the persistent Dagster instance, so `dagster dev` shows the same history afterwards.
+stale in the persistent Dagster instance, so `dg dev` shows the same history afterwards.
 
 Each format partition is one Dagster run, executed as ALTGRAD_EXECUTOR says (`execution.py`); with
 Celery, several partition runs are kept in flight (one orchestrating process each) so every worker

@@ -7,7 +7,7 @@ that ended since the last tick; only when something changed (or a running run ma
 crash grace period) does it sync the run catalog, which re-reads just the changed runs and caches
 them for the ingest run.
 Formats whose finished runs changed get one request each, however many runs finished together.
-The first tick (no cursor yet: a new `dagster dev` after `altgrad-pipeline refresh`, or a reset
+The first tick (no cursor yet: a new `dg dev` after `altgrad-pipeline refresh`, or a reset
 sensor) requests only formats whose stored partition is stale, not everything it sees for the first time.
 """
 

@@ -83,7 +83,7 @@ def test_a_finished_run_requests_exactly_its_format(defs, instance, store, templ
 
 
 def test_the_first_tick_after_refresh_requests_nothing(store, tmp_path, template_runs):
-    """A new `dagster dev` starts the sensor with no cursor: what `refresh` built is not news. A run
+    """A new `dg dev` starts the sensor with no cursor: what `refresh` built is not news. A run
     that finishes after that is, and so is a format whose partition is stale at the first tick."""
     copy_run(template_runs["E5M2"], store, "built001")
     copy_run(template_runs["E3M4"], store, "built002")
