@@ -34,16 +34,17 @@ FIGURES_DIR = "figures"
 #: Every report table's CSV twin sits here, `<report>_<stem>[_<project>][_<part>...].csv`.
 TABLES_DIR = "tables"
 
-#: Readable from a phone to a wide screen, and on paper: the page never scrolls sideways (a wide
-#: table scrolls inside its own box, long names wrap, figures shrink to the column), and printing
-#: drops the navigation, shows every table whole and keeps rows, figures and headings together.
+#: Readable from a phone to a wide screen, and on paper: the page never scrolls sideways (a table as
+#: wide as its content scrolls inside its own box, long text wraps, figures shrink to the column),
+#: and printing drops the navigation, fits tables to the page and keeps rows, figures and headings together.
 HTML_STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.5; color: #222;
        overflow-wrap: anywhere; }
 nav.back { margin-bottom: 1rem; font-size: 0.9rem; }
 .table-scroll { overflow-x: auto; margin: 1rem 0; max-width: 100%; }
-table { border-collapse: collapse; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; overflow-wrap: normal; }
+table { border-collapse: collapse; font-size: 0.9rem; width: max-content; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; overflow-wrap: normal; max-width: 30rem; }
+td a { white-space: nowrap; }
 th { background: #f3f3f3; }
 img { max-width: 100%; height: auto; }
 code { background: #f3f3f3; padding: 0 0.2rem; }
@@ -52,7 +53,9 @@ code { background: #f3f3f3; padding: 0 0.2rem; }
   body { max-width: none; margin: 0; padding: 0; font-size: 10pt; }
   nav.back { display: none; }
   .table-scroll { overflow: visible; }
-  table { font-size: 8pt; }
+  table { font-size: 7pt; width: 100%; table-layout: fixed; }
+  th, td { max-width: none; padding: 0.1rem 0.2rem; overflow-wrap: anywhere; }
+  td a { white-space: normal; }
   thead { display: table-header-group; }
   tr, img { break-inside: avoid; }
   h1, h2, h3 { break-after: avoid; }
