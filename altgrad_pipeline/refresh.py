@@ -1,5 +1,5 @@
 """`altgrad-pipeline refresh`: discover runs, register format partitions, and materialize what is
-stale in the persistent Dagster instance, so `dagster dev` shows the same history afterwards.
+stale in the persistent Dagster instance, so `dg dev` shows the same history afterwards.
 
 Each format partition is one Dagster run, executed as ALTGRAD_EXECUTOR says (`execution.py`); with
 Celery, several partition runs are kept in flight (one orchestrating process each) so every worker
@@ -21,6 +21,7 @@ from dagster._core.instance.ref import InstanceRef
 from altgrad_pipeline import execution, settings
 from altgrad_pipeline.definitions import ASSETS, build_resources
 from altgrad_pipeline.defs.executor import create_pools
+from altgrad_pipeline.defs.jobs import refresh_analysis_job, refresh_format_job
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import RunStores
 from altgrad_pipeline.defs.schedules import stale_formats
@@ -110,7 +111,7 @@ def refresh(
     todo = formats if full else stale
     partitioned = [a for a in ASSETS if _partitioned(a)]
     unpartitioned = [a for a in ASSETS if not _partitioned(a)]
-    job = execution.reconstructable_refresh_job(runs, data_dir)
+    job = execution.reconstructable_refresh_job(runs, data_dir, refresh_format_job.name)
     choice = settings.executor_choice()
     if choice.name != "in_process":
         echo(f"Executor: {choice.name}")
@@ -119,15 +120,16 @@ def refresh(
     for fmt in todo:
         echo(f"Materializing format partition {fmt} ({', '.join(k.to_user_string() for k in _asset_keys(partitioned))})")
         if not parallel:
-            outcome = _run(instance, job, _asset_keys(partitioned), fmt)
+            outcome = _run(instance, job, fmt)
             _record(report, fmt, outcome, echo, instance)
     if parallel:
-        for fmt, outcome in _run_partitions_in_parallel(instance, runs, data_dir, _asset_keys(partitioned), todo):
+        for fmt, outcome in _run_partitions_in_parallel(instance, runs, data_dir, todo):
             _record(report, fmt, outcome, echo, instance)
     never_built = any(instance.get_latest_materialization_event(k) is None for k in _asset_keys(unpartitioned))
     if todo or full or never_built:
         echo(f"Materializing analysis and reports ({len(_asset_keys(unpartitioned))} assets)")
-        success, run_id = _run(instance, job, _asset_keys(unpartitioned), None)
+        analysis_job = execution.reconstructable_refresh_job(runs, data_dir, refresh_analysis_job.name)
+        success, run_id = _run(instance, analysis_job, None)
         report.analysis_refreshed = True
         if not success:
             report.failed.append("analysis")
@@ -166,30 +168,26 @@ def _record(
     report.refreshed_formats.append(fmt)
 
 
-def _run(
-    instance: dg.DagsterInstance, job: ReconstructableJob, keys: Sequence[dg.AssetKey], fmt: str | None
-) -> tuple[bool, str]:
-    """(success, run id) of one run of `keys`: one format partition, or the unpartitioned assets."""
+def _run(instance: dg.DagsterInstance, job: ReconstructableJob, fmt: str | None) -> tuple[bool, str]:
+    """(success, run id) of one run of a refresh job: one format partition, or the unpartitioned assets."""
     tags = {"dagster/partition": fmt} if fmt else {}
-    result = dg.execute_job(job, instance, asset_selection=list(keys), tags=tags, run_config=QUIET_RUN_CONFIG)
+    result = execution.execute(job, instance, tags=tags, run_config=QUIET_RUN_CONFIG)
     return result.success, result.run_id
 
 
-def _run_partition_from_ref(
-    instance_ref: InstanceRef, runs: str, data_dir: str, keys: Sequence[dg.AssetKey], fmt: str
-) -> tuple[bool, str]:
+def _run_partition_from_ref(instance_ref: InstanceRef, runs: str, data_dir: str, fmt: str) -> tuple[bool, str]:
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
-        return _run(instance, execution.reconstructable_refresh_job(runs, data_dir), keys, fmt)
+        return _run(instance, execution.reconstructable_refresh_job(runs, data_dir, refresh_format_job.name), fmt)
 
 
 def _run_partitions_in_parallel(
-    instance: dg.DagsterInstance, runs: str, data_dir: str, keys: Sequence[dg.AssetKey], formats: Sequence[str]
+    instance: dg.DagsterInstance, runs: str, data_dir: str, formats: Sequence[str]
 ) -> list[tuple[str, tuple[bool, str]]]:
     """Up to PARALLEL_PARTITION_RUNS partition runs at once, each orchestrated by its own process:
     Dagster's run setup configures `logging` globally, so runs cannot share a process's threads."""
     context = multiprocessing.get_context("forkserver")
     with concurrent.futures.ProcessPoolExecutor(min(PARALLEL_PARTITION_RUNS, len(formats)), mp_context=context) as pool:
-        futures = [pool.submit(_run_partition_from_ref, instance.get_ref(), runs, data_dir, keys, fmt) for fmt in formats]
+        futures = [pool.submit(_run_partition_from_ref, instance.get_ref(), runs, data_dir, fmt) for fmt in formats]
         return [(fmt, future.result()) for fmt, future in zip(formats, futures, strict=True)]
 
 

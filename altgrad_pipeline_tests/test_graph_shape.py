@@ -73,7 +73,7 @@ EXPECTED: dict[str, Any] = {
     ],
     "sensors": ["analysis_automation_sensor", "finished_runs_sensor"],
     "schedules": ["stale_formats_schedule"],
-    "jobs": ["full_rebuild"],
+    "jobs": ["full_rebuild", "refresh_analysis", "refresh_format"],
 }  # fmt: skip
 
 

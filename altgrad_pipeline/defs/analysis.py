@@ -12,7 +12,17 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from altgrad_pipeline.analysis import failures, layers, manifold, outcomes, rankings, summaries, sweeps, training
+from altgrad_pipeline.analysis import (
+    columns,
+    failures,
+    layers,
+    manifold,
+    outcomes,
+    rankings,
+    summaries,
+    sweeps,
+    training,
+)
 from altgrad_pipeline.defs.automation import analysis_automation_condition
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import ReportFiles, RunStores
@@ -35,7 +45,7 @@ def _doc(module: object) -> str:
     group_name=ANALYSIS_GROUP,
     partitions_def=fp8_format_partitions,
     description="Per-parameter metrics in long form with layer index and layer type.\n\n" + _doc(layers),
-    metadata={"dagster/column_schema": table_schema(layers.LAYER_METRICS_SCHEMA)},
+    metadata={"dagster/column_schema": table_schema(layers.LAYER_METRICS_SCHEMA, columns.LAYER_METRICS)},
     kinds={"polars", "parquet"},
 )
 def layer_metrics(
@@ -65,7 +75,7 @@ def layer_metrics(
     group_name=ANALYSIS_GROUP,
     ins=ALL_FORMATS,
     description="One row per run: its outcome decided from the data, not the tracker state.\n\n" + _doc(outcomes),
-    metadata={"dagster/column_schema": table_schema(outcomes.OUTCOMES_SCHEMA)},
+    metadata={"dagster/column_schema": table_schema(outcomes.OUTCOMES_SCHEMA, columns.RUN_OUTCOMES)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet"},
 )
@@ -97,7 +107,7 @@ def failure_modes(
         value=frame,
         metadata={
             "dagster/row_count": frame.height,
-            "dagster/column_schema": table_schema(frame.schema),
+            "dagster/column_schema": table_schema(frame.schema, columns.FAILURE_MODES),
             "runs_by_failure_mode": counts(frame, "failure_mode"),
             "failed_runs": preview(
                 failed, ["fp8_format", "optimizer", "run_id", "failure_mode", "failure_step", "last_finite_loss"], rows=15
@@ -122,7 +132,7 @@ def format_rankings(
         value=frame,
         metadata={
             "dagster/row_count": frame.height,
-            "dagster/column_schema": table_schema(frame.schema),
+            "dagster/column_schema": table_schema(frame.schema, columns.FORMAT_RANKINGS),
             "sweet_spots": dg.MetadataValue.json({str(t): str(f) for t, f in sweet.select("layer_type", "fp8_format").rows()}),
             "ranking_all_layers": preview(
                 frame.filter(pl.col("layer_type") == "all").sort("rank", nulls_last=True),
@@ -135,8 +145,9 @@ def format_rankings(
 @dg.asset(
     group_name=ANALYSIS_GROUP,
     ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn(), "run_summaries": dg.AssetIn(), "failure_modes": dg.AssetIn()},
-    description="ANAL-03: ManifoldAdamW against AdamW per format and metric, with bootstrap CIs.\n\n" + _doc(manifold),
-    metadata={"dagster/column_schema": table_schema(manifold.MANIFOLD_SCHEMA)},
+    description="ANAL-03: ManifoldAdamW against AdamW per format and metric, with 95% intervals: Student's or "
+    "Welch's t below 8 runs per arm, the BCa bootstrap from 8 (`method` names each row's).\n\n" + _doc(manifold),
+    metadata={"dagster/column_schema": table_schema(manifold.MANIFOLD_SCHEMA, columns.MANIFOLD_STATS)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet", "scipy"},
 )
@@ -148,6 +159,7 @@ def manifold_stats(
         value=frame,
         metadata={
             "dagster/row_count": frame.height,
+            "interval_methods": counts(frame, "method"),
             "effects": preview(frame, ["fp8_format", "metric", "diff", "ci_low", "ci_high", "method", "n_manifold", "n_standard", "low_n"], rows=20),
         },
     )
@@ -170,7 +182,7 @@ class RunSummariesConfig(dg.Config):
     group_name=ANALYSIS_GROUP,
     partitions_def=fp8_format_partitions,
     description=(summaries.__doc__ or "").strip(),
-    metadata={"dagster/column_schema": table_schema(summaries.RUN_SUMMARIES_SCHEMA)},
+    metadata={"dagster/column_schema": table_schema(summaries.RUN_SUMMARIES_SCHEMA, columns.RUN_SUMMARIES)},
     kinds={"polars", "parquet"},
 )
 def run_summaries(
@@ -209,7 +221,7 @@ class SweepSummaryConfig(dg.Config):
     group_name=ANALYSIS_GROUP,
     ins=ALL_FORMATS,
     description=(training.__doc__ or "").strip(),
-    metadata={"dagster/column_schema": table_schema(training.TRAINING_DYNAMICS_SCHEMA)},
+    metadata={"dagster/column_schema": table_schema(training.TRAINING_DYNAMICS_SCHEMA, columns.TRAINING_DYNAMICS)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet", "scipy"},
 )
@@ -230,7 +242,7 @@ def training_dynamics(raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame) -> dg
     group_name=ANALYSIS_GROUP,
     ins=ALL_FORMATS,
     description=(sweeps.__doc__ or "").strip(),
-    metadata={"dagster/column_schema": table_schema(sweeps.SWEEP_SUMMARY_SCHEMA)},
+    metadata={"dagster/column_schema": table_schema(sweeps.SWEEP_SUMMARY_SCHEMA, columns.SWEEP_SUMMARY)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet", "scipy"},
 )

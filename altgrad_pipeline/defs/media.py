@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 
 from altgrad_pipeline import settings
+from altgrad_pipeline.defs.ingest import ISSUE_DESCRIPTIONS
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import RunStores
 from altgrad_pipeline.defs.ui import counts, preview, table_schema
@@ -92,7 +93,7 @@ def _read_media(entries: list[CatalogEntry], cache_dir: Path, api_runs: store.Ap
             description="Media that could not be used (missing, truncated or invalid table files, tables whose rows "
             "disagree with their columns, histograms whose bins and counts do not match), with what was lost.",
             group_name=MEDIA_GROUP,
-            metadata={"dagster/column_schema": table_schema(ISSUE_SCHEMA)},
+            metadata={"dagster/column_schema": table_schema(ISSUE_SCHEMA, ISSUE_DESCRIPTIONS)},
             kinds={"polars", "parquet"},
         ),
     },

@@ -95,9 +95,9 @@ class ReportFiles(dg.ConfigurableResource):
 
     def location(self, path: Path) -> str:
         """Where a user opens a report file: its published URL for an object-store data dir (the
-        local copy is a worker's staging folder), else its path."""
+        local copy is a worker's staging folder), else its file:// URL (the UI shows a URL as a link)."""
         if not self.is_remote:
-            return str(path)
+            return Path(path).resolve().as_uri()
         return f"{self.data_dir.rstrip('/')}/reports/{path.relative_to(self.reports_dir).as_posix()}"
 
     def publish(self, *, since: float = 0.0) -> list[str]:

@@ -11,9 +11,9 @@ import dagster as dg
 
 from altgrad_pipeline.defs.executor import create_pools
 from altgrad_pipeline.defs.ingest import CATALOG_FINGERPRINT
+from altgrad_pipeline.defs.jobs import refresh_format_job
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import RunStores
-from altgrad_pipeline.defs.targets import format_partitioned_keys
 from altgrad_pipeline.study import is_safe_format_name
 
 REFRESH_CRON_ENV = "ALTGRAD_REFRESH_CRON"
@@ -53,7 +53,7 @@ def stale_formats(run_stores: RunStores, instance: dg.DagsterInstance, formats: 
 @dg.schedule(
     name="stale_formats_schedule",
     cron_schedule=refresh_cron(),
-    target=dg.AssetSelection.all(),
+    target=refresh_format_job,
     description="Refreshes every FP8-format partition whose runs no longer match its last materialization.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
@@ -65,10 +65,8 @@ def stale_formats_schedule(context: dg.ScheduleEvaluationContext, run_stores: Ru
     # A schedule cannot return partition requests; adding keys is idempotent, so register directly.
     context.instance.add_dynamic_partitions(fp8_format_partitions.name, stale)
     create_pools(context.instance)
-    partitioned = format_partitioned_keys(context.repository_def)
     tick = context.scheduled_execution_time.isoformat()
     return [
-        dg.RunRequest(run_key=f"{fmt}:{tick}", partition_key=fmt, asset_selection=partitioned,
-                      tags={"altgrad/trigger": "stale_formats_schedule"})  # fmt: skip
+        dg.RunRequest(run_key=f"{fmt}:{tick}", partition_key=fmt, tags={"altgrad/trigger": "stale_formats_schedule"})
         for fmt in stale
     ]

@@ -3,18 +3,29 @@ Kept small on purpose: every metadata value is stored in the instance's event lo
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping, Sequence
 
 import dagster as dg
 import polars as pl
 
+from altgrad_pipeline.analysis.columns import SHARED
 from altgrad_pipeline.markdown import markdown_table
 
 
-def table_schema(schema: Mapping[str, pl.DataType], descriptions: Mapping[str, str] | None = None) -> dg.TableSchema:
-    descriptions = descriptions or {}
+def column_description(name: str, descriptions: Mapping[str, str]) -> str | None:
+    """The table's own entry, else the shared one, else the table's first glob (`report_*`) matching."""
+    if name in descriptions:
+        return descriptions[name]
+    if name in SHARED:
+        return SHARED[name]
+    return next((text for pattern, text in descriptions.items() if fnmatch.fnmatchcase(name, pattern)), None)
+
+
+def table_schema(schema: Mapping[str, pl.DataType], descriptions: Mapping[str, str]) -> dg.TableSchema:
+    """The Columns panel of an asset: every column with its type and description."""
     return dg.TableSchema(
-        columns=[dg.TableColumn(name, str(dtype), description=descriptions.get(name)) for name, dtype in schema.items()]
+        columns=[dg.TableColumn(name, str(dtype), description=column_description(name, descriptions)) for name, dtype in schema.items()]
     )
 
 
