@@ -140,7 +140,7 @@ def ingest_issues(context: dg.AssetExecutionContext, run_stores: RunStores) -> d
     group_name=INGEST_GROUP,
     ins={"raw_runs": dg.AssetIn()},
     description=(reports.__doc__ or "").strip(),
-    metadata={"dagster/column_schema": table_schema(reports.FAILURE_REPORTS_SCHEMA)},
+    metadata={"dagster/column_schema": table_schema(reports.FAILURE_REPORTS_SCHEMA, reports.FAILURE_REPORTS_DESCRIPTIONS)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet"},
 )

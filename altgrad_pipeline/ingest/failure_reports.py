@@ -69,6 +69,35 @@ FAILURE_REPORTS_SCHEMA: dict[str, pl.DataType] = {
     **PARSED_REPORT_SCHEMA,
 }
 
+#: What each column of the `failure_reports` table means (the Dagster UI's Columns panel).
+FAILURE_REPORTS_DESCRIPTIONS: dict[str, str] = {
+    "checkpoint_dir": "Checkpoint folder (relative to its run store) whose failure_reports/ held the report",
+    "report_path": "The newest FormatExperimentRunner failure report file of that folder",
+    "report_file_format": "FP8 format named in the report's file name",
+    "report_timestamp": "When the report was written, from its file name",
+    "n_reports": "Failure reports found in the folder (the newest one is parsed)",
+    "format": "FP8 format the report states",
+    "collapse_step": "Step at which the runner declared the collapse",
+    "collapse_reason": "Why the runner stopped, in its words",
+    "final_loss": "Last loss the report states",
+    "best_loss": "Best loss the report states",
+    "steps_completed": "Steps the run completed before it stopped",
+    "max_steps": "Steps the run was planned for",
+    "duration_seconds": "Wall time of the run, as the report states it",
+    "gradient_sparsity": "Fraction of zero gradient elements at the collapse",
+    "zero_update_layers": "Layers whose weights stopped changing (as listed in the report)",
+    "zero_update_layers_more": "Further zero-update layers the report counts but does not list",
+    "n_zero_update_layers": "Zero-update layers in all",
+    "bit_stall_rate": "Bit-stall rate at the collapse",
+    "overflow_rate": "Overflow rate at the collapse",
+    "underflow_rate": "Underflow rate at the collapse",
+    "diagnostic_trend": "The report's diagnostic trend table (step, stiffness and the quantisation rates)",
+    "loss_trend": "The report's loss trend table (step, loss)",
+    "config": "The run configuration the report embeds, as text",
+    "generated_at": "Generation time the report states",
+    "parse_error": "Why the report could not be read (null: read)",
+}
+
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf|infinity)"
 
 
