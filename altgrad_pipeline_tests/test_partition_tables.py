@@ -48,7 +48,7 @@ def _build(previous: RunVersionedFrame | None, versions: dict[str, str], built_w
 def test_only_new_and_changed_runs_are_computed(tmp_path: Path) -> None:
     path = tmp_path / "E5M2.parquet"
     first, compute = _build(None, {"a": "v1", "b": "v22", "c": "v333"})
-    assert compute.calls == [["a", "b", "c"]]
+    assert compute.calls == [["a"], ["b"], ["c"]]  # one run at a time
     assert first.frame.get_column("run_id").to_list() == ["a", "a", "c"]  # b's version has no rows
 
     unchanged, compute = _build(_stored(first, path), {"a": "v1", "b": "v22", "c": "v333"})
@@ -56,7 +56,7 @@ def test_only_new_and_changed_runs_are_computed(tmp_path: Path) -> None:
 
     versions = {"a": "v1", "c": "v4444", "d": "v22"}  # b removed, c changed, d new
     changed, compute = _build(_stored(unchanged, path), versions)
-    assert compute.calls == [["c", "d"]]
+    assert compute.calls == [["c"], ["d"]]
     assert changed.frame.equals(RowsPerVersion(versions)(sorted(versions)))
     assert changed.versions == versions
     again = rebuild(_stored(changed, path), versions, "r", RowsPerVersion(versions))
