@@ -111,6 +111,27 @@ def test_the_io_manager_stores_rows_and_versions_together(tmp_path: Path) -> Non
     assert pl.read_parquet(tmp_path / "assets" / "versioned" / "E5M2.parquet").equals(stored.frame)
 
 
+def test_a_spilled_first_build_is_streamed_to_the_file_and_its_pieces_removed(tmp_path: Path) -> None:
+    """A first build with a spill folder holds one run's rows at a time: the table is a lazy scan
+    of per-run pieces, which the IO manager streams into the partition file and then deletes."""
+    versions = {"a": "v1", "b": "v22", "c": "v333"}
+    partitions = dg.StaticPartitionsDefinition(["E5M2"])
+    spill = tmp_path / "spill"
+
+    @dg.asset(partitions_def=partitions)
+    def versioned() -> RunVersionedFrame:
+        spill.mkdir()
+        built = rebuild(None, versions, "r", RowsPerVersion(versions), spill).table
+        assert isinstance(built.frame, pl.LazyFrame) and len(list(spill.iterdir())) == 3
+        return built
+
+    result = dg.materialize([versioned], partition_key="E5M2", resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))})
+    assert result.success and not spill.exists()
+    stored = previous_build(str(tmp_path), "versioned", "E5M2")
+    assert stored is not None and stored.versions == versions
+    assert stored.frame.equals(RowsPerVersion(versions)(sorted(versions)))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(
