@@ -49,7 +49,8 @@ assert report.ok, report.failed
 
 def write_templates(root: Path) -> list[Path]:
     """The template run folders, written once through the SDK (a marker per finished run)."""
-    from altgrad_pipeline.examples import RUN_FOLDER, example_spec, write_run
+    from altgrad_pipeline.examples import example_spec, write_run
+    from altgrad_pipeline.ingest.wandb.names import RUN_FOLDER
 
     folders = []
     for fmt, optimizer in TEMPLATES:
