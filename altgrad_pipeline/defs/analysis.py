@@ -57,16 +57,17 @@ def layer_metrics(
         run_versions(raw_runs),
         LAYER_METRICS_RECIPE,
         lambda run_ids: layers.layer_metrics(run_histories.filter(pl.col("run_id").is_in(run_ids))),
+        spill=True,
     )
-    frame = built.table.frame
+    frame = built.table.frame.lazy()
     return dg.MaterializeResult(
         value=built.table,
         metadata={
-            "dagster/row_count": frame.height,
+            "dagster/row_count": frame.select(pl.len()).collect().item(),
             "rows_by_layer_type": counts(frame, "layer_type"),
-            "n_params": frame.get_column("param").n_unique() if frame.height else 0,
+            "n_params": frame.select(pl.col("param").n_unique()).collect().item(),
             "runs_rebuilt": len(built.computed),
-            "preview": preview(frame, rows=8),
+            "preview": preview(frame.head(8).collect(), rows=8),
         },
     )
 
@@ -202,7 +203,7 @@ def run_summaries(
             run_histories.filter(pl.col("run_id").is_in(run_ids)), final_fraction=config.final_fraction, thresholds=thresholds
         ),
     )
-    frame = built.table.frame
+    frame = built.table.frame.lazy().collect()  # one row per (run, key): small
     return dg.MaterializeResult(value=built.table, metadata={
         "dagster/row_count": frame.height, "keys_with_nan": int(frame.filter(pl.col("n_nan") > 0).height),
         "preview": preview(frame, ["run_id", "key", "last", "min", "argmin_step", "final_mean", "first_nan_step"], rows=8)})  # fmt: skip

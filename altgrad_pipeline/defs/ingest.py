@@ -82,10 +82,14 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
         fmt,
         {e.run_id: e.version for e in entries},
         HISTORY_RECIPE,
-        lambda run_ids: catalog.histories([by_run[run] for run in run_ids]).collect(),
+        lambda run_ids: catalog.histories([by_run[run] for run in run_ids]),
+        spill=True,
     )
-    histories = built.table.frame
-    context.log.info(f"{fmt}: {runs.height} runs, {histories.height} values; re-read {len(result.reread)} changed runs")
+    histories = built.table.frame.lazy()
+    n_values, n_keys, n_nonfinite = histories.select(
+        pl.len(), pl.col("key").n_unique(), (~pl.col("value").is_finite()).sum()
+    ).collect().row(0)
+    context.log.info(f"{fmt}: {runs.height} runs, {n_values} values; re-read {len(result.reread)} changed runs")
     yield dg.Output(
         runs,
         output_name="raw_runs",
@@ -102,12 +106,12 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
         built.table,
         output_name="run_histories",
         metadata={
-            "dagster/row_count": histories.height,
+            "dagster/row_count": n_values,
             "n_runs": runs.height,
             "runs_rebuilt": len(built.computed),
-            "n_keys": histories.get_column("key").n_unique() if histories.height else 0,
-            "n_nonfinite": int(histories.filter(~pl.col("value").is_finite()).height),
-            "preview": preview(histories, rows=8),
+            "n_keys": n_keys,
+            "n_nonfinite": int(n_nonfinite or 0),
+            "preview": preview(histories.head(8).collect(), rows=8),
         },
     )
 

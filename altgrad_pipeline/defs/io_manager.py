@@ -17,6 +17,7 @@ and columns a query needs.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from typing import Any, ClassVar
 
@@ -56,16 +57,22 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
     def dump_to_path(
         self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame | RunVersionedFrame, path: UPath
     ) -> None:
-        """A `RunVersionedFrame` keeps its run versions in the same file, as Parquet metadata."""
+        """A `RunVersionedFrame` keeps its run versions in the same file, as Parquet metadata. A
+        lazy frame is streamed into a local file, never held whole in memory."""
         metadata = obj.parquet_metadata() if isinstance(obj, RunVersionedFrame) else None
-        frame = obj.frame if isinstance(obj, RunVersionedFrame) else obj.collect() if isinstance(obj, pl.LazyFrame) else obj
+        frame = obj.frame if isinstance(obj, RunVersionedFrame) else obj
         if path.protocol in ("", "file"):
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            frame.write_parquet(str(tmp), metadata=metadata)
+            if isinstance(frame, pl.LazyFrame):
+                frame.sink_parquet(str(tmp), metadata=metadata)
+            else:
+                frame.write_parquet(str(tmp), metadata=metadata)
             os.replace(str(tmp), str(path))  # readers (sensors, other runs) never see half a file
         else:
             with path.open("wb") as handle:
-                frame.write_parquet(handle, metadata=metadata)
+                frame.lazy().collect().write_parquet(handle, metadata=metadata)
+        if isinstance(obj, RunVersionedFrame) and obj.spill is not None:
+            shutil.rmtree(obj.spill, ignore_errors=True)
 
     def _scan(self, path: UPath) -> pl.LazyFrame:
         if not path.exists():
@@ -101,8 +108,5 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         return lazy if _wants_lazy(context) else lazy.collect()
 
     def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict[str, Any]:
-        if isinstance(obj, RunVersionedFrame):
-            return {"dagster/row_count": obj.frame.height}
-        if isinstance(obj, pl.DataFrame):
-            return {"dagster/row_count": obj.height}
-        return {}
+        frame = obj.frame if isinstance(obj, RunVersionedFrame) else obj
+        return {"dagster/row_count": frame.height} if isinstance(frame, pl.DataFrame) else {}  # a lazy table's asset counts its rows

@@ -4,6 +4,7 @@ through, and the folder the reports are written to."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -54,11 +55,18 @@ class RunStores(dg.ConfigurableResource):
         partition: str,
         versions: Mapping[str, str],
         built_with: str,
-        compute: Callable[[list[str]], pl.DataFrame],
+        compute: Callable[[list[str]], pl.DataFrame | pl.LazyFrame],
+        *,
+        spill: bool = False,
     ) -> Rebuilt:
         """A partition table computed run by run, reusing the stored partition's unchanged runs
-        (see `partition_tables`); the asset returns `.table` for the IO manager to store."""
-        return rebuild(previous_build(self.data_dir, asset, partition), versions, built_with, compute)
+        (see `partition_tables`); the asset returns `.table` for the IO manager to store. With
+        `spill`, a first build keeps each run's rows on disk under the cache until then."""
+        folder = None
+        if spill:
+            (self.cache_dir / "spill").mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix=f"{asset}-", dir=self.cache_dir / "spill"))
+        return rebuild(previous_build(self.data_dir, asset, partition), versions, built_with, compute, folder)
 
     def local_roots(self) -> list[Path]:
         return [Path(e.target) for e in self.store_entries() if e.kind == "local"]

@@ -34,9 +34,11 @@ def preview(frame: pl.DataFrame, columns: Sequence[str] | None = None, *, rows: 
     return dg.MetadataValue.md(markdown_table(shown, max_rows=rows))
 
 
-def counts(frame: pl.DataFrame, column: str) -> dg.MetadataValue:
-    """`{value: count}` of one column, e.g. runs per state, as JSON metadata."""
-    if frame.is_empty() or column not in frame.columns:
+def counts(frame: pl.DataFrame | pl.LazyFrame, column: str) -> dg.MetadataValue:
+    """`{value: count}` of one column, e.g. runs per state, as JSON metadata (a lazy frame is
+    counted without loading it)."""
+    lazy = frame.lazy()
+    if column not in lazy.collect_schema().names():
         return dg.MetadataValue.json({})
-    tally = frame.group_by(column).len().sort(column)
+    tally = lazy.group_by(column).len().sort(column).collect()
     return dg.MetadataValue.json({str(k): int(n) for k, n in tally.iter_rows()})
