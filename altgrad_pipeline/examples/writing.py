@@ -297,9 +297,6 @@ def write_example_runs(root: Path, specs: Sequence[ExampleRunSpec] | None = None
     else:
         for spec in [*ordinary, *killed]:
             written[spec.run_name] = write_run(root, spec)
-    import wandb
-
-    wandb.teardown()  # runs written in this process: wandb-core may still be writing their logs after finish()
     study = ExampleStudy(
         root=root,
         specs=specs,
