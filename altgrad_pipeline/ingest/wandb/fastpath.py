@@ -34,7 +34,9 @@ when anything in it is not the plain shape:
     rounds, fewer than `min_active` messages still being walked are left to upb.
 Summary records whose only oddity is their item names (`["_wandb", "runtime"]`, which wandb-core
 writes after every row; mixed `key`/`nested_key`) are not left to the caller: they are parsed
-with protobuf here (they are small) and folded exactly as `WandbLogReader._fold_items` would.
+with protobuf here and folded exactly as `WandbLogReader._fold_items` would: each distinct
+payload (without its `Record.num`) once, found by dictionary-encoding the payloads, and the
+fold over their updates done with arrays (no Python object per record).
 For every record it decodes, the fast path yields exactly what `WandbLogReader._decode` yields
 for it (tested record by record and end to end on SDK-written and all corpus files, generated
 records, truncated and torn logs, random bytes). `DecodedRecords.replay` interleaves the summary

@@ -7,7 +7,10 @@ the bytes (the SDK version may be missing) by framing the first blocks both ways
 in every possible way (cut on a block boundary, mid-record, a bare chunk header, 0 bytes), so
 framing damage becomes an issue and the good records are kept.
 `WandbLogReader` can be fed again from `offset` when the file grows, so a live run is re-read
-from where the last complete record ended. Large logs' history and summary records are decoded
+from where the last complete record ended. A large feed's clean stretch of chunks (usually all of
+it) is framed with numpy (`_frame_bulk`: chunk headers walked block by block in lockstep, the
+record structure checked with array operations, one CRC call per chunk); the chunk loop frames
+the rest from the first chunk it must treat specially. Large logs' history and summary records are decoded
 by `wandb_fastpath` (numpy over the wire format); everything else, and whatever it declines,
 by upb through `_decode`, with the same result either way.
 """
