@@ -50,8 +50,7 @@ def framed(path: Path) -> list[tuple[bytes, int]]:
             records.append((bytes(payload), offset))
 
         def _flush_batch(self) -> None:  # a large log's batches
-            records.extend((self._buffer[start:stop].tobytes(), offset) for start, stop, offset in self._batch)
-            self._batch = []
+            records.extend((self._buffer[start:stop].tobytes(), offset) for start, stop, offset in self._take_batch().tolist())
 
     Collect(str(path)).feed_file(path)
     return records

@@ -7,7 +7,10 @@ the bytes (the SDK version may be missing) by framing the first blocks both ways
 in every possible way (cut on a block boundary, mid-record, a bare chunk header, 0 bytes), so
 framing damage becomes an issue and the good records are kept.
 `WandbLogReader` can be fed again from `offset` when the file grows, so a live run is re-read
-from where the last complete record ended. Large logs' history and summary records are decoded
+from where the last complete record ended. A large feed's clean stretch of chunks (usually all of
+it) is framed with numpy (`_frame_bulk`: chunk headers walked block by block in lockstep, the
+record structure checked with array operations, one CRC call per chunk); the chunk loop frames
+the rest from the first chunk it must treat specially. Large logs' history and summary records are decoded
 by `wandb_fastpath` (numpy over the wire format); everything else, and whatever it declines,
 by upb through `_decode`, with the same result either way.
 """
@@ -37,6 +40,7 @@ from altgrad_pipeline.ingest.wandb.framing import (
     CHUNK_FULL,
     CHUNK_HEADER,
     CHUNK_LAST,
+    CHUNK_MIDDLE,
     LAYOUT_CORE_017,
     LAYOUT_PROBE_BYTES,
     LAYOUT_STANDARD,
@@ -138,7 +142,7 @@ class WandbLogReader:
         #: Records framed but not decoded yet: their payloads' (start, end) in `_buffer` (the
         #: chunks of the last `feed`, reassembled) and their file offsets.
         self._buffer = np.zeros(0, dtype=np.uint8)
-        self._batch: list[tuple[int, int, int]] = []
+        self._batch: list[tuple[int, int, int] | np.ndarray] = []
 
     def _issue(self, kind: str, reason: str, lost: str, position: str | None = None) -> IngestIssue:
         return IngestIssue(
@@ -238,9 +242,16 @@ class WandbLogReader:
         direct, records, rows = size < FASTPATH_MIN_BYTES, 0, len(self._row_counts)
         used = 0  # bytes of `data` holding records (complete, or the one being assembled)
         in_record = False
-        record_start = pos  # file offset of the record being assembled
-        record_from = 0  # where it starts in `data`
         self._tail_issue = None
+        if not direct and self._layout is not None:
+            # The clean leading stretch of the chunks (most or all of a log) framed with numpy;
+            # the loop below frames the rest from the record boundary where it stopped.
+            bulk = self._frame_bulk(data, view, base, end)
+            if bulk is not None:
+                pos, used = bulk
+                self.offset = pos
+        record_start = pos  # file offset of the record being assembled
+        record_from = used  # where it starts in `data`
         while True:
             in_block = (pos - origin) % BLOCK_SIZE
             if BLOCK_SIZE - in_block < CHUNK_HEADER.size:
@@ -307,6 +318,92 @@ class WandbLogReader:
         if self._partial_tail_bytes:
             self._tail_issue = self._truncated_tail(self._partial_tail_bytes, file_age_s)
 
+    def _frame_bulk(self, data: np.ndarray, view: memoryview, base: int, end: int) -> tuple[int, int] | None:
+        """Frame, with numpy, the complete records from `offset` on up to the first chunk the
+        loop of `_frame` would treat specially (zero padding chunk, bad type or length, CRC
+        mismatch, a record's chunks out of order, a chunk past `end`): return the file offset
+        just past the last record framed and the bytes of `data` its records use, or None when
+        there is none. A record's continuation chunks are moved down onto the end of its first
+        chunk (overwriting only its own headers and block trailer); the records stay where
+        they are (between them: chunk headers), which is all the batch decoding needs."""
+        origin, header = self._origin, CHUNK_HEADER.size
+        pos0 = self.offset
+        if pos0 + header > end or pos0 < origin:
+            return None
+        first_block, last_block = (pos0 - origin) // BLOCK_SIZE, (end - 1 - origin) // BLOCK_SIZE
+        p = origin + np.arange(first_block, last_block + 1, dtype=np.int64) * BLOCK_SIZE
+        block_end = p + BLOCK_SIZE
+        p[0] = pos0
+        blocks = np.arange(len(p))
+        cutoff = end  # file offset from which the loop frames
+        found: list[tuple[np.ndarray, ...]] = []
+        while blocks.size:
+            left = block_end[blocks] - p[blocks]
+            at = p[blocks]
+            clean = left < header  # the block ends in a trailer (the loop skips it)
+            if clean.any():
+                # A trailer running past `end` is where the loop stops.
+                past = clean & (block_end[blocks] > end)
+                if past.any():
+                    cutoff = min(cutoff, int(at[past].min()))
+                blocks, at = blocks[~clean], at[~clean]
+                if not blocks.size:
+                    break
+            q = at - base
+            inside = at + header <= end
+            q = np.where(inside, q, 0)
+            length = data[q + 4].astype(np.int64) | (data[q + 5].astype(np.int64) << 8)
+            kind = data[q + 6]
+            nxt = at + header + length
+            bad = ~inside | (kind == 0) | (kind > CHUNK_LAST) | (nxt > block_end[blocks]) | (nxt > end)
+            if bad.any():
+                cutoff = min(cutoff, int(at[bad].min()))
+                good = ~bad
+                blocks, at, q, length, kind, nxt = blocks[good], at[good], q[good], length[good], kind[good], nxt[good]
+            crc = data[q].astype(np.uint32) | (data[q + 1].astype(np.uint32) << 8) | (data[q + 2].astype(np.uint32) << 16) | (data[q + 3].astype(np.uint32) << 24)
+            found.append((at, length, kind, crc))
+            p[blocks] = nxt
+        if not found:
+            return None
+        at, length, kind, crc = (np.concatenate(column) for column in zip(*found))
+        order = np.argsort(at, kind="stable")
+        at, length, kind, crc = at[order], length[order], kind[order], crc[order]
+        keep = int(np.searchsorted(at, cutoff))
+        at, length, kind, crc = at[:keep], length[:keep], kind[:keep], crc[:keep]
+        # Record structure: FULL or FIRST outside a record, MIDDLE or LAST inside one.
+        opens = (kind == CHUNK_FIRST) | (kind == CHUNK_MIDDLE)
+        inside_before = np.zeros(len(kind), dtype=bool)
+        inside_before[1:] = opens[:-1]
+        starts_record = (kind == CHUNK_FULL) | (kind == CHUNK_FIRST)
+        wrong = np.flatnonzero(starts_record == inside_before)
+        if len(wrong):
+            keep = int(wrong[0])
+            at, length, kind, crc = at[:keep], length[:keep], kind[:keep], crc[:keep]
+            starts_record = starts_record[:keep]
+        payload = at + header - base
+        crc32, type_crc = zlib.crc32, TYPE_CRC
+        sums = [crc32(view[s : s + n], type_crc[k]) for s, n, k in zip(payload.tolist(), length.tolist(), kind.tolist())]
+        mismatch = np.flatnonzero(np.asarray(sums, dtype=np.uint32) != crc)
+        if len(mismatch):
+            keep = int(mismatch[0])
+            at, length, kind, payload, starts_record = at[:keep], length[:keep], kind[:keep], payload[:keep], starts_record[:keep]
+        ends_record = np.flatnonzero((kind == CHUNK_FULL) | (kind == CHUNK_LAST))
+        if not len(ends_record):
+            return None
+        keep = int(ends_record[-1]) + 1
+        at, length, kind, payload, starts_record = at[:keep], length[:keep], kind[:keep], payload[:keep], starts_record[:keep]
+        first = np.flatnonzero(starts_record)
+        record_of = np.cumsum(starts_record) - 1
+        before = np.cumsum(length) - length  # payload bytes before each chunk
+        dest = payload[first][record_of] + before - before[first][record_of]
+        moved = np.flatnonzero(~starts_record)
+        for d, s, n in zip(dest[moved].tolist(), payload[moved].tolist(), length[moved].tolist()):
+            view[d : d + n] = view[s : s + n]  # overlapping ranges: memoryview copies safely
+        record_starts = payload[first]
+        record_ends = record_starts + np.add.reduceat(length, first)
+        self._batch.append(np.stack([record_starts, record_ends, at[first]], axis=1))
+        return int(at[-1] + header + length[-1]), int(record_ends[-1])
+
     def _truncated_tail(self, lost: int, file_age_s: float | None) -> IngestIssue:
         if file_age_s is not None and file_age_s < self.grace_period_s:
             why = f"the log ends inside a record; it was written {file_age_s:.0f} s ago, so the run may still be writing it"
@@ -337,27 +434,47 @@ class WandbLogReader:
             self._issue("broken_record", reason, f"{stop - start} bytes (offsets {start}-{stop})", position=f"byte {start}")
         )
 
+    def _take_batch(self) -> np.ndarray:
+        """The records framed but not decoded yet, taken out of `_batch`: one row per record,
+        (payload start in `_buffer`, payload end, file offset), int64."""
+        batch, self._batch = self._batch, []
+        parts: list[np.ndarray] = []
+        single: list[tuple[int, int, int]] = []
+        for item in batch:  # arrays framed by `_frame_bulk`, tuples by the loop of `_frame`
+            if isinstance(item, np.ndarray):
+                if single:
+                    parts.append(np.asarray(single, dtype=np.int64).reshape(-1, 3))
+                    single = []
+                parts.append(item)
+            else:
+                single.append(item)
+        if single:
+            parts.append(np.asarray(single, dtype=np.int64).reshape(-1, 3))
+        if not parts:
+            return np.zeros((0, 3), dtype=np.int64)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def _flush_batch(self) -> None:
         """Decode the records framed so far: with `FASTPATH_MIN_BYTES` of history and summary
         records, those with `wandb_fastpath` and every record it leaves (other kinds, unusual or
         damaged ones) with `_decode`, in record order; with fewer, all with `_decode`."""
-        batch, self._batch = self._batch, []
-        base = self._records_seen
-        self._records_seen += len(batch)
-        if not batch:
+        table = self._take_batch()
+        if not len(table):
             return
         records = memoryview(self._buffer)
-        starts, ends, offsets = (np.asarray(column, dtype=np.int64) for column in zip(*batch))
+        starts, ends, offsets = table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy()
+        base = self._records_seen
+        self._records_seen += len(starts)
         if not self._worth_fast_path(starts, ends):
             rows = len(self._row_counts)
-            for start, stop, offset in batch:
+            for start, stop, offset in table.tolist():
                 self._decode(records[start:stop], offset)
             # Rows of one protobuf-decoded batch keep their order; `base` places them among batches.
             self._row_records.extend([base] * (len(self._row_counts) - rows))
             return
         # Groups of a few MB: the decoder's per-item arrays stay small (and its peak memory low).
         group_ends = np.searchsorted(ends, np.arange(FASTPATH_GROUP_BYTES, int(ends[-1]), FASTPATH_GROUP_BYTES), side="right")
-        bounds = sorted({0, *group_ends.tolist(), len(batch)})
+        bounds = sorted({0, *group_ends.tolist(), len(starts)})
         for lo, hi in zip(bounds, bounds[1:]):
 
             def decode_slow(index: int, lo: int = lo) -> None:
