@@ -1,5 +1,5 @@
-"""The one `Definitions` of the project: `dagster dev` from the repo root (workspace.yaml) and
-`altgrad-pipeline refresh` both load `altgrad_pipeline.definitions:defs`.
+"""The one `Definitions` of the project: `dg dev` from the repo root (`[tool.dg]` in pyproject.toml),
+dagster-webserver (workspace.yaml) and `altgrad-pipeline refresh` all load `altgrad_pipeline.definitions:defs`.
 
 Everything Dagster lives in `defs/`; this module only collects it. Assets and checks are gathered
 from the asset-group modules, so adding an asset or a check touches its `defs/` module only;
@@ -18,6 +18,8 @@ from altgrad_pipeline.defs.executor import executor_from_env
 from altgrad_pipeline.defs.io_manager import PolarsParquetIOManager
 from altgrad_pipeline.defs.resources import ReportFiles, RunStores
 
+#: The code location's name in workspace.yaml (and `[tool.dagster]`): runs of `refresh` carry it.
+CODE_LOCATION_NAME = "altgrad_pipeline"
 #: The asset-group modules, upstream first.
 ASSET_MODULES = [ingest, analysis, media, reports]
 ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
@@ -46,7 +48,7 @@ def build_defs(*, runs: str | None = None, data_dir: str | None = None) -> dg.De
         asset_checks=ASSET_CHECKS,
         sensors=[sensors.finished_runs_sensor, sensors.analysis_automation_sensor],
         schedules=[schedules.stale_formats_schedule],
-        jobs=[jobs.full_rebuild_job],
+        jobs=[*jobs.REFRESH_JOBS, jobs.full_rebuild_job],
         resources=build_resources(runs=runs, data_dir=data_dir),
         executor=executor_from_env(),
     )

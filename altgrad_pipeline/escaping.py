@@ -29,6 +29,16 @@ def escape_markdown(text: object) -> str:
     return value.replace("\\<", "&lt;").replace("\\>", "&gt;")
 
 
+def markdown_code(text: object) -> str:
+    """Inline code of untrusted text, for prose. A code span shows its content literally, so nothing
+    is backslash-escaped (the backslashes would show); the fence is one backtick longer than any
+    run inside, and newlines fold. (Not for table cells: a `|` would still split the cell.)"""
+    value = _LINE_BREAKS_AND_CONTROLS.sub(" ", "" if text is None else str(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", value)), default=0) + 1)
+    pad = " " if value.startswith("`") or value.endswith("`") else ""
+    return f"{fence}{pad}{value}{pad}{fence}"
+
+
 def escape_html(text: object) -> str:
     return html.escape(reveal_invisible("" if text is None else str(text)), quote=True)
 

@@ -43,7 +43,7 @@ def differing_config(runs: pl.DataFrame | pl.LazyFrame, noise_patterns: Sequence
     """run_id, name and the `config.*` columns whose values differ between the given runs (a
     key missing from some runs differs), one row per run: what makes these runs different. Noise
     keys (run names, seeds, paths, timestamps) are left out by the sweep detection's own rule
-    (`dynamics.sweeps.varying_keys`), so a notebook and the sweep summary agree."""
+    (`analysis.sweeps.varying_keys`), so a notebook and the sweep summary agree."""
     frame = runs.lazy().collect()
     differing = [CONFIG_PREFIX + k for k in varying_keys(frame, noise_patterns)]
     return frame.select([c for c in ("run_id", "name") if c in frame.columns] + differing)

@@ -21,6 +21,7 @@ import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -69,11 +70,13 @@ def built_from(raw_runs: pl.DataFrame) -> str:
 @dataclass(frozen=True)
 class RunVersionedFrame:
     """A partition table with the run versions and recipe it was built from; the IO manager
-    stores the three in one Parquet file."""
+    stores the three in one Parquet file. A lazy `frame` is streamed to the file, and `spill`
+    (the folder of its per-run pieces, see `rebuild`) removed once it is written."""
 
-    frame: pl.DataFrame
+    frame: pl.DataFrame | pl.LazyFrame
     versions: dict[str, str]
     recipe: str
+    spill: Path | None = None
 
     def parquet_metadata(self) -> dict[str, str]:
         return {RUN_VERSIONS_KEY: json.dumps(self.versions, sort_keys=True), RECIPE_KEY: self.recipe}
@@ -117,20 +120,37 @@ def rebuild(
     previous: RunVersionedFrame | None,
     versions: Mapping[str, str],
     built_with: str,
-    compute: Callable[[list[str]], pl.DataFrame],
+    compute: Callable[[list[str]], pl.DataFrame | pl.LazyFrame],
+    spill: Path | None = None,
 ) -> Rebuilt:
     """The table for the runs in `versions` (run_id -> version), reusing `previous` where it can.
 
     `compute(run_ids)` returns the rows of just those runs, sorted by `run_id` first (whatever
-    order within a run); the result keeps that order, so it equals `compute(all run ids)`.
+    order within a run); the result keeps that order, so it equals `compute(all run ids)`. It is
+    called one run at a time: memory is one run's working set, and Polars groups and sorts a run's
+    rows faster than a partition's. With `spill` (an empty folder), a build with nothing to keep
+    writes each run's rows there and returns a lazy table over them, so a first build never holds
+    the partition in memory; a `compute` returning a LazyFrame (rows already on disk) is not copied.
     """
     covered = previous.versions if previous is not None and previous.recipe == built_with else {}
     unchanged = [run for run, version in versions.items() if covered.get(run) == version]
     changed = sorted(run for run, version in versions.items() if covered.get(run) != version)
+    if spill is not None and changed and not unchanged:
+        pieces = [_spilled(compute([run]), spill / f"{index:06d}.parquet") for index, run in enumerate(changed)]
+        table = RunVersionedFrame(pl.concat(pieces, how="vertical_relaxed"), dict(versions), built_with, spill)
+        return Rebuilt(table, computed=changed, reused=0)
+    fresh = pl.concat([compute([run]).lazy().collect() for run in changed], how="vertical_relaxed") if changed else None
     if previous is None or not unchanged:
-        table = compute(changed)
+        frame = compute([]).lazy().collect() if fresh is None else fresh
     else:
-        kept = previous.frame.filter(pl.col("run_id").is_in(unchanged))
-        fresh = compute(changed) if changed else None
-        table = kept if fresh is None or fresh.is_empty() else _insert_runs(kept, fresh.cast(kept.schema))
-    return Rebuilt(RunVersionedFrame(table, dict(versions), built_with), computed=changed, reused=len(unchanged))
+        kept = previous.frame.lazy().collect().filter(pl.col("run_id").is_in(unchanged))
+        frame = kept if fresh is None or fresh.is_empty() else _insert_runs(kept, fresh.cast(kept.schema))
+    return Rebuilt(RunVersionedFrame(frame, dict(versions), built_with, spill), computed=changed, reused=len(unchanged))
+
+
+def _spilled(rows: pl.DataFrame | pl.LazyFrame, path: Path) -> pl.LazyFrame:
+    """One run's rows as a scan: computed rows are written to `path` (lz4: written once, read once)."""
+    if isinstance(rows, pl.LazyFrame):
+        return rows
+    rows.write_parquet(path, compression="lz4")
+    return pl.scan_parquet(path)

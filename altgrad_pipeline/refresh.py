@@ -1,5 +1,5 @@
 """`altgrad-pipeline refresh`: discover runs, register format partitions, and materialize what is
-stale in the persistent Dagster instance, so `dagster dev` shows the same history afterwards.
+stale in the persistent Dagster instance, so `dg dev` shows the same history afterwards.
 
 Each format partition is one Dagster run, executed as ALTGRAD_EXECUTOR says (`execution.py`); with
 Celery, several partition runs are kept in flight (one orchestrating process each) so every worker
@@ -23,6 +23,7 @@ from dagster._core.instance.ref import InstanceRef
 from altgrad_pipeline import execution, locking, settings
 from altgrad_pipeline.definitions import ASSETS, build_resources
 from altgrad_pipeline.defs.executor import create_pools
+from altgrad_pipeline.defs.jobs import refresh_analysis_job, refresh_format_job
 from altgrad_pipeline.defs.orphaned_runs import fail_orphaned_runs, process_tags
 from altgrad_pipeline.defs.partitions import fp8_format_partitions, register_formats
 from altgrad_pipeline.defs.resources import RunStores
@@ -153,7 +154,7 @@ def _refresh(
         echo(f"New format partitions: {', '.join(report.new_formats)}")
     todo = formats if full else stale
     unpartitioned = [a for a in ASSETS if not _partitioned(a)]
-    job = execution.reconstructable_refresh_job(runs, data_dir)
+    job = execution.reconstructable_refresh_job(runs, data_dir, refresh_format_job.name)
     choice = settings.executor_choice()
     if choice.name != "in_process":
         echo(f"Executor: {choice.name}")
@@ -162,10 +163,10 @@ def _refresh(
     for fmt in todo:
         echo(f"Materializing format partition {fmt} ({', '.join(k.to_user_string() for k in _asset_keys(partitioned))})")
         if not parallel:
-            outcome = _run(instance, job, _asset_keys(partitioned), fmt)
+            outcome = _run(instance, job, fmt)
             _record(report, fmt, outcome, echo, instance)
     if parallel:
-        for fmt, outcome in _run_partitions_in_parallel(instance, runs, data_dir, _asset_keys(partitioned), todo):
+        for fmt, outcome in _run_partitions_in_parallel(instance, runs, data_dir, todo):
             _record(report, fmt, outcome, echo, instance)
     # Read against partitions that failed to build, the analysis is owed again next time.
     basis = "incomplete" if report.failed else analysis_basis(found.wanted)
@@ -173,7 +174,8 @@ def _refresh(
     if todo or full or owed:
         reason = f" (owed: {owed})" if owed and not todo and not full else ""
         echo(f"Materializing analysis and reports ({len(_asset_keys(unpartitioned))} assets){reason}")
-        success, run_id = _run(instance, job, _asset_keys(unpartitioned), None, {ANALYSIS_KIND_TAG: "analysis", ANALYSIS_BASIS_TAG: basis})
+        analysis_job = execution.reconstructable_refresh_job(runs, data_dir, refresh_analysis_job.name)
+        success, run_id = _run(instance, analysis_job, None, {ANALYSIS_KIND_TAG: "analysis", ANALYSIS_BASIS_TAG: basis})
         report.analysis_refreshed = True
         if not success:
             report.failed.append("analysis")
@@ -212,35 +214,27 @@ def _record(
     report.refreshed_formats.append(fmt)
 
 
-def _run(
-    instance: dg.DagsterInstance,
-    job: ReconstructableJob,
-    keys: Sequence[dg.AssetKey],
-    fmt: str | None,
-    extra_tags: dict[str, str] | None = None,
-) -> tuple[bool, str]:
-    """(success, run id) of one run of `keys`: one format partition, or the unpartitioned assets.
+def _run(instance: dg.DagsterInstance, job: ReconstructableJob, fmt: str | None, extra_tags: dict[str, str] | None = None) -> tuple[bool, str]:
+    """(success, run id) of one run of a refresh job: one format partition, or the unpartitioned assets.
     Tagged with this process, so a later refresh can tell the run was orphaned if it is killed."""
     tags = ({"dagster/partition": fmt} if fmt else {}) | process_tags() | (extra_tags or {})
-    result = dg.execute_job(job, instance, asset_selection=list(keys), tags=tags, run_config=QUIET_RUN_CONFIG)
+    result = execution.execute(job, instance, tags=tags, run_config=QUIET_RUN_CONFIG)
     return result.success, result.run_id
 
 
-def _run_partition_from_ref(
-    instance_ref: InstanceRef, runs: str, data_dir: str, keys: Sequence[dg.AssetKey], fmt: str
-) -> tuple[bool, str]:
+def _run_partition_from_ref(instance_ref: InstanceRef, runs: str, data_dir: str, fmt: str) -> tuple[bool, str]:
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
-        return _run(instance, execution.reconstructable_refresh_job(runs, data_dir), keys, fmt)
+        return _run(instance, execution.reconstructable_refresh_job(runs, data_dir, refresh_format_job.name), fmt)
 
 
 def _run_partitions_in_parallel(
-    instance: dg.DagsterInstance, runs: str, data_dir: str, keys: Sequence[dg.AssetKey], formats: Sequence[str]
+    instance: dg.DagsterInstance, runs: str, data_dir: str, formats: Sequence[str]
 ) -> list[tuple[str, tuple[bool, str]]]:
     """Up to PARALLEL_PARTITION_RUNS partition runs at once, each orchestrated by its own process:
     Dagster's run setup configures `logging` globally, so runs cannot share a process's threads."""
     context = multiprocessing.get_context("forkserver")
     with concurrent.futures.ProcessPoolExecutor(min(PARALLEL_PARTITION_RUNS, len(formats)), mp_context=context) as pool:
-        futures = [pool.submit(_run_partition_from_ref, instance.get_ref(), runs, data_dir, keys, fmt) for fmt in formats]
+        futures = [pool.submit(_run_partition_from_ref, instance.get_ref(), runs, data_dir, fmt) for fmt in formats]
         return [(fmt, future.result()) for fmt, future in zip(formats, futures, strict=True)]
 
 

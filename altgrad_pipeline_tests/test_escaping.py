@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import html
+
 import polars as pl
 from hypothesis import given
 from hypothesis import strategies as st
+from markdown_it import MarkdownIt
 
-from altgrad_pipeline.escaping import escape_html, escape_markdown, safe_filename
+from altgrad_pipeline.escaping import escape_html, escape_markdown, markdown_code, safe_filename
 from altgrad_pipeline.markdown import markdown_table
 
 
 def test_markdown_specials_are_escaped():
     assert escape_markdown("| <script> ** [x](y)") == r"\| &lt;script&gt; \*\* \[x\]\(y\)"
     assert "<" not in escape_markdown("<img src=x onerror=alert(1)>")
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1).filter(lambda t: t.strip(" ") == t))
+def test_code_spans_show_the_text_exactly(text):
+    """No backslash escapes inside a code span: `fp8_format` reads fp8_format, not fp8\\_format."""
+    rendered = MarkdownIt("commonmark", {"html": False}).renderInline(f"key {markdown_code(text)}.")
+    assert rendered.startswith("key <code>") and rendered.endswith("</code>.")
+    assert html.unescape(rendered.removeprefix("key <code>").removesuffix("</code>.")) == text
 
 
 def test_html_is_escaped():

@@ -32,6 +32,7 @@ EXPECTED: dict[str, Any] = {
         "raw_runs": ("ingest", "fp8_format", ()),
         "run_histories": ("ingest", "fp8_format", ()),
         "ingest_issues": ("ingest", None, ()),
+        "failure_reports": ("ingest", None, ("raw_runs",)),
         "run_media": ("media", "fp8_format", ("raw_runs",)),
         "media_tables": ("media", "fp8_format", ("raw_runs",)),
         "histograms": ("media", "fp8_format", ("raw_runs",)),
@@ -39,7 +40,7 @@ EXPECTED: dict[str, Any] = {
         "layer_metrics": ("analysis", "fp8_format", ("raw_runs", "run_histories")),
         "run_summaries": ("analysis", "fp8_format", ("raw_runs", "run_histories")),
         "run_outcomes": ("analysis", None, ("raw_runs", "run_histories")),
-        "failure_modes": ("analysis", None, ("raw_runs", "run_histories", "run_outcomes")),
+        "failure_modes": ("analysis", None, ("failure_reports", "raw_runs", "run_histories", "run_outcomes")),
         "format_rankings": ("analysis", None, ("layer_metrics", "raw_runs", "run_histories", "run_outcomes")),
         "manifold_stats": ("analysis", None, ("failure_modes", "raw_runs", "run_histories", "run_outcomes", "run_summaries")),
         "training_dynamics": ("analysis", None, ("raw_runs", "run_histories")),
@@ -72,7 +73,7 @@ EXPECTED: dict[str, Any] = {
     ],
     "sensors": ["analysis_automation_sensor", "finished_runs_sensor"],
     "schedules": ["stale_formats_schedule"],
-    "jobs": ["full_rebuild"],
+    "jobs": ["full_rebuild", "refresh_analysis", "refresh_format"],
 }  # fmt: skip
 
 

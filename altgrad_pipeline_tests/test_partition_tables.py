@@ -48,7 +48,7 @@ def _build(previous: RunVersionedFrame | None, versions: dict[str, str], built_w
 def test_only_new_and_changed_runs_are_computed(tmp_path: Path) -> None:
     path = tmp_path / "E5M2.parquet"
     first, compute = _build(None, {"a": "v1", "b": "v22", "c": "v333"})
-    assert compute.calls == [["a", "b", "c"]]
+    assert compute.calls == [["a"], ["b"], ["c"]]  # one run at a time
     assert first.frame.get_column("run_id").to_list() == ["a", "a", "c"]  # b's version has no rows
 
     unchanged, compute = _build(_stored(first, path), {"a": "v1", "b": "v22", "c": "v333"})
@@ -56,7 +56,7 @@ def test_only_new_and_changed_runs_are_computed(tmp_path: Path) -> None:
 
     versions = {"a": "v1", "c": "v4444", "d": "v22"}  # b removed, c changed, d new
     changed, compute = _build(_stored(unchanged, path), versions)
-    assert compute.calls == [["c", "d"]]
+    assert compute.calls == [["c"], ["d"]]
     assert changed.frame.equals(RowsPerVersion(versions)(sorted(versions)))
     assert changed.versions == versions
     again = rebuild(_stored(changed, path), versions, "r", RowsPerVersion(versions))
@@ -109,6 +109,27 @@ def test_the_io_manager_stores_rows_and_versions_together(tmp_path: Path) -> Non
     assert stored is not None and stored.versions == versions and stored.recipe == "r"
     assert stored.frame.equals(RowsPerVersion(versions)(["a", "c"]))
     assert pl.read_parquet(tmp_path / "assets" / "versioned" / "E5M2.parquet").equals(stored.frame)
+
+
+def test_a_spilled_first_build_is_streamed_to_the_file_and_its_pieces_removed(tmp_path: Path) -> None:
+    """A first build with a spill folder holds one run's rows at a time: the table is a lazy scan
+    of per-run pieces, which the IO manager streams into the partition file and then deletes."""
+    versions = {"a": "v1", "b": "v22", "c": "v333"}
+    partitions = dg.StaticPartitionsDefinition(["E5M2"])
+    spill = tmp_path / "spill"
+
+    @dg.asset(partitions_def=partitions)
+    def versioned() -> RunVersionedFrame:
+        spill.mkdir()
+        built = rebuild(None, versions, "r", RowsPerVersion(versions), spill).table
+        assert isinstance(built.frame, pl.LazyFrame) and len(list(spill.iterdir())) == 3
+        return built
+
+    result = dg.materialize([versioned], partition_key="E5M2", resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))})
+    assert result.success and not spill.exists()
+    stored = previous_build(str(tmp_path), "versioned", "E5M2")
+    assert stored is not None and stored.versions == versions
+    assert stored.frame.equals(RowsPerVersion(versions)(sorted(versions)))
 
 
 @settings(max_examples=40, deadline=None)

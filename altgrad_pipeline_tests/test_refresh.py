@@ -66,7 +66,7 @@ def test_an_empty_store_refreshes_and_every_report_says_no_runs_yet(tmp_path, ca
 
 
 def test_the_graph_materializes_on_an_empty_store(tmp_path):
-    """As `dagster dev` does with no format partition: empty tables of the right schema."""
+    """As `dg dev` does with no format partition: empty tables of the right schema."""
     (tmp_path / "runs").mkdir()
     unpartitioned = [key for asset in ASSETS if asset.partitions_def is None for key in asset.keys]
     with dg.instance_for_test() as instance:
@@ -83,7 +83,7 @@ def test_the_graph_materializes_on_an_empty_store(tmp_path):
 
 
 def test_a_missing_store_is_an_ingest_issue_where_the_cli_is_not_asked(tmp_path):
-    """`dagster dev` and the sensor sync without the CLI's check: `ingest_issues` says it instead."""
+    """`dg dev` and the sensor sync without the CLI's check: `ingest_issues` says it instead."""
     from altgrad_pipeline.defs.resources import RunStores
 
     absent = tmp_path / "absent"

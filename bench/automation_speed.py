@@ -47,8 +47,8 @@ from altgrad_pipeline.defs.targets import format_partitioned_keys
 from altgrad_pipeline.examples import ExampleRunSpec, clone_run, write_run
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.finished_runs import WatchCursor, watch_tick
-from altgrad_pipeline.ingest.wandb_api import WandbApiSource
-from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
+from altgrad_pipeline.ingest.wandb.api import WandbApiSource
+from altgrad_pipeline.ingest.wandb.local import LocalWandbSource
 from altgrad_pipeline.refresh import QUIET_RUN_CONFIG
 
 FORMATS = ("E5M2", "E3M4", "E1M6", "E0M7", "BF16")

@@ -76,7 +76,7 @@ def _measure(kind: str, root: str, limit: int | None, as_parse_worker: bool, que
 
         reuse_freed_memory()
     if kind == "wandb":
-        from altgrad_pipeline.ingest.wandb_local import LocalWandbSource as Source
+        from altgrad_pipeline.ingest.wandb.local import LocalWandbSource as Source
     else:
         from altgrad_pipeline.ingest.jsonl import JsonlSource as Source
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

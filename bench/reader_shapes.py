@@ -85,7 +85,7 @@ def read_values(reader: str, root: Path) -> int:
     """Values read by one contender from every run of the store (a sanity check of the reading)."""
     if reader in ("wandb", "jsonl"):
         if reader == "wandb":
-            from altgrad_pipeline.ingest.wandb_local import LocalWandbSource as Source
+            from altgrad_pipeline.ingest.wandb.local import LocalWandbSource as Source
 
             source = Source(root / "wandb_runs")
         else:

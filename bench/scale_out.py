@@ -54,19 +54,18 @@ def backfill(executor: str, env: dict[str, str], store: Path, data: Path) -> dic
     import dagster as dg
 
     from altgrad_pipeline import execution, refresh, settings
-    from altgrad_pipeline.definitions import ASSETS
+    from altgrad_pipeline.defs.jobs import refresh_format_job
     from altgrad_pipeline.defs.partitions import fp8_format_partitions
 
     os.environ.update(env | {"ALTGRAD_EXECUTOR": executor, "ALTGRAD_CACHE_DIR": str(data / "cache")})
-    keys = [key for asset in ASSETS if asset.partitions_def is not None for key in asset.keys]
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         instance.add_dynamic_partitions(fp8_format_partitions.name, FORMATS)
-        job = execution.reconstructable_refresh_job(str(store), str(data))
+        job = execution.reconstructable_refresh_job(str(store), str(data), refresh_format_job.name)
         started = time.perf_counter()
         if execution.runs_in_parallel(settings.executor_choice()):
-            outcomes = [ok for _, (ok, _) in refresh._run_partitions_in_parallel(instance, str(store), str(data), keys, FORMATS)]
+            outcomes = [ok for _, (ok, _) in refresh._run_partitions_in_parallel(instance, str(store), str(data), FORMATS)]
         else:
-            outcomes = [refresh._run(instance, job, keys, fmt)[0] for fmt in FORMATS]
+            outcomes = [refresh._run(instance, job, fmt)[0] for fmt in FORMATS]
         seconds = time.perf_counter() - started
     return {"seconds": round(seconds, 1), "runs_succeeded": sum(outcomes), "runs": len(FORMATS)}
 

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from altgrad_pipeline.ingest import wandb_fastpath, wandb_log
+from altgrad_pipeline.ingest.wandb import fastpath as wandb_fastpath
+from altgrad_pipeline.ingest.wandb import history as wandb_history
+from altgrad_pipeline.ingest.wandb import log as wandb_log
 
 #: (owner, attribute, phase): what each phase of a read is, by the function that does it.
 PHASES = (
@@ -28,7 +30,7 @@ PHASES = (
     (wandb_fastpath, "_binary", "decode: names/texts copied into Arrow arrays"),
     (wandb_fastpath.DecodedRecords, "replay", "summary fold (last value per key) + slow records"),
     (wandb_fastpath, "decode_records", "decode: all of it"),
-    (wandb_log, "_step_and_key_order", "table build: (step, key) order (grid placement, else radix sorts)"),
+    (wandb_history, "_step_and_key_order", "table build: (step, key) order (grid placement, else radix sorts)"),
     (wandb_log.WandbLogReader, "_history_frame", "table build: steps, sort, de-duplication, columns"),
 )
 

@@ -19,15 +19,29 @@ def every_run_has_loss(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.Lazy
 
 def steps_unique_and_increasing(histories: pl.LazyFrame | pl.DataFrame) -> tuple[bool, pl.DataFrame]:
     """Steps of every (run, key) series are unique and increase in logged order. Details:
-    run_id, key, n_duplicate_steps, n_decreasing_steps of the series that break it."""
-    bad = (
-        histories.lazy()
+    run_id, key, n_duplicate_steps, n_decreasing_steps of the series that break it.
+
+    In a series that never decreases a repeated step is a zero difference, so one pass of
+    differences decides every series; distinct steps are counted only for series that decrease.
+    """
+    steps = histories.lazy().select("run_id", "key", "step")
+    difference = pl.col("step").diff()
+    suspect = (
+        steps.group_by("run_id", "key")
+        .agg((difference == 0).sum().alias("n_repeats"), (difference < 0).sum().alias("n_decreasing_steps"))
+        .filter((pl.col("n_repeats") > 0) | (pl.col("n_decreasing_steps") > 0))
+        .collect()
+    )
+    unordered = suspect.filter(pl.col("n_decreasing_steps") > 0).select("run_id", "key").lazy()
+    duplicates = (
+        steps.join(unordered, on=["run_id", "key"], how="semi")
         .group_by("run_id", "key")
-        .agg(
-            (pl.len() - pl.col("step").n_unique()).alias("n_duplicate_steps"),
-            (pl.col("step").diff() < 0).sum().alias("n_decreasing_steps"),
-        )
-        .filter((pl.col("n_duplicate_steps") > 0) | (pl.col("n_decreasing_steps") > 0))
+        .agg((pl.len() - pl.col("step").n_unique()).alias("n_duplicates"))
+    )
+    bad = (
+        suspect.lazy()
+        .join(duplicates, on=["run_id", "key"], how="left")
+        .select("run_id", "key", pl.coalesce("n_duplicates", "n_repeats").alias("n_duplicate_steps"), "n_decreasing_steps")
         .sort("run_id", "key")
         .collect()
     )

@@ -69,10 +69,12 @@ def is_nonnegative_metric(metric: str) -> bool:
 
 
 def curve_series(histories: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
-    """run_id, metric, step, value of every curve metric, sorted by step (last value per step)."""
+    """run_id, metric, step, value of every curve metric, sorted by step (last value per step).
+    The key test runs on the distinct keys, not on every history row."""
+    history = numeric_history(histories)
+    curve_keys = history.select(pl.col("key").unique()).filter(is_curve_metric())
     return (
-        numeric_history(histories)
-        .filter(is_curve_metric())
+        history.join(curve_keys, on="key", how="semi")
         .group_by("run_id", "key", "step")
         .agg(pl.col("value").last())
         .rename({"key": "metric"})

@@ -63,12 +63,12 @@ from __future__ import annotations
 
 import polars as pl
 
-from altgrad_pipeline.analysis.failure_reports import FAILURE_REPORTS_SCHEMA
 from altgrad_pipeline.analysis.layers import DEFAULT_LAYER_PATTERNS, LayerPatterns, parse_metric_keys
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import finite, least_squares_slope
+from altgrad_pipeline.ingest.failure_reports import FAILURE_REPORTS_SCHEMA
 from altgrad_pipeline.ingest.model import numeric_history
-from altgrad_pipeline.study import NO_FORMAT
+from altgrad_pipeline.study import LOSS_KEYS, NO_FORMAT
 
 FAILURE_MODES = ("nan_loss", "bit_stall", "overflow", "early_stop", "no_exit_record", "none")
 FAILURE_STAGES = ("optimizer_state_corruption", "forward_overflow", "backward_vanishing", "unknown")
@@ -130,8 +130,24 @@ def _thresholds(raw_runs: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _per_param(histories: pl.LazyFrame, patterns: LayerPatterns) -> pl.LazyFrame:
-    parsed = parse_metric_keys(histories.select("key"), patterns).filter(pl.col("metric").is_in(["grad_norm_l2", "dead_neuron_frac"]))
-    return histories.join(parsed, on="key", how="inner")
+    return histories.join(_parsed_per_param_keys(histories, patterns), on="key", how="inner")
+
+
+def _parsed_per_param_keys(histories: pl.LazyFrame, patterns: LayerPatterns) -> pl.LazyFrame:
+    return parse_metric_keys(histories.select("key"), patterns).filter(pl.col("metric").is_in(["grad_norm_l2", "dead_neuron_frac"]))
+
+
+def _rows_used(history: pl.LazyFrame, patterns: LayerPatterns) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(first logged step per run, the rows of the keys failure modes read), in one pass over
+    the histories: every later step of the plan reads this subset instead of scanning them again."""
+    named = (*LOSS_KEYS, "grad_norm", "param_nan_count", *BIT_STALL_KEYS, *OVERFLOW_KEYS, *UNDERFLOW_KEYS)
+    keys = history.select(pl.col("key").unique()).collect().lazy()
+    used = pl.concat([pl.LazyFrame({"key": named}), _parsed_per_param_keys(keys, patterns).select("key")])
+    first_steps, rows = pl.collect_all([
+        history.group_by("run_id").agg(pl.col("step").min().alias("first_step")),
+        history.join(used, on="key", how="semi").select("run_id", "step", "key", "value"),
+    ])  # fmt: skip
+    return first_steps, rows
 
 
 def grad_norm_series(histories: pl.LazyFrame, per_param: pl.LazyFrame) -> pl.LazyFrame:
@@ -273,7 +289,8 @@ def failure_modes(
     successful runs of other formats with the same optimizer (`ref_*`) and the parsed failure
     report (`report_*`). See the module docstring."""
     runs = raw_runs.lazy()
-    history = numeric_history(histories)
+    first_steps, used_rows = _rows_used(numeric_history(histories), patterns)
+    history = used_rows.lazy()
     thresholds = _thresholds(runs)
     run_columns = runs.collect_schema().names()
     updated_at = pl.col("updated_at").cast(pl.Datetime("us", "UTC")) if "updated_at" in run_columns else pl.lit(None, pl.Datetime("us", "UTC"))
@@ -282,7 +299,7 @@ def failure_modes(
         runs.select("run_id", "project", "fp8_format", "optimizer", pl.col("max_steps").cast(pl.Int64), updated_at.alias("updated_at"))
         .join(outcomes.lazy().select(outcome_columns), on="run_id", how="left")
         .join(thresholds, on="run_id", how="left")
-        .join(history.group_by("run_id").agg(pl.col("step").min().alias("first_step")), on="run_id", how="left")
+        .join(first_steps.lazy(), on="run_id", how="left")
     )
 
     non_finite_loss = loss_history(history).select("run_id", "step", (~finite(pl.col("value"))).alias("flag"))

@@ -16,7 +16,7 @@ Models (parameter names are the table's column names):
                        derived and its standard error comes from the delta method
 
 `c` is every model's limit as t → ∞. For a loss (and any nonnegative metric, see
-`dynamics.curves`) it is bounded below by 0: a cross-entropy cannot fall below zero, and an
+`analysis.curves`) it is bounded below by 0: a cross-entropy cannot fall below zero, and an
 unbounded c trades a deeper floor for a steeper exponent on a curve that has not flattened yet.
 Bounds: b, b1, b2 in [0, 20], τ in [10⁻⁶, 10³]·span, t0 in [0, 10·span] (span = t range).
 `at_bound` lists the parameters the solution sits on a bound of (scipy's `active_mask`), plus

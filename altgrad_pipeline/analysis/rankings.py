@@ -62,7 +62,7 @@ from altgrad_pipeline.analysis.stats import (
     mean_of_last_k,
 )
 from altgrad_pipeline.ingest.model import numeric_history
-from altgrad_pipeline.study import BASELINE_FORMAT, NO_FORMAT, STANDARD_OPTIMIZER
+from altgrad_pipeline.study import BASELINE_FORMAT, LOSS_KEYS, NO_FORMAT, STANDARD_OPTIMIZER
 
 RUN_KEY = ("project", "optimizer", "fp8_format")
 BIT_STALL_KEYS = ("quantization/bit_stall_rate", "bit_stall_rate")
@@ -149,7 +149,8 @@ def format_rankings(
 ) -> pl.DataFrame:
     """Rank formats within each optimizer, overall and per layer type (definitions in the module docstring)."""
     runs = raw_runs.lazy().filter(pl.col("fp8_format") != NO_FORMAT)
-    history = numeric_history(histories)
+    # The loss and bit-stall rows, read once: the plan below would otherwise scan every history thrice.
+    history = numeric_history(histories).filter(pl.col("key").is_in((*LOSS_KEYS, *BIT_STALL_KEYS))).collect().lazy()
     per_layer = layer_metrics.lazy()
     completed = completed_runs_at_common_step(runs, history, outcomes.lazy())
 

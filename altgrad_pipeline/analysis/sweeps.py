@@ -10,7 +10,7 @@ device placement, `_wandb`); pass other patterns to change that. `notebook.diffe
 uses the same rule (`varying_keys`).
 
 Runs with the same varying values form a group (their seeds collapse into it). Per group and
-curve metric (see `dynamics.curves`):
+curve metric (see `analysis.curves`):
 
 - the run's value is its final value, the mean of its last `last_k` (10) finite logged values;
 - a run's coverage is how far its metric got against the run's planned length: (last logged

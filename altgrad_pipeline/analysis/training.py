@@ -5,11 +5,11 @@ per (run, metric) the knee, plateau, residual spectrum and final value repeated 
 says which model it comes from), `asymptote_bits` the same in bits for a loss; `at_bound` lists
 each fit's parameters at a bound.
 
-Series: every curve metric (see `dynamics.curves`) of every run, cut at its first non-finite
+Series: every curve metric (see `analysis.curves`) of every run, cut at its first non-finite
 value (`first_nonfinite_step`); series with fewer than 12 finite points are not fitted. Model
 definitions, fitting, AICc selection, knee, plateau and spectral slope are described in
-`dynamics.fits`. `knee_epoch` / `plateau_epoch` need the steps per epoch (config or logged epoch
-key, see `dynamics.curves`) and are null without it. Losses and other nonnegative metrics are
+`analysis.fits`. `knee_epoch` / `plateau_epoch` need the steps per epoch (config or logged epoch
+key, see `analysis.curves`) and are null without it. Losses and other nonnegative metrics are
 fitted with every model's limit bounded below by 0. `final_value` is the mean of the last 10 finite
 values of the prefix; `final_loss_bits` = final_value / ln 2 for loss metrics (null for others).
 """

@@ -13,5 +13,5 @@ Automation: a new finished run refreshes exactly the format partition it changes
   fans in over all formats, and Dagster's automation already waits for in-flight partition runs
   and fires once per batch; a sensor would have to re-implement that bookkeeping.
 - `schedules.stale_formats_schedule` (daily) catches whatever the sensor missed;
-  `jobs.full_rebuild_job` rebuilds all.
+  `jobs` holds the jobs every run belongs to (`refresh_format`, `refresh_analysis`, `full_rebuild`).
 """

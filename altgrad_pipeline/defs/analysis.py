@@ -12,8 +12,17 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from altgrad_pipeline.analysis import failures, layers, manifold, outcomes, rankings, summaries, sweeps, training
-from altgrad_pipeline.analysis.failure_reports import FAILURE_REPORTS_SCHEMA, find_failure_reports
+from altgrad_pipeline.analysis import (
+    columns,
+    failures,
+    layers,
+    manifold,
+    outcomes,
+    rankings,
+    summaries,
+    sweeps,
+    training,
+)
 from altgrad_pipeline.defs.automation import analysis_automation_condition
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import ReportFiles, RunStores
@@ -36,7 +45,7 @@ def _doc(module: object) -> str:
     group_name=ANALYSIS_GROUP,
     partitions_def=fp8_format_partitions,
     description="Per-parameter metrics in long form with layer index and layer type.\n\n" + _doc(layers),
-    metadata={"dagster/column_schema": table_schema(layers.LAYER_METRICS_SCHEMA)},
+    metadata={"dagster/column_schema": table_schema(layers.LAYER_METRICS_SCHEMA, columns.LAYER_METRICS)},
     kinds={"polars", "parquet"},
 )
 def layer_metrics(
@@ -48,17 +57,18 @@ def layer_metrics(
         run_versions(raw_runs),
         LAYER_METRICS_RECIPE,
         lambda run_ids: layers.layer_metrics(run_histories.filter(pl.col("run_id").is_in(run_ids))),
+        spill=True,
     )
-    frame = built.table.frame
+    frame = built.table.frame.lazy()
     return dg.MaterializeResult(
         value=built.table,
         metadata={
-            "dagster/row_count": frame.height,
+            "dagster/row_count": frame.select(pl.len()).collect().item(),
             "rows_by_layer_type": counts(frame, "layer_type"),
-            "n_params": frame.get_column("param").n_unique() if frame.height else 0,
+            "n_params": frame.select(pl.col("param").n_unique()).collect().item(),
             "runs_rebuilt": len(built.computed),
             CATALOG_FINGERPRINT: built_from(raw_runs),
-            "preview": preview(frame, rows=8),
+            "preview": preview(frame.head(8).collect(), rows=8),
         },
     )
 
@@ -67,7 +77,7 @@ def layer_metrics(
     group_name=ANALYSIS_GROUP,
     ins=ALL_FORMATS,
     description="One row per run: its outcome decided from the data, not the tracker state.\n\n" + _doc(outcomes),
-    metadata={"dagster/column_schema": table_schema(outcomes.OUTCOMES_SCHEMA)},
+    metadata={"dagster/column_schema": table_schema(outcomes.OUTCOMES_SCHEMA, columns.RUN_OUTCOMES)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet"},
 )
@@ -83,32 +93,23 @@ def run_outcomes(raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame) -> dg.Mate
     )
 
 
-def _failure_reports(run_stores: RunStores, raw_runs: pl.LazyFrame) -> pl.DataFrame:
-    """FormatExperimentRunner reports beside the runs: `<store root>/<checkpoint_dir>/failure_reports/`."""
-    if "config.checkpoint_dir" not in raw_runs.collect_schema().names():
-        return pl.DataFrame(schema=FAILURE_REPORTS_SCHEMA)
-    checkpoint_dirs = raw_runs.select("config.checkpoint_dir").unique().collect().to_series().to_list()
-    found = [find_failure_reports(root, checkpoint_dirs) for root in run_stores.local_roots()]
-    return pl.concat(found).sort("report_timestamp").unique("checkpoint_dir", keep="last") if found else pl.DataFrame(schema=FAILURE_REPORTS_SCHEMA)
-
-
 @dg.asset(
     group_name=ANALYSIS_GROUP,
-    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn()},
+    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn(), "failure_reports": dg.AssetIn()},
     description="ANAL-02: one row per run with its failure mode, failure step and the trend before it.\n\n" + _doc(failures),
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet"},
 )
 def failure_modes(
-    raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, run_stores: RunStores
+    raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, failure_reports: pl.LazyFrame
 ) -> dg.MaterializeResult:
-    frame = failures.failure_modes(raw_runs, run_histories, run_outcomes, _failure_reports(run_stores, raw_runs))
+    frame = failures.failure_modes(raw_runs, run_histories, run_outcomes, failure_reports)
     failed = frame.filter(pl.col("failure_mode") != "none")
     return dg.MaterializeResult(
         value=frame,
         metadata={
             "dagster/row_count": frame.height,
-            "dagster/column_schema": table_schema(frame.schema),
+            "dagster/column_schema": table_schema(frame.schema, columns.FAILURE_MODES),
             "runs_by_failure_mode": counts(frame, "failure_mode"),
             "failed_runs": preview(
                 failed, ["fp8_format", "optimizer", "run_id", "failure_mode", "failure_step", "last_finite_loss"], rows=15
@@ -133,7 +134,7 @@ def format_rankings(
         value=frame,
         metadata={
             "dagster/row_count": frame.height,
-            "dagster/column_schema": table_schema(frame.schema),
+            "dagster/column_schema": table_schema(frame.schema, columns.FORMAT_RANKINGS),
             "sweet_spots": dg.MetadataValue.json({str(t): str(f) for t, f in sweet.select("layer_type", "fp8_format").rows()}),
             "ranking_all_layers": preview(
                 frame.filter(pl.col("layer_type") == "all").sort("rank", nulls_last=True),
@@ -146,8 +147,9 @@ def format_rankings(
 @dg.asset(
     group_name=ANALYSIS_GROUP,
     ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn(), "run_summaries": dg.AssetIn(), "failure_modes": dg.AssetIn()},
-    description="ANAL-03: ManifoldAdamW against AdamW per format and metric, with bootstrap CIs.\n\n" + _doc(manifold),
-    metadata={"dagster/column_schema": table_schema(manifold.MANIFOLD_SCHEMA)},
+    description="ANAL-03: ManifoldAdamW against AdamW per format and metric, with 95% intervals: Student's or "
+    "Welch's t below 8 runs per arm, the BCa bootstrap from 8 (`method` names each row's).\n\n" + _doc(manifold),
+    metadata={"dagster/column_schema": table_schema(manifold.MANIFOLD_SCHEMA, columns.MANIFOLD_STATS)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet", "scipy"},
 )
@@ -159,6 +161,7 @@ def manifold_stats(
         value=frame,
         metadata={
             "dagster/row_count": frame.height,
+            "interval_methods": counts(frame, "method"),
             "effects": preview(frame, ["fp8_format", "metric", "diff", "ci_low", "ci_high", "method", "n_manifold", "n_standard", "low_n"], rows=20),
         },
     )
@@ -181,7 +184,7 @@ class RunSummariesConfig(dg.Config):
     group_name=ANALYSIS_GROUP,
     partitions_def=fp8_format_partitions,
     description=(summaries.__doc__ or "").strip(),
-    metadata={"dagster/column_schema": table_schema(summaries.RUN_SUMMARIES_SCHEMA)},
+    metadata={"dagster/column_schema": table_schema(summaries.RUN_SUMMARIES_SCHEMA, columns.RUN_SUMMARIES)},
     kinds={"polars", "parquet"},
 )
 def run_summaries(
@@ -201,7 +204,7 @@ def run_summaries(
             run_histories.filter(pl.col("run_id").is_in(run_ids)), final_fraction=config.final_fraction, thresholds=thresholds
         ),
     )
-    frame = built.table.frame
+    frame = built.table.frame.lazy().collect()  # one row per (run, key): small
     return dg.MaterializeResult(value=built.table, metadata={CATALOG_FINGERPRINT: built_from(raw_runs),
         "dagster/row_count": frame.height, "keys_with_nan": int(frame.filter(pl.col("n_nan") > 0).height),
         "preview": preview(frame, ["run_id", "key", "last", "min", "argmin_step", "final_mean", "first_nan_step"], rows=8)})  # fmt: skip
@@ -220,7 +223,7 @@ class SweepSummaryConfig(dg.Config):
     group_name=ANALYSIS_GROUP,
     ins=ALL_FORMATS,
     description=(training.__doc__ or "").strip(),
-    metadata={"dagster/column_schema": table_schema(training.TRAINING_DYNAMICS_SCHEMA)},
+    metadata={"dagster/column_schema": table_schema(training.TRAINING_DYNAMICS_SCHEMA, columns.TRAINING_DYNAMICS)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet", "scipy"},
 )
@@ -241,7 +244,7 @@ def training_dynamics(raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame) -> dg
     group_name=ANALYSIS_GROUP,
     ins=ALL_FORMATS,
     description=(sweeps.__doc__ or "").strip(),
-    metadata={"dagster/column_schema": table_schema(sweeps.SWEEP_SUMMARY_SCHEMA)},
+    metadata={"dagster/column_schema": table_schema(sweeps.SWEEP_SUMMARY_SCHEMA, columns.SWEEP_SUMMARY)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet", "scipy"},
 )

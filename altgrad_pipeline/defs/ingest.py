@@ -1,4 +1,5 @@
-"""Ingest assets: `raw_runs` and `run_histories` per FP8 format partition, and `ingest_issues`.
+"""Ingest assets: `raw_runs` and `run_histories` per FP8 format partition, `ingest_issues`, and
+`failure_reports` (the FormatExperimentRunner reports beside the runs, parsed).
 
 Thin wiring: the catalog (pure Python + Polars) does the reading and caching; these functions pick
 the partition's runs and describe the result for the UI.
@@ -10,9 +11,11 @@ import datetime as dt
 import dagster as dg
 import polars as pl
 
+from altgrad_pipeline.defs.automation import analysis_automation_condition
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import RunStores
 from altgrad_pipeline.defs.ui import counts, preview, table_schema
+from altgrad_pipeline.ingest import failure_reports as reports
 from altgrad_pipeline.ingest.catalog import CACHE_VERSION, RunCatalog
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ISSUE_SCHEMA
 from altgrad_pipeline.ingest.sources import no_runs_message
@@ -81,10 +84,14 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
         fmt,
         {e.run_id: e.version for e in entries},
         HISTORY_RECIPE,
-        lambda run_ids: catalog.histories([by_run[run] for run in run_ids]).collect(),
+        lambda run_ids: catalog.histories([by_run[run] for run in run_ids]),
+        spill=True,
     )
-    histories = built.table.frame
-    context.log.info(f"{fmt}: {runs.height} runs, {histories.height} values; re-read {len(result.reread)} changed runs")
+    histories = built.table.frame.lazy()
+    n_values, n_keys, n_nonfinite = histories.select(
+        pl.len(), pl.col("key").n_unique(), (~pl.col("value").is_finite()).sum()
+    ).collect().row(0)
+    context.log.info(f"{fmt}: {runs.height} runs, {n_values} values; re-read {len(result.reread)} changed runs")
     yield dg.Output(
         runs,
         output_name="raw_runs",
@@ -101,13 +108,13 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
         built.table,
         output_name="run_histories",
         metadata={
-            "dagster/row_count": histories.height,
+            "dagster/row_count": n_values,
             "n_runs": runs.height,
             "runs_rebuilt": len(built.computed),
             CATALOG_FINGERPRINT: built_from(runs),
-            "n_keys": histories.get_column("key").n_unique() if histories.height else 0,
-            "n_nonfinite": int(histories.filter(~pl.col("value").is_finite()).height),
-            "preview": preview(histories, rows=8),
+            "n_keys": n_keys,
+            "n_nonfinite": int(n_nonfinite or 0),
+            "preview": preview(histories.head(8).collect(), rows=8),
         },
     )
 
@@ -134,5 +141,30 @@ def ingest_issues(context: dg.AssetExecutionContext, run_stores: RunStores) -> d
             **no_runs,
             "issues_by_kind": counts(issues, "kind"),
             "preview": preview(issues, ["kind", "location", "position", "reason", "lost"]),
+        },
+    )
+
+
+@dg.asset(
+    group_name=INGEST_GROUP,
+    ins={"raw_runs": dg.AssetIn()},
+    description=(reports.__doc__ or "").strip(),
+    metadata={"dagster/column_schema": table_schema(reports.FAILURE_REPORTS_SCHEMA, reports.FAILURE_REPORTS_DESCRIPTIONS)},
+    automation_condition=analysis_automation_condition(),
+    kinds={"polars", "parquet"},
+)
+def failure_reports(raw_runs: pl.LazyFrame, run_stores: RunStores) -> dg.MaterializeResult:
+    """FormatExperimentRunner reports beside the runs: `<store root>/<checkpoint_dir>/failure_reports/`."""
+    if "config.checkpoint_dir" not in raw_runs.collect_schema().names():
+        frame = pl.DataFrame(schema=reports.FAILURE_REPORTS_SCHEMA)
+    else:
+        checkpoint_dirs = raw_runs.select("config.checkpoint_dir").unique().collect().to_series().to_list()
+        frame = reports.read_failure_reports(run_stores.local_roots(), checkpoint_dirs)
+    return dg.MaterializeResult(
+        value=frame,
+        metadata={
+            "dagster/row_count": frame.height,
+            "n_unparsed": int(frame.filter(pl.col("parse_error").is_not_null()).height),
+            "preview": preview(frame, ["checkpoint_dir", "format", "collapse_step", "collapse_reason", "final_loss", "n_reports", "parse_error"]),
         },
     )

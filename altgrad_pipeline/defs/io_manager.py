@@ -16,6 +16,7 @@ and columns a query needs.
 
 from __future__ import annotations
 
+import shutil
 from typing import Any, ClassVar
 
 import dagster as dg
@@ -82,19 +83,25 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame | RunVersionedFrame, path: UPath
     ) -> None:
         """A `RunVersionedFrame` keeps its run versions in the same file, as Parquet metadata. A
-        local file is written atomically and its SHA-256 recorded with the materialization, so a
-        later read or refresh can tell it from a damaged one."""
+        local file is written atomically (a lazy frame streamed into it, never held whole in memory)
+        and its SHA-256 recorded with the materialization, so a later read or refresh can tell it
+        from a damaged one."""
         metadata = obj.parquet_metadata() if isinstance(obj, RunVersionedFrame) else None
-        frame = obj.frame if isinstance(obj, RunVersionedFrame) else obj.collect() if isinstance(obj, pl.LazyFrame) else obj
+        frame = obj.frame if isinstance(obj, RunVersionedFrame) else obj
         atomic.kill_point(f"write:{context.asset_key.to_user_string()}" if context.has_asset_key else "write")
         if path.protocol in ("", "file"):
             with atomic.atomic_path(str(path)) as tmp:  # readers (sensors, other runs) never see half a file
-                frame.write_parquet(tmp, metadata=metadata)
+                if isinstance(frame, pl.LazyFrame):
+                    frame.sink_parquet(str(tmp), metadata=metadata)
+                else:
+                    frame.write_parquet(str(tmp), metadata=metadata)
                 digest = integrity.sha256_of(tmp)
             context.add_output_metadata({integrity.SHA256_KEY: digest})
         else:
             with path.open("wb") as handle:
-                frame.write_parquet(handle, metadata=metadata)
+                frame.lazy().collect().write_parquet(handle, metadata=metadata)
+        if isinstance(obj, RunVersionedFrame) and obj.spill is not None:
+            shutil.rmtree(obj.spill, ignore_errors=True)
 
     def _scan(self, path: UPath) -> pl.LazyFrame:
         if not path.exists():
@@ -146,8 +153,5 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         return lazy if _wants_lazy(context) else lazy.collect()
 
     def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict[str, Any]:
-        if isinstance(obj, RunVersionedFrame):
-            return {"dagster/row_count": obj.frame.height}
-        if isinstance(obj, pl.DataFrame):
-            return {"dagster/row_count": obj.height}
-        return {}
+        frame = obj.frame if isinstance(obj, RunVersionedFrame) else obj
+        return {"dagster/row_count": frame.height} if isinstance(frame, pl.DataFrame) else {}  # a lazy table's asset counts its rows

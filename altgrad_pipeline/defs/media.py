@@ -9,13 +9,14 @@ import dagster as dg
 import polars as pl
 
 from altgrad_pipeline import atomic, settings
+from altgrad_pipeline.defs.ingest import ISSUE_DESCRIPTIONS
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import RunStores
 from altgrad_pipeline.defs.ui import counts, preview, table_schema
-from altgrad_pipeline.ingest import wandb_media_api
 from altgrad_pipeline.ingest.catalog import CatalogEntry
 from altgrad_pipeline.ingest.media import store, tables, values
 from altgrad_pipeline.ingest.model import ISSUE_SCHEMA, issues_frame
+from altgrad_pipeline.ingest.wandb import media_api as wandb_media_api
 from altgrad_pipeline.partition_tables import CATALOG_FINGERPRINT, built_from, recipe, run_versions
 
 MEDIA_GROUP = "media"
@@ -93,7 +94,7 @@ def _read_media(entries: list[CatalogEntry], cache_dir: Path, api_runs: store.Ap
             description="Media that could not be used (missing, truncated or invalid table files, tables whose rows "
             "disagree with their columns, histograms whose bins and counts do not match), with what was lost.",
             group_name=MEDIA_GROUP,
-            metadata={"dagster/column_schema": table_schema(ISSUE_SCHEMA)},
+            metadata={"dagster/column_schema": table_schema(ISSUE_SCHEMA, ISSUE_DESCRIPTIONS)},
             kinds={"polars", "parquet"},
         ),
     },

@@ -18,16 +18,17 @@ import dagster as dg
 import polars as pl
 from PIL import Image
 
-from altgrad_pipeline.analysis import manifold
+from altgrad_pipeline.analysis import columns, manifold
 from altgrad_pipeline.analysis.attention import AttentionShape
 from altgrad_pipeline.defs.automation import analysis_automation_condition
 from altgrad_pipeline.defs.resources import ReportFiles
 from altgrad_pipeline.defs.ui import table_schema
+from altgrad_pipeline.escaping import escape_markdown
 from altgrad_pipeline.reports import failure_modes as failure_modes_doc
 from altgrad_pipeline.reports import format_comparison, index, manifold_comparison, media
 from altgrad_pipeline.reports import sweep_summary as sweep_summary_doc
 from altgrad_pipeline.reports import training_dynamics as training_dynamics_doc
-from altgrad_pipeline.reports.page import ReportEntry, ReportResult
+from altgrad_pipeline.reports.page import ReportEntry, ReportResult, link_target
 
 REPORTS_GROUP = "reports"
 THUMBNAIL_SCALE = 0.45
@@ -79,7 +80,7 @@ def _report_spec(description: str, kinds: tuple[str, ...], **kwargs: object):
         group_name=REPORTS_GROUP,
         description=description,
         automation_condition=analysis_automation_condition(),
-        metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA)},
+        metadata={"dagster/column_schema": table_schema(MANIFEST_SCHEMA, columns.REPORT_MANIFEST)},
         kinds=set(kinds),
         **kwargs,
     )
@@ -96,19 +97,25 @@ def report_asset(description: str, *, kinds: tuple[str, ...] = ("markdown", "mat
     return register
 
 
+def _links(result: ReportResult, report_files: ReportFiles) -> dict[str, dg.MetadataValue]:
+    """The report's files as URLs: the UI shows a URL as a link, a path only as text to copy."""
+    return {
+        "html_path": dg.MetadataValue.url(report_files.location(result.html_path)),
+        "report_path": dg.MetadataValue.url(report_files.location(result.entry.path)),
+    }
+
+
 def report_result(result: ReportResult, report_files: ReportFiles) -> dg.MaterializeResult:
-    """The manifest as the asset's value; where to open the report and its HTML, figure count and
-    main figure for the UI."""
+    """The manifest as the asset's value; links to the report's HTML and Markdown, figure count
+    and main figure for the UI."""
     return dg.MaterializeResult(
         value=_manifest(result),
         metadata={
-            "report_path": dg.MetadataValue.path(report_files.location(result.entry.path)),
-            "html_path": dg.MetadataValue.path(report_files.location(result.html_path)),
+            **_links(result, report_files),
             "n_figures": len(result.figure_paths),
             "main_figure": _thumbnail_markdown(result.main_figure),
         },
     )
-
 
 
 @report_asset(
@@ -182,7 +189,7 @@ def training_dynamics_report(
 
 @report_asset(
     "Report `sweep_summary.md`: varying hyperparameters per project, final metrics per setting with "
-    "n, completeness and bootstrap CIs, grouped curves with CI bands."
+    "n, completeness and 95% CIs (t below 8 values, the bootstrap from 8), grouped curves with CI bands."
 )
 def sweep_summary_report(
     sweep_summary: pl.DataFrame, raw_runs: pl.DataFrame, run_histories: pl.LazyFrame, report_files: ReportFiles
@@ -238,9 +245,14 @@ def media_report(
 )
 def reports_index(raw_runs: pl.DataFrame, report_files: ReportFiles, **manifests: pl.DataFrame) -> dg.MaterializeResult:
     ordered = [manifests[asset.key.to_python_identifier()] for asset in REPORT_ASSETS]  # definition order
-    entries = [
-        ReportEntry(title, Path(path), description)
-        for manifest in ordered
-        for title, path, description in manifest.select("title", "path", "description").rows()
-    ]
-    return report_result(index.write_index(entries, raw_runs, report_files.reports_dir), report_files)
+    rows = [row for manifest in ordered for row in manifest.select("title", "path", "html_path", "description").rows()]
+    result = index.write_index([ReportEntry(title, Path(path), text) for title, path, _, text in rows], raw_runs, report_files.reports_dir)
+    links = [f"- [{escape_markdown(title)}]({link_target(report_files.location(Path(html)))})" for title, _, html, _ in rows]
+    return dg.MaterializeResult(
+        value=_manifest(result),
+        metadata={
+            **_links(result, report_files),
+            "n_reports": len(rows),
+            "reports": dg.MetadataValue.md("\n".join(links) or "No reports have been built yet."),
+        },
+    )

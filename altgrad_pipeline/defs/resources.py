@@ -4,6 +4,7 @@ through, and the folder the reports are written to."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -54,11 +55,18 @@ class RunStores(dg.ConfigurableResource):
         partition: str,
         versions: Mapping[str, str],
         built_with: str,
-        compute: Callable[[list[str]], pl.DataFrame],
+        compute: Callable[[list[str]], pl.DataFrame | pl.LazyFrame],
+        *,
+        spill: bool = False,
     ) -> Rebuilt:
         """A partition table computed run by run, reusing the stored partition's unchanged runs
-        (see `partition_tables`); the asset returns `.table` for the IO manager to store."""
-        return rebuild(previous_build(self.data_dir, asset, partition), versions, built_with, compute)
+        (see `partition_tables`); the asset returns `.table` for the IO manager to store. With
+        `spill`, a first build keeps each run's rows on disk under the cache until then."""
+        folder = None
+        if spill:
+            (self.cache_dir / "spill").mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix=f"{asset}-", dir=self.cache_dir / "spill"))
+        return rebuild(previous_build(self.data_dir, asset, partition), versions, built_with, compute, folder)
 
     def local_roots(self) -> list[Path]:
         return [Path(e.target) for e in self.store_entries() if e.kind == "local"]
@@ -95,9 +103,9 @@ class ReportFiles(dg.ConfigurableResource):
 
     def location(self, path: Path) -> str:
         """Where a user opens a report file: its published URL for an object-store data dir (the
-        local copy is a worker's staging folder), else its path."""
+        local copy is a worker's staging folder), else its file:// URL (the UI shows a URL as a link)."""
         if not self.is_remote:
-            return str(path)
+            return Path(path).resolve().as_uri()
         return f"{self.data_dir.rstrip('/')}/reports/{path.relative_to(self.reports_dir).as_posix()}"
 
     def publish(self, *, since: float = 0.0) -> list[str]:

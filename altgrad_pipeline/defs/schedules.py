@@ -19,6 +19,7 @@ import dagster as dg
 from altgrad_pipeline import integrity, settings
 from altgrad_pipeline.defs.executor import create_pools
 from altgrad_pipeline.defs.io_manager import recorded_sha256
+from altgrad_pipeline.defs.jobs import refresh_format_job
 from altgrad_pipeline.defs.partitions import register_formats
 from altgrad_pipeline.defs.resources import RunStores
 from altgrad_pipeline.defs.targets import format_partitioned_keys
@@ -83,18 +84,19 @@ def assess(
     data_dir: str,
     keys: Sequence[dg.AssetKey],
     echo: Callable[[str], None] = lambda _: None,
+    formats: Sequence[str] | None = None,
 ) -> Assessment:
     """Which format partitions need building, `keys` being every format-partitioned asset. A
     partition is current only when every one of its assets was last built from the runs it has now
     (a run killed or failed part-way leaves some asset behind) and each file is the one written;
-    damaged run-cache files are re-read first."""
+    damaged run-cache files are re-read first. `formats`: only these are assessed (default: all found)."""
     catalog = run_stores.catalog()
     result, healed = catalog.verified_sync()
     for message in healed:
         echo(f"  {message}")
     now = dt.datetime.now(dt.UTC)
     stale, wanted = [], {}
-    for fmt in result.formats:
+    for fmt in result.formats if formats is None else formats:
         runs = catalog.raw_runs(result.for_format(fmt), now=now, grace_s=run_stores.crash_grace_seconds)
         wanted[fmt] = built_from(runs)
         damaged = damaged_files(instance, data_dir, keys, fmt, echo)
@@ -103,17 +105,20 @@ def assess(
     return Assessment(result.formats, stale, wanted)
 
 
-def stale_formats(run_stores: RunStores, instance: dg.DagsterInstance, keys: Sequence[dg.AssetKey]) -> tuple[list[str], list[str]]:
-    """(all formats found, formats whose stored partition is incomplete or no longer matches the run
-    stores); `keys` are the format-partitioned assets (`targets.format_partitioned_keys`)."""
-    found = assess(run_stores, instance, run_stores.data_dir, keys)
+def stale_formats(
+    run_stores: RunStores, instance: dg.DagsterInstance, keys: Sequence[dg.AssetKey], formats: Sequence[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """(all formats found, formats (of `formats`, default all) whose stored partition is incomplete or
+    no longer matches the run stores); `keys` are the format-partitioned assets
+    (`targets.format_partitioned_keys`)."""
+    found = assess(run_stores, instance, run_stores.data_dir, keys, formats=formats)
     return found.formats, found.stale
 
 
 @dg.schedule(
     name="stale_formats_schedule",
     cron_schedule=refresh_cron(),
-    target=dg.AssetSelection.all(),
+    target=refresh_format_job,
     description="Refreshes every FP8-format partition whose runs no longer match its last materialization.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
@@ -128,7 +133,6 @@ def stale_formats_schedule(context: dg.ScheduleEvaluationContext, run_stores: Ru
     create_pools(context.instance)
     tick = context.scheduled_execution_time.isoformat()
     return [
-        dg.RunRequest(run_key=f"{fmt}:{tick}", partition_key=fmt, asset_selection=partitioned,
-                      tags={"altgrad/trigger": "stale_formats_schedule"})  # fmt: skip
+        dg.RunRequest(run_key=f"{fmt}:{tick}", partition_key=fmt, tags={"altgrad/trigger": "stale_formats_schedule"})
         for fmt in stale
     ]

@@ -7,6 +7,8 @@ that ended since the last tick; only when something changed (or a running run ma
 crash grace period) does it sync the run catalog, which re-reads just the changed runs and caches
 them for the ingest run.
 Formats whose finished runs changed get one request each, however many runs finished together.
+The first tick (no cursor yet: a new `dg dev` after `altgrad-pipeline refresh`, or a reset
+sensor) requests only formats whose stored partition is stale, not everything it sees for the first time.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import dagster as dg
 
 from altgrad_pipeline.defs.executor import create_pools
 from altgrad_pipeline.defs.ingest import STORE_DIGEST_TAG
+from altgrad_pipeline.defs.jobs import REFRESH_JOBS, refresh_analysis_job, refresh_format_job
 from altgrad_pipeline.defs.orphaned_runs import fail_orphaned_runs
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import RunStores
+from altgrad_pipeline.defs.schedules import stale_formats
 from altgrad_pipeline.defs.targets import format_partitioned_keys, run_store_root_keys
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.finished_runs import WatchCursor, watch_tick
@@ -49,12 +53,11 @@ def _requests(repository: dg.RepositoryDefinition, refresh: dict[str, str], stor
     """One run per changed format; the run key embeds the digest of its finished runs, so a run that
     finishes again (or changes) gets a new key while a repeated tick is deduplicated. The runs carry
     the digest of the stores this tick synced (`STORE_DIGEST_TAG`)."""
-    partitioned = format_partitioned_keys(repository)
     requests = [
         dg.RunRequest(
             run_key=f"{fmt}:{digest}",
+            job_name=refresh_format_job.name,
             partition_key=fmt,
-            asset_selection=partitioned,
             tags={TRIGGER_TAG: "finished_runs", STORE_DIGEST_TAG: store_digest},
         )
         for fmt, digest in refresh.items()
@@ -62,7 +65,14 @@ def _requests(repository: dg.RepositoryDefinition, refresh: dict[str, str], stor
     roots = run_store_root_keys(repository)
     if roots and refresh:
         combined = hashlib.sha256(repr(sorted(refresh.items())).encode()).hexdigest()[:16]
-        requests.append(dg.RunRequest(run_key=f"run_stores:{combined}", asset_selection=roots, tags={TRIGGER_TAG: "finished_runs"}))
+        requests.append(
+            dg.RunRequest(
+                run_key=f"run_stores:{combined}",
+                job_name=refresh_analysis_job.name,
+                asset_selection=roots,
+                tags={TRIGGER_TAG: "finished_runs"},
+            )
+        )
     return requests
 
 
@@ -70,7 +80,7 @@ def _requests(repository: dg.RepositoryDefinition, refresh: dict[str, str], stor
     name="finished_runs_sensor",
     description="Requests the FP8-format partition of every format whose finished runs changed "
     "(new, re-finished, crashed past the grace period, or removed); registers new formats.",
-    target=dg.AssetSelection.all(),
+    jobs=list(REFRESH_JOBS),
     minimum_interval_seconds=sensor_interval_seconds(),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
@@ -91,13 +101,19 @@ def finished_runs_sensor(context: dg.SensorEvaluationContext, run_stores: RunSto
     )
     for fmt in outcome.rejected_formats:
         context.log.warning(f"format {fmt!r} is not a safe partition key; its runs are not refreshed")
-    if not outcome.refresh:
+    refresh = outcome.refresh
+    if not context.cursor and refresh:
+        # What `refresh` or a backfill already built is not news: keep the formats whose stored
+        # partition (every asset's fingerprint, its files) no longer matches the stores.
+        _, stale = stale_formats(run_stores, context.instance, format_partitioned_keys(context.repository_def), list(refresh))
+        refresh = {fmt: digest for fmt, digest in refresh.items() if fmt in stale}
+    if not refresh:
         return dg.SensorResult(cursor=outcome.cursor.to_json(), skip_reason="no run finished or changed")
     known = set(context.instance.get_dynamic_partitions(fp8_format_partitions.name))
-    new_formats = [fmt for fmt in outcome.refresh if fmt not in known]
-    context.log.info(f"refreshing formats {sorted(outcome.refresh)}; new: {new_formats}")
+    new_formats = [fmt for fmt in refresh if fmt not in known]
+    context.log.info(f"refreshing formats {sorted(refresh)}; new: {new_formats}")
     return dg.SensorResult(
-        run_requests=_requests(context.repository_def, outcome.refresh, outcome.cursor.store_digest),
+        run_requests=_requests(context.repository_def, refresh, outcome.cursor.store_digest),
         dynamic_partitions_requests=[fp8_format_partitions.build_add_request(new_formats)] if new_formats else [],
         cursor=outcome.cursor.to_json(),
     )

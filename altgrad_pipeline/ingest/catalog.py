@@ -4,8 +4,10 @@ runs whose files (or API `updatedAt`) changed and reuses the stored rows of all 
 Layout under the cache dir:
 - `index.json`: one small record per run (location, fingerprint, format, end facts). A sync over
   10,000 unchanged runs opens this one file, not 10,000.
-- `runs/<key>-<version>.json` (the run's `raw_runs` facts and issues) and
-  `runs/<key>-<version>.history.parquet` (its long history), where `version` hashes the
+- `runs/<key>-<version>.json` (the run's `raw_runs` facts and issues),
+  `runs/<key>-<version>.history.parquet` (its long history) and, for local W&B runs,
+  `runs/<key>-<version>.media.parquet` (the media values found by the same decode, which the media
+  assets read instead of decoding the logs again), where `version` hashes the
   fingerprint. Versioned names mean a reader holding an older index never pairs it with a newer
   history, whichever of two concurrent syncs (the sensor, a run) wrote last.
 
@@ -24,8 +26,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import datetime as dt
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -110,6 +112,11 @@ class CatalogEntry:
     @property
     def details_path(self) -> Path:
         return Path(self.runs_dir) / f"{self.key}-{self.version}.json"
+
+    @property
+    def media_path(self) -> Path:
+        """The run's media values (`ParsedRun.media`), for sources that read them with the history."""
+        return Path(self.runs_dir) / f"{self.key}-{self.version}.media.parquet"
 
     @property
     def ended(self) -> bool:
@@ -277,6 +284,9 @@ class RunCatalog:
         }
         history = history_with_run_id(run)
         _atomic_write(self.history_path(entry), lambda p: history.write_parquet(p))
+        if run.media is not None:
+            media = run.media
+            _atomic_write(entry.media_path, lambda p: media.write_parquet(p))
         payload = json.dumps(details, default=_encode)
         _atomic_write(entry.details_path, lambda p: p.write_text(payload))
         entry.sha256 = {"history": integrity.sha256_of(self.history_path(entry)), "details": integrity.sha256_of(entry.details_path)}

@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from altgrad_pipeline.ingest import listing
-from altgrad_pipeline.ingest.jsonl import (
+from altgrad_pipeline.ingest.files import (
     ROWS_SCHEMA,
     file_stamp,
     keep_last_writes,

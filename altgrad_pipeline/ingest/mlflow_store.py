@@ -34,7 +34,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from altgrad_pipeline.ingest import listing
-from altgrad_pipeline.ingest.jsonl import (
+from altgrad_pipeline.ingest.files import (
     file_stamp,
     keep_last_writes,
     load_config_file,

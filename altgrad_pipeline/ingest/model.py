@@ -116,6 +116,10 @@ class ParsedRun:
     issues: list[IngestIssue] = field(default_factory=list)
     #: What reading was keyed on, for incremental ingest (paths with size and mtime, or API updatedAt).
     fingerprint: str = ""
+    #: The W&B media values of the history (tables, histograms, ...) with the folder their paths
+    #: resolve against (`wandb.local.RUN_MEDIA_SCHEMA`), from the same decode as the history; the
+    #: catalog keeps them beside it. None for sources whose media are not read this way.
+    media: pl.DataFrame | None = None
 
 
 class RunSource(Protocol):

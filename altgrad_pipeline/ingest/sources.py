@@ -16,9 +16,9 @@ from altgrad_pipeline.ingest.lightning_csv import LightningCsvSource
 from altgrad_pipeline.ingest.mlflow_store import MlflowFileSource, MlflowSqlSource
 from altgrad_pipeline.ingest.model import ParsedRun, RunLocator, RunSource
 from altgrad_pipeline.ingest.tensorboard import TensorBoardSource
-from altgrad_pipeline.ingest.wandb_api import WandbApiSource
-from altgrad_pipeline.ingest.wandb_export import WandbExportSource
-from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
+from altgrad_pipeline.ingest.wandb.api import WandbApiSource
+from altgrad_pipeline.ingest.wandb.export import WandbExportSource
+from altgrad_pipeline.ingest.wandb.local import LocalWandbSource
 from altgrad_pipeline.settings import RunStoreEntry
 
 AIM_REPOSITORY = ".aim"

@@ -24,7 +24,7 @@ from matplotlib.patches import Patch
 
 from altgrad_pipeline.analysis.attention import AttentionShape, attention_weights
 from altgrad_pipeline.analysis.sweeps import run_labels
-from altgrad_pipeline.escaping import escape_markdown
+from altgrad_pipeline.escaping import escape_markdown, markdown_code
 from altgrad_pipeline.ingest.media.tables import TableRows
 from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.markdown import format_cell
@@ -191,7 +191,7 @@ def _plain(value: object) -> str:
 
 def config_labels(raw_runs: pl.DataFrame, run_ids: Sequence[str]) -> dict[str, str]:
     """run_id -> the setting that differs between these runs ("format=BF16, lr=0.001"), labelled
-    as the sweep summary labels groups (`dynamics.sweeps.run_labels`: derived format and
+    as the sweep summary labels groups (`analysis.sweeps.run_labels`: derived format and
     optimizer, noise keys left out)."""
     runs = raw_runs.filter(pl.col("run_id").is_in(list(run_ids)))
     keys = [c.removeprefix("config.") for c in differing_config(runs).columns if c.startswith("config.")]
@@ -256,7 +256,7 @@ def write_media_report(
         lines += ["No tables logged yet.", ""]
     elif weights.is_empty():
         lines += [f"None of the {format_cell(media_tables.height)} logged tables has the attention shape (columns matching "
-                  f"`{escape_markdown(options.attention.matrix_column)}`, or `head`, `query`, `key`, `weight`).", ""]  # fmt: skip
+                  f"{markdown_code(options.attention.matrix_column)}, or `head`, `query`, `key`, `weight`).", ""]  # fmt: skip
     else:
         for (run_id, step, table_key, layer), frame in weights.group_by("run_id", "step", "table_key", "layer", maintain_order=True):
             where = f"run {_label(run_id, names)}, step {step}, table {table_key}, layer {layer}"
@@ -285,7 +285,7 @@ def write_media_report(
     numbers = numeric_history(run_histories)
     keys = sorted(k for k in numbers.select(pl.col("key").unique()).collect().to_series().to_list() if pattern.search(k))
     if not keys:
-        lines += [f"No history key matches `{escape_markdown(options.curve_pattern)}` yet.", ""]
+        lines += [f"No history key matches {markdown_code(options.curve_pattern)} yet.", ""]
     else:
         curves = numbers.filter(pl.col("key").is_in(keys)).select("run_id", "step", "key", "value").collect()
         run_ids = sorted(curves["run_id"].unique().to_list())
@@ -293,7 +293,7 @@ def write_media_report(
         path = curves_figure(curves, keys, labels, names, figures_dir / f"media_curves_{_digest(*keys, *run_ids)}.png")
         figures.append(path)
         described = ", ".join(escape_markdown(_label(r, names)) for r in run_ids)
-        lines += [f"Keys {', '.join(f'`{escape_markdown(k)}`' for k in keys)} of {format_cell(len(run_ids))} runs ({described}), "
+        lines += [f"Keys {', '.join(markdown_code(k) for k in keys)} of {format_cell(len(run_ids))} runs ({described}), "
                   f"every logged step; colour = config values that differ between them.", "",  # fmt: skip
                   figure_block(path, reports_dir, "KL divergence and validation loss over training"), ""]
         lines += [f"- {escape_markdown(_label(r, names))}: {escape_markdown(labels[r])}" for r in run_ids] + [""]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import polars as pl
 from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
 from altgrad_pipeline import atomic
 from altgrad_pipeline.escaping import escape_csv_text, escape_html, escape_markdown, safe_filename
@@ -34,13 +35,33 @@ FIGURES_DIR = "figures"
 #: Every report table's CSV twin sits here, `<report>_<stem>[_<project>][_<part>...].csv`.
 TABLES_DIR = "tables"
 
+#: Readable from a phone to a wide screen, and on paper: the page never scrolls sideways (a table as
+#: wide as its content scrolls inside its own box, long text wraps, figures shrink to the column),
+#: and printing drops the navigation, fits tables to the page and keeps rows, figures and headings together.
 HTML_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.5; color: #222; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
+body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.5; color: #222;
+       overflow-wrap: anywhere; }
+nav.back { margin-bottom: 1rem; font-size: 0.9rem; }
+.table-scroll { overflow-x: auto; margin: 1rem 0; max-width: 100%; }
+table { border-collapse: collapse; font-size: 0.9rem; width: max-content; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; overflow-wrap: normal; max-width: 30rem; }
+td a { white-space: nowrap; }
 th { background: #f3f3f3; }
 img { max-width: 100%; height: auto; }
 code { background: #f3f3f3; padding: 0 0.2rem; }
+@media (max-width: 50rem) { body { margin: 1rem auto; } table { font-size: 0.8rem; } }
+@media print {
+  body { max-width: none; margin: 0; padding: 0; font-size: 10pt; }
+  nav.back { display: none; }
+  .table-scroll { overflow: visible; }
+  table { font-size: 7pt; width: 100%; table-layout: fixed; }
+  th, td { max-width: none; padding: 0.1rem 0.2rem; overflow-wrap: anywhere; }
+  td a { white-space: normal; }
+  thead { display: table-header-group; }
+  tr, img { break-inside: avoid; }
+  h1, h2, h3 { break-after: avoid; }
+  a { color: inherit; text-decoration: none; }
+}
 """
 
 
@@ -213,12 +234,25 @@ def data_summary(raw_runs: pl.DataFrame, reports_dir: Path | None = None, report
 # ---------------------------------------------------------------- HTML
 
 
-def markdown_to_html(markdown: str, *, title: str, base_dir: Path) -> str:
+def _scroll_boxes(tokens: list[Token]) -> list[Token]:
+    """Each table inside a `.table-scroll` box, so a wide table scrolls instead of the page."""
+    boxed: list[Token] = []
+    for token in tokens:
+        if token.type == "table_open":
+            boxed.append(Token("html_block", "", 0, content='<div class="table-scroll">\n'))
+        boxed.append(token)
+        if token.type == "table_close":
+            boxed.append(Token("html_block", "", 0, content="</div>\n"))
+    return boxed
+
+
+def markdown_to_html(markdown: str, *, title: str, base_dir: Path, index: str | None = "index.html") -> str:
     """A self-contained HTML page from report Markdown: raw HTML in the Markdown is not
     interpreted (html=False, so escaped names stay text), images under `base_dir` are embedded as
-    base64 PNG data URIs, and links to sibling `.md` reports point at their `.html` copies."""
+    base64 PNG data URIs, links to sibling `.md` reports point at their `.html` copies, and the page
+    links back to `index` (None: the page is the index)."""
     renderer = MarkdownIt("commonmark", {"html": False}).enable("table")
-    tokens = renderer.parse(markdown)
+    tokens = _scroll_boxes(renderer.parse(markdown))
     for token in tokens:
         for child in token.children or []:
             if child.type == "image":
@@ -229,9 +263,11 @@ def markdown_to_html(markdown: str, *, title: str, base_dir: Path) -> str:
                 if not urllib.parse.urlparse(href).scheme and href.endswith(".md"):
                     child.attrSet("href", href[: -len(".md")] + ".html")
     body = renderer.renderer.render(tokens, renderer.options, {})
+    back = f'<nav class="back"><a href="{escape_html(index)}">← All reports</a></nav>\n' if index else ""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{escape_html(title)}</title>\n<style>{HTML_STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{escape_html(title)}</title>\n<style>{HTML_STYLE}</style>\n</head>\n<body>\n{back}{body}</body>\n</html>\n"
     )
 
 
@@ -240,7 +276,8 @@ def write_report(reports_dir: Path, name: str, title: str, description: str, mar
     path = reports_dir / f"{name}.md"
     atomic.write_text(path, markdown)  # a kill or a full disk never leaves half a report
     html_path = reports_dir / f"{name}.html"
-    atomic.write_text(html_path, markdown_to_html(markdown, title=title, base_dir=reports_dir))
+    index = None if name == "index" else "index.html"
+    atomic.write_text(html_path, markdown_to_html(markdown, title=title, base_dir=reports_dir, index=index))
     return ReportResult(ReportEntry(title, path, description), html_path, tuple(figures), main)
 
 

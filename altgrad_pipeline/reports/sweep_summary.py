@@ -12,7 +12,7 @@ import polars as pl
 
 from altgrad_pipeline.analysis import curves as curves_analysis
 from altgrad_pipeline.analysis import sweeps as sweeps_analysis
-from altgrad_pipeline.escaping import escape_markdown
+from altgrad_pipeline.escaping import escape_markdown, markdown_code
 from altgrad_pipeline.reports.figures import figure_path
 from altgrad_pipeline.reports.page import (
     FIGURES_DIR,
@@ -86,7 +86,7 @@ def write_sweep_summary_report(
         keys = list(frame["varying_keys"][0])
         lines += [project_heading(project), ""]
         if keys:
-            lines += ["Varying hyperparameters: " + ", ".join(f"`{escape_markdown(k)}`" for k in keys) + ".", ""]
+            lines += ["Varying hyperparameters: " + ", ".join(markdown_code(k) for k in keys) + ".", ""]
         else:
             lines += ["No hyperparameter varies between this project's runs (noise keys aside), so all runs form one group.", ""]
         lines += [data_table(frame.select(SWEEP_COLUMNS), reports_dir, "sweep_summary", "groups", project=project), ""]

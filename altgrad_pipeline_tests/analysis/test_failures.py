@@ -9,10 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from altgrad_pipeline.analysis.failure_reports import find_failure_reports
 from altgrad_pipeline.analysis.failures import failure_modes, trace_to_collapse
 from altgrad_pipeline.analysis.outcomes import run_outcomes
-from altgrad_pipeline_tests.analysis.test_failure_reports import REPORT
+from altgrad_pipeline.ingest.failure_reports import find_failure_reports
+from altgrad_pipeline_tests.ingest.test_failure_reports import REPORT
 
 
 @pytest.fixture(scope="module")

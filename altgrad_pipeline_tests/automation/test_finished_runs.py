@@ -14,7 +14,7 @@ import pytest
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.finished_runs import REMOTE_CLOCK_MARGIN_S, WatchCursor, watch_tick
 from altgrad_pipeline.ingest.jsonl import JsonlSource
-from altgrad_pipeline.ingest.wandb_api import WandbApiSource
+from altgrad_pipeline.ingest.wandb.api import WandbApiSource
 from altgrad_pipeline_tests.wandb_server import FakeRun, fake_wandb
 
 GRACE_S = 600.0

@@ -12,11 +12,12 @@ import polars as pl
 import pytest
 
 import altgrad_pipeline.ingest.catalog as catalog_module
-from altgrad_pipeline.definitions import build_defs
+from altgrad_pipeline.definitions import CODE_LOCATION_NAME, build_defs
 from altgrad_pipeline.defs.ingest import STORE_DIGEST_TAG
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.sensors import finished_runs_sensor
 from altgrad_pipeline.ingest.finished_runs import WatchCursor
+from altgrad_pipeline.refresh import refresh
 from altgrad_pipeline_tests.automation.conftest import copy_run, wandb_file
 from altgrad_pipeline_tests.conftest import write_punctuated_id_runs
 
@@ -67,9 +68,8 @@ def test_a_finished_run_requests_exactly_its_format(defs, instance, store, templ
     result = tick(defs, instance)
     assert partition_requests(result) == ["E2M5"]
     request = next(r for r in result.run_requests if r.partition_key)
-    assert {k.to_user_string() for k in request.asset_selection} == FORMAT_ASSETS & {
-        k.to_user_string() for k in defs.resolve_asset_graph().materializable_asset_keys
-    }
+    job = defs.resolve_job_def(request.job_name)
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == FORMAT_ASSETS
     [add] = result.dynamic_partitions_requests
     assert add.partitions_def_name == fp8_format_partitions.name and list(add.partition_keys) == ["E2M5"]
     assert len(json.loads(result.cursor)["formats"]) == 1
@@ -80,6 +80,26 @@ def test_a_finished_run_requests_exactly_its_format(defs, instance, store, templ
     # Restart: a new context from the stored cursor sees nothing new either.
     restarted = tick(defs, instance, WatchCursor.from_json(result.cursor).to_json())
     assert restarted.run_requests == []
+
+
+def test_the_first_tick_after_refresh_requests_nothing(store, tmp_path, template_runs):
+    """A new `dg dev` starts the sensor with no cursor: what `refresh` built is not news. A run
+    that finishes after that is, and so is a format whose partition is stale at the first tick."""
+    copy_run(template_runs["E5M2"], store, "built001")
+    copy_run(template_runs["E3M4"], store, "built002")
+    data = tmp_path / "data"
+    with dg.instance_for_test() as instance:
+        assert refresh(runs=str(store), data_dir=str(data), instance=instance, echo=lambda _: None).ok
+        runs = instance.get_runs()
+        assert {r.job_name for r in runs} == {"refresh_format", "refresh_analysis"}
+        assert {r.remote_job_origin.location_name for r in runs} == {CODE_LOCATION_NAME}
+        defs = build_defs(runs=str(store), data_dir=str(data))
+        first = tick(defs, instance)
+        assert first.run_requests == [] and not first.dynamic_partitions_requests
+
+        copy_run(template_runs["E3M4"], store, "late0001")
+        assert partition_requests(tick(defs, instance)) == ["E3M4"]  # no cursor, but E3M4 is stale
+        assert partition_requests(tick(defs, instance, first.cursor)) == ["E3M4"]
 
 
 def test_a_running_run_waits_until_it_finishes(defs, instance, store, template_runs):
@@ -132,10 +152,8 @@ def test_a_requested_partition_materializes(defs, instance, store, tmp_path, tem
     assert request.tags[STORE_DIGEST_TAG] == WatchCursor.from_json(result.cursor).store_digest
     digests = []
     monkeypatch.setattr(catalog_module, "store_digest", lambda roots: digests.append(roots) or "")
-    outcome = dg.materialize(
-        defs.assets, selection=request.asset_selection, partition_key="E2M5", instance=instance, resources=defs.resources,
-        tags=request.tags,
-    )  # fmt: skip
+    job = defs.resolve_job_def(request.job_name)
+    outcome = job.execute_in_process(partition_key="E2M5", instance=instance, tags=request.tags)
     assert outcome.success and digests == []
     runs = pl.read_parquet(tmp_path / "data" / "assets" / "raw_runs" / "E2M5.parquet")
     assert runs.get_column("state").to_list() == ["finished"]
@@ -152,8 +170,8 @@ def test_schedule_refreshes_only_stale_formats(defs, instance, store, template_r
     )  # fmt: skip
     [request] = stale_formats_schedule(context)
     assert request.partition_key == "E3M4"
-    assert dg.materialize(defs.assets, selection=request.asset_selection, partition_key="E3M4", instance=instance,
-                          resources=defs.resources).success  # fmt: skip
+    job = defs.resolve_job_def(stale_formats_schedule.job_name)
+    assert job.execute_in_process(partition_key="E3M4", instance=instance).success
     assert isinstance(stale_formats_schedule(context), dg.SkipReason)
 
 

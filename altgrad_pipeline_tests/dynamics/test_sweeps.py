@@ -13,7 +13,7 @@ from scipy import stats as sps
 from altgrad_pipeline.analysis import sweeps
 from altgrad_pipeline.examples import default_study
 from altgrad_pipeline.ingest.tables import raw_runs_frame
-from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
+from altgrad_pipeline.ingest.wandb.local import LocalWandbSource
 from altgrad_pipeline_tests.dynamics.synthetic import curve_history, runs_frame
 
 

@@ -14,16 +14,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from altgrad_pipeline.ingest import tensorboard
-from altgrad_pipeline.ingest.tensorboard import (
-    DECODE_SLACK,
-    HEADER_BYTES,
-    TensorBoardSource,
-    decode_simple_value_events,
-    masked_crc,
-    simple_value_crcs,
-    tags_at,
-)
+from altgrad_pipeline.ingest.tensorboard import TensorBoardSource
+from altgrad_pipeline.ingest.tensorboard import events as event_files
+from altgrad_pipeline.ingest.tensorboard.events import DECODE_SLACK, decode_simple_value_events, tags_at
+from altgrad_pipeline.ingest.tensorboard.framing import HEADER_BYTES, masked_crc, simple_value_crcs
 
 SPECIAL = [math.nan, math.inf, -math.inf]
 
@@ -242,7 +236,7 @@ def test_records_across_decode_chunks_read_as_in_one_chunk(tmp_path: Path, monke
     write(tmp_path / "r", mixed_events())
     _, _, [whole] = read_one(tmp_path)
 
-    monkeypatch.setattr(tensorboard, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(event_files, "CHUNK_BYTES", chunk_bytes)
     _, _, [chunked] = read_one(tmp_path)
 
     assert whole.history.height > 250 and whole.value_types == {"img": "image"}
@@ -278,7 +272,7 @@ def test_crc_mismatch_in_any_byte_of_a_record_skips_only_that_record(tmp_path: P
     offsets = record_offsets(whole)
     target = offsets[31]  # step 1030, in the middle of a 1,000-byte decode chunk
     (length,) = struct.unpack_from("<Q", whole, target)
-    monkeypatch.setattr(tensorboard, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(event_files, "CHUNK_BYTES", 1000)
 
     for position in range(target + HEADER_BYTES, target + HEADER_BYTES + length + 4):
         data = bytearray(whole)

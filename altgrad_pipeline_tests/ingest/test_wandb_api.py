@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, RunLocator
-from altgrad_pipeline.ingest.wandb_api import WandbApiError, WandbApiSource, parse_wandb_uri
+from altgrad_pipeline.ingest.wandb.api import WandbApiError, WandbApiSource, parse_wandb_uri
 from altgrad_pipeline_tests.wandb_server import FAKE_API_KEY, FakeRun, FakeWandbServer, fake_wandb
 
 PATH = "altgrad/fp8"

@@ -15,14 +15,9 @@ import pytest
 
 from altgrad_pipeline.ingest.model import issues_frame
 from altgrad_pipeline.ingest.tables import raw_runs_frame
-from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
-from altgrad_pipeline.ingest.wandb_log import (
-    BLOCK_SIZE,
-    LAYOUT_CORE_017,
-    LOG_HEADER,
-    WandbLogReader,
-    read_wandb_log,
-)
+from altgrad_pipeline.ingest.wandb.framing import BLOCK_SIZE, LAYOUT_CORE_017, LOG_HEADER
+from altgrad_pipeline.ingest.wandb.local import LocalWandbSource
+from altgrad_pipeline.ingest.wandb.log import WandbLogReader, read_wandb_log
 from altgrad_pipeline_tests.ingest.wandb_core_017.make_fixtures import (
     RUN_ID,
     STEPS,

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, ParsedRun
-from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
+from altgrad_pipeline.ingest.wandb.local import LocalWandbSource
 
 pytestmark = pytest.mark.corpora
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from altgrad_pipeline.ingest.wandb_export import WandbExportSource
+from altgrad_pipeline.ingest.wandb.export import WandbExportSource
 
 
 def test_export_folder_is_one_run_with_every_value(tmp_path: Path) -> None:

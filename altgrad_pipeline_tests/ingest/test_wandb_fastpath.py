@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from wandb.proto import wandb_internal_pb2 as wandb_pb
 
-from altgrad_pipeline.ingest import wandb_fastpath as fp
-from altgrad_pipeline.ingest import wandb_log
-from altgrad_pipeline.ingest.wandb_log import BLOCK_SIZE, LOG_HEADER, WandbLog, WandbLogReader
+from altgrad_pipeline.ingest.wandb import fastpath as fp
+from altgrad_pipeline.ingest.wandb import log as wandb_log
+from altgrad_pipeline.ingest.wandb.framing import BLOCK_SIZE, LOG_HEADER
+from altgrad_pipeline.ingest.wandb.log import WandbLog, WandbLogReader
 from altgrad_pipeline_tests.conftest import offline_wandb_env
 
 KEYS = ("train/loss", "val loss", "grad.norm", "lr", "layer.0/attn.q", "損失/学習", "émoji 🚀/x")
@@ -49,8 +50,7 @@ def framed(path: Path) -> list[tuple[bytes, int]]:
             records.append((bytes(payload), offset))
 
         def _flush_batch(self) -> None:  # a large log's batches
-            records.extend((self._buffer[start:stop].tobytes(), offset) for start, stop, offset in self._batch)
-            self._batch = []
+            records.extend((self._buffer[start:stop].tobytes(), offset) for start, stop, offset in self._take_batch().tolist())
 
     Collect(str(path)).feed_file(path)
     return records

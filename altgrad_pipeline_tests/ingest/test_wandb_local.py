@@ -14,7 +14,7 @@ import pytest
 
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA
-from altgrad_pipeline.ingest.wandb_local import LocalWandbSource
+from altgrad_pipeline.ingest.wandb.local import LocalWandbSource
 from altgrad_pipeline_tests.conftest import PUNCTUATED_RUN_IDS, offline_wandb_env, write_punctuated_id_runs
 from altgrad_pipeline_tests.sdk import finish_and_flush
 
@@ -30,12 +30,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run = wandb.init(mode="offline", dir=base / "proj_a", project="a", id="resumed01", config={"lr": 0.1})
         for step in range(5):
             run.log({"loss": float(step)}, step=step)
-        run.finish(exit_code=1)
+        finish_and_flush(run, exit_code=1)
         time.sleep(1.05)  # folder names carry the second; a resume needs a new one
         run = wandb.init(mode="offline", dir=base / "proj_a", project="a", id="resumed01", resume="allow")
         for step in range(5, 9):
             run.log({"loss": float(step), "extra": 1.0}, step=step)
-        run.finish()
+        finish_and_flush(run)
         run = wandb.init(mode="offline", dir=base / "proj_b", project="b", id="plainrun1", config={"seed": 3})
         for step in range(3):
             run.log({"acc": step / 10}, step=step)

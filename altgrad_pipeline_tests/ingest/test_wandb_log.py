@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from altgrad_pipeline.ingest.wandb_log import BLOCK_SIZE, LOG_HEADER, WandbLogReader, read_wandb_log
+from altgrad_pipeline.ingest.wandb.framing import BLOCK_SIZE, LOG_HEADER
+from altgrad_pipeline.ingest.wandb.log import WandbLogReader, read_wandb_log
 from altgrad_pipeline_tests.conftest import offline_wandb_env
 from altgrad_pipeline_tests.sdk import finish_and_flush
 
@@ -254,7 +255,7 @@ def test_random_damage_never_raises_nor_invents_values(sdk_runs: dict[str, Path]
 
 
 def test_folder_without_a_log_is_an_issue(tmp_path: Path) -> None:
-    from altgrad_pipeline.ingest.wandb_local import RunFolder, read_segment
+    from altgrad_pipeline.ingest.wandb.local import RunFolder, read_segment
 
     folder = tmp_path / "wandb" / "run-20260101_000000-nolog123"
     (folder / "files").mkdir(parents=True)

@@ -12,7 +12,7 @@ import pytest
 
 from altgrad_pipeline.analysis.attention import attention_weights
 from altgrad_pipeline.ingest.media import tables, values
-from altgrad_pipeline.ingest.wandb_local import find_run_folders, group_runs, read_run_media
+from altgrad_pipeline.ingest.wandb.local import find_run_folders, group_runs, read_run_media
 from altgrad_pipeline_tests.media.sdk_runs import HEADS, POSITIONS, attention_matrix, write_media_run
 
 
@@ -190,3 +190,26 @@ def test_corpus_old_format_histograms_of_sdk_0_8(corpora_dir: Path) -> None:
                     assert row["bin_edges"][0].to_list() == [float(v) for v in value["bins"]]
                     found += 1
     assert found > 0
+
+
+def test_media_values_come_from_the_catalogs_one_decode(sdk_run, tmp_path: Path, monkeypatch) -> None:
+    """The catalog keeps each local run's media values beside its history when it parses the run;
+    the media stage reads that file and never decodes the logs again, with the same rows."""
+    from altgrad_pipeline.ingest.catalog import RunCatalog
+    from altgrad_pipeline.ingest.media import store
+    from altgrad_pipeline.ingest.wandb.local import LocalWandbSource
+
+    root = sdk_run.folder.parent.parent
+    catalog = RunCatalog(tmp_path / "runs", [LocalWandbSource(root)])
+    (entry,) = catalog.sync().entries
+    assert entry.media_path.exists()
+    expected = read_run_media(sdk_run.folder)
+
+    def no_second_decode(*args, **kwargs):
+        raise AssertionError("the media stage decoded the logs again")
+
+    monkeypatch.setattr(store, "read_run_media", no_second_decode)
+    media, issues = store.media_values([entry], tmp_path / "cache")
+    assert issues == []
+    assert media.drop("run_id", "source").equals(expected.select("step", "key", "value_json", "files_dir"))
+    assert media.height == 12 and set(media.get_column("run_id")) == {entry.run_id}

@@ -15,12 +15,12 @@ import pytest
 from altgrad_pipeline.definitions import build_resources
 from altgrad_pipeline.defs import ingest as ingest_defs
 from altgrad_pipeline.defs import media as media_defs
-from altgrad_pipeline.ingest import wandb_media_api
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.media import store, tables, values
-from altgrad_pipeline.ingest.wandb_api import WandbApiSource
-from altgrad_pipeline.ingest.wandb_local import read_run_media
-from altgrad_pipeline.ingest.wandb_media_api import entry_name
+from altgrad_pipeline.ingest.wandb import media_api as wandb_media_api
+from altgrad_pipeline.ingest.wandb.api import WandbApiSource
+from altgrad_pipeline.ingest.wandb.local import read_run_media
+from altgrad_pipeline.ingest.wandb.media_api import entry_name
 from altgrad_pipeline_tests.conftest import offline_wandb_env
 from altgrad_pipeline_tests.media.sdk_runs import LoggedRun, write_media_run
 from altgrad_pipeline_tests.media.test_media_values import JSON_TEXT_COLUMNS, decoded_run, same_cell

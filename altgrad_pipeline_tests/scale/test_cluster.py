@@ -114,7 +114,7 @@ def test_steps_ran_on_both_celery_workers(cluster: Cluster, cluster_refresh):
     """Every step of the refresh's runs ran in a worker's process tree, and each worker took some."""
     trees = {worker.name: servers.process_tree(worker.process.pid) for worker in cluster.workers}
     with _instance(cluster) as instance:
-        step_pids = _step_pids(instance, [r.run_id for r in instance.get_runs() if r.job_name == "refresh"])
+        step_pids = _step_pids(instance, [r.run_id for r in instance.get_runs() if r.job_name == "refresh_format"])
     assert len(step_pids) >= 5 * 4  # four formats: ingest, layer_metrics and checks per run
     by_worker = {name: sorted(step for step, pid in step_pids.items() if pid in tree) for name, tree in trees.items()}
     elsewhere = sorted(step for step, pid in step_pids.items() if not any(pid in tree for tree in trees.values()))

@@ -110,7 +110,7 @@ def test_reports_written_during_a_step_are_published_and_older_ones_are_not(monk
     # The UI points at the published copy, not at this machine's staging folder.
     assert files.location(files.reports_dir / "figures" / "loss.png") == "memory://bucket/study/reports/figures/loss.png"
     local = ReportFiles(data_dir=str(tmp_path / "data"))
-    assert local.location(local.reports_dir / "index.md") == str(tmp_path / "data" / "reports" / "index.md")
+    assert local.location(local.reports_dir / "index.md") == (tmp_path / "data" / "reports" / "index.md").resolve().as_uri()
 
 
 class ManyRuns:

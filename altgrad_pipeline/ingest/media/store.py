@@ -1,16 +1,17 @@
 """Media values of the runs the catalog lists, cached per run version.
 
-The run catalog keeps only numeric history (its Parquet is what every analysis scans), so the
-media values are read here, once per run version, from the same run folders: a local run's
-`.wandb` logs (or SDK 0.8 `wandb-history.jsonl`) are decoded again by the same reader, which
-keeps every media value's JSON, and the result is cached as
-`<cache dir>/media/<entry key>-<version>.parquet`, the version being the catalog's (a hash of
-the run's file fingerprint). A refresh therefore re-reads only runs whose files changed, like
-the catalog, without widening the catalog's history files for every consumer.
+The run catalog's history Parquet holds numeric and string values only (it is what every analysis
+scans); the media values (tables, histograms, images, ...) of a local W&B run are found by the same
+decode of its `.wandb` logs (or SDK 0.8 `wandb-history.jsonl`) and kept beside that history, as
+`runs/<entry key>-<version>.media.parquet` in the catalog's cache (`CatalogEntry.media_path`), so
+this stage reads that file and never decodes the logs again. A run the catalog cached before it
+kept media is decoded here once (`read_run_media`) and the result cached as
+`<cache dir>/media/<entry key>-<version>.parquet`. Either way a refresh reads only runs whose
+files changed, like the catalog.
 
 W&B API runs (`wandb://` stores) are read through the catalog's `WandbApiSource`: their media
 values from the server's history of the run's media keys, cached the same way, and their tables
-from the run's artifacts (`ingest.wandb_media_api`), whose files are kept by SHA-256 under
+from the run's artifacts (`ingest.wandb.media_api`), whose files are kept by SHA-256 under
 `<cache dir>/media/tables/`. A run the server cannot answer for becomes an issue, and is asked
 again on the next refresh. Sources without W&B media (JSONL, CSV, TensorBoard, MLflow)
 contribute no rows.
@@ -27,14 +28,14 @@ from typing import Any
 
 import polars as pl
 
-from altgrad_pipeline.ingest import wandb_media_api
 from altgrad_pipeline.ingest.catalog import CatalogEntry
 from altgrad_pipeline.ingest.media import tables
 from altgrad_pipeline.ingest.media.values import MEDIA_VALUES_SCHEMA
 from altgrad_pipeline.ingest.model import IngestIssue, RunSource
-from altgrad_pipeline.ingest.wandb_api import WandbApiSource
-from altgrad_pipeline.ingest.wandb_local import SOURCE_NAME as LOCAL_SOURCE
-from altgrad_pipeline.ingest.wandb_local import read_run_media
+from altgrad_pipeline.ingest.wandb import media_api as wandb_media_api
+from altgrad_pipeline.ingest.wandb.api import WandbApiSource
+from altgrad_pipeline.ingest.wandb.local import SOURCE_NAME as LOCAL_SOURCE
+from altgrad_pipeline.ingest.wandb.local import read_run_media
 
 MEDIA_CACHE_DIR = "media"
 #: Table files of API runs, by SHA-256, under the media cache.
@@ -49,6 +50,10 @@ def _cached_path(cache_dir: Path, entry: CatalogEntry) -> Path:
 
 def _read_local(entry: CatalogEntry) -> pl.DataFrame:
     media = read_run_media(Path(entry.location))
+    return _with_run(entry, media)
+
+
+def _with_run(entry: CatalogEntry, media: pl.DataFrame) -> pl.DataFrame:
     return media.select(
         pl.lit(entry.run_id, pl.String).alias("run_id"),
         pl.lit(entry.source, pl.String).alias("source"),
@@ -95,6 +100,9 @@ def media_values(
     for entry in entries:
         source = api_runs.source_of(entry) if api_runs is not None else None
         if entry.source != LOCAL_SOURCE and source is None:
+            continue
+        if source is None and entry.media_path.exists():  # kept by the catalog when it read the run
+            frames.append(_with_run(entry, pl.read_parquet(entry.media_path)))
             continue
         path = _cached_path(Path(cache_dir), entry)
         if path.exists():

@@ -42,7 +42,7 @@ from typing import Any
 import polars as pl
 
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator
-from altgrad_pipeline.ingest.wandb_export import read_history_export
+from altgrad_pipeline.ingest.wandb.export import read_history_export
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class WandbApiSource:
 
     def api_run(self, location: str) -> Any:
         """The client's `Run` behind one of this source's locations, for the readers of its
-        artifacts (`ingest.wandb_media_api`)."""
+        artifacts (`ingest.wandb.media_api`)."""
         return self._client().run(f"{self.path}/{location.rsplit('/', 1)[-1]}")
 
     # -- local copy ------------------------------------------------------------------------------

@@ -5,6 +5,10 @@ when a run collapses; it is the only structured failure artifact altgrad produce
 logs no loss to W&B). The format in the file name and the Summary is the post-shift format.
 Percentages are returned as fractions. A malformed report never raises: whatever parsed is
 returned, and `parse_error` says what did not.
+
+The `failure_reports` table holds the newest report of each run's `config.checkpoint_dir`, looked
+for under every local run store (`<store root>/<checkpoint_dir>/failure_reports/`); the analysis
+joins it to the runs (`failure_modes`, columns prefixed `report_`).
 """
 
 from __future__ import annotations
@@ -63,6 +67,35 @@ FAILURE_REPORTS_SCHEMA: dict[str, pl.DataType] = {
     "report_timestamp": pl.Datetime("us"),
     "n_reports": pl.Int64(),
     **PARSED_REPORT_SCHEMA,
+}
+
+#: What each column of the `failure_reports` table means (the Dagster UI's Columns panel).
+FAILURE_REPORTS_DESCRIPTIONS: dict[str, str] = {
+    "checkpoint_dir": "Checkpoint folder (relative to its run store) whose failure_reports/ held the report",
+    "report_path": "The newest FormatExperimentRunner failure report file of that folder",
+    "report_file_format": "FP8 format named in the report's file name",
+    "report_timestamp": "When the report was written, from its file name",
+    "n_reports": "Failure reports found in the folder (the newest one is parsed)",
+    "format": "FP8 format the report states",
+    "collapse_step": "Step at which the runner declared the collapse",
+    "collapse_reason": "Why the runner stopped, in its words",
+    "final_loss": "Last loss the report states",
+    "best_loss": "Best loss the report states",
+    "steps_completed": "Steps the run completed before it stopped",
+    "max_steps": "Steps the run was planned for",
+    "duration_seconds": "Wall time of the run, as the report states it",
+    "gradient_sparsity": "Fraction of zero gradient elements at the collapse",
+    "zero_update_layers": "Layers whose weights stopped changing (as listed in the report)",
+    "zero_update_layers_more": "Further zero-update layers the report counts but does not list",
+    "n_zero_update_layers": "Zero-update layers in all",
+    "bit_stall_rate": "Bit-stall rate at the collapse",
+    "overflow_rate": "Overflow rate at the collapse",
+    "underflow_rate": "Underflow rate at the collapse",
+    "diagnostic_trend": "The report's diagnostic trend table (step, stiffness and the quantisation rates)",
+    "loss_trend": "The report's loss trend table (step, loss)",
+    "config": "The run configuration the report embeds, as text",
+    "generated_at": "Generation time the report states",
+    "parse_error": "Why the report could not be read (null: read)",
 }
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf|infinity)"
@@ -231,3 +264,11 @@ def find_failure_reports(store_root: Path, checkpoint_dirs: Iterable[str | None]
             }
         )
     return pl.DataFrame(rows, schema=FAILURE_REPORTS_SCHEMA)
+
+
+def read_failure_reports(store_roots: Iterable[Path], checkpoint_dirs: Iterable[str | None]) -> pl.DataFrame:
+    """The `failure_reports` table: the newest report of each checkpoint dir over all `store_roots`
+    (columns: `FAILURE_REPORTS_SCHEMA`; when two stores hold one, the newer timestamp wins)."""
+    checkpoint_dirs = list(checkpoint_dirs)
+    found = [find_failure_reports(root, checkpoint_dirs) for root in store_roots]
+    return pl.concat(found).sort("report_timestamp").unique("checkpoint_dir", keep="last") if found else pl.DataFrame(schema=FAILURE_REPORTS_SCHEMA)

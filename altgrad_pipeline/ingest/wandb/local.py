@@ -24,19 +24,10 @@ import yaml
 
 from altgrad_pipeline.ingest.jsonlines import parse_json_lines
 from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator, empty_history
-from altgrad_pipeline.ingest.wandb_names import LATEST_RUN, LOG_NAME, RUN_FOLDER, named_like_run_folder
-from altgrad_pipeline.ingest.wandb_log import (
-    BOOKKEEPING_KEYS,
-    PRIVATE_KEY,
-    RUNTIME_KEY,
-    STEP_KEY,
-    TIMESTAMP_KEY,
-    MEDIA_SCHEMA,
-    HistoryColumns,
-    WandbLog,
-    build_history,
-    read_wandb_log,
-)
+from altgrad_pipeline.ingest.wandb.history import MEDIA_SCHEMA, HistoryColumns, build_history
+from altgrad_pipeline.ingest.wandb.log import WandbLog, read_wandb_log
+from altgrad_pipeline.ingest.wandb.names import LATEST_RUN, LOG_NAME, RUN_FOLDER, named_like_run_folder
+from altgrad_pipeline.ingest.wandb.records import BOOKKEEPING_KEYS, PRIVATE_KEY, RUNTIME_KEY, STEP_KEY, TIMESTAMP_KEY
 
 SOURCE_NAME = "wandb-local"
 #: Files whose size and mtime make up a run's fingerprint (and its last write); read only as needed.
@@ -475,12 +466,17 @@ class LocalWandbSource:
                           is_latest_copy=match is None)
             )
         segments = [read_segment(folder, self.grace_period_s) for folder in folders]
-        return merge_segments(
+        run = merge_segments(
             segments,
             location=locator.location,
             run_id_hint=locator.run_id_hint or folders[0].run_id,
             fingerprint_text=fingerprint(paths),
         )
+        # The media values come from the same decode of each log: the catalog keeps them beside
+        # the history, so the media assets need not read the logs again.
+        found = [(s.log, files_dir) for s in segments if (files_dir := _files_dir(s.folder.path)) is not None]
+        run.media = _media_with_files_dir(found)
+        return run
 
 
 #: A run's media values with the folder their relative `path`s resolve against.
@@ -500,12 +496,37 @@ def run_folders_at(location: Path) -> list[RunFolder]:
     return grouped or [RunFolder(location, run_id, "", is_latest_copy=match is None)]
 
 
+def _media_with_files_dir(logs: list[tuple[WandbLog, Path]]) -> pl.DataFrame:
+    """The media values of a run's folders' logs (each with the folder its paths resolve against),
+    in write order; where resumed folders logged the same (step, key) the later folder wins."""
+    frames = [log.media.with_columns(pl.lit(str(files_dir), pl.String).alias("files_dir")) for log, files_dir in logs]
+    if not frames:
+        return pl.DataFrame(schema=RUN_MEDIA_SCHEMA)
+    return (
+        pl.concat(frames)
+        .unique(subset=["step", "key"], keep="last", maintain_order=True)
+        .sort("step", "key", maintain_order=True)
+    )
+
+
+def _files_dir(folder: Path) -> Path | None:
+    """Where a folder's media paths resolve: `files/` beside a `.wandb` log, the folder itself for
+    SDK 0.8; None when the folder has neither."""
+    if _log_path(folder) is not None:
+        return folder / "files"
+    if (folder / "wandb-history.jsonl").exists():
+        return folder
+    return None
+
+
 def read_run_media(location: Path, *, grace_period_s: float = 3600.0) -> pl.DataFrame:
     """Every media value (table, histogram, image, ...) a local run logged in its history
     (`RUN_MEDIA_SCHEMA`), over all its folders; where resumed folders logged the same (step, key)
     the later folder wins, as in the history. Damage to the logs is not reported here: the
-    catalog read the same files and its `ingest_issues` already say what was lost."""
-    frames = []
+    catalog read the same files and its `ingest_issues` already say what was lost. The catalog
+    keeps what `LocalWandbSource.read` found (`ParsedRun.media`): this reads the folders again
+    only for runs it cached before it kept media."""
+    logs = []
     for folder in run_folders_at(location):
         log_path = _log_path(folder.path)
         if log_path is not None:
@@ -514,11 +535,5 @@ def read_run_media(location: Path, *, grace_period_s: float = 3600.0) -> pl.Data
             log, files_dir = _old_format_log(folder.path, grace_period_s), folder.path
         else:
             continue
-        frames.append(log.media.with_columns(pl.lit(str(files_dir), pl.String).alias("files_dir")))
-    if not frames:
-        return pl.DataFrame(schema=RUN_MEDIA_SCHEMA)
-    return (
-        pl.concat(frames)
-        .unique(subset=["step", "key"], keep="last", maintain_order=True)
-        .sort("step", "key", maintain_order=True)
-    )
+        logs.append((log, files_dir))
+    return _media_with_files_dir(logs)

@@ -6,7 +6,7 @@ import math
 
 import polars as pl
 
-from altgrad_pipeline.analysis.failure_reports import FAILURE_REPORTS_SCHEMA, find_failure_reports, parse_failure_report
+from altgrad_pipeline.ingest.failure_reports import FAILURE_REPORTS_SCHEMA, find_failure_reports, parse_failure_report
 
 REPORT = """# Failure Report: E7M0 Experiment
 

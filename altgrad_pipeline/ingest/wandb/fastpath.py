@@ -34,7 +34,9 @@ when anything in it is not the plain shape:
     rounds, fewer than `min_active` messages still being walked are left to upb.
 Summary records whose only oddity is their item names (`["_wandb", "runtime"]`, which wandb-core
 writes after every row; mixed `key`/`nested_key`) are not left to the caller: they are parsed
-with protobuf here (they are small) and folded exactly as `WandbLogReader._fold_items` would.
+with protobuf here and folded exactly as `WandbLogReader._fold_items` would: each distinct
+payload (without its `Record.num`) once, found by dictionary-encoding the payloads, and the
+fold over their updates done with arrays (no Python object per record).
 For every record it decodes, the fast path yields exactly what `WandbLogReader._decode` yields
 for it (tested record by record and end to end on SDK-written and all corpus files, generated
 records, truncated and torn logs, random bytes). `DecodedRecords.replay` interleaves the summary
@@ -54,6 +56,8 @@ import pyarrow.compute as pc
 from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as wandb_pb
 
+from altgrad_pipeline.ingest.wandb.records import record_view, single_names
+
 _RECORD = wandb_pb.Record.DESCRIPTOR.fields_by_name
 F_RECORD_HISTORY = _RECORD["history"].number
 F_RECORD_SUMMARY = _RECORD["summary"].number
@@ -72,7 +76,7 @@ F_SUMMARY_INFO = _SUMMARY["_info"].number
 _HITEM = wandb_pb.HistoryItem.DESCRIPTOR.fields_by_name
 _SITEM = wandb_pb.SummaryItem.DESCRIPTOR.fields_by_name
 F_ITEM_KEY, F_ITEM_NESTED_KEY, F_ITEM_VALUE_JSON = (_HITEM[n].number for n in ("key", "nested_key", "value_json"))
-if (F_ITEM_KEY, F_ITEM_NESTED_KEY, F_ITEM_VALUE_JSON) != tuple(_SITEM[n].number for n in ("key", "nested_key", "value_json")):
+if tuple(_SITEM[n].number for n in ("key", "nested_key", "value_json")) != (F_ITEM_KEY, F_ITEM_NESTED_KEY, F_ITEM_VALUE_JSON):
     raise ImportError("wandb.proto: HistoryItem and SummaryItem name their fields differently; the fast path assumes they agree")
 
 STEP_KEY, RUNTIME_KEY, TIMESTAMP_KEY = "_step", "_runtime", "_timestamp"
@@ -578,7 +582,7 @@ class HistoryBatch:
     def from_rows(cls, rows: Sequence[tuple[int, Sequence[bytes | str], Sequence[bytes | str], int | None]]) -> HistoryBatch:
         """A batch from rows decoded elsewhere (the protobuf path): (record index, names, value
         texts, `step.num` or None). Bytes that are not UTF-8 get replacement characters, as the
-        reader's `_text_series` does."""
+        reader's `text_series` (wandb.history) does."""
 
         def text(raw: bytes | str) -> str:
             return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
@@ -649,9 +653,17 @@ class SummaryBatch:
     names: list[bytes]
     value_starts: np.ndarray
     value_ends: np.ndarray
-    parsed: list[tuple[int, SummaryEntry]]
+    #: The parsed records' updates in order: record index and index into `parsed_entries`.
+    parsed_records: np.ndarray
+    parsed_entry: np.ndarray
+    parsed_entries: list[SummaryEntry]
     data: pa.Buffer
     u8: np.ndarray
+
+    @property
+    def parsed(self) -> list[tuple[int, SummaryEntry]]:
+        """The parsed records' updates as (record index, entry), in order."""
+        return [(record, self.parsed_entries[entry]) for record, entry in zip(self.parsed_records.tolist(), self.parsed_entry.tolist(), strict=True)]
 
     def last_values(self, lo_record: int = 0, hi_record: int | None = None) -> list[SummaryEntry]:
         """The entries the updates of records [lo_record, hi_record) leave: each key's last
@@ -673,16 +685,32 @@ class SummaryBatch:
             rows = zip(present.tolist(), self.records[first].tolist(), first.tolist(), self.records[last].tolist(), last.tolist(), texts, strict=True)
             for code, first_record, first_item, last_record, last_item, text in rows:
                 found[self.names[code]] = [(first_record, 0, first_item), (last_record, 0, last_item), text]
-        for order, (record, (key, text)) in enumerate(self.parsed):
-            if lo_record <= record < hi_record:
-                where = (record, 1 + order)  # parsed and plain records differ: record order decides between them
+        lo, hi = np.searchsorted(self.parsed_records, [lo_record, hi_record]).tolist()
+        if hi > lo:
+            # Each key's first and last update among them (parsed and plain records differ:
+            # record order decides between them).
+            key_codes: dict[bytes | tuple[str, ...], int] = {}
+            entry_key = np.asarray([key_codes.setdefault(key, len(key_codes)) for key, _ in self.parsed_entries], dtype=np.int64)
+            keys = list(key_codes)
+            index = np.arange(lo, hi, dtype=np.int64)
+            codes = entry_key[self.parsed_entry[lo:hi]]
+            first = np.full(len(keys), hi, dtype=np.int64)
+            np.minimum.at(first, codes, index)
+            last = np.full(len(keys), -1, dtype=np.int64)
+            np.maximum.at(last, codes, index)
+            present = np.flatnonzero(last >= 0)
+            for code, first_at, last_at in zip(present.tolist(), first[present].tolist(), last[present].tolist(), strict=True):
+                key = keys[code]
+                first_where = (int(self.parsed_records[first_at]), 1 + first_at)
+                last_where = (int(self.parsed_records[last_at]), 1 + last_at)
+                text = self.parsed_entries[int(self.parsed_entry[last_at])][1]
                 entry = found.get(key)
                 if entry is None:
-                    found[key] = [where, where, text]
+                    found[key] = [first_where, last_where, text]
                 else:
-                    entry[0] = min(entry[0], where)
-                    if where > entry[1]:
-                        entry[1], entry[2] = where, text
+                    entry[0] = min(entry[0], first_where)
+                    if last_where > entry[1]:
+                        entry[1], entry[2] = last_where, text
         return [(key, entry[2]) for key, entry in sorted(found.items(), key=lambda item: item[1][0])]
 
 
@@ -699,19 +727,37 @@ def _without_record_number(payload: bytes) -> bytes:
     return payload
 
 
+def _after_record_number(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Where each payload [starts, ends) goes on after a leading `Record.num` (as
+    `_without_record_number` cuts it), or its start when it has none (the buffer is padded)."""
+    if len(_NUM_TAG) != 1:
+        cut = [len(p) - len(_without_record_number(p)) for p in (bytes(u8[s:e]) for s, e in zip(starts.tolist(), ends.tolist(), strict=True))]
+        return starts + np.asarray(cut, dtype=np.int64)
+    after = starts.copy()
+    todo = np.flatnonzero(u8[starts] == _NUM_TAG[0])
+    for end in range(1, 10):
+        if not todo.size:
+            break
+        at = starts[todo] + end
+        inside = at < ends[todo]
+        todo, at = todo[inside], at[inside]
+        done = u8[at] < 0x80
+        after[todo[done]] = at[done] + 1
+        todo = todo[~done]
+    return after
+
+
 def _parsed_summary(payload: bytes) -> list[SummaryEntry] | None:
     """A summary record's updates as `WandbLogReader._fold_items` folds them (one-element name
     as bytes, a path as a tuple of str, the value as str), or None when protobuf rejects the
     record or it has `remove` items (those need the caller's in-order fold)."""
-    from altgrad_pipeline.ingest.wandb_log import WandbLogReader, _record_view
-
     try:
-        view = _record_view().FromString(payload).summary
+        view = record_view().FromString(payload).summary
         summary = wandb_pb.Record.FromString(payload).summary
     except DecodeError:
         return None
     # The reader folds item by item only when its view cannot pair names and values by position.
-    if len(summary.remove) or WandbLogReader._single_names(view.update) is not None:
+    if len(summary.remove) or single_names(view.update) is not None:
         return None
     entries: list[SummaryEntry] = []
     for item in summary.update:
@@ -836,19 +882,31 @@ def decode_records(
         codes=codes,
         texts=texts,
     )
-    parsed: list[tuple[int, SummaryEntry]] = []
-    # wandb-core writes the same runtime summary record many times, numbered differently.
-    parsed_alike: dict[bytes, list[SummaryEntry] | None] = {}
-    for msg in parsed_msgs.tolist():
-        record = int(msg_rec[msg])
-        payload = bytes(u8[starts[record] : ends[record]])
-        alike = _without_record_number(payload)
-        if alike not in parsed_alike:
-            parsed_alike[alike] = _parsed_summary(payload)
-        entries = parsed_alike[alike]
-        if entries is not None:
-            msg_ok[msg] = True
-            parsed.extend((record, entry) for entry in entries)
+    # wandb-core writes the same runtime summary record many times, numbered differently: each
+    # distinct payload (without its number) is parsed once.
+    parsed_entries: list[SummaryEntry] = []
+    parsed_records = parsed_entry = np.zeros(0, dtype=np.int64)
+    if len(parsed_msgs):
+        records = msg_rec[parsed_msgs]
+        alike_start = _after_record_number(u8, starts[records], ends[records])
+        encoded = pc.dictionary_encode(_binary(data, u8, alike_start, ends[records]))
+        alike = _codes(encoded)
+        first_of = np.full(len(encoded.dictionary), len(records), dtype=np.int64)
+        np.minimum.at(first_of, alike, np.arange(len(records), dtype=np.int64))
+        entry_lo = np.zeros(len(first_of), dtype=np.int64)
+        entry_count = np.zeros(len(first_of), dtype=np.int64)
+        for code, record in enumerate(records[first_of].tolist()):
+            entries = _parsed_summary(bytes(u8[starts[record] : ends[record]]))
+            if entries is not None:
+                entry_lo[code], entry_count[code] = len(parsed_entries), len(entries)
+                parsed_entries.extend(entries)
+            else:
+                entry_count[code] = -1
+        good = entry_count[alike] >= 0
+        msg_ok[parsed_msgs[good]] = True
+        counts = entry_count[alike[good]]
+        parsed_records = np.repeat(records[good], counts)
+        parsed_entry = np.repeat(entry_lo[alike[good]], counts) + _ranks(counts)
     plain_s = msg_ok.copy()
     plain_s[parsed_msgs] = False
     keep_s = ~item_h & plain_s[item_msg]
@@ -860,7 +918,9 @@ def decode_records(
         names=summary_names.dictionary.to_pylist(),
         value_starts=value_start[keep_s],
         value_ends=value_end[keep_s],
-        parsed=parsed,
+        parsed_records=parsed_records,
+        parsed_entry=parsed_entry,
+        parsed_entries=parsed_entries,
         data=data,
         u8=u8,
     )

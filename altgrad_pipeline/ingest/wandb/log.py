@@ -7,7 +7,10 @@ the bytes (the SDK version may be missing) by framing the first blocks both ways
 in every possible way (cut on a block boundary, mid-record, a bare chunk header, 0 bytes), so
 framing damage becomes an issue and the good records are kept.
 `WandbLogReader` can be fed again from `offset` when the file grows, so a live run is re-read
-from where the last complete record ended. Large logs' history and summary records are decoded
+from where the last complete record ended. A large feed's clean stretch of chunks (usually all of
+it) is framed with numpy (`_frame_bulk`: chunk headers walked block by block in lockstep, the
+record structure checked with array operations, one CRC call per chunk); the chunk loop frames
+the rest from the first chunk it must treat specially. Large logs' history and summary records are decoded
 by `wandb_fastpath` (numpy over the wire format); everything else, and whatever it declines,
 by upb through `_decode`, with the same result either way.
 """
@@ -17,42 +20,50 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
-import struct
 import time
 import zlib
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as wandb_pb
 
-from altgrad_pipeline.ingest import wandb_fastpath
 from altgrad_pipeline.ingest.model import IngestIssue, empty_history
+from altgrad_pipeline.ingest.wandb import fastpath as wandb_fastpath
+from altgrad_pipeline.ingest.wandb.framing import (
+    BLOCK_ORIGIN,
+    BLOCK_SIZE,
+    CHUNK_FIRST,
+    CHUNK_FULL,
+    CHUNK_HEADER,
+    CHUNK_LAST,
+    CHUNK_MIDDLE,
+    LAYOUT_CORE_017,
+    LAYOUT_PROBE_BYTES,
+    LAYOUT_STANDARD,
+    LOG_HEADER,
+    TYPE_CRC,
+    first_damage,
+)
+from altgrad_pipeline.ingest.wandb.history import HistoryTable, empty_media, history_table, text_series
+from altgrad_pipeline.ingest.wandb.records import (
+    RUNTIME_KEY,
+    STEP_KEY,
+    TIMESTAMP_KEY,
+    FlatItems,
+    build_tree,
+    item_path,
+    loads_json,
+    record_view,
+    remove_path,
+    set_path,
+    single_names,
+    timestamp_utc,
+)
 
-LOG_HEADER = b":W&B" + (0xBEE1).to_bytes(2, "little") + bytes([0])
-BLOCK_SIZE = 32 * 1024
-CHUNK_HEADER = struct.Struct("<IHB")
-CHUNK_FULL, CHUNK_FIRST, CHUNK_MIDDLE, CHUNK_LAST = 1, 2, 3, 4
-#: Block layouts and where each one's block 0 starts: "standard" counts the file header inside
-#: block 0; wandb-core of 0.17.0-0.17.5 began block 0 after it (fixed upstream in 0.17.6).
-LAYOUT_STANDARD, LAYOUT_CORE_017 = "standard", "wandb-core-0.17"
-BLOCK_ORIGIN = {LAYOUT_STANDARD: 0, LAYOUT_CORE_017: len(LOG_HEADER)}
-#: Bytes at the start framed both ways to tell the layouts apart: several boundaries, since a
-#: record can end exactly where both layouts put a chunk header.
-LAYOUT_PROBE_BYTES = 4 * BLOCK_SIZE
-#: CRC-32 of each chunk type byte: a chunk's CRC continues from its type's (one call per chunk).
-_TYPE_CRC = tuple(zlib.crc32(bytes([kind])) for kind in range(256))
-#: Per-row bookkeeping the SDK adds to every history row: columns of the row, not metrics.
-STEP_KEY, RUNTIME_KEY, TIMESTAMP_KEY = "_step", "_runtime", "_timestamp"
-BOOKKEEPING_KEYS = (STEP_KEY, RUNTIME_KEY, TIMESTAMP_KEY)
-#: Holds host names and e-mail addresses (and, from 0.26, the whole environment).
-PRIVATE_KEY = "_wandb"
 #: Bytes of history and summary records framed in one `feed` from which on they are decoded by
 #: `wandb_fastpath` (numpy over the wire format, no Python object per value); fewer go through
 #: upb one by one, which is faster for a live tail or a small run (numpy's cost per call).
@@ -60,367 +71,6 @@ FASTPATH_MIN_BYTES = 2 << 20
 #: Bytes of records the fast path decodes at a time: its per-item arrays stay a few MB.
 FASTPATH_GROUP_BYTES = 16 << 20
 DEFAULT_SOURCE = "wandb-local"
-
-
-@cache
-def _record_view() -> type:
-    """A columnar view of `Record` built from wandb's own field numbers.
-
-    A non-repeated message field that occurs several times is merged by protobuf, so declaring
-    `HistoryRecord.item` as one `ItemColumns` makes upb (C) collect every item's key and value
-    into flat lists in one parse: no Python work per history value. Names and values are
-    declared `bytes`, not `string`: the same wire format, but no UTF-8 check and no `str` per
-    value (Polars validates the whole column at once). Records this reader does not need
-    (environment: PII; console output; stats) stay unparsed unknown fields.
-    """
-    record = wandb_pb.Record.DESCRIPTOR.fields_by_name
-    history = wandb_pb.HistoryRecord.DESCRIPTOR.fields_by_name
-    summary = wandb_pb.SummaryRecord.DESCRIPTOR.fields_by_name
-    item = wandb_pb.HistoryItem.DESCRIPTOR.fields_by_name
-    step = wandb_pb.HistoryStep.DESCRIPTOR.fields_by_name
-    F = descriptor_pb2.FieldDescriptorProto
-    proto = descriptor_pb2.FileDescriptorProto(name="altgrad_wandb_view.proto", package="altgrad_wandb_view", syntax="proto2")
-
-    def message(name: str, *fields: tuple[str, int, int, int, str | None]) -> None:
-        msg = proto.message_type.add(name=name)
-        for field_name, number, label, kind, type_name in fields:
-            f = msg.field.add(name=field_name, number=number, label=label, type=kind)
-            if type_name:
-                f.type_name = f".altgrad_wandb_view.{type_name}"
-
-    rep, opt = F.LABEL_REPEATED, F.LABEL_OPTIONAL
-    message(
-        "ItemColumns",
-        ("key", item["key"].number, rep, F.TYPE_BYTES, None),
-        ("nested_key", item["nested_key"].number, rep, F.TYPE_BYTES, None),
-        ("value_json", item["value_json"].number, rep, F.TYPE_BYTES, None),
-    )
-    message("StepView", ("num", step["num"].number, opt, F.TYPE_INT64, None))
-    message(
-        "HistoryColumns",
-        ("item", history["item"].number, opt, F.TYPE_MESSAGE, "ItemColumns"),
-        ("step", history["step"].number, opt, F.TYPE_MESSAGE, "StepView"),
-    )
-    message(
-        "SummaryColumns",
-        ("update", summary["update"].number, opt, F.TYPE_MESSAGE, "ItemColumns"),
-        ("remove", summary["remove"].number, opt, F.TYPE_MESSAGE, "ItemColumns"),
-    )
-    message(
-        "RecordView",
-        ("history", record["history"].number, opt, F.TYPE_MESSAGE, "HistoryColumns"),
-        ("summary", record["summary"].number, opt, F.TYPE_MESSAGE, "SummaryColumns"),
-        *((name, record[name].number, opt, F.TYPE_BYTES, None) for name in ("run", "config", "exit", "header")),
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("altgrad_wandb_view.RecordView"))
-
-
-def _item_path(item: Any) -> tuple[str, ...]:
-    """`key` up to 0.16, a one-element `nested_key` from 0.19 on ('/' stays part of the name)."""
-    return tuple(item.nested_key) if len(item.nested_key) else (item.key,)
-
-
-def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    for part in path[:-1]:
-        child = tree.get(part)
-        if not isinstance(child, dict):
-            child = tree[part] = {}
-        tree = child
-    tree[path[-1]] = value
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-
-
-def _loads(text: bytes | str) -> Any:
-    """JSON with NaN/Infinity (Python's json accepts them); unreadable text stays text."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return _text(text)
-
-
-#: Folded config/summary items: a one-element name as the raw bytes the log holds (the common
-#: case, folded without decoding), a longer path as a tuple of str; the value is JSON text.
-FlatItems = dict[bytes | tuple[str, ...], bytes | str]
-
-
-def _parts(path: bytes | tuple[str, ...]) -> tuple[str, ...]:
-    return (_text(path),) if isinstance(path, bytes) else path
-
-
-#: JSON text that can only be one scalar or be invalid (no string, array, object or comma).
-_SCALAR_JSON = re.compile(rb"[0-9A-Za-z.+\- \t\r\n]*")
-
-
-def _loads_all(texts: list[bytes | str]) -> list[Any]:
-    """`_loads` of every text. When each can only be a scalar, they are parsed as one JSON array
-    (one call, not one per metric); its length confirms each text was exactly one value."""
-    if all(isinstance(text, bytes) and _SCALAR_JSON.fullmatch(text) for text in texts):
-        try:
-            values = json.loads(b"[" + b",".join(texts) + b"]")  # type: ignore[arg-type]
-        except ValueError:
-            values = None
-        if values is not None and len(values) == len(texts):
-            return values
-    return [_loads(text) for text in texts]
-
-
-def _build_tree(flat: FlatItems) -> dict[str, Any]:
-    """Folded `{path: value_json}` to a nested dict, `_wandb` dropped."""
-    entries = [(parts, text) for parts, text in ((_parts(path), text) for path, text in flat.items()) if parts[0] != PRIVATE_KEY]
-    tree: dict[str, Any] = {}
-    for (parts, _), value in zip(entries, _loads_all([text for _, text in entries]), strict=True):
-        _set_path(tree, parts, value)
-    return tree
-
-
-def _remove_path(flat: FlatItems, path: tuple[str, ...]) -> None:
-    for existing in [p for p in flat if _parts(p)[: len(path)] == path]:
-        del flat[existing]
-
-
-def _timestamp_utc(ts: Any) -> dt.datetime | None:
-    if not ts.seconds and not ts.nanos:
-        return None
-    return dt.datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, dt.UTC)
-
-
-#: Non-scalar history values that are W&B media (a dict with `_type`: tables, histograms, images,
-#: ...), kept as their JSON text (0.19+ split items rebuilt into one object) for the media assets.
-MEDIA_SCHEMA: dict[str, pl.DataType] = {"step": pl.Int64(), "key": pl.String(), "value_json": pl.String()}
-
-
-def empty_media() -> pl.DataFrame:
-    return pl.DataFrame(schema=MEDIA_SCHEMA)
-
-
-#: One JSON string and nothing else: its escapes are JSON's, so `str.json_decode` reads it.
-JSON_STRING = r'^\s*"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9A-Fa-f]{4})*"\s*$'
-
-
-def json_value_type(texts: pl.Expr) -> pl.Expr:
-    """Type name of non-numeric JSON values: a dict's `_type` (histogram, table-file, ...) when
-    present, else string (exactly one well-formed JSON string, so it decodes) / dict / list /
-    bool / null."""
-    first = texts.str.strip_chars_start().str.slice(0, 1)
-    media_type = texts.str.extract(r'"_type"\s*:\s*"([^"]*)"', 1)
-    return (
-        pl.when(texts.str.contains(JSON_STRING))
-        .then(pl.lit("string"))
-        .when(first == "{")
-        .then(pl.coalesce(media_type, pl.lit("dict")))
-        .when(first == "[")
-        .then(pl.lit("list"))
-        .when(first.is_in(["t", "f"]))
-        .then(pl.lit("bool"))
-        .when(first == "n")
-        .then(pl.lit("null"))
-        .otherwise(pl.lit("unknown"))
-    )
-
-
-@dataclass
-class HistoryTable:
-    """What `build_history` makes of a run's items: the numeric long history, the non-numeric keys'
-    types, the media values (`MEDIA_SCHEMA`) and what could not be used."""
-
-    history: pl.DataFrame
-    value_types: dict[str, str]
-    media: pl.DataFrame
-    issues: list[IngestIssue]
-
-
-@dataclass
-class HistoryColumns:
-    """History as flat lists: every item's key and JSON text, and per row its step, item count,
-    `_runtime` and `_timestamp` texts. Readers append to these; `build_history` does the rest.
-    Texts are UTF-8 `bytes` (the `.wandb` reader: no `str` per value) or `str`, one kind per list."""
-
-    keys: list[bytes] | list[str] = field(default_factory=list)
-    texts: list[bytes] | list[str] = field(default_factory=list)
-    row_steps: list[int] = field(default_factory=list)
-    row_counts: list[int] = field(default_factory=list)
-    row_runtimes: list[bytes | None] | list[str | None] = field(default_factory=list)
-    row_timestamps: list[bytes | None] | list[str | None] = field(default_factory=list)
-
-
-def _text_series(texts: list[bytes | None] | list[str | None]) -> pl.Series:
-    """A String column from `bytes` (validated as UTF-8 in one vectorised cast) or `str`; bytes
-    that are not UTF-8 are decoded with replacement characters rather than raising."""
-    if not isinstance(next((t for t in texts if t is not None), None), bytes):
-        return pl.Series(texts, dtype=pl.String)
-    binary = pl.Series(texts, dtype=pl.Binary)
-    try:
-        return binary.cast(pl.String)
-    except pl.exceptions.ComputeError:
-        return pl.Series([None if t is None else _text(t) for t in texts], dtype=pl.String)
-
-
-def build_history(columns: HistoryColumns, *, run_id: str, location: str, source: str) -> HistoryTable:
-    """Flat item lists to the long table (numeric values only, sorted by step and key, last write
-    of each (step, key) kept) plus the non-numeric keys' types and the media values."""
-    if not columns.row_counts:
-        return HistoryTable(empty_history(), {}, empty_media(), [])
-    return _history_table(
-        *wandb_fastpath.encode_keys(_text_series(columns.keys)),
-        _text_series(columns.texts),
-        row_steps=np.asarray(columns.row_steps, dtype=np.int64),
-        row_counts=np.asarray(columns.row_counts, dtype=np.int64),
-        row_runtimes=_text_series(columns.row_runtimes).cast(pl.Float64, strict=False),
-        row_timestamps=_text_series(columns.row_timestamps).cast(pl.Float64, strict=False),
-        run_id=run_id,
-        location=location,
-        source=source,
-    )
-
-
-def _step_and_key_order(row_steps: np.ndarray, row_counts: np.ndarray, codes: np.ndarray, n_names: int) -> tuple[np.ndarray, bool]:
-    """Item positions sorted by (step, key code), stably (equal pairs keep their write order),
-    and whether every pair is distinct. When the (step, key) grid is at most a few times the
-    items (the SDK logs most keys at every step), each item is placed in its grid cell, which is
-    the sort without comparing: faster than any sort, and a full grid says no pair repeats.
-    Otherwise, when the distinct steps and the names each fit in 16 bits, two radix sorts
-    (numpy's stable sort of 16-bit integers), about three times faster than a lexsort."""
-    distinct_steps, step_rank = np.unique(row_steps, return_inverse=True)
-    cells = len(distinct_steps) * n_names
-    if cells <= 4 * len(codes) + 1024 and len(codes) < 1 << 31:
-        cell = np.repeat(step_rank * n_names, row_counts)
-        cell += codes
-        grid = np.full(cells, -1, dtype=np.int32)
-        grid[cell] = np.arange(len(codes), dtype=np.int32)
-        del cell
-        order = grid[grid >= 0]
-        if len(order) == len(codes):  # no two items in one cell: the order is the sort's
-            return order, True
-    if len(distinct_steps) <= 1 << 16 and n_names <= 1 << 16:
-        by_key = np.argsort(codes.astype(np.uint16), kind="stable")
-        item_step_rank = np.repeat(step_rank.astype(np.uint16), row_counts)
-        return by_key[np.argsort(item_step_rank[by_key], kind="stable")], False
-    return np.lexsort((codes, np.repeat(row_steps, row_counts))), False
-
-
-def _history_table(
-    names: pl.Series,
-    codes: np.ndarray,
-    texts: pl.Series,
-    *,
-    row_steps: np.ndarray,
-    row_counts: np.ndarray,
-    row_runtimes: pl.Series,
-    row_timestamps: pl.Series,
-    run_id: str,
-    location: str,
-    source: str,
-) -> HistoryTable:
-    """`build_history` on columns: the distinct item names, each item's index into them
-    (`codes`) and JSON text, and per row its step, item count, runtime and timestamp. The sort,
-    de-duplication and key column are integer work on the codes; texts are parsed once, in
-    write order, and only the kept values are gathered."""
-
-    def issue(kind: str, reason: str, lost: str) -> IngestIssue:
-        return IngestIssue(location=location, source=source, kind=kind, reason=reason, lost=lost)
-
-    issues: list[IngestIssue] = []
-    backwards = int((np.diff(row_steps) < 0).sum())
-    if backwards:
-        issues.append(
-            issue(
-                "step_regression",
-                f"the step went backwards {backwards} times within this log; rows are kept and sorted by step",
-                "nothing (rows kept)",
-            )
-        )
-    by_name = names.arg_sort().to_numpy()
-    sorted_names = names.gather(by_name)
-    rank = np.empty(len(by_name), dtype=np.int64)
-    rank[by_name] = np.arange(len(by_name))
-    codes = rank[codes]
-    rows = np.repeat(np.arange(len(row_counts)), row_counts)
-    bookkeeping = sorted_names.is_in(BOOKKEEPING_KEYS).to_numpy()[codes]
-    order, distinct = _step_and_key_order(row_steps, row_counts, codes, len(names))
-    keep = order[~bookkeeping[order]]
-    if not distinct:  # equal (step, key) pairs are adjacent now: keep the last write of each
-        sorted_steps, sorted_codes = row_steps[rows[keep]], codes[keep]
-        last_write = np.ones(len(keep), dtype=bool)
-        last_write[:-1] = (sorted_steps[:-1] != sorted_steps[1:]) | (sorted_codes[:-1] != sorted_codes[1:])
-        superseded = int(len(keep) - last_write.sum())
-        keep = keep[last_write]
-        if superseded:
-            issues.append(
-                issue(
-                    "duplicate_step",
-                    "the same (step, key) was written more than once; the last write is kept",
-                    f"{superseded} superseded values",
-                )
-            )
-    values = _gather(texts.cast(pl.Float64, strict=False), keep)
-    kept_rows = rows[keep]
-    frame = pl.DataFrame(
-        {
-            "run_id": pl.Series([run_id], dtype=pl.String).new_from_index(0, len(keep)),
-            "step": pl.Series(row_steps[kept_rows], dtype=pl.Int64),
-            "key": sorted_names.gather(pl.Series(codes[keep])),
-            "value": values,
-            "text": pl.Series([None], dtype=pl.String).new_from_index(0, len(keep)),
-            "runtime": _gather(row_runtimes, kept_rows),
-            "timestamp": _gather(row_timestamps, kept_rows),
-        }
-    )
-    if not values.null_count():  # every value numeric: no strings, no value types, no media
-        return HistoryTable(frame, {}, empty_media(), issues)
-    other = values.is_null().to_numpy()
-    non_numeric = (
-        frame.filter(pl.Series(other))
-        .select("step", "key", texts.gather(pl.Series(keep[other])).alias("value_json"))
-        .with_columns(json_value_type(pl.col("value_json")).alias("type"))
-    )
-    is_string = (non_numeric.get_column("type") == "string").to_numpy()
-    strings = non_numeric.filter(pl.Series(is_string)).get_column("value_json").str.json_decode(pl.String)
-    frame = frame.with_columns(frame.get_column("text").scatter(np.flatnonzero(other)[is_string], strings))
-    rest = non_numeric.filter(~pl.Series(is_string))
-    value_types = dict(rest.select("key", "type").unique(subset="key", keep="last", maintain_order=True).iter_rows())
-    media = rest.filter(pl.col("value_json").str.contains('"_type"', literal=True)).select(*MEDIA_SCHEMA)
-    kept = ~other
-    kept[np.flatnonzero(other)[is_string]] = True
-    return HistoryTable(frame.filter(pl.Series(kept)), value_types, media, issues)
-
-
-def _gather(column: pl.Series, index: np.ndarray) -> pl.Series:
-    """`column.gather(index)` of a numeric column: numpy's gather (a few times faster) when the
-    column has no nulls (bit patterns, NaN payloads included, are copied as they are)."""
-    if column.null_count():
-        return column.gather(pl.Series(index))
-    return pl.Series(column.name, column.to_numpy()[index], dtype=column.dtype)
-
-
-def _first_damage(view: memoryview, base: int, pos: int, end: int, origin: int) -> tuple[int | None, int]:
-    """Walk the chunks of the file's bytes `view` (from file offset `base`) between `pos` and `end`
-    with blocks starting at `origin`: the offset of the first chunk this layout finds damaged (None
-    when the bytes run out first), and where the last whole, CRC-checked chunk ends."""
-    checked = pos
-    while True:
-        in_block = (pos - origin) % BLOCK_SIZE
-        if BLOCK_SIZE - in_block < CHUNK_HEADER.size:
-            pos += BLOCK_SIZE - in_block
-            continue
-        if pos + CHUNK_HEADER.size > end:
-            return None, checked
-        crc, length, kind = CHUNK_HEADER.unpack_from(view, pos - base)
-        payload_start = pos + CHUNK_HEADER.size
-        if kind == 0 and length == 0:
-            pos = payload_start
-            continue
-        if kind == 0 or kind > CHUNK_LAST or payload_start + length > pos - in_block + BLOCK_SIZE:
-            return pos, checked
-        if payload_start + length > end:
-            return None, checked
-        if zlib.crc32(view[payload_start - base : payload_start - base + length], _TYPE_CRC[kind]) != crc:
-            return pos, checked
-        pos = checked = payload_start + length
 
 
 @dataclass
@@ -464,7 +114,7 @@ class WandbLogReader:
         self.source = source
         self.grace_period_s = grace_period_s
         self.offset = 0
-        self._view_class = _record_view()
+        self._view_class = record_view()
         self._issues: list[IngestIssue] = []
         self._tail_issue: IngestIssue | None = None
         self._partial_tail_bytes = 0
@@ -492,7 +142,7 @@ class WandbLogReader:
         #: Records framed but not decoded yet: their payloads' (start, end) in `_buffer` (the
         #: chunks of the last `feed`, reassembled) and their file offsets.
         self._buffer = np.zeros(0, dtype=np.uint8)
-        self._batch: list[tuple[int, int, int]] = []
+        self._batch: list[tuple[int, int, int] | np.ndarray] = []
 
     def _issue(self, kind: str, reason: str, lost: str, position: str | None = None) -> IngestIssue:
         return IngestIssue(
@@ -564,12 +214,12 @@ class WandbLogReader:
         if self._layout is not None:
             return end
         window = min(end, len(LOG_HEADER) + LAYOUT_PROBE_BYTES)
-        damage, _ = _first_damage(view, base, self.offset, window, BLOCK_ORIGIN[LAYOUT_STANDARD])
+        damage, _ = first_damage(view, base, self.offset, window, BLOCK_ORIGIN[LAYOUT_STANDARD])
         if damage is None:
             if window < end:
                 self._layout = LAYOUT_STANDARD
             return end
-        shifted_damage, shifted_checked = _first_damage(view, base, self.offset, window, BLOCK_ORIGIN[LAYOUT_CORE_017])
+        shifted_damage, shifted_checked = first_damage(view, base, self.offset, window, BLOCK_ORIGIN[LAYOUT_CORE_017])
         if shifted_checked > damage:
             self._layout = LAYOUT_CORE_017
         elif shifted_damage is not None:
@@ -592,9 +242,16 @@ class WandbLogReader:
         direct, records, rows = size < FASTPATH_MIN_BYTES, 0, len(self._row_counts)
         used = 0  # bytes of `data` holding records (complete, or the one being assembled)
         in_record = False
-        record_start = pos  # file offset of the record being assembled
-        record_from = 0  # where it starts in `data`
         self._tail_issue = None
+        if not direct and self._layout is not None:
+            # The clean leading stretch of the chunks (most or all of a log) framed with numpy;
+            # the loop below frames the rest from the record boundary where it stopped.
+            bulk = self._frame_bulk(data, view, base, end)
+            if bulk is not None:
+                pos, used = bulk
+                self.offset = pos
+        record_start = pos  # file offset of the record being assembled
+        record_from = used  # where it starts in `data`
         while True:
             in_block = (pos - origin) % BLOCK_SIZE
             if BLOCK_SIZE - in_block < CHUNK_HEADER.size:
@@ -626,13 +283,13 @@ class WandbLogReader:
             if payload_start + length > end:
                 break
             payload = view[payload_start - base : payload_start - base + length]
-            if zlib.crc32(payload, _TYPE_CRC[kind]) != crc:
+            if zlib.crc32(payload, TYPE_CRC[kind]) != crc:
                 pos = self._skip_block(pos, block_end, end, in_record, record_start, "crc_mismatch", "chunk CRC-32 does not match its bytes")
                 in_record, used = False, record_from
                 record_start = self.offset = pos
                 continue
             next_pos = payload_start + length
-            if kind == CHUNK_FULL or kind == CHUNK_FIRST:
+            if kind in (CHUNK_FULL, CHUNK_FIRST):
                 if in_record:
                     self._orphan(record_start, pos, "a record's first chunk was not followed by its last")
                     used = record_from
@@ -644,7 +301,7 @@ class WandbLogReader:
             view[used : used + length] = payload  # overlapping ranges: memoryview copies safely
             used += length
             pos = next_pos
-            if kind == CHUNK_FULL or kind == CHUNK_LAST:
+            if kind in (CHUNK_FULL, CHUNK_LAST):
                 if direct:
                     self._decode(view[record_from:used], record_start)
                     used, records = 0, records + 1
@@ -660,6 +317,92 @@ class WandbLogReader:
         self._partial_tail_bytes = 0 if in_trailer else max(0, size_end - self.offset)
         if self._partial_tail_bytes:
             self._tail_issue = self._truncated_tail(self._partial_tail_bytes, file_age_s)
+
+    def _frame_bulk(self, data: np.ndarray, view: memoryview, base: int, end: int) -> tuple[int, int] | None:
+        """Frame, with numpy, the complete records from `offset` on up to the first chunk the
+        loop of `_frame` would treat specially (zero padding chunk, bad type or length, CRC
+        mismatch, a record's chunks out of order, a chunk past `end`): return the file offset
+        just past the last record framed and the bytes of `data` its records use, or None when
+        there is none. A record's continuation chunks are moved down onto the end of its first
+        chunk (overwriting only its own headers and block trailer); the records stay where
+        they are (between them: chunk headers), which is all the batch decoding needs."""
+        origin, header = self._origin, CHUNK_HEADER.size
+        pos0 = self.offset
+        if pos0 + header > end or pos0 < origin:
+            return None
+        first_block, last_block = (pos0 - origin) // BLOCK_SIZE, (end - 1 - origin) // BLOCK_SIZE
+        p = origin + np.arange(first_block, last_block + 1, dtype=np.int64) * BLOCK_SIZE
+        block_end = p + BLOCK_SIZE
+        p[0] = pos0
+        blocks = np.arange(len(p))
+        cutoff = end  # file offset from which the loop frames
+        found: list[tuple[np.ndarray, ...]] = []
+        while blocks.size:
+            left = block_end[blocks] - p[blocks]
+            at = p[blocks]
+            clean = left < header  # the block ends in a trailer (the loop skips it)
+            if clean.any():
+                # A trailer running past `end` is where the loop stops.
+                past = clean & (block_end[blocks] > end)
+                if past.any():
+                    cutoff = min(cutoff, int(at[past].min()))
+                blocks, at = blocks[~clean], at[~clean]
+                if not blocks.size:
+                    break
+            q = at - base
+            inside = at + header <= end
+            q = np.where(inside, q, 0)
+            length = data[q + 4].astype(np.int64) | (data[q + 5].astype(np.int64) << 8)
+            kind = data[q + 6]
+            nxt = at + header + length
+            bad = ~inside | (kind == 0) | (kind > CHUNK_LAST) | (nxt > block_end[blocks]) | (nxt > end)
+            if bad.any():
+                cutoff = min(cutoff, int(at[bad].min()))
+                good = ~bad
+                blocks, at, q, length, kind, nxt = blocks[good], at[good], q[good], length[good], kind[good], nxt[good]
+            crc = data[q].astype(np.uint32) | (data[q + 1].astype(np.uint32) << 8) | (data[q + 2].astype(np.uint32) << 16) | (data[q + 3].astype(np.uint32) << 24)
+            found.append((at, length, kind, crc))
+            p[blocks] = nxt
+        if not found:
+            return None
+        at, length, kind, crc = (np.concatenate(column) for column in zip(*found))
+        order = np.argsort(at, kind="stable")
+        at, length, kind, crc = at[order], length[order], kind[order], crc[order]
+        keep = int(np.searchsorted(at, cutoff))
+        at, length, kind, crc = at[:keep], length[:keep], kind[:keep], crc[:keep]
+        # Record structure: FULL or FIRST outside a record, MIDDLE or LAST inside one.
+        opens = (kind == CHUNK_FIRST) | (kind == CHUNK_MIDDLE)
+        inside_before = np.zeros(len(kind), dtype=bool)
+        inside_before[1:] = opens[:-1]
+        starts_record = (kind == CHUNK_FULL) | (kind == CHUNK_FIRST)
+        wrong = np.flatnonzero(starts_record == inside_before)
+        if len(wrong):
+            keep = int(wrong[0])
+            at, length, kind, crc = at[:keep], length[:keep], kind[:keep], crc[:keep]
+            starts_record = starts_record[:keep]
+        payload = at + header - base
+        crc32, type_crc = zlib.crc32, TYPE_CRC
+        sums = [crc32(view[s : s + n], type_crc[k]) for s, n, k in zip(payload.tolist(), length.tolist(), kind.tolist())]
+        mismatch = np.flatnonzero(np.asarray(sums, dtype=np.uint32) != crc)
+        if len(mismatch):
+            keep = int(mismatch[0])
+            at, length, kind, payload, starts_record = at[:keep], length[:keep], kind[:keep], payload[:keep], starts_record[:keep]
+        ends_record = np.flatnonzero((kind == CHUNK_FULL) | (kind == CHUNK_LAST))
+        if not len(ends_record):
+            return None
+        keep = int(ends_record[-1]) + 1
+        at, length, kind, payload, starts_record = at[:keep], length[:keep], kind[:keep], payload[:keep], starts_record[:keep]
+        first = np.flatnonzero(starts_record)
+        record_of = np.cumsum(starts_record) - 1
+        before = np.cumsum(length) - length  # payload bytes before each chunk
+        dest = payload[first][record_of] + before - before[first][record_of]
+        moved = np.flatnonzero(~starts_record)
+        for d, s, n in zip(dest[moved].tolist(), payload[moved].tolist(), length[moved].tolist()):
+            view[d : d + n] = view[s : s + n]  # overlapping ranges: memoryview copies safely
+        record_starts = payload[first]
+        record_ends = record_starts + np.add.reduceat(length, first)
+        self._batch.append(np.stack([record_starts, record_ends, at[first]], axis=1))
+        return int(at[-1] + header + length[-1]), int(record_ends[-1])
 
     def _truncated_tail(self, lost: int, file_age_s: float | None) -> IngestIssue:
         if file_age_s is not None and file_age_s < self.grace_period_s:
@@ -691,27 +434,47 @@ class WandbLogReader:
             self._issue("broken_record", reason, f"{stop - start} bytes (offsets {start}-{stop})", position=f"byte {start}")
         )
 
+    def _take_batch(self) -> np.ndarray:
+        """The records framed but not decoded yet, taken out of `_batch`: one row per record,
+        (payload start in `_buffer`, payload end, file offset), int64."""
+        batch, self._batch = self._batch, []
+        parts: list[np.ndarray] = []
+        single: list[tuple[int, int, int]] = []
+        for item in batch:  # arrays framed by `_frame_bulk`, tuples by the loop of `_frame`
+            if isinstance(item, np.ndarray):
+                if single:
+                    parts.append(np.asarray(single, dtype=np.int64).reshape(-1, 3))
+                    single = []
+                parts.append(item)
+            else:
+                single.append(item)
+        if single:
+            parts.append(np.asarray(single, dtype=np.int64).reshape(-1, 3))
+        if not parts:
+            return np.zeros((0, 3), dtype=np.int64)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def _flush_batch(self) -> None:
         """Decode the records framed so far: with `FASTPATH_MIN_BYTES` of history and summary
         records, those with `wandb_fastpath` and every record it leaves (other kinds, unusual or
         damaged ones) with `_decode`, in record order; with fewer, all with `_decode`."""
-        batch, self._batch = self._batch, []
-        base = self._records_seen
-        self._records_seen += len(batch)
-        if not batch:
+        table = self._take_batch()
+        if not len(table):
             return
         records = memoryview(self._buffer)
-        starts, ends, offsets = (np.asarray(column, dtype=np.int64) for column in zip(*batch))
+        starts, ends, offsets = table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy()
+        base = self._records_seen
+        self._records_seen += len(starts)
         if not self._worth_fast_path(starts, ends):
             rows = len(self._row_counts)
-            for start, stop, offset in batch:
+            for start, stop, offset in table.tolist():
                 self._decode(records[start:stop], offset)
             # Rows of one protobuf-decoded batch keep their order; `base` places them among batches.
             self._row_records.extend([base] * (len(self._row_counts) - rows))
             return
         # Groups of a few MB: the decoder's per-item arrays stay small (and its peak memory low).
         group_ends = np.searchsorted(ends, np.arange(FASTPATH_GROUP_BYTES, int(ends[-1]), FASTPATH_GROUP_BYTES), side="right")
-        bounds = sorted({0, *group_ends.tolist(), len(batch)})
+        bounds = sorted({0, *group_ends.tolist(), len(starts)})
         for lo, hi in zip(bounds, bounds[1:]):
 
             def decode_slow(index: int, lo: int = lo) -> None:
@@ -769,19 +532,9 @@ class WandbLogReader:
                 self._issue("bad_record", f"record does not decode as its declared type: {exc}", f"{len(payload)} bytes", position=f"byte {offset}")
             )
 
-    @staticmethod
-    def _single_names(columns: Any) -> Any:
-        """The item-name container when every item has exactly one name and one value (the common
-        case: `key` up to 0.16, a one-element `nested_key` from 0.19), else None."""
-        n_values = len(columns.value_json)
-        if not len(columns.nested_key) and len(columns.key) == n_values:
-            return columns.key
-        if not len(columns.key) and len(columns.nested_key) == n_values:
-            return columns.nested_key
-        return None
 
     def _history(self, history: Any, payload: bytes | memoryview) -> None:
-        names = self._single_names(history.item)
+        names = single_names(history.item)
         if names is None:
             slow_names, slow_texts = self._history_slow(payload)
             self._keys.extend(slow_names)
@@ -801,19 +554,19 @@ class WandbLogReader:
         values: list[bytes] = []
         trees: dict[str, dict[str, Any]] = {}
         for item in wandb_pb.Record.FromString(payload).history.item:
-            path = _item_path(item)
+            path = item_path(item)
             if len(path) == 1:
                 names.append(path[0].encode())
                 values.append(item.value_json.encode())
             else:
-                _set_path(trees.setdefault(path[0], {}), path[1:], _loads(item.value_json))
+                set_path(trees.setdefault(path[0], {}), path[1:], loads_json(item.value_json))
         for name, tree in trees.items():
             names.append(name.encode())
             values.append(json.dumps(tree).encode())
         return names, values
 
     def _fold_summary(self, summary: Any, payload: bytes | memoryview) -> None:
-        names = self._single_names(summary.update)
+        names = single_names(summary.update)
         if names is not None and not len(summary.remove.key) and not len(summary.remove.nested_key):
             self._summary.update(zip(names[:], summary.update.value_json[:]))
             return
@@ -824,10 +577,10 @@ class WandbLogReader:
         """Apply a config/summary record's updates then removes, in order (one-element names
         as bytes, the form the fast summary fold uses, so both folds write the same entries)."""
         for item in record.update:
-            path = _item_path(item)
+            path = item_path(item)
             flat[path[0].encode() if len(path) == 1 else path] = item.value_json
         for item in record.remove:
-            _remove_path(flat, _item_path(item))
+            remove_path(flat, item_path(item))
 
     def result(self) -> WandbLog:
         run = self._run
@@ -845,13 +598,13 @@ class WandbLogReader:
             log.group = run.run_group or None
             log.notes = run.notes or None
             log.tags = list(run.tags)
-            log.started_at = _timestamp_utc(run.start_time)
+            log.started_at = timestamp_utc(run.start_time)
             log.private_strings = {run.host} - {""}
         version = self._header_version or (run.telemetry.cli_version if run is not None else "")
         log.sdk_version = version.split("+", 1)[0] or None
         log.log_layout = (self._layout or LAYOUT_STANDARD) if self._header_seen else None
-        log.config = _build_tree(self._config)
-        log.summary = _build_tree(self._summary)
+        log.config = build_tree(self._config)
+        log.summary = build_tree(self._summary)
         if self._exit is not None:
             log.ended = True
             log.exit_code = self._exit.exit_code
@@ -866,7 +619,7 @@ class WandbLogReader:
         the step falls back to `HistoryRecord.step.num`, and a row with neither is dropped."""
         if not self._row_counts and not self._fast_history:
             return HistoryTable(empty_history(), {}, empty_media(), [])
-        slow_names, slow_codes = wandb_fastpath.encode_keys(_text_series(self._keys) if self._keys else pl.Series([], dtype=pl.String))
+        slow_names, slow_codes = wandb_fastpath.encode_keys(text_series(self._keys) if self._keys else pl.Series([], dtype=pl.String))
         slow = wandb_fastpath.HistoryBatch(
             records=np.asarray(self._row_records, dtype=np.int64),
             step_nums=np.asarray([0 if n is None else n for n in self._row_step_nums], dtype=np.int64),
@@ -874,7 +627,7 @@ class WandbLogReader:
             row_counts=np.asarray(self._row_counts, dtype=np.int64),
             names=slow_names,
             codes=slow_codes,
-            texts=_text_series(self._texts) if self._texts else pl.Series([], dtype=pl.String),
+            texts=text_series(self._texts) if self._texts else pl.Series([], dtype=pl.String),
         )
         rows = wandb_fastpath.merge_history(*self._fast_history, slow)
         if not len(rows.row_counts):
@@ -912,7 +665,7 @@ class WandbLogReader:
             steps, runtimes, timestamps = steps.filter(kept_rows), runtimes.filter(kept_rows), timestamps.filter(kept_rows)
             if not len(counts):
                 return HistoryTable(empty_history(), {}, empty_media(), issues)
-        table = _history_table(
+        table = history_table(
             names,
             codes,
             texts,

@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from altgrad_pipeline.ingest import listing
-from altgrad_pipeline.ingest.jsonl import (
+from altgrad_pipeline.ingest.files import (
     ROWS_SCHEMA,
     file_stamp,
     keep_last_writes,
@@ -35,7 +35,7 @@ from altgrad_pipeline.ingest.jsonl import (
     utc_from_epoch,
 )
 from altgrad_pipeline.ingest.model import IngestIssue, ParsedRun, RunLocator
-from altgrad_pipeline.ingest.wandb_names import RUN_FOLDER
+from altgrad_pipeline.ingest.wandb.names import RUN_FOLDER
 
 SOURCE_NAME = "wandb-export"
 COORDINATES = ("_step", "_runtime", "_timestamp")

@@ -1,0 +1,149 @@
+"""What a first `refresh` costs next to reading its runs: CPU, peak memory and where the time goes.
+
+Writes a few template runs with the wandb SDK (`examples.write_run`, nanoGPT-style keys: loss,
+per-parameter gradient metrics, bit stall; cached in `--store` and reused), clones them into a
+study of `--runs` runs (about 14 M values by default) and one of `--scale` times as many, then for
+each study, in fresh child processes with fresh data dirs:
+
+- reading alone: one catalog sync (every run parsed, histories cached), as `refresh` starts with;
+- the first `refresh`: every asset of every format partition, analysis and reports.
+
+CPU is user + system of the child and everything it waited for (`RUSAGE_CHILDREN`), peak RSS the
+largest single process among them. Step durations come from the refresh's own Dagster event log
+(summed over format partitions), so the table says which assets cost what.
+
+    python bench/refresh_cost.py --out bench/results/refresh_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections import defaultdict
+from pathlib import Path
+
+#: One template per kind of run the analysis treats differently (baseline, FP8 arms, a NaN run).
+TEMPLATES = (("BF16", "adamw"), ("E5M2", "adamw"), ("E5M2", "manifold"), ("E3M4", "adamw"),
+             ("E3M4", "manifold"), ("E0M7", "adamw"), ("E0M7", "manifold"), ("E1M6", "adamw"))  # fmt: skip
+N_LAYER = 1  # 152 keys per row
+STEPS = 2800  # 425,600 values per run
+
+READ_ONLY = """
+from altgrad_pipeline.defs.resources import RunStores
+RunStores(runs={runs!r}, data_dir={data_dir!r}).catalog().sync()
+"""
+REFRESH = """
+from altgrad_pipeline.refresh import refresh
+report = refresh(runs={runs!r}, data_dir={data_dir!r}, echo=lambda line: None)
+assert report.ok, report.failed
+"""
+
+
+def write_templates(root: Path) -> list[Path]:
+    """The template run folders, written once through the SDK (a marker per finished run)."""
+    from altgrad_pipeline.examples import example_spec, write_run
+    from altgrad_pipeline.ingest.wandb.names import RUN_FOLDER
+
+    folders = []
+    for fmt, optimizer in TEMPLATES:
+        marker = root / f".done-{fmt}-{optimizer}"
+        if not marker.exists():
+            started = time.perf_counter()
+            written = write_run(root, example_spec(fmt, optimizer, 1, n_layer=N_LAYER, max_steps=STEPS))
+            marker.write_text(written.run_dir)
+            print(f"  wrote template {fmt}/{optimizer} in {time.perf_counter() - started:.0f} s", flush=True)
+        folder = root / marker.read_text()
+        assert RUN_FOLDER.match(folder.name)
+        folders.append(folder)
+    return folders
+
+
+def clone_study(templates: list[Path], store: Path, runs: int) -> Path:
+    """`runs` hard-linked clones of the templates, round robin, under fresh run ids."""
+    from altgrad_pipeline.examples import clone_run
+
+    if not (store / ".complete").exists():
+        shutil.rmtree(store, ignore_errors=True)
+        for index in range(runs):
+            clone_run(templates[index % len(templates)], store, f"cost{index:05d}", hard_link=True)
+        (store / ".complete").touch()
+    return store
+
+
+def in_child(code: str) -> dict:
+    """CPU seconds and peak RSS of a fresh interpreter running `code` (and its own children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, stdout=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "wall_s": round(time.perf_counter() - started, 1),
+        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+        "peak_rss_mb": round(after.ru_maxrss / 1024),
+    }
+
+
+def step_durations(dagster_home: Path) -> dict[str, float]:
+    """Seconds per asset step in the instance's event log, summed over runs (format partitions)."""
+    import dagster as dg
+
+    totals: dict[str, float] = defaultdict(float)
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        for run in instance.get_runs():
+            records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS, limit=10_000)
+            for record in records.records:
+                event = record.event_log_entry.dagster_event
+                totals[event.step_key] += event.event_specific_data.duration_ms / 1000
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def measure(store: Path, work: Path, label: str) -> dict:
+    """Reading alone, then a first refresh, each in a fresh data dir (run stores as ALTGRAD_RUNS)."""
+    runs = str(store)
+    os.environ["ALTGRAD_INGEST_WORKERS"] = "1"  # parse workers under a forkserver escape RUSAGE_CHILDREN
+    read_dir, refresh_dir = work / f"{label}-read", work / f"{label}-refresh"
+    for path in (read_dir, refresh_dir):
+        shutil.rmtree(path, ignore_errors=True)
+    os.environ["DAGSTER_HOME"] = str(refresh_dir / "dagster_home")
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True)
+    read = in_child(READ_ONLY.format(runs=runs, data_dir=str(read_dir)))
+    full = in_child(REFRESH.format(runs=runs, data_dir=str(refresh_dir)))
+    steps = step_durations(Path(os.environ.pop("DAGSTER_HOME")))
+    return {"read": read, "refresh": full, "cpu_ratio": round(full["cpu_s"] / read["cpu_s"], 2), "steps_s": steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=32)
+    parser.add_argument("--scale", type=int, default=4, help="the second study has this many times the runs")
+    parser.add_argument("--store", type=Path, default=Path(tempfile.gettempdir()) / "altgrad-refresh-cost")
+    parser.add_argument("--top", type=int, default=10, help="step durations printed per study")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    os.environ.setdefault("ALTGRAD_EXECUTOR", "in_process")
+    templates = write_templates(args.store / "templates")
+    results = {}
+    for runs in (args.runs, args.runs * args.scale):
+        store = clone_study(templates, args.store / f"study-{runs}", runs)
+        result = measure(store, args.store / "work", f"{runs}runs")
+        results[f"{runs} runs"] = result
+        print(f"{runs} runs: read {result['read']['cpu_s']} CPU-s, {result['read']['peak_rss_mb']} MB; "
+              f"first refresh {result['refresh']['cpu_s']} CPU-s ({result['cpu_ratio']}x), "
+              f"{result['refresh']['peak_rss_mb']} MB peak", flush=True)  # fmt: skip
+        for step, seconds in list(result["steps_s"].items())[: args.top]:
+            print(f"    {seconds:7.1f} s  {step}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
