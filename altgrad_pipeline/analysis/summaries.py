@@ -86,12 +86,14 @@ def run_summaries(
         raise ValueError(f"final_fraction must be in (0, 1], got {final_fraction}")
     # A stable sort by step puts every (run, key) series in step order (group_by keeps row order
     # within a group): far cheaper than sorting by (run_id, key, step) with two string columns.
-    history = numeric_history(run_histories).select("run_id", "step", "key", "value").sort("step", maintain_order=True)
+    # The sort comes after the join: a join does not keep row order.
+    history = numeric_history(run_histories).select("run_id", "step", "key", "value")
     if thresholds:
         keys = history.select(pl.col("key").unique()).collect().to_series()
         history = history.join(_thresholds_per_key(keys, thresholds).lazy(), on="key", how="left")
     else:
         history = history.with_columns(pl.lit(None, pl.Float64).alias("threshold_below"), pl.lit(None, pl.Float64).alias("threshold_above"))
+    history = history.sort("step", maintain_order=True)
     group = ("run_id", "key")
     n = pl.len()
     final = pl.col("value").slice(n - (n.cast(pl.Float64) * final_fraction).ceil().cast(pl.UInt32))
