@@ -103,19 +103,21 @@ def test_state_evidence_last_write_and_cut_short(store: Path, tmp_path: Path) ->
     assert finished.config == {"seed": 3}
     assert finished.last_write == dt.datetime.fromtimestamp(log.stat().st_mtime, dt.UTC)
 
-    # Cut the log after the first history rows and leave a summary side file running ahead.
+    # Cut the log anywhere past its run record and leave a summary side file running ahead: the
+    # side file is the newer summary wherever the cut falls (the log's size varies between runs).
     data = log.read_bytes()
-    log.write_bytes(data[: len(data) // 2])
     (folder / "files").mkdir(exist_ok=True)
     (folder / "files" / "wandb-summary.json").write_text(json.dumps({"_step": 500, "acc": 0.9, "_wandb": {"runtime": 3}}))
     old = time.time() - 7200
-    os.utime(log, (old, old))
-    (locator,) = source.discover()
-    assert locator.fingerprint != finished.fingerprint
-    cut = source.read(locator)
-    assert not cut.ended and cut.exit_code is None and cut.cut_short
-    assert cut.summary["acc"] == 0.9 and "_wandb" not in cut.summary
-    assert {i.kind for i in cut.issues} <= {"truncated_tail"}
+    for cut in range(len(data) // 4, len(data), 5):
+        log.write_bytes(data[:cut])
+        os.utime(log, (old, old))
+        (locator,) = source.discover()
+        assert locator.fingerprint != finished.fingerprint
+        cut_run = source.read(locator)
+        assert not cut_run.ended and cut_run.exit_code is None and cut_run.cut_short, cut
+        assert cut_run.summary["acc"] == 0.9 and "_wandb" not in cut_run.summary, cut
+        assert {i.kind for i in cut_run.issues} <= {"truncated_tail"}, cut
 
 
 def write_old_format_run(folder: Path, *, state: str, exitcode: int | None) -> None:

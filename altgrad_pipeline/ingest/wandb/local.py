@@ -295,7 +295,12 @@ def read_segment(folder: RunFolder, grace_period_s: float) -> Segment:
         log.sdk_version = log.sdk_version or _side_sdk_version(raw_config)
     side_summary: dict[str, Any] = _read_json(summary_path, issues) if summary_path.is_file() else {}
     side_summary.pop(PRIVATE_KEY, None)
-    log.summary = {**side_summary, **log.summary}
+    summary_step = side_summary.get(STEP_KEY)
+    side_step = summary_step if isinstance(summary_step, int) and not isinstance(summary_step, bool) else None
+    log_last_step = log.history["step"].max() if log.history.height else None
+    # A log that stops before the side file's step was cut short: the side file is the newer summary.
+    side_is_newer = not log.ended and side_step is not None and (log_last_step is None or side_step > log_last_step)
+    log.summary = {**log.summary, **side_summary} if side_is_newer else {**side_summary, **log.summary}
     full_metadata = _read_json(metadata_path, issues) if metadata_path.is_file() else {}
     metadata = {k: full_metadata[k] for k in METADATA_FIELDS if k in full_metadata}
     log.private_strings |= {
@@ -307,12 +312,11 @@ def read_segment(folder: RunFolder, grace_period_s: float) -> Segment:
         log.ended = True
         exit_code = metadata.get("exitcode")
         log.exit_code = exit_code if isinstance(exit_code, int) else (0 if metadata["state"] == "finished" else None)
-    summary_step = side_summary.get(STEP_KEY)
     mtimes = [p.stat().st_mtime for p in _tracked_files(path)]
     return Segment(
         folder=folder,
         log=log,
-        side_summary_step=summary_step if isinstance(summary_step, int) and not isinstance(summary_step, bool) else None,
+        side_summary_step=side_step,
         last_write=dt.datetime.fromtimestamp(max(mtimes), dt.UTC) if mtimes else None,
     )
 
