@@ -9,9 +9,9 @@ framing damage becomes an issue and the good records are kept.
 `WandbLogReader` can be fed again from `offset` when the file grows, so a live run is re-read
 from where the last complete record ended. A large feed's clean stretch of chunks (usually all of
 it) is framed with numpy (`_frame_bulk`: chunk headers walked block by block in lockstep, the
-record structure checked with array operations, one CRC call per chunk); the chunk loop frames
-the rest from the first chunk it must treat specially. Large logs' history and summary records are decoded
-by `wandb_fastpath` (numpy over the wire format); everything else, and whatever it declines,
+record structure checked with array operations, the chunks' CRCs with one zlib call per block:
+`framing.first_crc_mismatch`); the chunk loop frames the rest from the first chunk it must treat
+specially. Large logs' history and summary records are decoded by `wandb_fastpath` (numpy over the wire format); everything else, and whatever it declines,
 by upb through `_decode`, with the same result either way.
 """
 
@@ -46,6 +46,7 @@ from altgrad_pipeline.ingest.wandb.framing import (
     LAYOUT_STANDARD,
     LOG_HEADER,
     TYPE_CRC,
+    first_crc_mismatch,
     first_damage,
 )
 from altgrad_pipeline.ingest.wandb.history import HistoryTable, empty_media, history_table, text_series
@@ -381,11 +382,9 @@ class WandbLogReader:
             at, length, kind, crc = at[:keep], length[:keep], kind[:keep], crc[:keep]
             starts_record = starts_record[:keep]
         payload = at + header - base
-        crc32, type_crc = zlib.crc32, TYPE_CRC
-        sums = [crc32(view[s : s + n], type_crc[k]) for s, n, k in zip(payload.tolist(), length.tolist(), kind.tolist())]
-        mismatch = np.flatnonzero(np.asarray(sums, dtype=np.uint32) != crc)
-        if len(mismatch):
-            keep = int(mismatch[0])
+        mismatch = first_crc_mismatch(view, base, at, length, kind, crc, origin)
+        if mismatch is not None:
+            keep = mismatch
             at, length, kind, payload, starts_record = at[:keep], length[:keep], kind[:keep], payload[:keep], starts_record[:keep]
         ends_record = np.flatnonzero((kind == CHUNK_FULL) | (kind == CHUNK_LAST))
         if not len(ends_record):
