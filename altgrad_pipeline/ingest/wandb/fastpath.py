@@ -250,6 +250,8 @@ _VALUE_TAG = _tag_bytes(F_ITEM_VALUE_JSON, WIRE_LEN)
 if F_HISTORY_ITEM != F_SUMMARY_UPDATE:
     raise ImportError("wandb.proto: HistoryRecord.item and SummaryRecord.update differ in number; the fast path assumes they agree")
 _ITEM_TAG = _tag_bytes(F_HISTORY_ITEM, WIRE_LEN)
+_NUM_TAG = _tag_bytes(_RECORD["num"].number, WIRE_VARINT)
+_HISTORY_TAG, _SUMMARY_TAG = _tag_bytes(F_RECORD_HISTORY, WIRE_LEN), _tag_bytes(F_RECORD_SUMMARY, WIRE_LEN)
 #: A few MB of the buffer at a time when looking for item tags: no buffer-sized temporaries.
 _SCAN_BYTES = 1 << 22
 
@@ -398,18 +400,39 @@ def _top_level(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np
     Plain history (summary): that field exactly once, length-delimited, and none of the other
     fields the reader's view declares. More than 16 top-level fields: not plain."""
     n = len(starts)
-    top = _walk(u8, starts, ends, min_rounds=16, min_active=n + 1)
     kinds = np.full(n, KIND_OTHER, dtype=np.int8)
     payload_start = np.zeros(n, dtype=np.int64)
     payload_end = np.zeros(n, dtype=np.int64)
-    declared = _count(top, np.isin(top.field, F_RECORD_DECLARED), n)
+    may_fold_summary = np.zeros(n, dtype=bool)
+    # The SDK writes a history (summary) record as `num`, then that field, ending the record:
+    # read with a few gathers per record. Every other layout is walked field by field.
+    laid_out = np.zeros(n, dtype=bool)
+    if len(_NUM_TAG) == 1 and len(_HISTORY_TAG) == 1 and len(_SUMMARY_TAG) == 1:
+        at = starts + ((u8[starts] == _NUM_TAG[0]) & (starts < ends))
+        numbered = at > starts
+        if numbered.any():
+            _, after_num, ok_num = _varint(u8, at[numbered], ends[numbered], 10)
+            at[numbered] = np.where(ok_num, after_num, ends[numbered])
+        tag = u8[at]
+        length, after_length, ok = _varint(u8, at + 1, ends, 5)
+        ok &= (at < ends) & ((tag == _HISTORY_TAG[0]) | (tag == _SUMMARY_TAG[0])) & (length < (1 << 31))
+        laid_out = ok & (after_length + length.astype(np.int64) == ends)
+        kinds[laid_out] = np.where(tag[laid_out] == _HISTORY_TAG[0], KIND_HISTORY, KIND_SUMMARY)
+        payload_start[laid_out], payload_end[laid_out] = after_length[laid_out], ends[laid_out]
+        may_fold_summary[laid_out] = kinds[laid_out] == KIND_SUMMARY
+    other = np.flatnonzero(~laid_out)
+    if not len(other):
+        return kinds, payload_start, payload_end, may_fold_summary
+    top = _walk(u8, starts[other], ends[other], min_rounds=16, min_active=len(other) + 1)
+    m = len(other)
+    declared = _count(top, np.isin(top.field, F_RECORD_DECLARED), m)
     for number, kind in ((F_RECORD_HISTORY, KIND_HISTORY), (F_RECORD_SUMMARY, KIND_SUMMARY)):
         target = (top.field == number) & (top.wire == WIRE_LEN)
-        plain = ~top.refused & (_count(top, target, n) == 1) & (declared == 1)
-        kinds[plain] = kind
+        plain = ~top.refused & (_count(top, target, m) == 1) & (declared == 1)
+        kinds[other[plain]] = kind
         sel = target & plain[top.msg]
-        payload_start[top.msg[sel]], payload_end[top.msg[sel]] = top.start[sel], top.end[sel]
-    may_fold_summary = top.refused | (_count(top, top.field == F_RECORD_SUMMARY, n) > 0)
+        payload_start[other[top.msg[sel]]], payload_end[other[top.msg[sel]]] = top.start[sel], top.end[sel]
+    may_fold_summary[other] = top.refused | (_count(top, top.field == F_RECORD_SUMMARY, m) > 0)
     return kinds, payload_start, payload_end, may_fold_summary
 
 
@@ -712,9 +735,6 @@ class SummaryBatch:
                     if last_where > entry[1]:
                         entry[1], entry[2] = last_where, text
         return [(key, entry[2]) for key, entry in sorted(found.items(), key=lambda item: item[1][0])]
-
-
-_NUM_TAG = _tag_bytes(_RECORD["num"].number, WIRE_VARINT)
 
 
 def _without_record_number(payload: bytes) -> bytes:
