@@ -640,15 +640,19 @@ class WandbLogReader:
         def first_in_row(key: str) -> pl.Series:
             code = np.flatnonzero((names == key).to_numpy())  # names are distinct: one code or none
             positions = np.flatnonzero(codes == code[0]) if len(code) else np.zeros(0, dtype=np.int64)
-            rows_with, first = np.unique(item_rows[positions], return_index=True)
-            return pl.Series([None], dtype=pl.String).new_from_index(0, len(counts)).scatter(rows_with, texts.gather(positions[first]))
+            rows_with = item_rows[positions]  # in row order: a row's first item is where its row starts
+            first = np.ones(len(rows_with), dtype=bool)
+            first[1:] = rows_with[1:] != rows_with[:-1]
+            if len(rows_with) == len(counts) and first.all():  # once in every row (the SDK's rows)
+                return texts.gather(pl.Series(positions))
+            positions = positions[first]
+            return pl.Series([None], dtype=pl.String).new_from_index(0, len(counts)).scatter(rows_with[first], texts.gather(pl.Series(positions)))
 
         step_texts = first_in_row(STEP_KEY)
-        steps = (
-            step_texts.cast(pl.Int64, strict=False)
-            .fill_null(step_texts.cast(pl.Float64, strict=False).cast(pl.Int64, strict=False))
-            .fill_null(row_step_nums)
-        )
+        steps = step_texts.cast(pl.Int64, strict=False)
+        if steps.null_count() > step_texts.null_count():  # steps written as floats ("6.0")
+            steps = steps.fill_null(step_texts.cast(pl.Float64, strict=False).cast(pl.Int64, strict=False))
+        steps = steps.fill_null(row_step_nums)
         runtimes = first_in_row(RUNTIME_KEY).cast(pl.Float64, strict=False)
         timestamps = first_in_row(TIMESTAMP_KEY).cast(pl.Float64, strict=False)
         missing = steps.is_null().to_numpy()
