@@ -338,10 +338,12 @@ class WandbLogReader:
         blocks = np.arange(len(p))
         cutoff = end  # file offset from which the loop frames
         found: list[tuple[np.ndarray, ...]] = []
+        # Each chunk header (CRC u32, length u16, type u8) read as one little-endian u64 (its 8th
+        # byte is the next one's: masked off); `data` is padded, so the read stays inside it.
+        octets = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
         while blocks.size:
-            left = block_end[blocks] - p[blocks]
             at = p[blocks]
-            clean = left < header  # the block ends in a trailer (the loop skips it)
+            clean = block_end[blocks] - at < header  # the block ends in a trailer (the loop skips it)
             if clean.any():
                 # A trailer running past `end` is where the loop stops.
                 past = clean & (block_end[blocks] > end)
@@ -350,23 +352,23 @@ class WandbLogReader:
                 blocks, at = blocks[~clean], at[~clean]
                 if not blocks.size:
                     break
-            q = at - base
             inside = at + header <= end
-            q = np.where(inside, q, 0)
-            length = data[q + 4].astype(np.int64) | (data[q + 5].astype(np.int64) << 8)
-            kind = data[q + 6]
-            nxt = at + header + length
+            headers = octets[np.where(inside, at - base, 0)]
+            kind = (headers >> 48) & 0xFF
+            nxt = at + header + ((headers >> 32) & 0xFFFF).astype(np.int64)
             bad = ~inside | (kind == 0) | (kind > CHUNK_LAST) | (nxt > block_end[blocks]) | (nxt > end)
             if bad.any():
                 cutoff = min(cutoff, int(at[bad].min()))
                 good = ~bad
-                blocks, at, q, length, kind, nxt = blocks[good], at[good], q[good], length[good], kind[good], nxt[good]
-            crc = data[q].astype(np.uint32) | (data[q + 1].astype(np.uint32) << 8) | (data[q + 2].astype(np.uint32) << 16) | (data[q + 3].astype(np.uint32) << 24)
-            found.append((at, length, kind, crc))
+                blocks, at, headers, nxt = blocks[good], at[good], headers[good], nxt[good]
+            found.append((at, headers))
             p[blocks] = nxt
         if not found:
             return None
-        at, length, kind, crc = (np.concatenate(column) for column in zip(*found))
+        at, headers = (np.concatenate(column) for column in zip(*found))
+        length = ((headers >> 32) & 0xFFFF).astype(np.int64)
+        kind = ((headers >> 48) & 0xFF).astype(np.uint8)
+        crc = (headers & 0xFFFFFFFF).astype(np.uint32)
         order = np.argsort(at, kind="stable")
         at, length, kind, crc = at[order], length[order], kind[order], crc[order]
         keep = int(np.searchsorted(at, cutoff))
