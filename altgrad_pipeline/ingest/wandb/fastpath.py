@@ -7,8 +7,9 @@ the incremental summary record that mirrors every history row), which capped the
 builds Arrow/Polars columns from byte offsets: no Python object per value, item or record.
 
 How. The reader copies each record's payload into one buffer (chunks reassembled) and hands over
-its spans. The top level of every `Record` is walked in lockstep (round k reads every record's
-k-th field). The item lists of `HistoryRecord`/`SummaryRecord` are found by sequential passes
+its spans. A `Record` laid out as the SDK writes history and summary records (`num`, then that
+field, ending the record) is classified with a few gathers; the top level of any other is walked
+in lockstep (round k reads every record's k-th field). The item lists of `HistoryRecord`/`SummaryRecord` are found by sequential passes
 instead (`_item_lists`: a lockstep walk there is a cache miss per field), and each item is
 matched against the shape the SDK writes (`_items`: name tag and length, value tag and length,
 a few gathers per item). Names are dictionary-encoded once (Arrow), so the history table sorts

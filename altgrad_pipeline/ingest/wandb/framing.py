@@ -106,8 +106,8 @@ def first_crc_mismatch(
     None: chunks at file offsets `at` (ascending; `view` holds the file from offset `base`), with
     their payload lengths, types and stored CRCs, blocks starting at `origin`.
 
-    Why. One `zlib.crc32` call per chunk cost a third of reading a log of narrow rows (tens of
-    thousands of sub-kilobyte chunks per log, each call dominated by its overhead). CRC-32 is
+    Why. One `zlib.crc32` call per chunk cost about a seventh of reading a log of narrow rows
+    (tens of thousands of sub-kilobyte chunks per log, each call dominated by its overhead). CRC-32 is
     linear, so the CRC of a block's run of back-to-back chunks, headers included, follows from
     the stored CRCs and lengths alone when every chunk is intact: here it is predicted with table
     look-ups for all chunks at once and compared with one `zlib.crc32` call per run (about one per
