@@ -633,8 +633,11 @@ class WandbLogReader:
         rows = wandb_fastpath.merge_history(*self._fast_history, slow)
         if not len(rows.row_counts):
             return HistoryTable(empty_history(), {}, empty_media(), [])
-        # One chunk (a batch per decode group otherwise): Polars gathers from one chunk several times faster.
-        names, codes, texts, counts = rows.names, rows.codes, rows.texts.rechunk(), rows.row_counts
+        names, codes, texts, counts = rows.names, rows.codes, rows.texts, rows.row_counts
+        if 16 * len(counts) > len(texts):
+            # Narrow rows: the per-row gathers below are many, and Polars gathers several times
+            # faster from one chunk than from a batch per decode group; wide rows skip the copy.
+            texts = texts.rechunk()
         row_step_nums = pl.Series(rows.step_nums, dtype=pl.Int64).zip_with(
             pl.Series(rows.has_step_num), pl.Series([None], dtype=pl.Int64).new_from_index(0, len(counts))
         )
