@@ -48,7 +48,7 @@ history rows between the fast ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -821,6 +821,77 @@ class DecodedRecords:
         flat_summary.update(self.summary.last_values(lo))
 
 
+@dataclass
+class _ParsedSummaries:
+    """Summary records decoded with protobuf (`_parse_alike`): their updates as `SummaryBatch`
+    keeps them (record index per update, index into `entries`), gathered over several calls."""
+
+    entries: list[SummaryEntry] = field(default_factory=list)
+    parts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    @property
+    def records(self) -> np.ndarray:
+        """Every record parsed (each once, in no order)."""
+        return np.unique(np.concatenate([r for r, _ in self.parts])) if self.parts else np.zeros(0, dtype=np.int64)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(record per update, entry per update), in record then update order."""
+        if not self.parts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        records, entry = (np.concatenate(c) for c in zip(*self.parts))
+        order = np.argsort(records, kind="stable")
+        return records[order], entry[order]
+
+
+def _parse_alike(u8: np.ndarray, data: pa.Buffer, starts: np.ndarray, ends: np.ndarray, records: np.ndarray, parsed: _ParsedSummaries) -> np.ndarray:
+    """Parse the summary `records` with protobuf (`_parsed_summary`), each distinct payload
+    (without its `Record.num`) once: wandb-core writes the same runtime summary record many
+    times, numbered differently. Adds their updates to `parsed`; returns which were parsed (the
+    others are left to the caller's protobuf path)."""
+    if not len(records):
+        return np.zeros(0, dtype=bool)
+    alike_start = _after_record_number(u8, starts[records], ends[records])
+    encoded = pc.dictionary_encode(_binary(data, u8, alike_start, ends[records]))
+    alike = _codes(encoded)
+    first_of = np.full(len(encoded.dictionary), len(records), dtype=np.int64)
+    np.minimum.at(first_of, alike, np.arange(len(records), dtype=np.int64))
+    entry_lo = np.zeros(len(first_of), dtype=np.int64)
+    entry_count = np.zeros(len(first_of), dtype=np.int64)
+    for code, record in enumerate(records[first_of].tolist()):
+        entries = _parsed_summary(bytes(u8[starts[record] : ends[record]]))
+        if entries is not None:
+            entry_lo[code], entry_count[code] = len(parsed.entries), len(entries)
+            parsed.entries.extend(entries)
+        else:
+            entry_count[code] = -1
+    good = entry_count[alike] >= 0
+    counts = entry_count[alike[good]]
+    parsed.parts.append((np.repeat(records[good], counts), np.repeat(entry_lo[alike[good]], counts) + _ranks(counts)))
+    return good
+
+
+def _first_name_is_a_path(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Per `SummaryRecord` payload [starts, ends): its first field is an update whose name is a
+    `nested_key` of two or more elements (item tag, one-byte length, `nested_key` tag, one-byte
+    length, then another `nested_key` element), as `["_wandb", "runtime"]` is."""
+    if len(_ITEM_TAG) != 1 or len(_NAME_TAGS[1]) != 1 or not len(starts):
+        return np.zeros(len(starts), dtype=bool)
+    # The buffer is padded (`PADDING`): reads past a short payload stay inside it and the
+    # length checks reject them.
+    header = _quads(u8)[starts].astype(np.int64)
+    nested = _NAME_TAGS[1][0]
+    name_length = header >> 24
+    path = (
+        (ends - starts >= 6)
+        & ((header & 0xFF) == _ITEM_TAG[0])
+        & (((header >> 8) & 0xFF) < 0x80)
+        & (((header >> 16) & 0xFF) == nested)
+        & (name_length < 0x80)
+    )
+    after_name = starts + 4 + np.where(path, name_length, 0)
+    return path & (after_name < ends) & (u8[np.minimum(after_name, len(u8) - 1)] == nested)
+
+
 def decode_records(
     buffer: bytes | bytearray | memoryview,
     starts: Sequence[int] | np.ndarray,
@@ -842,6 +913,14 @@ def decode_records(
         kinds, payload_start, payload_end, may_fold = np.zeros(0, dtype=np.int8), starts, ends, np.zeros(0, dtype=bool)
     rec_h = np.flatnonzero(kinds == KIND_HISTORY)
     rec_s = np.flatnonzero(kinds == KIND_SUMMARY)
+    data = pa.py_buffer(buffer)
+    parsed = _ParsedSummaries()
+    # wandb-core writes the same `_wandb.runtime` summary record after every row: records whose
+    # first update is named by a path of several elements are parsed once per distinct payload
+    # before any item is looked at (a third of the records of a narrow-row log).
+    pathed = rec_s[_first_name_is_a_path(u8, payload_start[rec_s], payload_end[rec_s])]
+    if len(pathed):
+        rec_s = np.setdiff1d(rec_s, pathed[_parse_alike(u8, data, starts, ends, pathed, parsed)], assume_unique=True)
     nh, ns = len(rec_h), len(rec_s)
     msg_rec = np.concatenate([rec_h, rec_s])
     lists = _item_lists(u8, payload_start[msg_rec], payload_end[msg_rec], **walk)
@@ -881,7 +960,6 @@ def decode_records(
     # (rare records), so they need not be left to the caller, which would flush the fold.
     parsed_msgs = np.flatnonzero(np.bincount(item_msg[~i_ok & (item_msg >= nh) & msg_ok[item_msg]], minlength=n_msgs))
     msg_ok[item_msg[~i_ok]] = False
-    data = pa.py_buffer(buffer)
     # History columns: names and texts validated as UTF-8 (a record with bad bytes goes slow).
     item_h = item_msg < nh
     while True:
@@ -903,31 +981,9 @@ def decode_records(
         codes=codes,
         texts=texts,
     )
-    # wandb-core writes the same runtime summary record many times, numbered differently: each
-    # distinct payload (without its number) is parsed once.
-    parsed_entries: list[SummaryEntry] = []
-    parsed_records = parsed_entry = np.zeros(0, dtype=np.int64)
-    if len(parsed_msgs):
-        records = msg_rec[parsed_msgs]
-        alike_start = _after_record_number(u8, starts[records], ends[records])
-        encoded = pc.dictionary_encode(_binary(data, u8, alike_start, ends[records]))
-        alike = _codes(encoded)
-        first_of = np.full(len(encoded.dictionary), len(records), dtype=np.int64)
-        np.minimum.at(first_of, alike, np.arange(len(records), dtype=np.int64))
-        entry_lo = np.zeros(len(first_of), dtype=np.int64)
-        entry_count = np.zeros(len(first_of), dtype=np.int64)
-        for code, record in enumerate(records[first_of].tolist()):
-            entries = _parsed_summary(bytes(u8[starts[record] : ends[record]]))
-            if entries is not None:
-                entry_lo[code], entry_count[code] = len(parsed_entries), len(entries)
-                parsed_entries.extend(entries)
-            else:
-                entry_count[code] = -1
-        good = entry_count[alike] >= 0
-        msg_ok[parsed_msgs[good]] = True
-        counts = entry_count[alike[good]]
-        parsed_records = np.repeat(records[good], counts)
-        parsed_entry = np.repeat(entry_lo[alike[good]], counts) + _ranks(counts)
+    parsed_good = _parse_alike(u8, data, starts, ends, msg_rec[parsed_msgs], parsed)
+    msg_ok[parsed_msgs[parsed_good]] = True
+    parsed_records, parsed_entry = parsed.arrays()
     plain_s = msg_ok.copy()
     plain_s[parsed_msgs] = False
     keep_s = ~item_h & plain_s[item_msg]
@@ -941,11 +997,12 @@ def decode_records(
         value_ends=value_end[keep_s],
         parsed_records=parsed_records,
         parsed_entry=parsed_entry,
-        parsed_entries=parsed_entries,
+        parsed_entries=parsed.entries,
         data=data,
         u8=u8,
     )
     slow = np.ones(n, dtype=bool)
     slow[rec_h[h_ok]] = False
     slow[rec_s[s_ok]] = False
+    slow[parsed.records] = False
     return DecodedRecords(kinds=kinds, history=history, summary=summary, slow_records=np.flatnonzero(slow), may_fold_summary=may_fold)
