@@ -94,9 +94,13 @@ class FastRows:
         missing = np.flatnonzero(~self.has_step)
         return int(self.lines[missing[0]]) if missing.size else None
 
+    def line_steps(self, metric_index: int) -> np.ndarray:
+        """The step of each line, a line without step field taking the index of its metric line."""
+        return np.where(self.has_step, self.step, metric_index + np.arange(self.count, dtype=np.int64))
+
     def frame(self, metric_index: int, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-        """The rows, a line without step field taking the index of its metric line as step."""
-        step = np.where(self.has_step, self.step, metric_index + np.arange(self.count, dtype=np.int64))
+        """The rows (keys sorted within a line, none twice)."""
+        step = self.line_steps(metric_index)
         return pl.DataFrame(
             {"line": self.lines[self.cell_row], "step": step[self.cell_row], **self.columns}, schema=schema
         )
