@@ -439,6 +439,20 @@ def _first_present(candidates: list[_Leaf], n: int) -> tuple[np.ndarray, np.ndar
     return values, found
 
 
+def _floats(values: np.ndarray, present: np.ndarray, index: np.ndarray | None = None) -> pl.Series:
+    """values[index], null where not present[index]; no mask is built (or values gathered) when
+    all or none are present, the usual case for a column of the long table."""
+    if index is not None:
+        present = present[index]
+        if present.any():
+            values = values[index]
+    if present.all():
+        return pl.Series(values, dtype=pl.Float64)
+    if not present.any():
+        return pl.repeat(None, len(present), dtype=pl.Float64, eager=True)
+    return pl.Series(pa.array(values, mask=~present))
+
+
 def _restore_tokens(values: np.ndarray) -> np.ndarray:
     values = values.copy()
     values[values == _NAN_VALUE] = np.nan
@@ -506,7 +520,7 @@ class _Rows:
             cells = np.flatnonzero(present.ravel())
         else:
             cells = np.zeros(0, dtype=np.int64)
-        row, column = cells // max(width, 1), cells % max(width, 1)
+        row, column = np.divmod(cells, max(width, 1))
         is_number = np.array([leaf.kind == "number" for leaf in self.values], dtype=bool)
         if width and is_number.any():
             numbers = np.column_stack([leaf.numbers[a:b] if leaf.kind == "number" else np.zeros(n) for leaf in self.values])
@@ -520,15 +534,15 @@ class _Rows:
             index = np.where(is_number[column], len(pool) - 1, position[column] * n + row)
             text = pool.gather(index)
         else:
-            text = pl.Series([None], dtype=pl.String).gather(np.zeros(len(cells), dtype=np.int64))
+            text = pl.repeat(None, len(cells), dtype=pl.String, eager=True)
         names = pl.Series([leaf.name for leaf in self.values], dtype=pl.String)
         whole = row + a
         columns = {
             "key": names.gather(column),
-            "value": pl.Series(pa.array(value, mask=~is_number[column])),
+            "value": _floats(value, is_number[column]),
             "text": text,
-            "runtime": pl.Series(pa.array(self.runtime[whole], mask=~self.has_runtime[whole])),
-            "timestamp": pl.Series(pa.array(self.timestamp[whole], mask=~self.has_timestamp[whole])),
+            "runtime": _floats(self.runtime, self.has_runtime, whole),
+            "timestamp": _floats(self.timestamp, self.has_timestamp, whole),
         }
         value_types = {
             leaf.name: leaf.kind for leaf in self.typed if leaf.present[a:b].any()
