@@ -444,12 +444,12 @@ def _floats(values: np.ndarray, present: np.ndarray, index: np.ndarray | None = 
     all or none are present, the usual case for a column of the long table."""
     if index is not None:
         present = present[index]
-        if present.any():
-            values = values[index]
-    if present.all():
-        return pl.Series(values, dtype=pl.Float64)
     if not present.any():
         return pl.repeat(None, len(present), dtype=pl.Float64, eager=True)
+    if index is not None:
+        values = values[index]
+    if present.all():
+        return pl.Series(values, dtype=pl.Float64)
     return pl.Series(pa.array(values, mask=~present))
 
 
