@@ -200,11 +200,10 @@ class JsonlLog:
             self.position = self.position.advanced(data, len(data))
             return 0
         complete = data.rfind(b"\n") + 1
-        new_lines = int(np.count_nonzero(np.frombuffer(data, np.uint8, count=complete) == ord("\n")))  # 4x bytes.count
         if self.fast:
-            segments = split_segments(data[:complete], first_line=self.next_line, shape=LINE_SHAPE)
+            segments, new_lines = split_segments(data[:complete], first_line=self.next_line, shape=LINE_SHAPE)
         else:
-            segments = [Segment(self.next_line, data=data[:complete])]
+            segments, new_lines = [Segment(self.next_line, data=data[:complete])], data.count(b"\n", 0, complete)
         # The reference order of issues: a chunk's malformed lines first, then what its records say.
         taken_from, malformed = len(self.issues), []
         for segment in segments:

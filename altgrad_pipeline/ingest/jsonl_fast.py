@@ -116,10 +116,11 @@ class Segment:
     rows: FastRows | None = None
 
 
-def split_segments(data: bytes, *, first_line: int, shape: LineShape) -> list[Segment]:
-    """Read the complete lines in `data` (which ends with a newline, or is empty) as segments in line order."""
+def split_segments(data: bytes, *, first_line: int, shape: LineShape) -> tuple[list[Segment], int]:
+    """Read the complete lines in `data` (which ends with a newline, or is empty) as segments in
+    line order; also returns how many lines there were (the scan has counted them)."""
     if not data:
-        return []
+        return [], 0
     reader = _BlockReader(data, first_line, shape)
     objects, eligible = reader.objects, reader.objects | (reader.lengths == 0)
     out: list[Segment] = []
@@ -129,12 +130,14 @@ def split_segments(data: bytes, *, first_line: int, shape: LineShape) -> list[Se
             reader.read(int(lo), int(hi), out)
         else:
             reader.decline(int(lo), int(hi), out)
-    return out
+    return out, len(reader.ends)
 
 
-def _token_positions(u8: np.ndarray, token: bytes, anchor: int = 0) -> np.ndarray:
+def _token_positions(data: bytes, u8: np.ndarray, token: bytes, anchor: int = 0) -> np.ndarray:
     """Start positions of `token`, found from its rarely used byte `token[anchor]` (numpy: a scan
-    by Python's `bytes.count` is several times slower)."""
+    by Python's `bytes.count` is several times slower), after `in` (memchr) says it occurs."""
+    if token[anchor : anchor + 1] not in data:
+        return np.zeros(0, np.int64)
     found = np.flatnonzero(u8[anchor : len(u8) - len(token) + anchor + 1] == token[anchor])
     for i, byte in enumerate(token):
         if i != anchor:
@@ -178,8 +181,8 @@ class _BlockReader:
         self.objects[np.searchsorted(self.ends, low[~is_newline])] = False
         self.u8 = u8
         self.backslashes = np.flatnonzero(u8 == ord("\\")) if b"\\" in data else np.zeros(0, np.int64)
-        self.nulls = _token_positions(u8, b"null", anchor=1)
-        nans, infs = _token_positions(u8, NAN_TOKEN), _token_positions(u8, INF_TOKEN)
+        self.nulls = _token_positions(data, u8, b"null", anchor=1)
+        nans, infs = _token_positions(data, u8, NAN_TOKEN), _token_positions(data, u8, INF_TOKEN)
         self.nans = nans[_value_context(u8, nans, len(NAN_TOKEN), minus=False)]
         self.infs = infs[_value_context(u8, infs, len(INF_TOKEN), minus=True)]
         self.text = self._with_sentinels(every_token=len(self.nans) + len(self.infs) == len(nans) + len(infs))

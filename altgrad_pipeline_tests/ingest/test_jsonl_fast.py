@@ -100,7 +100,8 @@ def test_long_plain_log_is_read_fast_around_its_odd_lines(monkeypatch: pytest.Mo
     data = ("\n".join(rows) + "\n").encode()
     run = assert_same_run(data)
     assert [issue.kind for issue in run.issues] == ["malformed_line"]
-    segments = jsonl_fast.split_segments(data, first_line=1, shape=LINE_SHAPE)
+    segments, lines = jsonl_fast.split_segments(data, first_line=1, shape=LINE_SHAPE)
+    assert lines == len(rows)
     declined = sum(segment.data.count(b"\n") for segment in segments if segment.rows is None)
     assert declined <= 3 * jsonl_fast.MIN_BLOCK_LINES
     assert math.isinf(run.history.filter(key="acc", step=2500).item(0, "value"))
