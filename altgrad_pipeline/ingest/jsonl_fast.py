@@ -448,12 +448,10 @@ def _floats(values: np.ndarray, present: np.ndarray, index: np.ndarray | None = 
     if index is not None:
         present = present[index]
     if not present.any():
-        return pl.repeat(None, len(present), dtype=pl.Float64, eager=True)
+        return pl.Series([None], dtype=pl.Float64).new_from_index(0, len(present))
     if index is not None:
         values = values[index]
-    if present.all():
-        return pl.Series(values, dtype=pl.Float64)
-    return pl.Series(pa.array(values, mask=~present))
+    return pl.Series(pa.array(values, mask=None if present.all() else ~present))  # numpy's buffer, not a copy
 
 
 def _restore_tokens(values: np.ndarray) -> np.ndarray:
@@ -537,7 +535,7 @@ class _Rows:
             index = np.where(is_number[column], len(pool) - 1, position[column] * n + row)
             text = pool.gather(index)
         else:
-            text = pl.repeat(None, len(cells), dtype=pl.String, eager=True)
+            text = pl.Series([None], dtype=pl.String).new_from_index(0, len(cells))
         names = pl.Series([leaf.name for leaf in self.values], dtype=pl.String)
         whole = row + a
         columns = {
