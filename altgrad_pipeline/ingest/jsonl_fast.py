@@ -19,7 +19,8 @@ differently is declined, never guessed at, and the caller reads it with that rea
     error; a type Polars would coerce (a key holding strings and other values, integers beyond
     64 bits); keys Polars' schema sample missed or a key written twice in a line (found by counting
     `:` against parsed cells, plus `null`s); surrogate escapes; a null step; nested names that
-    collide after '/'-joining;
+    collide after '/'-joining; sentinel text in a key or string, strings in lists beside tokens,
+    more sentinel numbers than tokens;
   - per row: typed and aggregate lines (dr_gen), a step that is not an integer, W&B media dicts.
 """
 
