@@ -167,7 +167,7 @@ def _value_context(u8: np.ndarray, positions: np.ndarray, length: int, *, minus:
 
 
 class _BlockReader:
-    """One byte scan of the data (line ends, `:`, tokens), then blocks of lines read against it."""
+    """One byte scan of the data (line ends, tokens), then blocks of lines read against it."""
 
     def __init__(self, data: bytes, first_line: int, shape: LineShape) -> None:
         self.data, self.first_line, self.shape = data, first_line, shape
@@ -444,15 +444,16 @@ def _first_present(candidates: list[_Leaf], n: int) -> tuple[np.ndarray, np.ndar
 
 
 def _floats(values: np.ndarray, present: np.ndarray, index: np.ndarray | None = None) -> pl.Series:
-    """values[index], null where not present[index]; no mask is built (or values gathered) when
-    all or none are present, the usual case for a column of the long table."""
+    """values[index], null where not present[index]: no mask when all are present, nothing
+    gathered when none are (the usual cases for a column of the long table), and numpy's buffer
+    handed over through pyarrow rather than copied (a fresh copy costs page faults)."""
     if index is not None:
         present = present[index]
     if not present.any():
         return pl.Series([None], dtype=pl.Float64).new_from_index(0, len(present))
     if index is not None:
         values = values[index]
-    return pl.Series(pa.array(values, mask=None if present.all() else ~present))  # numpy's buffer, not a copy
+    return pl.Series(pa.array(values, mask=None if present.all() else ~present))
 
 
 def _restore_tokens(values: np.ndarray) -> np.ndarray:
