@@ -86,7 +86,9 @@ def _read_api(entry: CatalogEntry, api_runs: ApiRuns) -> pl.DataFrame:
     keys = wandb_media_api.media_keys(entry.row.get("non_scalar_keys"))
     if not keys:
         return pl.DataFrame(schema=MEDIA_VALUES_SCHEMA)
-    return wandb_media_api.media_values(api_runs.run(entry), run_id=entry.run_id, source=entry.source, keys=keys)
+    values = wandb_media_api.media_values(api_runs.run(entry), run_id=entry.run_id, source=entry.source, keys=keys)
+    source = api_runs.source_of(entry)
+    return values if source is None else source.redact_frame(values, ("key", "value_json"))
 
 
 def media_values(
