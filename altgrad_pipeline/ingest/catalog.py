@@ -33,7 +33,6 @@ import json
 import multiprocessing
 import os
 import pickle
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +42,7 @@ from typing import Any
 
 import polars as pl
 
-from altgrad_pipeline import integrity
+from altgrad_pipeline import atomic, integrity
 from altgrad_pipeline.ingest.listing import shared_walks, store_digest
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator, RunSource, issues_frame
 from altgrad_pipeline.ingest.parse_process import die_with_parent, reuse_freed_memory
@@ -178,15 +177,9 @@ def _decode(obj: dict[str, Any]) -> Any:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """`write` to a temp path renamed over `path` (`atomic.atomic_path`: a full disk names the file)."""
+    with atomic.atomic_path(path) as tmp:
+        write(tmp)
 
 
 @dataclass(frozen=True)

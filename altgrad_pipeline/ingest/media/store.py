@@ -19,8 +19,6 @@ contribute no rows.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 
 import polars as pl
 
+from altgrad_pipeline import atomic
 from altgrad_pipeline.ingest.catalog import CatalogEntry
 from altgrad_pipeline.ingest.media import tables
 from altgrad_pipeline.ingest.media.values import MEDIA_VALUES_SCHEMA
@@ -121,15 +120,8 @@ def media_values(
                                 lost="the run's media (tables, histograms, ...)", run_id=entry.run_id, source=entry.source)  # fmt: skip
                 )
                 continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic.atomic_path(path) as tmp:
             frame.write_parquet(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         frames.append(frame)
     return pl.concat(frames, how="vertical").cast(MEDIA_VALUES_SCHEMA), issues  # type: ignore[arg-type]
 

@@ -41,6 +41,7 @@ from typing import Any
 
 import polars as pl
 
+from altgrad_pipeline import atomic
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator
 from altgrad_pipeline.ingest.wandb.export import read_history_export
 
@@ -354,12 +355,9 @@ class WandbApiSource:
             "issues": [issue.as_row() for issue in run.issues],
         }
         # History first, metadata last: the metadata's fingerprint is what marks the copy valid.
-        tmp_history = history_path.with_suffix(".parquet.tmp")
-        run.history.write_parquet(tmp_history)
-        tmp_history.replace(history_path)
-        tmp_meta = meta_path.with_suffix(".json.tmp")
-        tmp_meta.write_text(json.dumps(meta, default=str))
-        tmp_meta.replace(meta_path)
+        with atomic.atomic_path(history_path) as tmp:  # a full disk leaves neither a temp nor half a file
+            run.history.write_parquet(tmp)
+        atomic.write_text(meta_path, json.dumps(meta, default=str))
 
     def _load_cache(self, run_id: str) -> ParsedRun | None:
         meta_path, history_path = self._cache_paths(run_id)
