@@ -17,6 +17,7 @@ and columns a query needs.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import dagster as dg
@@ -33,9 +34,20 @@ def _storage_path(base_dir: str) -> UPath:
     return UPath(base_dir, **settings.fsspec_storage_options(base_dir)) / "assets"
 
 
-def previous_build(base_dir: str, asset: str, partition: str) -> RunVersionedFrame | None:
-    """A partition as this IO manager last stored it, with its run versions (`partition_tables`)."""
+def previous_build(
+    base_dir: str, asset: str, partition: str, instance: dg.DagsterInstance, warn: Callable[[str], None]
+) -> RunVersionedFrame | None:
+    """A partition as this IO manager last stored it, with its run versions (`partition_tables`),
+    when it is still the file written: one that no longer has the SHA-256 its latest
+    materialization recorded is named (`warn`), moved to quarantine and not reused, so a run that
+    no refresh assessed first (a sensor's, a backfill's) rebuilds it from the runs."""
     path = _storage_path(base_dir) / asset / f"{partition}{PolarsParquetIOManager.extension}"
+    if path.protocol in ("", "file") and path.exists():
+        expected = recorded_sha256(instance, dg.AssetKey(asset), partition)
+        if (why := integrity.problem(str(path), expected)) is not None:
+            moved = integrity.quarantine(str(path), base_dir)
+            warn(f"{why}: moved to {moved}; computing every run of it again")
+            return None
     options = settings.polars_storage_options(dict(path.storage_options))
     return read_build(str(path), options or None)
 

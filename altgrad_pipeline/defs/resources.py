@@ -51,6 +51,7 @@ class RunStores(dg.ConfigurableResource):
 
     def rebuild_partition(
         self,
+        context: dg.AssetExecutionContext,
         asset: str,
         partition: str,
         versions: Mapping[str, str],
@@ -60,13 +61,15 @@ class RunStores(dg.ConfigurableResource):
         spill: bool = False,
     ) -> Rebuilt:
         """A partition table computed run by run, reusing the stored partition's unchanged runs
-        (see `partition_tables`); the asset returns `.table` for the IO manager to store. With
-        `spill`, a first build keeps each run's rows on disk under the cache until then."""
+        (see `partition_tables`) when its SHA-256 is still the recorded one (`previous_build`); the
+        asset returns `.table` for the IO manager to store. With `spill`, a first build keeps each
+        run's rows on disk under the cache until then."""
         folder = None
         if spill:
             (self.cache_dir / "spill").mkdir(parents=True, exist_ok=True)
             folder = Path(tempfile.mkdtemp(prefix=f"{asset}-", dir=self.cache_dir / "spill"))
-        return rebuild(previous_build(self.data_dir, asset, partition), versions, built_with, compute, folder)
+        previous = previous_build(self.data_dir, asset, partition, context.instance, context.log.warning)
+        return rebuild(previous, versions, built_with, compute, folder)
 
     def local_roots(self) -> list[Path]:
         return [Path(e.target) for e in self.store_entries() if e.kind == "local"]
