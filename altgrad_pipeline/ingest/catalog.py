@@ -100,7 +100,8 @@ class CatalogEntry:
     facts: RunFacts
     #: The catalog's folder of per-run files (a string: thousands of entries are made per sync).
     runs_dir: str
-    #: SHA-256 of the run's two cache files as written (`history`, `details`); empty for older indexes.
+    #: SHA-256 of the run's cache files as written (`history`, `details`, and `media` when the source
+    #: kept media); empty for older indexes.
     sha256: dict[str, str] = field(default_factory=dict)
     _details: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -283,6 +284,8 @@ class RunCatalog:
         payload = json.dumps(details, default=_encode)
         _atomic_write(entry.details_path, lambda p: p.write_text(payload))
         entry.sha256 = {"history": integrity.sha256_of(self.history_path(entry)), "details": integrity.sha256_of(entry.details_path)}
+        if run.media is not None:
+            entry.sha256["media"] = integrity.sha256_of(entry.media_path)
         entry._details = details
         return entry
 
@@ -299,13 +302,20 @@ class RunCatalog:
             lost=f"nothing: the run is kept in partition {INVALID_FORMAT}",
         )
 
+    def _files(self, entry: CatalogEntry) -> list[tuple[Path, str | None]]:
+        """The run's cache files with their recorded SHA-256: history, details, and its media
+        values when they were kept (recorded, or present from an index older than their hash)."""
+        files = [(self.history_path(entry), entry.sha256.get("history")), (entry.details_path, entry.sha256.get("details"))]
+        if "media" in entry.sha256 or entry.media_path.exists():
+            files.append((entry.media_path, entry.sha256.get("media")))
+        return files
+
     def damaged(self, entries: Sequence[CatalogEntry]) -> list[tuple[CatalogEntry, str]]:
         """Entries whose cache files are missing, altered or unreadable, with what is wrong. Files
         written before hashes were kept are checked for readability only."""
         found = []
         for entry in entries:
-            for path, expected in ((self.history_path(entry), entry.sha256.get("history")),
-                                   (entry.details_path, entry.sha256.get("details"))):  # fmt: skip
+            for path, expected in self._files(entry):
                 why = integrity.problem(path, expected)
                 if why is None and expected is None:
                     try:
@@ -327,7 +337,7 @@ class RunCatalog:
         with self._index_lock():
             index = self._read_index()
             for entry, why in damaged:
-                moved = [integrity.quarantine(path, self.cache_dir) for path in (self.history_path(entry), entry.details_path)]
+                moved = [integrity.quarantine(path, self.cache_dir) for path, _ in self._files(entry)]
                 index.pop(entry.key, None)
                 where = ", ".join(str(m) for m in moved if m is not None) or "nothing left to move"
                 messages.append(f"run cache of {entry.run_id}: {why}; moved aside ({where}), re-reading the run")
