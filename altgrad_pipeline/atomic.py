@@ -75,10 +75,11 @@ def disk_full_message(exc: BaseException, database_dir: Path) -> str | None:
             if full or ("disk I/O error" in text and free is not None and free < IO_ERROR_FULL_BELOW_BYTES):
                 path, detail = database_dir, f"could not write the Dagster instance's database in {database_dir} (SQLite: {text})"
                 break
-    else:
-        if not is_out_of_space(exc):
+    else:  # a library that keeps only the text ("No space left on device (os error 28)")
+        error = next((e for e in _chain(exc) if is_out_of_space(e)), None)
+        if error is None:
             return None
-        path, detail = None, str(exc)
+        path, detail = None, str(error)
     free = _free_bytes(path or database_dir)
     left = "" if free is None else f" ({free / 2**20:.1f} MiB free there now)"
     return (f"the disk is full: {detail}{left}. Free some space and run `altgrad-pipeline refresh` again: "
