@@ -173,3 +173,22 @@ def test_any_sequence_of_builds_equals_a_fresh_build(tmp_path_factory: pytest.Te
         assert built.frame.equals(RowsPerVersion(versions)(sorted(versions)))
         assert sorted(run for call in compute.calls for run in call) == sorted(r for r, v in versions.items() if previous.get(r) != v)
         stored, previous = _stored(built, path), versions
+
+
+def test_spill_folders_of_processes_that_are_gone_are_removed(tmp_path: Path) -> None:
+    """A build killed between spilling and writing leaves its pieces; the next build removes them
+    (the cache is local, so a pid says whether their process lives), never a live process's."""
+    import os
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout)
+    root = tmp_path / "spill"
+    orphan = root / f"run_histories-{dead}-abc123"
+    live = root / f"layer_metrics-{os.getpid()}-def456"
+    for folder in (orphan, live):
+        folder.mkdir(parents=True)
+        (folder / "000000.parquet").write_bytes(b"piece")
+    made = partition_tables.spill_folder(root, "run_histories")
+    assert sorted(p.name for p in root.iterdir()) == sorted([live.name, made.name])
+    assert made.name.startswith(f"run_histories-{os.getpid()}-") and list(made.iterdir()) == []
