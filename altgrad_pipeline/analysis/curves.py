@@ -31,6 +31,7 @@ from __future__ import annotations
 import polars as pl
 from scipy import stats as sps
 
+from altgrad_pipeline.analysis.history_scans import distinct
 from altgrad_pipeline.analysis.stats import finite, least_squares_slope
 from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.ingest.tables import CONFIG_PREFIX
@@ -70,11 +71,12 @@ def is_nonnegative_metric(metric: str) -> bool:
 
 def curve_series(histories: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
     """run_id, metric, step, value of every curve metric, sorted by step (last value per step).
-    The key test runs on the distinct keys, not on every history row."""
+    The key test runs on the distinct keys (streamed), not on every history row, and the curve
+    rows are then read by a filter the Parquet reader applies (`history_scans`)."""
     history = numeric_history(histories)
-    curve_keys = history.select(pl.col("key").unique()).filter(is_curve_metric())
+    curve_keys = pl.DataFrame({"key": distinct(history, "key")}, schema={"key": pl.String}).filter(is_curve_metric())
     return (
-        history.join(curve_keys, on="key", how="semi")
+        history.filter(pl.col("key").is_in(curve_keys.get_column("key").to_list()))
         .group_by("run_id", "key", "step")
         .agg(pl.col("value").last())
         .rename({"key": "metric"})

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from altgrad_pipeline.analysis.history_scans import distinct
 from altgrad_pipeline.analysis.layers import DEFAULT_LAYER_PATTERNS, LayerPatterns, parse_metric_keys
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import finite, least_squares_slope
@@ -138,15 +139,15 @@ def _parsed_per_param_keys(histories: pl.LazyFrame, patterns: LayerPatterns) -> 
 
 
 def _rows_used(history: pl.LazyFrame, patterns: LayerPatterns) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(first logged step per run, the rows of the keys failure modes read), in one pass over
-    the histories: every later step of the plan reads this subset instead of scanning them again."""
+    """(first logged step per run, the rows of the keys failure modes read): every later step of
+    the plan reads this subset instead of scanning the histories again. The distinct keys and the
+    first steps are streamed, and the used rows read by a filter the Parquet reader applies
+    (`history_scans`), so the histories are never held whole."""
     named = (*LOSS_KEYS, "grad_norm", "param_nan_count", *BIT_STALL_KEYS, *OVERFLOW_KEYS, *UNDERFLOW_KEYS)
-    keys = history.select(pl.col("key").unique()).collect().lazy()
-    used = pl.concat([pl.LazyFrame({"key": named}), _parsed_per_param_keys(keys, patterns).select("key")])
-    first_steps, rows = pl.collect_all([
-        history.group_by("run_id").agg(pl.col("step").min().alias("first_step")),
-        history.join(used, on="key", how="semi").select("run_id", "step", "key", "value"),
-    ])  # fmt: skip
+    keys = pl.LazyFrame({"key": distinct(history, "key")}, schema={"key": pl.String})
+    used = pl.concat([pl.LazyFrame({"key": named}), _parsed_per_param_keys(keys, patterns).select("key")]).collect()
+    first_steps = history.group_by("run_id").agg(pl.col("step").min().alias("first_step")).collect(engine="streaming")
+    rows = history.filter(pl.col("key").is_in(used.get_column("key").to_list())).select("run_id", "step", "key", "value").collect()
     return first_steps, rows
 
 
