@@ -370,6 +370,8 @@ def failure_modes(
             pl.coalesce("failure_step", "last_step").alias("trend_end_step"),
             pl.max_horizontal(pl.coalesce("failure_step", "last_step") - trend_steps, "first_step").alias("trend_start_step"),
         )
+        .collect()  # one row per run, read by four parts of the plan below: computed once
+        .lazy()
     )
 
     targets = classified.select("run_id", "project", "optimizer", "fp8_format", "trend_start_step", "trend_end_step")
@@ -384,8 +386,10 @@ def failure_modes(
             .select(pl.col("run_id").alias("target_id"), "source_id", "trend_start_step", "trend_end_step"),
         ]
     ).rename({"trend_start_step": "window_start", "trend_end_step": "window_end"})
-    grad_norm = grad_norm_series(history, per_param)
-    trends = trend_metrics(_trend_series(history, per_param, grad_norm), windows)
+    # Collected once each (a few series per run), so the plans that read them twice do not compute
+    # them twice, nor hold their inputs at the same time.
+    grad_norm = grad_norm_series(history, per_param).collect().lazy()
+    trends = trend_metrics(_trend_series(history, per_param, grad_norm).collect().lazy(), windows).collect().lazy()
     own = trends.filter(pl.col("target_id") == pl.col("source_id")).drop("source_id")
     ref = (
         trends.filter(pl.col("target_id") != pl.col("source_id"))
