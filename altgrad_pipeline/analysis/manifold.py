@@ -135,7 +135,9 @@ def per_run_metrics(
     `run_summaries` is the `run_summaries` asset (one row per run and key, `min` among them)."""
     runs = raw_runs.lazy().filter(pl.col("fp8_format") != NO_FORMAT)
     # The loss and bit-stall rows, read once: the plan below reads the loss seven times.
-    history = numeric_history(histories).filter(pl.col("key").is_in((*LOSS_KEYS, *BIT_STALL_KEYS))).collect().lazy()
+    history = (
+        numeric_history(histories).filter(pl.col("key").is_in((*LOSS_KEYS, *BIT_STALL_KEYS))).select("run_id", "step", "key", "value").collect().lazy()
+    )
     completed_ids = outcomes.lazy().filter(pl.col("outcome") == "completed").select("run_id")
     loss_series = loss_history(history)
     loss = loss_series.select("run_id", "step", "value")
