@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import uuid
 from collections.abc import Iterator
@@ -19,16 +20,70 @@ from pathlib import Path
 #: Test-only: the name of the write point at which the process kills itself (see `kill_point`).
 KILL_AT_ENV = "ALTGRAD_TEST_KILL_AT"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
-_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded")
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "database or disk is full")
+#: SQLite says "disk I/O error" (SQLITE_IOERR_*) for some writes that fail for want of space (its
+#: WAL index, a journal truncate): with less than this free beside it, that is a full disk.
+IO_ERROR_FULL_BELOW_BYTES = 64 * 2**20
 
 
 class OutOfSpaceError(OSError):
-    """The disk (or quota) is full: said plainly, with the file that could not be written."""
+    """The disk (or quota) is full: said plainly, with the file that could not be written (`path`)."""
+
+    path: Path | None = None
 
 
 def is_out_of_space(exc: BaseException) -> bool:
     """A full disk or quota, whether raised by Python (errno) or by a library that only keeps the text."""
     return (isinstance(exc, OSError) and exc.errno in _NO_SPACE) or any(m in str(exc) for m in _NO_SPACE_TEXT)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the file system holding `path` (its nearest existing ancestor)."""
+    for folder in (path, *path.parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return None
+
+
+def disk_full_message(exc: BaseException, database_dir: Path) -> str | None:
+    """What a refresh that failed with `exc` (or anything it was raised from) tells its user when
+    the disk is full: which path could not be written and how much is free now; None when `exc`
+    is not about space. A SQLite error names no file: `database_dir` (the Dagster instance) is the
+    path then."""
+    for error in _chain(exc):
+        if isinstance(error, OutOfSpaceError):
+            path, detail = error.path, error.strerror
+            break
+        if isinstance(error, OSError) and error.errno in _NO_SPACE and error.filename:
+            path = Path(os.fsdecode(error.filename))
+            detail = f"could not write {path}"
+            break
+        if type(error).__module__ == "sqlite3":
+            text = str(error)
+            free = _free_bytes(database_dir)
+            full = "database or disk is full" in text
+            if full or ("disk I/O error" in text and free is not None and free < IO_ERROR_FULL_BELOW_BYTES):
+                path, detail = database_dir, f"could not write the Dagster instance's database in {database_dir} (SQLite: {text})"
+                break
+    else:  # a library that keeps only the text ("No space left on device (os error 28)")
+        error = next((e for e in _chain(exc) if is_out_of_space(e)), None)
+        if error is None:
+            return None
+        path, detail = None, str(error)
+    free = _free_bytes(path or database_dir)
+    left = "" if free is None else f" ({free / 2**20:.1f} MiB free there now)"
+    return (f"the disk is full: {detail}{left}. Free some space and run `altgrad-pipeline refresh` again: "
+            "it redoes what this one left unfinished.")  # fmt: skip
 
 
 def kill_point(name: str) -> None:
@@ -61,7 +116,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     except Exception as exc:
         if is_out_of_space(exc):
-            raise OutOfSpaceError(errno.ENOSPC, f"out of disk space writing {path}") from exc
+            error = OutOfSpaceError(errno.ENOSPC, f"out of disk space writing {path}")
+            error.path = path
+            raise error from exc
         raise
     finally:
         with contextlib.suppress(FileNotFoundError):

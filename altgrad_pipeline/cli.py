@@ -23,14 +23,22 @@ def _example_runs(args: argparse.Namespace) -> int:
 
 
 def _refresh(args: argparse.Namespace) -> int:
-    from altgrad_pipeline.refresh import refresh
-    from altgrad_pipeline.settings import RunStoreError
+    from altgrad_pipeline import settings
+    from altgrad_pipeline.atomic import disk_full_message
+    from altgrad_pipeline.refresh import instance_dir, refresh
 
     try:
         report = refresh(runs=args.runs, data_dir=args.data_dir, full=args.full)
-    except RunStoreError as exc:  # the user's setting, not a bug: one line, no traceback
+    except settings.RunStoreError as exc:  # the user's setting, not a bug: one line, no traceback
         print(f"altgrad-pipeline: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # A full disk (a file, or the instance's SQLite) is the machine's state, not a bug: say so.
+        message = disk_full_message(exc, instance_dir(settings.absolute_data_dir(args.data_dir)))
+        if message is None:
+            raise
+        print(f"Refresh failed: {message}", file=sys.stderr)
+        return 1
     if not report.ok:
         print(f"Refresh failed: {', '.join(report.failed)}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ A Parquet file with a few bytes overwritten can still decode, with wrong values;
 fails only when read. The IO manager records each file's SHA-256 in its materialization, the
 catalog records its cache files' hashes in its index, and both compare before trusting a file.
 A file that fails is moved aside (never deleted: it is evidence) and rebuilt from its source.
+Files in an object store (an fsspec file system) are checked the same way (`object_problem`).
 No Dagster import.
 """
 
@@ -13,6 +14,7 @@ import datetime as dt
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 #: Materialization metadata key of the SHA-256 of the file an asset output was written to.
 SHA256_KEY = "altgrad/sha256"
@@ -20,6 +22,8 @@ QUARANTINE_DIR = "quarantine"
 
 #: (path, inode, size, mtime_ns) -> digest: a file read by several steps of one process is hashed once.
 _seen: dict[tuple[str, int, int, int], str] = {}
+#: (URL, size, ETag) -> digest, the same for files in an object store.
+_seen_objects: dict[tuple[str, int, str], str] = {}
 
 
 class CorruptFileError(OSError):
@@ -46,11 +50,6 @@ def problem(path: str | os.PathLike[str], expected: str | None) -> str | None:
     return None
 
 
-def verify(path: str | os.PathLike[str], expected: str | None) -> None:
-    if (why := problem(path, expected)) is not None:
-        raise CorruptFileError(f"{why}; the next `altgrad-pipeline refresh` moves it aside and rebuilds it")
-
-
 def quarantine(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> Path | None:
     """Move a bad file under `<root>/quarantine/<UTC time>/`, keeping its path relative to `root`;
     returns where it went (None when there was no file to move)."""
@@ -66,6 +65,42 @@ def quarantine(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> Pa
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(path, target)
     return target
+
+
+def object_sha256(fs: Any, path: str) -> str:
+    """SHA-256 of a file in an object store (`fs` an fsspec file system), streamed, never held
+    whole; remembered while the object's ETag (or size and modification time) is unchanged, so a
+    file read by several steps of one process is downloaded for hashing once."""
+    info = fs.info(path)
+    stamp = str(info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or "")
+    key = (fs.unstrip_protocol(path), int(info.get("size") or 0), stamp)
+    if key not in _seen_objects:
+        with fs.open(path, "rb") as handle:
+            _seen_objects[key] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return _seen_objects[key]
+
+
+def object_problem(fs: Any, path: str, expected: str | None) -> str | None:
+    """`problem` for a file in an object store, named by its URL."""
+    url = fs.unstrip_protocol(path)
+    if not fs.isfile(path):
+        return f"{url} is missing"
+    if expected is not None and object_sha256(fs, path) != expected:
+        return f"{url} is corrupt (its content changed since it was written)"
+    return None
+
+
+def quarantine_object(fs: Any, path: str, root: str) -> str | None:
+    """`quarantine` for a file in an object store: moved under `<root>/quarantine/<UTC time>/`
+    (`root` without its scheme, as `path`); returns its new URL."""
+    if not fs.isfile(path):
+        return None
+    root = root.rstrip("/")
+    relative = path[len(root) + 1 :] if path.startswith(root + "/") else path.rsplit("/", 1)[-1]
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+    target = f"{root}/{QUARANTINE_DIR}/{stamp}/{relative}"
+    fs.mv(path, target)
+    return fs.unstrip_protocol(target)
 
 
 def inside(path: str, base: str) -> bool:

@@ -1,8 +1,18 @@
 """One refresh at a time per data dir, and whether the process behind a run is still alive.
 
-The refresh lock is an advisory `flock` on `<local state dir>/refresh.lock`, which also holds the
-holder's pid, host and start time so a second refresh can say whom it waits for. The kernel drops
-the lock when its holder dies, however it dies, so a killed refresh never blocks the next one.
+The refresh lock lives in the local state dir (for a local data dir, the data dir itself), held two
+ways so that it holds across machines sharing the data dir over a network file system:
+
+- an advisory `flock` on `refresh.lock`, which the kernel drops when its holder dies however it
+  dies (and which NFSv4 clients share with each other);
+- a lease record, `refresh.lease` (host, pid, start time, last renewal; replaced whole by a rename,
+  never seen half-written), that the holder renews every `LEASE_S / 3` seconds. Where the file system does not share locks between machines, a refresh
+  that got the `flock` still waits while another host's record is fresh. A record is stale when
+  its host is this one and its pid is gone, or when it was not renewed for `LEASE_S` (a machine
+  that died is waited for that long). A record is written, then read back after `SETTLE_S`: of
+  two machines writing at once, the one whose record did not stay waits.
+
+An object-store data dir's state dir is local to each machine: there the lock is per machine.
 No Dagster import.
 """
 
@@ -11,12 +21,23 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from altgrad_pipeline import atomic
 
 LOCK_NAME = "refresh.lock"
+LEASE_NAME = "refresh.lease"
+#: Seconds a lease record stays valid without renewal (the holder renews it every third of that).
+LEASE_S = 60.0
+#: Seconds between writing a lease record and reading it back.
+SETTLE_S = 0.2
 
 
 def process_started_at(pid: int) -> float | None:
@@ -48,28 +69,85 @@ def is_alive(host: str, pid: int, started: float | None) -> bool | None:
     return started is None or started <= 0 or now_started <= started + 2.0
 
 
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The lease record in the lock file, read afresh (a new open: NFS revalidates on open)."""
+    try:
+        record = json.loads(path.read_text() or "null")
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and {"host", "pid", "since", "renewed"} <= set(record) else None
+
+
+def _write_record(path: Path, record: dict[str, Any] | None) -> None:
+    """Replace the lease record whole (a reader on any machine sees the old one or the new one), or remove it."""
+    if record is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic.write_text(path, json.dumps(record))
+
+
+def describe(record: dict[str, Any]) -> str:
+    since = dt.datetime.fromtimestamp(record["since"], dt.UTC)
+    return f"pid {record['pid']} on {record['host']} since {since:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def other_holder(record: dict[str, Any] | None, mine: dict[str, Any], now: float, lease_s: float) -> dict[str, Any] | None:
+    """The record of another refresh that holds the lock, or None when the lock is free: no
+    record, our own, a dead process of this host, or a lease not renewed for `lease_s`."""
+    if record is None or (record["host"], record["pid"], record["since"]) == (mine["host"], mine["pid"], mine["since"]):
+        return None
+    if record["host"] == mine["host"]:
+        return record if is_alive(record["host"], int(record["pid"]), record.get("pid_started")) else None
+    return record if now - float(record["renewed"]) <= lease_s else None
+
+
 @contextlib.contextmanager
-def refresh_lock(state_dir: Path, echo: Callable[[str], None]) -> Iterator[None]:
-    """Hold the data dir's refresh lock; when another refresh holds it, say who and wait for it."""
+def refresh_lock(state_dir: Path, echo: Callable[[str], None], *, lease_s: float = LEASE_S) -> Iterator[None]:
+    """Hold the data dir's refresh lock (see the module docstring); when another refresh holds it,
+    say who and wait for it."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / LOCK_NAME
+    path, lease = state_dir / LOCK_NAME, state_dir / LEASE_NAME
+    me = this_process()
+    mine = {"host": me["host"], "pid": int(me["pid"]), "pid_started": float(me["pid_started"]), "since": time.time()}
+    waiting = False
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            echo(f"Another refresh of this data dir is running ({holder}; lock {path}): waiting for it to finish")
+            holder = _read_record(lease)
+            echo(f"Another refresh of this data dir is running ({describe(holder) if holder else 'unknown'}; lock {path}): waiting for it to finish")
+            waiting = True
             fcntl.flock(handle, fcntl.LOCK_EX)
+        while True:  # the flock is ours; on a file system that does not share it, so may another host's
+            holder = other_holder(_read_record(lease), mine, time.time(), lease_s)
+            if holder is None:
+                mine["renewed"] = time.time()
+                _write_record(lease, mine)
+                time.sleep(SETTLE_S)
+                if _read_record(lease) == mine:
+                    break
+                continue
+            if not waiting:
+                echo(f"Another refresh of this data dir is running ({describe(holder)}, lease renewed "
+                     f"{time.time() - float(holder['renewed']):.0f} s ago; lock {path}): waiting for it to finish")  # fmt: skip
+                waiting = True
+            time.sleep(min(lease_s / 3, 5.0))
+        if waiting:
             echo("The other refresh finished: continuing")
-        me = this_process()
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {me['pid']} on {me['host']} since {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC")
-        handle.flush()
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(lease_s / 3):
+                if _read_record(lease) == mine:  # never overwrite a record that is not ours
+                    mine["renewed"] = time.time()
+                    _write_record(lease, mine)
+
+        renewer = threading.Thread(target=renew, name="refresh-lock-lease", daemon=True)
+        renewer.start()
         try:
             yield
         finally:
-            handle.seek(0)
-            handle.truncate()
-            handle.flush()
+            stop.set()
+            renewer.join()
+            if _read_record(lease) == mine:
+                _write_record(lease, None)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from types import ModuleType
 from typing import Any
 
 import polars as pl
+
+from altgrad_pipeline import locking
 
 #: Parquet key-value metadata: `{run_id: run_version}` of the runs a file covers, and its recipe.
 RUN_VERSIONS_KEY = "altgrad.run_versions"
@@ -146,6 +150,19 @@ def rebuild(
         kept = previous.frame.lazy().collect().filter(pl.col("run_id").is_in(unchanged))
         frame = kept if fresh is None or fresh.is_empty() else _insert_runs(kept, fresh.cast(kept.schema))
     return Rebuilt(RunVersionedFrame(frame, dict(versions), built_with, spill), computed=changed, reused=len(unchanged))
+
+
+def spill_folder(root: Path, asset: str) -> Path:
+    """A new, empty folder for one build's per-run pieces (`rebuild`'s `spill`), under `root` (a
+    local cache dir), named with this process's pid; first the folders of processes that are gone
+    (a killed or crashed build) are removed, so their pieces never pile up on the disk."""
+    root.mkdir(parents=True, exist_ok=True)
+    me = locking.this_process()
+    for folder in root.iterdir():
+        pid = folder.name.rsplit("-", 2)[-2] if folder.name.count("-") >= 2 else ""
+        if folder.is_dir() and pid.isdigit() and locking.is_alive(me["host"], int(pid), None) is False:
+            shutil.rmtree(folder, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{asset}-{me['pid']}-", dir=root))
 
 
 def _spilled(rows: pl.DataFrame | pl.LazyFrame, path: Path) -> pl.LazyFrame:

@@ -53,10 +53,15 @@ ANALYSIS_KIND_TAG = "altgrad/kind"
 ANALYSIS_BASIS_TAG = "altgrad/analysis_of"
 
 
-def dagster_home(data_dir: str) -> Path:
+def instance_dir(data_dir: str) -> Path:
     """DAGSTER_HOME if set, else `<data dir>/dagster_home` (for an object-store data dir, the local
-    state dir beside it), created with a small dagster.yaml."""
-    home = Path(os.environ.get("DAGSTER_HOME") or settings.local_state_dir(data_dir) / "dagster_home").resolve()
+    state dir beside it)."""
+    return Path(os.environ.get("DAGSTER_HOME") or settings.local_state_dir(data_dir) / "dagster_home").resolve()
+
+
+def dagster_home(data_dir: str) -> Path:
+    """The instance dir (`instance_dir`), created with a small dagster.yaml."""
+    home = instance_dir(data_dir)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():

@@ -103,12 +103,35 @@ def test_the_io_manager_stores_rows_and_versions_together(tmp_path: Path) -> Non
     def versioned() -> RunVersionedFrame:
         return rebuild(None, versions, "r", RowsPerVersion(versions)).table
 
-    result = dg.materialize([versioned], partition_key="E5M2", resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))})
-    assert result.success
-    stored = previous_build(str(tmp_path), "versioned", "E5M2")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([versioned], partition_key="E5M2", instance=instance, resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))})
+        assert result.success
+        stored = previous_build(str(tmp_path), "versioned", "E5M2", instance, pytest.fail)
     assert stored is not None and stored.versions == versions and stored.recipe == "r"
     assert stored.frame.equals(RowsPerVersion(versions)(["a", "c"]))
     assert pl.read_parquet(tmp_path / "assets" / "versioned" / "E5M2.parquet").equals(stored.frame)
+
+
+def test_an_altered_partition_file_is_quarantined_not_reused(tmp_path: Path) -> None:
+    """A file that still decodes, with its run versions intact but other values (what a few bytes
+    overwritten can give): its SHA-256 is not the recorded one, so no row of it is kept."""
+    versions = {"a": "v1", "c": "v333"}
+
+    @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["E5M2"]))
+    def versioned() -> RunVersionedFrame:
+        return rebuild(None, versions, "r", RowsPerVersion(versions)).table
+
+    path = tmp_path / "assets" / "versioned" / "E5M2.parquet"
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([versioned], partition_key="E5M2", instance=instance, resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))}).success
+        original = read_build(str(path))
+        assert original is not None
+        original.frame.with_columns(pl.col("value") * 2).write_parquet(path, metadata=original.parquet_metadata())
+        warnings: list[str] = []
+        assert previous_build(str(tmp_path), "versioned", "E5M2", instance, warnings.append) is None
+    assert warnings == [f"{path} is corrupt (its content changed since it was written): moved to "
+                        f"{next((tmp_path / 'quarantine').rglob('E5M2.parquet'))}; computing every run of it again"]  # fmt: skip
+    assert not path.exists()
 
 
 def test_a_spilled_first_build_is_streamed_to_the_file_and_its_pieces_removed(tmp_path: Path) -> None:
@@ -125,9 +148,10 @@ def test_a_spilled_first_build_is_streamed_to_the_file_and_its_pieces_removed(tm
         assert isinstance(built.frame, pl.LazyFrame) and len(list(spill.iterdir())) == 3
         return built
 
-    result = dg.materialize([versioned], partition_key="E5M2", resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))})
-    assert result.success and not spill.exists()
-    stored = previous_build(str(tmp_path), "versioned", "E5M2")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([versioned], partition_key="E5M2", instance=instance, resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))})
+        assert result.success and not spill.exists()
+        stored = previous_build(str(tmp_path), "versioned", "E5M2", instance, pytest.fail)
     assert stored is not None and stored.versions == versions
     assert stored.frame.equals(RowsPerVersion(versions)(sorted(versions)))
 
@@ -149,3 +173,22 @@ def test_any_sequence_of_builds_equals_a_fresh_build(tmp_path_factory: pytest.Te
         assert built.frame.equals(RowsPerVersion(versions)(sorted(versions)))
         assert sorted(run for call in compute.calls for run in call) == sorted(r for r, v in versions.items() if previous.get(r) != v)
         stored, previous = _stored(built, path), versions
+
+
+def test_spill_folders_of_processes_that_are_gone_are_removed(tmp_path: Path) -> None:
+    """A build killed between spilling and writing leaves its pieces; the next build removes them
+    (the cache is local, so a pid says whether their process lives), never a live process's."""
+    import os
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout)
+    root = tmp_path / "spill"
+    orphan = root / f"run_histories-{dead}-abc123"
+    live = root / f"layer_metrics-{os.getpid()}-def456"
+    for folder in (orphan, live):
+        folder.mkdir(parents=True)
+        (folder / "000000.parquet").write_bytes(b"piece")
+    made = partition_tables.spill_folder(root, "run_histories")
+    assert sorted(p.name for p in root.iterdir()) == sorted([live.name, made.name])
+    assert made.name.startswith(f"run_histories-{os.getpid()}-") and list(made.iterdir()) == []

@@ -1,5 +1,5 @@
 """A refresh that heals itself: killed at any phase, fed hostile format names, handed damaged files
-or started twice at once, a plain `altgrad-pipeline refresh` converges to what a clean run builds.
+started twice at once or run out of disk space, a plain `altgrad-pipeline refresh` converges to what a clean run builds.
 
 One small JSONL study (BF16 and E5M2, plus a run whose format is "../../../ESCAPE" and one whose
 format is 300 characters) is refreshed once cleanly; every other data dir must end equal to it:
@@ -9,13 +9,16 @@ process at named write points (`ALTGRAD_TEST_KILL_AT`, test-only, see `atomic.ki
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -113,7 +116,8 @@ def _same(value: str | bytes | pl.DataFrame, expected: str | bytes | pl.DataFram
 
 
 def assert_like_clean(data: Path, clean: Path) -> None:
-    """The same tables and the same reports (build times aside) as the clean refresh; no temp file left."""
+    """The same tables and the same reports (build times aside) as the clean refresh; no temp file
+    or spilled piece left."""
     tables, expected = _tables(data), _tables(clean)
     assert sorted(tables) == sorted(expected)
     for name, frame in expected.items():
@@ -122,6 +126,7 @@ def assert_like_clean(data: Path, clean: Path) -> None:
     assert sorted(reports) == sorted(expected_reports)
     assert [name for name in reports if not _same(reports[name], expected_reports[name])] == []
     assert not [p for p in data.rglob("*.tmp") if "quarantine" not in p.parts]
+    assert not any((data / "cache" / "spill").glob("*"))  # a killed build's per-run pieces are gone too
 
 
 def test_odd_format_names_stay_inside_the_data_dir_and_are_explained(clean, store):
@@ -195,3 +200,65 @@ def test_two_refreshes_started_together_one_waits_and_both_end_like_a_clean_run(
     waited = [out for out, _ in outputs if "Another refresh of this data dir is running (pid" in out]
     assert len(waited) == 1 and "Everything is up to date." in waited[0], outputs
     assert_like_clean(data, clean)
+
+
+@contextlib.contextmanager
+def _small_disk(folder: Path, size_kib: int) -> Iterator[Path]:
+    """A tmpfs of `size_kib` mounted at `folder` (root with CAP_SYS_ADMIN, as in the dev container
+    and CI); the test is skipped, saying why, where mounting is not allowed."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a full disk needs a small tmpfs, and mounting one failed here: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _du_kib(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) // 1024
+
+
+def _whole(path: Path) -> bool:
+    """Whether a file at its final path is complete, judged by its format's own ending."""
+    data = path.read_bytes()
+    if path.suffix == ".parquet":
+        try:
+            pl.read_parquet(path)
+        except Exception:  # noqa: BLE001 - any failure to decode is a truncated file
+            return False
+        return True
+    if path.suffix == ".png":
+        return data.endswith(b"IEND\xaeB`\x82")
+    if path.suffix == ".svg":
+        return data.rstrip().endswith(b"</svg>")
+    if path.suffix == ".html":
+        return data.rstrip().endswith(b"</html>")
+    if path.suffix == ".json":
+        try:
+            json.loads(data)
+        except ValueError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("fraction", [0.35, 0.85], ids=["disk-full-while-ingesting", "disk-full-while-reporting"])
+def test_a_full_disk_is_said_plainly_and_a_rerun_after_freeing_space_heals(fraction, store, clean, tmp_path):
+    # The data dir is the mount point, as deep as the clean one: reports link runs by relative path.
+    with _small_disk(tmp_path / "data", int(_du_kib(clean) * fraction)) as data:
+        result = _refresh(store, data)
+        assert result.returncode == 1, result.stdout + result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        failed_steps = [line for line in result.stdout.splitlines() if "out of disk space writing " + str(data) in line]
+        assert (last.startswith("Refresh failed: the disk is full: ") and str(data) in last) or failed_steps, result.stdout + result.stderr
+        files = [p for p in data.rglob("*") if p.is_file() and "dagster_home" not in p.parts]
+        assert not [p for p in data.rglob("*") if p.name.endswith(".tmp") or ".tmp" in p.parent.name], "temp files left behind"
+        assert [p for p in files if not _whole(p)] == []
+        subprocess.run(["mount", "-o", "remount,size=1g", str(data)], check=True)  # space freed
+        for database in (data / "dagster_home").rglob("*.db"):  # SQLite rolled back, never corrupt
+            with contextlib.closing(sqlite3.connect(database)) as connection:
+                assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",), database
+        out = _ok(_refresh(store, data))
+        assert "Everything is up to date." not in out
+        assert_like_clean(data, clean)

@@ -237,6 +237,8 @@ class FakeWandbServer:
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        #: A misbehaving server: every response carries the request's Authorization header back.
+        self.echo_auth_header = False
 
     # -- control from tests ----------------------------------------------------------------------
 
@@ -548,6 +550,8 @@ def _handler_for(server: FakeWandbServer) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             headers = {key.lower(): value for key, value in self.headers.items()}
             status, out_headers, payload = server.handle(self.path, headers, body)
+            if server.echo_auth_header:
+                out_headers = {**out_headers, "X-Echoed-Authorization": headers.get("authorization", "")}
             self.send_response(status)
             for key, value in out_headers.items():
                 self.send_header(key, value)

@@ -8,8 +8,8 @@ each study, in fresh child processes with fresh data dirs:
 - reading alone: one catalog sync (every run parsed, histories cached), as `refresh` starts with;
 - the first `refresh`: every asset of every format partition, analysis and reports.
 
-CPU is user + system of the child and everything it waited for (`RUSAGE_CHILDREN`), peak RSS the
-largest single process among them. Step durations come from the refresh's own Dagster event log
+CPU is user + system of the child and everything it waited for, peak RSS the largest single
+process among them (both from `wait4` on that child). Step durations come from the refresh's own Dagster event log
 (summed over format partitions), so the table says which assets cost what.
 
     python bench/refresh_cost.py --out bench/results/refresh_cost.json
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -79,15 +78,19 @@ def clone_study(templates: list[Path], store: Path, runs: int) -> Path:
 
 
 def in_child(code: str) -> dict:
-    """CPU seconds and peak RSS of a fresh interpreter running `code` (and its own children)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """CPU seconds and peak RSS of a fresh interpreter running `code` (and its own children).
+    Both come from `wait4` on that child alone: `RUSAGE_CHILDREN` keeps the largest RSS of every
+    child ever waited for, so a later, smaller child would report an earlier one's peak."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, stdout=subprocess.DEVNULL)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, child.args)
     return {
         "wall_s": round(time.perf_counter() - started, 1),
-        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
-        "peak_rss_mb": round(after.ru_maxrss / 1024),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
     }
 
 
@@ -108,7 +111,7 @@ def step_durations(dagster_home: Path) -> dict[str, float]:
 def measure(store: Path, work: Path, label: str) -> dict:
     """Reading alone, then a first refresh, each in a fresh data dir (run stores as ALTGRAD_RUNS)."""
     runs = str(store)
-    os.environ["ALTGRAD_INGEST_WORKERS"] = "1"  # parse workers under a forkserver escape RUSAGE_CHILDREN
+    os.environ["ALTGRAD_INGEST_WORKERS"] = "1"  # parse workers under a forkserver are not the child's: their CPU would not count
     read_dir, refresh_dir = work / f"{label}-read", work / f"{label}-refresh"
     for path in (read_dir, refresh_dir):
         shutil.rmtree(path, ignore_errors=True)
@@ -123,7 +126,8 @@ def measure(store: Path, work: Path, label: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=32)
-    parser.add_argument("--scale", type=int, default=4, help="the second study has this many times the runs")
+    parser.add_argument("--scale", type=int, default=4,
+                        help="the second study has this many times the runs (1: measure the first study only)")
     parser.add_argument("--store", type=Path, default=Path(tempfile.gettempdir()) / "altgrad-refresh-cost")
     parser.add_argument("--top", type=int, default=10, help="step durations printed per study")
     parser.add_argument("--out", type=Path)
@@ -131,7 +135,7 @@ def main() -> None:
     os.environ.setdefault("ALTGRAD_EXECUTOR", "in_process")
     templates = write_templates(args.store / "templates")
     results = {}
-    for runs in (args.runs, args.runs * args.scale):
+    for runs in sorted({args.runs, args.runs * args.scale}):
         store = clone_study(templates, args.store / f"study-{runs}", runs)
         result = measure(store, args.store / "work", f"{runs}runs")
         results[f"{runs} runs"] = result

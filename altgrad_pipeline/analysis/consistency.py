@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from altgrad_pipeline.analysis.history_scans import per_run
 from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.study import CONFIG_NOISE_KEYS, LOSS_KEYS
 
@@ -23,8 +24,16 @@ def steps_unique_and_increasing(histories: pl.LazyFrame | pl.DataFrame) -> tuple
 
     In a series that never decreases a repeated step is a zero difference, so one pass of
     differences decides every series; distinct steps are counted only for series that decrease.
+    A series belongs to one run, so the runs are checked one at a time (`history_scans`): memory stays
+    one run's, however many runs a partition holds.
     """
-    steps = histories.lazy().select("run_id", "key", "step")
+    bad = per_run(histories.lazy().select("run_id", "key", "step"), _series_step_faults).sort("run_id", "key")
+    return bad.is_empty(), bad
+
+
+def _series_step_faults(steps: pl.LazyFrame) -> pl.DataFrame:
+    """run_id, key, n_duplicate_steps, n_decreasing_steps of the series of `steps` that repeat
+    or go back (see `steps_unique_and_increasing`)."""
     difference = pl.col("step").diff()
     suspect = (
         steps.group_by("run_id", "key")
@@ -38,14 +47,12 @@ def steps_unique_and_increasing(histories: pl.LazyFrame | pl.DataFrame) -> tuple
         .group_by("run_id", "key")
         .agg((pl.len() - pl.col("step").n_unique()).alias("n_duplicates"))
     )
-    bad = (
+    return (
         suspect.lazy()
         .join(duplicates, on=["run_id", "key"], how="left")
         .select("run_id", "key", pl.coalesce("n_duplicates", "n_repeats").alias("n_duplicate_steps"), "n_decreasing_steps")
-        .sort("run_id", "key")
         .collect()
     )
-    return bad.is_empty(), bad
 
 
 def rankings_cover_formats(rankings: pl.DataFrame) -> tuple[bool, pl.DataFrame]:

@@ -29,9 +29,9 @@ segment is matched), else a dataset size (`train_size`, `dataset_size`, `num_tra
 from __future__ import annotations
 
 import polars as pl
-from scipy import stats as sps
 
-from altgrad_pipeline.analysis.stats import finite, least_squares_slope
+from altgrad_pipeline.analysis.history_scans import distinct
+from altgrad_pipeline.analysis.stats import finite, least_squares_slope, t_quantiles
 from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.ingest.tables import CONFIG_PREFIX
 from altgrad_pipeline.study import LOSS_KEYS
@@ -70,11 +70,12 @@ def is_nonnegative_metric(metric: str) -> bool:
 
 def curve_series(histories: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
     """run_id, metric, step, value of every curve metric, sorted by step (last value per step).
-    The key test runs on the distinct keys, not on every history row."""
+    The key test runs on the distinct keys (streamed), not on every history row, and the curve
+    rows are then read by a filter the Parquet reader applies (`history_scans`)."""
     history = numeric_history(histories)
-    curve_keys = history.select(pl.col("key").unique()).filter(is_curve_metric())
+    curve_keys = pl.DataFrame({"key": distinct(history, "key")}, schema={"key": pl.String}).filter(is_curve_metric())
     return (
-        history.join(curve_keys, on="key", how="semi")
+        history.filter(pl.col("key").is_in(curve_keys.get_column("key").to_list()))
         .group_by("run_id", "key", "step")
         .agg(pl.col("value").last())
         .rename({"key": "metric"})
@@ -153,8 +154,7 @@ def grouped_curves(series: pl.LazyFrame | pl.DataFrame, groups: pl.LazyFrame | p
         .sort("group", "step")
         .collect()
     )
-    quantile = pl.Series([float(sps.t.ppf(0.5 + confidence / 2, n - 1)) if n >= 2 else None for n in summary["n_runs"].to_list()], dtype=pl.Float64)
-    half = quantile * summary["std"] / summary["n_runs"].cast(pl.Float64).sqrt()
+    half = t_quantiles(summary["n_runs"], confidence) * summary["std"] / summary["n_runs"].cast(pl.Float64).sqrt()
     return summary.with_columns((pl.col("mean") - half).alias("ci_low"), (pl.col("mean") + half).alias("ci_high")).select(
         "group", "step", pl.col("n_runs").cast(pl.Int64), "mean", "ci_low", "ci_high"
     )

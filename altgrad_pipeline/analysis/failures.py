@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from altgrad_pipeline.analysis.history_scans import distinct, per_run
 from altgrad_pipeline.analysis.layers import DEFAULT_LAYER_PATTERNS, LayerPatterns, parse_metric_keys
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import finite, least_squares_slope
@@ -129,52 +130,71 @@ def _thresholds(raw_runs: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _per_param(histories: pl.LazyFrame, patterns: LayerPatterns) -> pl.LazyFrame:
-    return histories.join(_parsed_per_param_keys(histories, patterns), on="key", how="inner")
-
-
 def _parsed_per_param_keys(histories: pl.LazyFrame, patterns: LayerPatterns) -> pl.LazyFrame:
     return parse_metric_keys(histories.select("key"), patterns).filter(pl.col("metric").is_in(["grad_norm_l2", "dead_neuron_frac"]))
 
 
-def _rows_used(history: pl.LazyFrame, patterns: LayerPatterns) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(first logged step per run, the rows of the keys failure modes read), in one pass over
-    the histories: every later step of the plan reads this subset instead of scanning them again."""
+def _rows_used(history: pl.LazyFrame, patterns: LayerPatterns) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(first logged step per run, the rows of the named keys failure modes read, the per-step
+    series they derive from per-parameter keys (`_per_param_series`)): every later step of the
+    plan reads these instead of scanning the histories again. The distinct keys and the first
+    steps are streamed, the named rows read by a filter the Parquet reader applies, and the
+    per-parameter rows (the bulk of what is read) reduced run by run (`history_scans`), so the
+    histories are never held whole."""
     named = (*LOSS_KEYS, "grad_norm", "param_nan_count", *BIT_STALL_KEYS, *OVERFLOW_KEYS, *UNDERFLOW_KEYS)
-    keys = history.select(pl.col("key").unique()).collect().lazy()
-    used = pl.concat([pl.LazyFrame({"key": named}), _parsed_per_param_keys(keys, patterns).select("key")])
-    first_steps, rows = pl.collect_all([
-        history.group_by("run_id").agg(pl.col("step").min().alias("first_step")),
-        history.join(used, on="key", how="semi").select("run_id", "step", "key", "value"),
-    ])  # fmt: skip
-    return first_steps, rows
+    keys = pl.LazyFrame({"key": distinct(history, "key")}, schema={"key": pl.String})
+    per_param_keys = _parsed_per_param_keys(keys, patterns).collect()
+    first_steps = history.group_by("run_id").agg(pl.col("step").min().alias("first_step")).collect(engine="streaming")
+    rows = history.filter(pl.col("key").is_in(named)).select("run_id", "step", "key", "value").collect()
+    per_param = per_run(
+        history.filter(pl.col("key").is_in(per_param_keys.get_column("key").to_list())).select("run_id", "step", "key", "value"),
+        lambda run_rows: _per_param_series(run_rows, per_param_keys.lazy()),
+        first_steps.get_column("run_id").sort().to_list(),
+    )
+    return first_steps, rows, per_param
+
+
+def _per_param_series(rows: pl.LazyFrame, per_param_keys: pl.LazyFrame) -> pl.LazyFrame:
+    """run_id, step, quantity, value of the series failure modes derive from per-parameter keys:
+    `grad_norm_from_params` (sqrt of the summed squared `grad_norm_l2`, non-finite values kept),
+    `grad_sparsity` (mean finite `dead_neuron_frac` of the quantized weights) and
+    `dead_neuron_frac_ex_embedding` (the same without embeddings)."""
+    per_param = rows.join(per_param_keys, on="key", how="inner")
+    dead = per_param.filter((pl.col("metric") == "dead_neuron_frac") & pl.col("quantized").fill_null(False) & finite(pl.col("value")))
+    return pl.concat(
+        [
+            per_param.filter(pl.col("metric") == "grad_norm_l2")
+            .group_by("run_id", "step")
+            .agg((pl.col("value") ** 2).sum().sqrt().alias("value"))
+            .select("run_id", "step", pl.lit("grad_norm_from_params").alias("quantity"), "value"),
+            dead.group_by("run_id", "step").agg(pl.col("value").mean()).select("run_id", "step", pl.lit("grad_sparsity").alias("quantity"), "value"),
+            dead.filter(pl.col("layer_type") != "embedding")
+            .group_by("run_id", "step")
+            .agg(pl.col("value").mean())
+            .select("run_id", "step", pl.lit("dead_neuron_frac_ex_embedding").alias("quantity"), "value"),
+        ]
+    )
 
 
 def grad_norm_series(histories: pl.LazyFrame, per_param: pl.LazyFrame) -> pl.LazyFrame:
     """run_id, step, value: the logged global `grad_norm`, or for runs that do not log it
-    (classification) sqrt(sum of squared per-parameter `grad_norm_l2`); non-finite values kept."""
+    (classification) sqrt(sum of squared per-parameter `grad_norm_l2`) (`per_param`: the
+    `_per_param_series`); non-finite values kept."""
     logged_grad_norm = history_series(histories, ("grad_norm",))
     grad_norm_from_params = (
-        per_param.filter(pl.col("metric") == "grad_norm_l2")
+        per_param.filter(pl.col("quantity") == "grad_norm_from_params")
         .join(logged_grad_norm.select("run_id").unique(), on="run_id", how="anti")
-        .group_by("run_id", "step")
-        .agg((pl.col("value") ** 2).sum().sqrt().alias("value"))
     )
     return pl.concat([logged_grad_norm.select("run_id", "step", "value"), grad_norm_from_params.select("run_id", "step", "value")])
 
 
 def _trend_series(histories: pl.LazyFrame, per_param: pl.LazyFrame, grad_norm: pl.LazyFrame) -> pl.LazyFrame:
     """run_id, step, quantity, value for the quantities the trend metrics are computed from."""
-    dead = per_param.filter((pl.col("metric") == "dead_neuron_frac") & pl.col("quantized").fill_null(False) & finite(pl.col("value")))
     return pl.concat(
         [
             loss_history(histories).select("run_id", "step", pl.lit("loss").alias("quantity"), "value"),
             grad_norm.select("run_id", "step", pl.lit("log_grad_norm").alias("quantity"), pl.col("value").log()),
-            dead.group_by("run_id", "step").agg(pl.col("value").mean()).select("run_id", "step", pl.lit("grad_sparsity").alias("quantity"), "value"),
-            dead.filter(pl.col("layer_type") != "embedding")
-            .group_by("run_id", "step")
-            .agg(pl.col("value").mean())
-            .select("run_id", "step", pl.lit("dead_neuron_frac_ex_embedding").alias("quantity"), "value"),
+            per_param.filter(pl.col("quantity").is_in(["grad_sparsity", "dead_neuron_frac_ex_embedding"])),
         ]
     ).filter(finite(pl.col("value")))
 
@@ -289,8 +309,8 @@ def failure_modes(
     successful runs of other formats with the same optimizer (`ref_*`) and the parsed failure
     report (`report_*`). See the module docstring."""
     runs = raw_runs.lazy()
-    first_steps, used_rows = _rows_used(numeric_history(histories), patterns)
-    history = used_rows.lazy()
+    first_steps, used_rows, per_param_rows = _rows_used(numeric_history(histories), patterns)
+    history, per_param = used_rows.lazy(), per_param_rows.lazy()
     thresholds = _thresholds(runs)
     run_columns = runs.collect_schema().names()
     updated_at = pl.col("updated_at").cast(pl.Datetime("us", "UTC")) if "updated_at" in run_columns else pl.lit(None, pl.Datetime("us", "UTC"))
@@ -350,6 +370,8 @@ def failure_modes(
             pl.coalesce("failure_step", "last_step").alias("trend_end_step"),
             pl.max_horizontal(pl.coalesce("failure_step", "last_step") - trend_steps, "first_step").alias("trend_start_step"),
         )
+        .collect()  # one row per run, read by four parts of the plan below: computed once
+        .lazy()
     )
 
     targets = classified.select("run_id", "project", "optimizer", "fp8_format", "trend_start_step", "trend_end_step")
@@ -364,9 +386,10 @@ def failure_modes(
             .select(pl.col("run_id").alias("target_id"), "source_id", "trend_start_step", "trend_end_step"),
         ]
     ).rename({"trend_start_step": "window_start", "trend_end_step": "window_end"})
-    per_param = _per_param(history, patterns)
-    grad_norm = grad_norm_series(history, per_param)
-    trends = trend_metrics(_trend_series(history, per_param, grad_norm), windows)
+    # Collected once each (a few series per run), so the plans that read them twice do not compute
+    # them twice, nor hold their inputs at the same time.
+    grad_norm = grad_norm_series(history, per_param).collect().lazy()
+    trends = trend_metrics(_trend_series(history, per_param, grad_norm).collect().lazy(), windows).collect().lazy()
     own = trends.filter(pl.col("target_id") == pl.col("source_id")).drop("source_id")
     ref = (
         trends.filter(pl.col("target_id") != pl.col("source_id"))

@@ -517,7 +517,8 @@ def plateau_step(steps: np.ndarray, y: np.ndarray, *, tolerance: float = PLATEAU
     if len(y) < 3:
         return None
     span = max(3.0, PLATEAU_SPAN_FRACTION * len(y))
-    step_sizes = np.diff(steps)
+    # Steps float64 cannot tell apart (offsets beyond 2**53) count one float spacing apart, not 0.
+    step_sizes = np.maximum(np.diff(steps), np.spacing(np.abs(steps[1:])))
     slope = zero_phase_ewma(np.diff(y) / step_sizes, span)
     smoothed = zero_phase_ewma(y, span)
     change = abs(smoothed[-1] - smoothed[0])

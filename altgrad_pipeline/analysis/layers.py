@@ -133,14 +133,16 @@ def layer_metrics(histories: pl.LazyFrame | pl.DataFrame, patterns: LayerPattern
     param, step. Values are kept as logged (NaN and inf included)."""
     history = numeric_history(histories)
     # Sorting by an integer rank of (metric, param) and attaching the string columns afterwards
-    # costs a third of sorting the joined rows by their strings.
+    # costs a third of sorting the joined rows by their strings, and sorting the integers first,
+    # then stably by run (one run per call when partitions are built run by run), half again.
     # (Two keys may name one metric and param, e.g. with and without `train/`: they share a rank.)
     order = pl.struct("metric", "param").rank("dense").alias("_order")
     parsed = parse_metric_keys(history.select("key"), patterns).with_columns(order).collect().lazy()
     ordered = (
         history.join(parsed.select("key", "_order"), on="key", how="inner")
         .select("run_id", "step", "_order", "value")
-        .sort("run_id", "_order", "step")
+        .sort("_order", "step")
+        .sort("run_id", maintain_order=True)
     )
     return (
         ordered.join(parsed.drop("key").unique("_order"), on="_order", how="left", maintain_order="left")

@@ -70,7 +70,7 @@ from altgrad_pipeline.analysis.stats import (
     probability_lower,
 )
 from altgrad_pipeline.ingest.model import numeric_history
-from altgrad_pipeline.study import BASELINE_FORMAT, MANIFOLD_OPTIMIZER, NO_FORMAT, STANDARD_OPTIMIZER
+from altgrad_pipeline.study import BASELINE_FORMAT, LOSS_KEYS, MANIFOLD_OPTIMIZER, NO_FORMAT, STANDARD_OPTIMIZER
 
 METRICS = ("final_loss", "best_loss", "steps_to_threshold", "bit_stall_rate")
 FAILURE_METRICS = ("failure_rate", "failure_step")
@@ -134,7 +134,10 @@ def per_run_metrics(
     fp8_format, optimizer, seed, common_step, loss_threshold and the four `METRICS`.
     `run_summaries` is the `run_summaries` asset (one row per run and key, `min` among them)."""
     runs = raw_runs.lazy().filter(pl.col("fp8_format") != NO_FORMAT)
-    history = numeric_history(histories)
+    # The loss and bit-stall rows, read once: the plan below reads the loss seven times.
+    history = (
+        numeric_history(histories).filter(pl.col("key").is_in((*LOSS_KEYS, *BIT_STALL_KEYS))).select("run_id", "step", "key", "value").collect().lazy()
+    )
     completed_ids = outcomes.lazy().filter(pl.col("outcome") == "completed").select("run_id")
     loss_series = loss_history(history)
     loss = loss_series.select("run_id", "step", "value")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from altgrad_pipeline.analysis.history_scans import per_run
 from altgrad_pipeline.analysis.stats import finite
 from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.study import LOSS_KEYS
@@ -53,15 +54,9 @@ def loss_history(histories: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
     return history_series(histories, LOSS_KEYS)
 
 
-def run_outcomes(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
-    """One row per run of `raw_runs` (columns: `OUTCOMES_SCHEMA`).
-
-    `last_step` is the largest step logged under any key (the ingest `last_step` when the run has
-    no history); `first_nan_step` the first step whose loss is NaN or +-inf;
-    `first_param_nan_step` the first step with `param_nan_count` > 0.
-    """
-    history = numeric_history(histories)
-    runs = raw_runs.lazy().select("run_id", "state", pl.col("max_steps").cast(pl.Int64), pl.col("last_step").cast(pl.Int64).alias("ingest_last_step"))
+def _history_facts(history: pl.LazyFrame) -> pl.LazyFrame:
+    """run_id, history_last_step and the loss and `param_nan_count` facts of `run_outcomes`, for
+    the runs of `history` (numeric rows) that logged anything."""
     last_steps = history.group_by("run_id").agg(pl.col("step").max().alias("history_last_step"))
     loss = loss_history(history)
     is_finite = finite(pl.col("value"))
@@ -77,6 +72,19 @@ def run_outcomes(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyFrame 
         .group_by("run_id")
         .agg(pl.col("step").min().alias("first_param_nan_step"))
     )
+    return last_steps.join(loss_summary, on="run_id", how="left").join(param_nan, on="run_id", how="left")
+
+
+def run_outcomes(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+    """One row per run of `raw_runs` (columns: `OUTCOMES_SCHEMA`).
+
+    `last_step` is the largest step logged under any key (the ingest `last_step` when the run has
+    no history); `first_nan_step` the first step whose loss is NaN or +-inf;
+    `first_param_nan_step` the first step with `param_nan_count` > 0.
+    """
+    runs = raw_runs.lazy().select("run_id", "state", pl.col("max_steps").cast(pl.Int64), pl.col("last_step").cast(pl.Int64).alias("ingest_last_step"))
+    # Every aggregate is per run: computed run by run (`history_scans`), memory stays one run's.
+    from_history = per_run(numeric_history(histories), _history_facts, runs.select(pl.col("run_id").unique(maintain_order=True)).collect().to_series().to_list())
     last_step = pl.coalesce("history_last_step", "ingest_last_step")
     ended_early = last_step < pl.col("max_steps") - 1
     last_loss_bad = pl.col("last_loss").is_not_null() & ~finite(pl.col("last_loss"))
@@ -92,9 +100,7 @@ def run_outcomes(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyFrame 
         .otherwise(pl.lit("incomplete"))
     )
     return (
-        runs.join(last_steps, on="run_id", how="left")
-        .join(loss_summary, on="run_id", how="left")
-        .join(param_nan, on="run_id", how="left")
+        runs.join(from_history.lazy(), on="run_id", how="left", maintain_order="left")
         .with_columns(last_step.alias("last_step"), outcome.alias("outcome"))
         .select(list(OUTCOMES_SCHEMA))
         .cast(OUTCOMES_SCHEMA)

@@ -53,6 +53,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from altgrad_pipeline.analysis.history_scans import per_run
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import (
     coefficient_of_variation,
@@ -152,7 +153,7 @@ def format_rankings(
     # The loss and bit-stall rows, read once: the plan below would otherwise scan every history thrice.
     history = numeric_history(histories).filter(pl.col("key").is_in((*LOSS_KEYS, *BIT_STALL_KEYS))).collect().lazy()
     per_layer = layer_metrics.lazy()
-    completed = completed_runs_at_common_step(runs, history, outcomes.lazy())
+    completed = completed_runs_at_common_step(runs, history, outcomes.lazy()).collect().lazy()
 
     counts = (
         runs.join(outcomes.lazy().select("run_id", "outcome"), on="run_id", how="left")
@@ -198,8 +199,11 @@ def format_rankings(
         .join(baselines.filter(pl.col("optimizer") == standard).select("project", pl.col("final_loss").alias("standard_baseline")), on="project", how="left")
         .select("project", "optimizer", pl.coalesce("own_baseline", "standard_baseline").alias("baseline_final_loss"))
     )
+    # Layer metrics are the study's largest table: read run by run, and only the completed runs'.
+    completed_ids = completed.select(pl.col("run_id").unique(maintain_order=True)).collect().to_series().to_list()
     health = (
-        _health_per_run(per_layer, completed)
+        per_run(per_layer, lambda rows: _health_per_run(rows, completed), completed_ids)
+        .lazy()
         .join(completed.select("run_id", *RUN_KEY), on="run_id")
         .group_by(*RUN_KEY, "layer_type")
         .agg(*(pl.col(name).mean() for name, _ in HEALTH_CRITERIA), *(pl.col(name).std(ddof=1).alias(f"{name}_std") for name, _ in HEALTH_CRITERIA))
@@ -207,7 +211,10 @@ def format_rankings(
     layer_types = pl.concat(
         [
             runs.select("project").unique().with_columns(pl.lit("all").alias("layer_type")),
-            per_layer.join(runs.select("run_id", "project"), on="run_id").select("project", "layer_type").unique(),
+            pl.LazyFrame(per_layer.select("run_id", "layer_type").unique().collect(engine="streaming"))
+            .join(runs.select("run_id", "project"), on="run_id")
+            .select("project", "layer_type")
+            .unique(),
         ]
     ).unique()
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import polars as pl
-from scipy import stats as sps
 
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
-from altgrad_pipeline.analysis.stats import finite
+from altgrad_pipeline.analysis.stats import finite, t_quantiles
 from altgrad_pipeline.study import LOSS_KEYS
 
 #: Confidence level of the loss-curve bands.
@@ -45,10 +44,7 @@ DEAD_NEURON_METRIC = "dead_neuron_frac"
 
 def _t_half_width(std: pl.Expr, n: pl.Expr, confidence: float) -> pl.Expr:
     """Half width of the Student-t interval; null for fewer than two values."""
-    quantile = n.map_elements(
-        lambda k: float(sps.t.ppf(0.5 + confidence / 2, k - 1)) if k >= 2 else None,
-        return_dtype=pl.Float64,
-    )
+    quantile = n.map_batches(lambda counts: t_quantiles(counts, confidence), return_dtype=pl.Float64)
     return quantile * std / n.cast(pl.Float64).sqrt()
 
 

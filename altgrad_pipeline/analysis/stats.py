@@ -29,6 +29,15 @@ def least_squares_slope(x: pl.Expr, y: pl.Expr) -> pl.Expr:
     return pl.when(denominator > 0).then((dx * dy).sum() / denominator)
 
 
+def t_quantiles(n: pl.Series, confidence: float) -> pl.Series:
+    """The Student-t quantile t(0.5 + confidence/2, n − 1) of each count in `n` (null below two):
+    SciPy is called once per distinct count, not once per row (a curve band has a row per step,
+    and a SciPy call costs as much as thousands of Polars rows)."""
+    counts = [k for k in n.unique().drop_nulls().to_list() if k >= 2]
+    quantiles = [float(sps.t.ppf(0.5 + confidence / 2, k - 1)) for k in counts]
+    return n.replace_strict(counts, quantiles, default=None, return_dtype=pl.Float64)
+
+
 def coefficient_of_variation(x: pl.Expr) -> pl.Expr:
     """Sample standard deviation (ddof=1) over mean: scale-free spread, as an aggregation."""
     return x.std(ddof=1) / x.mean()

@@ -66,32 +66,41 @@ TRAINING_DYNAMICS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+def step_offsets(steps: np.ndarray) -> np.ndarray:
+    """Steps (int64, ascending) as float offsets from the first: exact in unsigned arithmetic, so a
+    series from -2**63 to 2**63-1 neither overflows nor loses its small steps to a huge first one."""
+    steps = np.asarray(steps, np.int64)
+    return (steps.astype(np.uint64) - steps[:1].astype(np.uint64)).astype(float)
+
+
 def _series_rows(run_id: str, metric: str, steps: np.ndarray, values: np.ndarray) -> list[dict]:
     """The model rows of one series (empty when its finite prefix is too short)."""
     n_finite = fits.finite_prefix_length(values)
     first_nonfinite = int(steps[n_finite]) if n_finite < len(values) else None
-    steps, values = steps[:n_finite].astype(float), values[:n_finite]
+    steps, values = steps[:n_finite], values[:n_finite]
     if n_finite < fits.MIN_POINTS:
         return []
-    t = steps - steps[0] + 1.0
+    first, last = int(steps[0]), int(steps[-1])
+    t = step_offsets(steps) + 1.0
     fitted_models = fits.fit_models(t, values, 0.0 if is_nonnegative_metric(metric) else None)
     best = fits.selected_model(fitted_models)
     two_power = next(f for f in fitted_models if f.model == "two_power")
-    knee = float(two_power.break_step + steps[0] - 1.0) if fits.has_knee(fitted_models) else None
+    knee = float(two_power.break_step + first - 1.0) if fits.has_knee(fitted_models) else None
+    plateau = fits.plateau_step(t, values)
     limit, limit_se = fits.asymptote(best)
     final = float(np.mean(values[-FINAL_LAST_K:]))
     in_bits = 1 / math.log(2) if is_loss_metric(metric) else None
     shared = {
         "run_id": run_id,
         "metric": metric,
-        "first_step": int(steps[0]),
-        "last_step": int(steps[-1]),
+        "first_step": first,
+        "last_step": last,
         "first_nonfinite_step": first_nonfinite,
         "asymptote": limit,
         "asymptote_se": limit_se,
         "asymptote_bits": limit * in_bits if in_bits and limit is not None else None,
         "knee_step": knee,
-        "plateau_step": fits.plateau_step(steps, values),
+        "plateau_step": None if plateau is None else plateau + first - 1.0,
         "spectral_slope": fits.spectral_slope(values - best.fitted),
         "final_value": final,
         "final_loss_bits": final * in_bits if in_bits else None,
@@ -101,7 +110,7 @@ def _series_rows(run_id: str, metric: str, steps: np.ndarray, values: np.ndarray
         row = dict(shared, model=fit.model, selected=fit is best, success=fit.success, n_points=fit.n_points)
         row |= {"n_aic_parameters": fit.n_aic_parameters, "rss": fit.rss, "aic": fit.aic, "aicc": fit.aicc}
         row |= fit.params | {f"{name}_se": se for name, se in fit.standard_errors.items()}
-        row["break_step"] = None if fit.break_step is None else float(fit.break_step + steps[0] - 1.0)
+        row["break_step"] = None if fit.break_step is None else float(fit.break_step + first - 1.0)
         row["at_bound"] = list(fit.at_bound)
         rows.append(row)
     return rows

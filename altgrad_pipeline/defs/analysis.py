@@ -52,6 +52,7 @@ def layer_metrics(
     context: dg.AssetExecutionContext, raw_runs: pl.DataFrame, run_histories: pl.LazyFrame, run_stores: RunStores
 ) -> dg.MaterializeResult:
     built = run_stores.rebuild_partition(
+        context,
         "layer_metrics",
         context.partition_key,
         run_versions(raw_runs),
@@ -196,6 +197,7 @@ def run_summaries(
 ) -> dg.MaterializeResult:
     thresholds = [summaries.Threshold(t.pattern, t.below, t.above) for t in config.thresholds]
     built = run_stores.rebuild_partition(
+        context,
         "run_summaries",
         context.partition_key,
         run_versions(raw_runs),

@@ -80,6 +80,7 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
     # only changed runs are read from the catalog; the others' rows come from the last build.
     by_run = {e.run_id: e for e in entries}
     built = run_stores.rebuild_partition(
+        context,
         "run_histories",
         fmt,
         {e.run_id: e.version for e in entries},

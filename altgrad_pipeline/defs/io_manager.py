@@ -11,12 +11,16 @@ partition built yet (an empty store) that frame is empty, with the asset's colum
 `base_dir` may be an object-store URL: files are written through fsspec (UPath) and scanned by
 Polars' own object-store reader, both with the credentials and endpoint of the standard `AWS_*`
 variables (`settings.fsspec_storage_options`), so a lazy scan over S3 reads only the row groups
-and columns a query needs.
+and columns a query needs. Every file's SHA-256 is recorded with its materialization and checked
+before it is read, local or not (an object is streamed through the hash once per ETag and process).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import shutil
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import dagster as dg
@@ -33,9 +37,45 @@ def _storage_path(base_dir: str) -> UPath:
     return UPath(base_dir, **settings.fsspec_storage_options(base_dir)) / "assets"
 
 
-def previous_build(base_dir: str, asset: str, partition: str) -> RunVersionedFrame | None:
-    """A partition as this IO manager last stored it, with its run versions (`partition_tables`)."""
-    path = _storage_path(base_dir) / asset / f"{partition}{PolarsParquetIOManager.extension}"
+def _is_local(path: UPath) -> bool:
+    return path.protocol in ("", "file")
+
+
+def asset_path(base_dir: str, asset: str, partition: str | None) -> UPath:
+    """Where the IO manager keeps an asset's file (one partition's, or an unpartitioned asset's)."""
+    folder = _storage_path(base_dir)
+    extension = PolarsParquetIOManager.extension
+    return folder / asset / f"{partition}{extension}" if partition else folder / f"{asset}{extension}"
+
+
+def file_problem(path: UPath, expected: str | None) -> str | None:
+    """Why a stored file is not the one written (`integrity.problem`), on local disk or in an
+    object store; None when it is."""
+    return integrity.problem(str(path), expected) if _is_local(path) else integrity.object_problem(path.fs, path.path, expected)
+
+
+def quarantine_file(path: UPath, base_dir: str) -> str | None:
+    """Move a damaged stored file to `<data dir>/quarantine/`; where it went (None: nothing to move)."""
+    if _is_local(path):
+        moved = integrity.quarantine(str(path), base_dir)
+        return None if moved is None else str(moved)
+    return integrity.quarantine_object(path.fs, path.path, UPath(base_dir, **settings.fsspec_storage_options(base_dir)).path)
+
+
+def previous_build(
+    base_dir: str, asset: str, partition: str, instance: dg.DagsterInstance, warn: Callable[[str], None]
+) -> RunVersionedFrame | None:
+    """A partition as this IO manager last stored it, with its run versions (`partition_tables`),
+    when it is still the file written: one that no longer has the SHA-256 its latest
+    materialization recorded is named (`warn`), moved to quarantine and not reused, so a run that
+    no refresh assessed first (a sensor's, a backfill's) rebuilds it from the runs."""
+    path = asset_path(base_dir, asset, partition)
+    if path.exists():
+        expected = recorded_sha256(instance, dg.AssetKey(asset), partition)
+        if (why := file_problem(path, expected)) is not None:
+            moved = quarantine_file(path, base_dir)
+            warn(f"{why}: moved to {moved}; computing every run of it again")
+            return None
     options = settings.polars_storage_options(dict(path.storage_options))
     return read_build(str(path), options or None)
 
@@ -89,17 +129,19 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         metadata = obj.parquet_metadata() if isinstance(obj, RunVersionedFrame) else None
         frame = obj.frame if isinstance(obj, RunVersionedFrame) else obj
         atomic.kill_point(f"write:{context.asset_key.to_user_string()}" if context.has_asset_key else "write")
-        if path.protocol in ("", "file"):
+        if _is_local(path):
             with atomic.atomic_path(str(path)) as tmp:  # readers (sensors, other runs) never see half a file
                 if isinstance(frame, pl.LazyFrame):
                     frame.sink_parquet(str(tmp), metadata=metadata)
                 else:
                     frame.write_parquet(str(tmp), metadata=metadata)
                 digest = integrity.sha256_of(tmp)
-            context.add_output_metadata({integrity.SHA256_KEY: digest})
-        else:
-            with path.open("wb") as handle:
-                frame.lazy().collect().write_parquet(handle, metadata=metadata)
+        else:  # an object store's PUT is atomic already; the bytes are hashed as they are sent
+            buffer = io.BytesIO()
+            frame.lazy().collect().write_parquet(buffer, metadata=metadata)
+            digest = hashlib.sha256(buffer.getbuffer()).hexdigest()
+            path.write_bytes(buffer.getvalue())
+        context.add_output_metadata({integrity.SHA256_KEY: digest})
         if isinstance(obj, RunVersionedFrame) and obj.spill is not None:
             shutil.rmtree(obj.spill, ignore_errors=True)
 
@@ -111,16 +153,16 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
 
     @staticmethod
     def _verify(context: dg.InputContext, path: UPath, partition: str | None) -> None:
-        """A local file must hash to what its latest materialization recorded (files written before
-        hashes were recorded, and object stores, which check their own transfers, are trusted)."""
-        if path.protocol not in ("", "file") or not context.has_asset_key:
+        """A file must hash to what its latest materialization recorded, on local disk or in an
+        object store (files written before hashes were recorded are trusted)."""
+        if not context.has_asset_key:
             return
         try:
             instance = context.instance
         except Exception:  # noqa: BLE001 - a context built without an instance (direct IO manager use)
             return
-        expected = recorded_sha256(instance, context.asset_key, partition)
-        integrity.verify(str(path), expected)
+        if (why := file_problem(path, recorded_sha256(instance, context.asset_key, partition))) is not None:
+            raise integrity.CorruptFileError(f"{why}; the next `altgrad-pipeline refresh` moves it aside and rebuilds it")
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.DataFrame | pl.LazyFrame:
         self._verify(context, path, context.asset_partition_key if context.has_asset_partitions else None)

@@ -116,7 +116,7 @@ def media_format(context: dg.AssetExecutionContext, raw_runs: pl.DataFrame, run_
 
     versions = {run: version for run, version in run_versions(raw_runs).items() if run in by_run}
     built = {
-        name: run_stores.rebuild_partition(name, fmt, versions, MEDIA_RECIPE, lambda run_ids, name=name: getattr(media_of(tuple(run_ids)), name))
+        name: run_stores.rebuild_partition(context, name, fmt, versions, MEDIA_RECIPE, lambda run_ids, name=name: getattr(media_of(tuple(run_ids)), name))
         for name in ("run_media", "media_tables", "histograms", "media_issues")
     }  # fmt: skip
     run_media, table_index, histograms, issues = (built[name].table.frame for name in built)

@@ -4,7 +4,6 @@ through, and the folder the reports are written to."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,7 +17,7 @@ from altgrad_pipeline import settings
 from altgrad_pipeline.defs.io_manager import previous_build
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.sources import build_sources
-from altgrad_pipeline.partition_tables import Rebuilt, rebuild
+from altgrad_pipeline.partition_tables import Rebuilt, rebuild, spill_folder
 
 
 class RunStores(dg.ConfigurableResource):
@@ -51,6 +50,7 @@ class RunStores(dg.ConfigurableResource):
 
     def rebuild_partition(
         self,
+        context: dg.AssetExecutionContext,
         asset: str,
         partition: str,
         versions: Mapping[str, str],
@@ -60,13 +60,12 @@ class RunStores(dg.ConfigurableResource):
         spill: bool = False,
     ) -> Rebuilt:
         """A partition table computed run by run, reusing the stored partition's unchanged runs
-        (see `partition_tables`); the asset returns `.table` for the IO manager to store. With
-        `spill`, a first build keeps each run's rows on disk under the cache until then."""
-        folder = None
-        if spill:
-            (self.cache_dir / "spill").mkdir(parents=True, exist_ok=True)
-            folder = Path(tempfile.mkdtemp(prefix=f"{asset}-", dir=self.cache_dir / "spill"))
-        return rebuild(previous_build(self.data_dir, asset, partition), versions, built_with, compute, folder)
+        (see `partition_tables`) when its SHA-256 is still the recorded one (`previous_build`); the
+        asset returns `.table` for the IO manager to store. With `spill`, a first build keeps each
+        run's rows on disk under the cache until then."""
+        folder = spill_folder(self.cache_dir / "spill", asset) if spill else None
+        previous = previous_build(self.data_dir, asset, partition, context.instance, context.log.warning)
+        return rebuild(previous, versions, built_with, compute, folder)
 
     def local_roots(self) -> list[Path]:
         return [Path(e.target) for e in self.store_entries() if e.kind == "local"]

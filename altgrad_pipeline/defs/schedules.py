@@ -4,7 +4,8 @@ catches anything a stopped sensor or a lost cursor missed. Cron: ALTGRAD_REFRESH
 
 `assess` (which `refresh` reuses) decides staleness: a partition is current only when every
 format-partitioned asset carries the fingerprint of its runs now (`partition_tables.built_from`) and
-each local file still has the SHA-256 recorded when it was written; damaged files are quarantined."""
+each file (local or in an object store) still has the SHA-256 recorded when it was written; damaged
+files are quarantined."""
 
 from __future__ import annotations
 
@@ -12,13 +13,11 @@ import datetime as dt
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import dagster as dg
 
-from altgrad_pipeline import integrity, settings
 from altgrad_pipeline.defs.executor import create_pools
-from altgrad_pipeline.defs.io_manager import recorded_sha256
+from altgrad_pipeline.defs.io_manager import asset_path, file_problem, quarantine_file, recorded_sha256
 from altgrad_pipeline.defs.jobs import refresh_format_job
 from altgrad_pipeline.defs.partitions import register_formats
 from altgrad_pipeline.defs.resources import RunStores
@@ -43,28 +42,21 @@ def stored_fingerprint(instance: dg.DagsterInstance, key: dg.AssetKey, fmt: str)
     return None if value is None else value.value
 
 
-def _asset_file(data_dir: str, key: dg.AssetKey, fmt: str | None) -> Path:
-    folder = Path(data_dir) / "assets"
-    return folder / key.path[-1] / f"{fmt}.parquet" if fmt else folder / f"{key.path[-1]}.parquet"
-
-
 def damaged_files(
     instance: dg.DagsterInstance, data_dir: str, keys: Sequence[dg.AssetKey], fmt: str | None, echo: Callable[[str], None]
 ) -> bool:
-    """Whether a built asset's file is missing or no longer the one written; such a file is moved
-    to `<data dir>/quarantine/` and named. Object stores check their own transfers: not looked at."""
-    if settings.is_url(data_dir):
-        return False
+    """Whether a built asset's file is missing or no longer the one written (on local disk or in an
+    object store); such a file is moved to `<data dir>/quarantine/` and named."""
     damaged = False
     for key in keys:
         if instance.get_latest_materialization_event(key) is None:
             continue
-        path = _asset_file(data_dir, key, fmt)
+        path = asset_path(data_dir, key.path[-1], fmt)
         expected = recorded_sha256(instance, key, fmt)
         if fmt is not None and expected is None and stored_fingerprint(instance, key, fmt) is None:
             continue  # this partition of the asset was never built: nothing to check
-        if (why := integrity.problem(path, expected)) is not None:
-            moved = integrity.quarantine(path, data_dir)
+        if (why := file_problem(path, expected)) is not None:
+            moved = quarantine_file(path, data_dir)
             echo(f"  {why}: {f'moved to {moved}, ' if moved else ''}rebuilding it")
             damaged = True
     return damaged

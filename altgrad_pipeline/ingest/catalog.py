@@ -33,7 +33,6 @@ import json
 import multiprocessing
 import os
 import pickle
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +42,7 @@ from typing import Any
 
 import polars as pl
 
-from altgrad_pipeline import integrity
+from altgrad_pipeline import atomic, integrity
 from altgrad_pipeline.ingest.listing import shared_walks, store_digest
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator, RunSource, issues_frame
 from altgrad_pipeline.ingest.parse_process import die_with_parent, reuse_freed_memory
@@ -101,7 +100,8 @@ class CatalogEntry:
     facts: RunFacts
     #: The catalog's folder of per-run files (a string: thousands of entries are made per sync).
     runs_dir: str
-    #: SHA-256 of the run's two cache files as written (`history`, `details`); empty for older indexes.
+    #: SHA-256 of the run's cache files as written (`history`, `details`, and `media` when the source
+    #: kept media); empty for older indexes.
     sha256: dict[str, str] = field(default_factory=dict)
     _details: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -178,15 +178,9 @@ def _decode(obj: dict[str, Any]) -> Any:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """`write` to a temp path renamed over `path` (`atomic.atomic_path`: a full disk names the file)."""
+    with atomic.atomic_path(path) as tmp:
+        write(tmp)
 
 
 @dataclass(frozen=True)
@@ -290,6 +284,8 @@ class RunCatalog:
         payload = json.dumps(details, default=_encode)
         _atomic_write(entry.details_path, lambda p: p.write_text(payload))
         entry.sha256 = {"history": integrity.sha256_of(self.history_path(entry)), "details": integrity.sha256_of(entry.details_path)}
+        if run.media is not None:
+            entry.sha256["media"] = integrity.sha256_of(entry.media_path)
         entry._details = details
         return entry
 
@@ -306,13 +302,20 @@ class RunCatalog:
             lost=f"nothing: the run is kept in partition {INVALID_FORMAT}",
         )
 
+    def _files(self, entry: CatalogEntry) -> list[tuple[Path, str | None]]:
+        """The run's cache files with their recorded SHA-256: history, details, and its media
+        values when they were kept (recorded, or present from an index older than their hash)."""
+        files = [(self.history_path(entry), entry.sha256.get("history")), (entry.details_path, entry.sha256.get("details"))]
+        if "media" in entry.sha256 or entry.media_path.exists():
+            files.append((entry.media_path, entry.sha256.get("media")))
+        return files
+
     def damaged(self, entries: Sequence[CatalogEntry]) -> list[tuple[CatalogEntry, str]]:
         """Entries whose cache files are missing, altered or unreadable, with what is wrong. Files
         written before hashes were kept are checked for readability only."""
         found = []
         for entry in entries:
-            for path, expected in ((self.history_path(entry), entry.sha256.get("history")),
-                                   (entry.details_path, entry.sha256.get("details"))):  # fmt: skip
+            for path, expected in self._files(entry):
                 why = integrity.problem(path, expected)
                 if why is None and expected is None:
                     try:
@@ -334,7 +337,7 @@ class RunCatalog:
         with self._index_lock():
             index = self._read_index()
             for entry, why in damaged:
-                moved = [integrity.quarantine(path, self.cache_dir) for path in (self.history_path(entry), entry.details_path)]
+                moved = [integrity.quarantine(path, self.cache_dir) for path, _ in self._files(entry)]
                 index.pop(entry.key, None)
                 where = ", ".join(str(m) for m in moved if m is not None) or "nothing left to move"
                 messages.append(f"run cache of {entry.run_id}: {why}; moved aside ({where}), re-reading the run")

@@ -137,12 +137,16 @@ def _sorted_by_step_and_key(rows: pl.DataFrame) -> bool:
 
 
 def keep_last_writes(
-    rows: pl.DataFrame, *, run_id: str, location: str, source: str
+    rows: pl.DataFrame, *, run_id: str, location: str, source: str, in_order: bool = False
 ) -> tuple[pl.DataFrame, list[IngestIssue]]:
     """History sorted by (step, key) from rows in write order (`line`). A (step, key) written
     twice keeps its last value; rewrites with a different value and a key's steps going backwards
     are reported (per key: dr_gen's splits count their epochs separately). Identical rewrites
-    (Lightning's `epoch` cell on rows sharing a step) lose nothing and are merged silently."""
+    (Lightning's `epoch` cell on rows sharing a step) lose nothing and are merged silently.
+    `in_order`: the caller knows the rows are already in (step, key) order with no (step, key)
+    twice (the JSONL fast path, from its lines' steps), so there is nothing to check."""
+    if in_order:
+        return _history(rows, run_id), []
     issues: list[IngestIssue] = []
     if not rows.get_column("line").is_sorted():
         rows = rows.sort("line", maintain_order=True)
@@ -187,7 +191,8 @@ def keep_last_writes(
                     run_id=run_id,
                 )
             )
-    history = ordered.filter(~pl.col("_rewritten")).select(
-        pl.lit(run_id, pl.String).alias("run_id"), "step", "key", "value", "text", "runtime", "timestamp"
-    )
-    return history, issues
+    return _history(ordered.filter(~pl.col("_rewritten")), run_id), issues
+
+
+def _history(rows: pl.DataFrame, run_id: str) -> pl.DataFrame:
+    return rows.select(pl.lit(run_id, pl.String).alias("run_id"), "step", "key", "value", "text", "runtime", "timestamp")

@@ -23,7 +23,8 @@ class ReadPosition:
 
     def advanced(self, data: bytes, consumed: int) -> ReadPosition:
         """The position after using the first `consumed` bytes of `data` (read from `offset`)."""
-        return ReadPosition(self.offset + consumed, (self.anchor + data[:consumed])[-ANCHOR_BYTES:])
+        kept = data[max(consumed - ANCHOR_BYTES, 0) : consumed]  # not a copy of all the data
+        return ReadPosition(self.offset + consumed, (self.anchor + kept)[-ANCHOR_BYTES:])
 
 
 def read_appended(path: Path, position: ReadPosition) -> bytes | None:

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from altgrad_pipeline.ingest import listing
@@ -170,6 +171,10 @@ class JsonlLog:
         self.value_types: dict[str, str] = {}
         self.issues: list[IngestIssue] = []
         self._chunks: list[pl.DataFrame] = []
+        #: Every row so far from the fast path, its lines' steps increasing: rows in (step, key)
+        #: order with no (step, key) twice, which `keep_last_writes` then need not check.
+        self._in_order = True
+        self._last_step: int | None = None
         self._last_records: list[dict[str, Any]] = []
 
     def update(self) -> int:
@@ -195,11 +200,10 @@ class JsonlLog:
             self.position = self.position.advanced(data, len(data))
             return 0
         complete = data.rfind(b"\n") + 1
-        new_lines = data.count(b"\n", 0, complete)
         if self.fast:
-            segments = split_segments(data[:complete], first_line=self.next_line, shape=LINE_SHAPE)
+            segments, new_lines = split_segments(data[:complete], first_line=self.next_line, shape=LINE_SHAPE)
         else:
-            segments = [Segment(self.next_line, data=data[:complete])]
+            segments, new_lines = [Segment(self.next_line, data=data[:complete])], data.count(b"\n", 0, complete)
         # The reference order of issues: a chunk's malformed lines first, then what its records say.
         taken_from, malformed = len(self.issues), []
         for segment in segments:
@@ -222,6 +226,7 @@ class JsonlLog:
             self._take(record, line, columns)
         if columns["line"]:
             self._chunks.append(pl.DataFrame(columns, schema=ROWS_SCHEMA))
+            self._in_order = False
         self._last_records = (self._last_records + parsed.records)[-2:]
         return parsed.issues
 
@@ -231,6 +236,11 @@ class JsonlLog:
         if missing is not None and not self._step_missing_reported:
             self._report_missing_step(missing)
         self._chunks.append(rows.frame(self.metric_lines, ROWS_SCHEMA))
+        steps = rows.line_steps(self.metric_lines)
+        if steps.size:
+            after_earlier = self._last_step is None or int(steps[0]) > self._last_step
+            self._in_order &= after_earlier and bool(np.all(steps[1:] > steps[:-1]))
+            self._last_step = int(steps[-1])
         self.metric_lines += rows.count
         self.value_types.update(rows.value_types)
         # Only the last two lines can be the end marker, and a metric line never is one.
@@ -318,7 +328,9 @@ class JsonlLog:
 
     def parsed_run(self, run_id: str) -> ParsedRun:
         """The log as a run: history with duplicates resolved, the in-log config, and the issues."""
-        history, issues = keep_last_writes(self.rows(), run_id=run_id, location=self.location, source=SOURCE_NAME)
+        history, issues = keep_last_writes(
+            self.rows(), run_id=run_id, location=self.location, source=SOURCE_NAME, in_order=self._in_order
+        )
         if self.partial_tail:
             issues.append(
                 IngestIssue(

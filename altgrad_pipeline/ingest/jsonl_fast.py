@@ -3,10 +3,14 @@
 Why it exists. `json.loads` per line and flattening in Python make several Python objects per
 value (about 0.5 M values per CPU-second); Polars parses a block of lines straight into columns.
 
-How. Python's `json` writes NaN and ±Infinity as bare tokens, which Polars rejects: they are
-replaced by subnormal sentinel numbers and mapped back after parsing, and counting proves that
-every replaced token was a value (not part of a key or a string, not a literal that already meant
-the sentinel). Lines become columns, columns become the reader's long rows with numpy.
+How. Python's `json` writes NaN and ±Infinity as bare tokens, which Polars rejects: those
+standing as an object's value (`: NaN,`) are replaced by subnormal sentinel numbers and mapped
+back after parsing, and counting proves that every replaced token was a value (no sentinel text
+in a key or a string, as many sentinel numbers as tokens, so no literal already meant one); a
+token anywhere else outside strings makes Polars fail, which declines its block. Lines become
+columns, columns become the reader's long rows with numpy. Every byte scan is one numpy pass
+whose result is a handful of positions (line ends, tokens); where quotes matter (a `:` or `null`
+inside a string) they are located only when the counts say so.
 
 Contract: whatever the reference reader (`parse_json_lines` + `JsonlLog._take`) could read
 differently is declined, never guessed at, and the caller reads it with that reader, in line order:
@@ -15,7 +19,8 @@ differently is declined, never guessed at, and the caller reads it with that rea
     error; a type Polars would coerce (a key holding strings and other values, integers beyond
     64 bits); keys Polars' schema sample missed or a key written twice in a line (found by counting
     `:` against parsed cells, plus `null`s); surrogate escapes; a null step; nested names that
-    collide after '/'-joining;
+    collide after '/'-joining; sentinel text in a key or string, strings in lists beside tokens,
+    more sentinel numbers than tokens;
   - per row: typed and aggregate lines (dr_gen), a step that is not an integer, W&B media dicts.
 """
 
@@ -26,7 +31,7 @@ import io
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,9 +95,13 @@ class FastRows:
         missing = np.flatnonzero(~self.has_step)
         return int(self.lines[missing[0]]) if missing.size else None
 
+    def line_steps(self, metric_index: int) -> np.ndarray:
+        """The step of each line, a line without step field taking the index of its metric line."""
+        return np.where(self.has_step, self.step, metric_index + np.arange(self.count, dtype=np.int64))
+
     def frame(self, metric_index: int, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-        """The rows, a line without step field taking the index of its metric line as step."""
-        step = np.where(self.has_step, self.step, metric_index + np.arange(self.count, dtype=np.int64))
+        """The rows (keys sorted within a line, none twice)."""
+        step = self.line_steps(metric_index)
         return pl.DataFrame(
             {"line": self.lines[self.cell_row], "step": step[self.cell_row], **self.columns}, schema=schema
         )
@@ -108,10 +117,11 @@ class Segment:
     rows: FastRows | None = None
 
 
-def split_segments(data: bytes, *, first_line: int, shape: LineShape) -> list[Segment]:
-    """Read the complete lines in `data` (which ends with a newline, or is empty) as segments in line order."""
+def split_segments(data: bytes, *, first_line: int, shape: LineShape) -> tuple[list[Segment], int]:
+    """Read the complete lines in `data` (which ends with a newline, or is empty) as segments in
+    line order; also returns how many lines there were (the scan has counted them)."""
     if not data:
-        return []
+        return [], 0
     reader = _BlockReader(data, first_line, shape)
     objects, eligible = reader.objects, reader.objects | (reader.lengths == 0)
     out: list[Segment] = []
@@ -121,12 +131,14 @@ def split_segments(data: bytes, *, first_line: int, shape: LineShape) -> list[Se
             reader.read(int(lo), int(hi), out)
         else:
             reader.decline(int(lo), int(hi), out)
-    return out
+    return out, len(reader.ends)
 
 
-def _token_positions(u8: np.ndarray, token: bytes, anchor: int = 0) -> np.ndarray:
+def _token_positions(data: bytes, u8: np.ndarray, token: bytes, anchor: int = 0) -> np.ndarray:
     """Start positions of `token`, found from its rarely used byte `token[anchor]` (numpy: a scan
-    by Python's `bytes.count` is several times slower)."""
+    by Python's `bytes.count` is several times slower), after `in` (memchr) says it occurs."""
+    if token[anchor : anchor + 1] not in data:
+        return np.zeros(0, np.int64)
     found = np.flatnonzero(u8[anchor : len(u8) - len(token) + anchor + 1] == token[anchor])
     for i, byte in enumerate(token):
         if i != anchor:
@@ -135,9 +147,11 @@ def _token_positions(u8: np.ndarray, token: bytes, anchor: int = 0) -> np.ndarra
 
 
 def _value_context(u8: np.ndarray, positions: np.ndarray, length: int, *, minus: bool) -> np.ndarray:
-    """Whether each token stands where Python's `json` reads it as a value: after `:`, `,` or `[`
-    (a space between allowed; `-` before Infinity), before `,`, `}` or `]` (after a space). Then
-    each becomes exactly its sentinel, so a literal equal to a sentinel shows in the counts."""
+    """Whether each token stands where Python's `json` reads it as an object's value: after `:`
+    (a space between allowed; `-` before Infinity), before `,` or `}` (after a space). Only these
+    become sentinels: Polars rejects a token left anywhere else outside strings (in a list, after
+    `+`, glued to other bytes), so its block is declined, and a replaced one that sat inside a
+    string shows as sentinel text in a key or string (`_sentinels_all_values`)."""
     last = len(u8) - 1
 
     def at(index: np.ndarray) -> np.ndarray:
@@ -149,11 +163,11 @@ def _value_context(u8: np.ndarray, positions: np.ndarray, length: int, *, minus:
     before = before - (at(before) == ord(" "))
     after = positions + length
     after = after + (at(after) == ord(" "))
-    return np.isin(at(before), list(b":,[")) & np.isin(at(after), list(b",}]"))
+    return (at(before) == ord(":")) & np.isin(at(after), list(b",}"))
 
 
 class _BlockReader:
-    """One byte scan of the data (line ends, `:`, tokens), then blocks of lines read against it."""
+    """One byte scan of the data (line ends, tokens), then blocks of lines read against it."""
 
     def __init__(self, data: bytes, first_line: int, shape: LineShape) -> None:
         self.data, self.first_line, self.shape = data, first_line, shape
@@ -167,16 +181,12 @@ class _BlockReader:
         self.objects = (self.lengths >= 2) & (first == ord("{")) & (last == ord("}"))
         self.objects[np.searchsorted(self.ends, low[~is_newline])] = False
         self.u8 = u8
-        self.colons = np.flatnonzero(u8 == ord(":"))
-        self.backslashes = np.flatnonzero(u8 == ord("\\"))
-        self.nulls = _token_positions(u8, b"null", anchor=1)
-        nans, infs = _token_positions(u8, NAN_TOKEN), _token_positions(u8, INF_TOKEN)
-        self.nans, self.infs = (self.outside_strings(nans), self.outside_strings(infs)) if nans.size or infs.size else (nans, infs)
-        self.misplaced_tokens = np.sort(np.concatenate((
-            self.nans[~_value_context(u8, self.nans, len(NAN_TOKEN), minus=False)],
-            self.infs[~_value_context(u8, self.infs, len(INF_TOKEN), minus=True)],
-        )))
-        self.text = self._with_sentinels(all_outside=len(self.nans) + len(self.infs) == len(nans) + len(infs))
+        self.backslashes = np.flatnonzero(u8 == ord("\\")) if b"\\" in data else np.zeros(0, np.int64)
+        self.nulls = _token_positions(data, u8, b"null", anchor=1)
+        nans, infs = _token_positions(data, u8, NAN_TOKEN), _token_positions(data, u8, INF_TOKEN)
+        self.nans = nans[_value_context(u8, nans, len(NAN_TOKEN), minus=False)]
+        self.infs = infs[_value_context(u8, infs, len(INF_TOKEN), minus=True)]
+        self.text = self._with_sentinels(every_token=len(self.nans) + len(self.infs) == len(nans) + len(infs))
         step_names = "|".join(re.escape(json.dumps(name)[1:-1]) for name in shape.step_fields)
         self.null_step = re.compile(rb'"(?:' + step_names.encode() + rb')"\s*:\s*null')
 
@@ -201,10 +211,10 @@ class _BlockReader:
         line = np.searchsorted(self.ends, positions)
         return positions[(np.searchsorted(quotes, positions) - before_line[line]) % 2 == 0]
 
-    def _with_sentinels(self, *, all_outside: bool) -> bytes:
-        """The data with NaN and Infinity tokens outside strings replaced (slices joined when
-        there are few, or some inside strings stay)."""
-        if all_outside and len(self.nans) + len(self.infs) > 4096:
+    def _with_sentinels(self, *, every_token: bool) -> bytes:
+        """The data with the NaN and Infinity tokens in value context replaced (one `bytes.replace`
+        per token when there are many and no other, else slices joined)."""
+        if every_token and len(self.nans) + len(self.infs) > 4096:
             return self.data.replace(NAN_TOKEN, NAN_SENTINEL).replace(INF_TOKEN, INF_SENTINEL)
         cuts = sorted([(int(p), NAN_TOKEN, NAN_SENTINEL) for p in self.nans] + [(int(p), INF_TOKEN, INF_SENTINEL) for p in self.infs])
         parts, at = [], 0
@@ -222,18 +232,18 @@ class _BlockReader:
             + int(np.searchsorted(self.infs, position)) * (len(INF_SENTINEL) - len(INF_TOKEN))
         )
 
-    def _keys_all_read(self, count: Callable[[np.ndarray], int], cells: int) -> bool:
-        """Every key of the block became a cell: none dropped by a schema sample, none written
-        twice. Outside strings each key is followed by one `:`, and each cell has a key (a null
-        has a key and no cell). `:` and `null` inside strings are counted only when present."""
+    def _keys_all_read(self, start: int, end: int, count: Callable[[np.ndarray], int], cells: int) -> bool:
+        """Every key of the block data[start:end] became a cell: none dropped by a schema sample,
+        none written twice. Outside strings each key is followed by one `:`, and each cell has a
+        key (a null has a key and no cell). `:` and `null` inside strings are located only when present."""
         nulls = count(self.nulls)
-        if not nulls and count(self.colons) == cells:  # then no `:` is inside a string either
+        if not nulls and np.count_nonzero(self.u8[start:end] == ord(":")) == cells:  # then no `:` is inside a string either
             return True
         return count(self._colons_outside) == cells + count(self._nulls_outside)
 
     @functools.cached_property
     def _colons_outside(self) -> np.ndarray:
-        return self.outside_strings(self.colons)
+        return self.outside_strings(np.flatnonzero(self.u8 == ord(":")))
 
     @functools.cached_property
     def _nulls_outside(self) -> np.ndarray:
@@ -296,14 +306,12 @@ class _BlockReader:
             if flat is None:
                 return None
             leaves, cells = flat
-            if not self._keys_all_read(count, cells):
+            if not self._keys_all_read(start, end, count, cells):
                 if infer is None or objects <= infer:
                     return None
                 continue
-            if count(self.misplaced_tokens):
-                return None
             tokens = count(self.nans) + count(self.infs)
-            if tokens and not _sentinels_all_values(leaves, count(self.nans), count(self.infs)):
+            if tokens and not _sentinels_all_values(frame.schema, leaves, count(self.nans), count(self.infs)):
                 return None
             if not _texts_are_strings(block, leaves):
                 return None
@@ -367,14 +375,42 @@ def _plain_list(dtype: pl.DataType) -> bool:
     return _plain_list(inner) if isinstance(inner, pl.List) else inner in (*_NUMBER_TYPES, pl.String, pl.Boolean, pl.Null)
 
 
-def _sentinels_all_values(leaves: list[_Leaf], nans: int, infs: int) -> bool:
+def _sentinels_all_values(schema: pl.Schema, leaves: list[_Leaf], nans: int, infs: int) -> bool:
+    """Every replaced token became a number: none sat inside a string (its sentinel text would
+    be in a key or a string value; strings inside lists are not looked into, so a block holding
+    them is declined) and there are as many sentinel numbers as tokens (more means a literal
+    equal to a sentinel, which would read as NaN or inf)."""
+    sentinels = [NAN_SENTINEL.decode(), INF_SENTINEL.decode()]
+    if any(sentinel in key for key in _keys(schema.items()) for sentinel in sentinels):
+        return False
+    if any(_strings_in_list(dtype) for dtype in schema.values()):
+        return False
     found_nan = found_inf = 0
     for leaf in leaves:
+        if leaf.kind == "text" and leaf.texts.str.contains_any(sentinels).any():
+            return False
         if leaf.kind == "number":
             values = leaf.numbers[leaf.present]
             found_nan += int(np.count_nonzero(values == _NAN_VALUE))
             found_inf += int(np.count_nonzero(np.abs(values) == _INF_VALUE))
     return found_nan == nans and found_inf == infs
+
+
+def _keys(fields: Iterable[tuple[str, pl.DataType]]) -> Iterator[str]:
+    """Every key of a parsed block's schema, struct fields included (null columns too)."""
+    for name, dtype in fields:
+        yield name
+        if isinstance(dtype, pl.Struct):
+            yield from _keys((f.name, f.dtype) for f in dtype.fields)
+
+
+def _strings_in_list(dtype: pl.DataType) -> bool:
+    if isinstance(dtype, pl.Struct):
+        return any(_strings_in_list(f.dtype) for f in dtype.fields)
+    if isinstance(dtype, pl.List):
+        inner = dtype.inner
+        return inner == pl.String or _strings_in_list(inner)
+    return False
 
 
 def _texts_are_strings(block: bytes, leaves: list[_Leaf]) -> bool:
@@ -405,6 +441,19 @@ def _first_present(candidates: list[_Leaf], n: int) -> tuple[np.ndarray, np.ndar
         found |= chosen
         leaf.present = leaf.present & ~chosen
     return values, found
+
+
+def _floats(values: np.ndarray, present: np.ndarray, index: np.ndarray | None = None) -> pl.Series:
+    """values[index], null where not present[index]: no mask when all are present, nothing
+    gathered when none are (the usual cases for a column of the long table), and numpy's buffer
+    handed over through pyarrow rather than copied (a fresh copy costs page faults)."""
+    if index is not None:
+        present = present[index]
+    if not present.any():
+        return pl.Series([None], dtype=pl.Float64).new_from_index(0, len(present))
+    if index is not None:
+        values = values[index]
+    return pl.Series(pa.array(values, mask=None if present.all() else ~present))
 
 
 def _restore_tokens(values: np.ndarray) -> np.ndarray:
@@ -474,7 +523,7 @@ class _Rows:
             cells = np.flatnonzero(present.ravel())
         else:
             cells = np.zeros(0, dtype=np.int64)
-        row, column = cells // max(width, 1), cells % max(width, 1)
+        row, column = np.divmod(cells, max(width, 1))
         is_number = np.array([leaf.kind == "number" for leaf in self.values], dtype=bool)
         if width and is_number.any():
             numbers = np.column_stack([leaf.numbers[a:b] if leaf.kind == "number" else np.zeros(n) for leaf in self.values])
@@ -488,15 +537,15 @@ class _Rows:
             index = np.where(is_number[column], len(pool) - 1, position[column] * n + row)
             text = pool.gather(index)
         else:
-            text = pl.Series([None], dtype=pl.String).gather(np.zeros(len(cells), dtype=np.int64))
+            text = pl.Series([None], dtype=pl.String).new_from_index(0, len(cells))
         names = pl.Series([leaf.name for leaf in self.values], dtype=pl.String)
         whole = row + a
         columns = {
             "key": names.gather(column),
-            "value": pl.Series(pa.array(value, mask=~is_number[column])),
+            "value": _floats(value, is_number[column]),
             "text": text,
-            "runtime": pl.Series(pa.array(self.runtime[whole], mask=~self.has_runtime[whole])),
-            "timestamp": pl.Series(pa.array(self.timestamp[whole], mask=~self.has_timestamp[whole])),
+            "runtime": _floats(self.runtime, self.has_runtime, whole),
+            "timestamp": _floats(self.timestamp, self.has_timestamp, whole),
         }
         value_types = {
             leaf.name: leaf.kind for leaf in self.typed if leaf.present[a:b].any()

@@ -81,6 +81,8 @@ def write_sweep_summary_report(
     if sweep_summary.is_empty():
         lines += ["No runs with a learning-curve metric yet, so there is no sweep to summarise.", ""]
     groups = sweeps_analysis.sweep_groups(raw_runs) if not sweep_summary.is_empty() else None
+    # Read once for every project (finding the curve keys scans the histories).
+    curves = curves_analysis.curve_series(run_histories).collect() if not sweep_summary.is_empty() else None
     for project in projects(sweep_summary) if not sweep_summary.is_empty() else []:
         frame = in_project(sweep_summary, project)
         keys = list(frame["varying_keys"][0])
@@ -92,7 +94,7 @@ def write_sweep_summary_report(
         lines += [data_table(frame.select(SWEEP_COLUMNS), reports_dir, "sweep_summary", "groups", project=project), ""]
         metric = primary_metric(frame["metric"].unique().to_list())
         project_groups = in_project(groups, project).select("run_id", pl.col("group_key").alias("group"))
-        series = curves_analysis.curve_series(run_histories).filter(pl.col("metric") == metric)
+        series = curves.filter(pl.col("metric") == metric)
         summary = curves_analysis.grouped_curves(series, project_groups)
         labels = dict(frame.select("group_key", "group_label").unique().iter_rows())
         diverged = frozenset(frame.filter((pl.col("metric") == metric) & (pl.col("n_diverged") > 0))["group_key"].to_list())

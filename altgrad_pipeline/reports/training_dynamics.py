@@ -64,9 +64,9 @@ def primary_metric(metrics: list[str]) -> str | None:
     return sorted(metrics)[0] if metrics else None
 
 
-def _series(histories: pl.LazyFrame | pl.DataFrame, run_ids: list[str], metric: str) -> pl.DataFrame:
+def _series(series: pl.DataFrame, run_ids: list[str], metric: str) -> pl.DataFrame:
     return (
-        curves_analysis.curve_series(histories)
+        series.lazy()
         .filter(pl.col("run_id").is_in(run_ids) & (pl.col("metric") == metric))
         .sort("run_id", "step")
         .collect()
@@ -106,15 +106,16 @@ def chosen_fit_runs(dynamics: pl.DataFrame, raw_runs: pl.DataFrame, metric: str)
     return {r: f"{label}\n{name or r}" for r, label, name in chosen.select("run_id", "group_label", "name").iter_rows()}
 
 
-def fit_figure(dynamics: pl.DataFrame, histories: pl.LazyFrame | pl.DataFrame, path: Path, *, metric: str, chosen: dict[str, str]) -> Path | None:
-    """A grid of the `chosen` runs (run_id -> title) of one metric: data and the fitted models
+def fit_figure(dynamics: pl.DataFrame, series: pl.DataFrame, path: Path, *, metric: str, chosen: dict[str, str]) -> Path | None:
+    """A grid of the `chosen` runs (run_id -> title) of one metric (`series`: the curve series,
+    `curves.curve_series`): data and the fitted models
     (selected one thick), knee, plateau and divergence marked, and below each the residuals of the
     selected model on a scale set by their bulk (`RESIDUAL_PERCENTILES`)."""
     rows = dynamics.filter((pl.col("metric") == metric) & pl.col("run_id").is_in(list(chosen)))
     run_ids = [r for r in chosen if r in set(rows["run_id"])]
     if not run_ids:
         return None
-    data = _series(histories, run_ids, metric)
+    data = _series(series, run_ids, metric)
     n_columns = min(FIT_GRID_COLUMNS, len(run_ids))
     n_rows = -(-len(run_ids) // n_columns)
     with report_style():
@@ -178,6 +179,8 @@ def write_training_dynamics_report(
     figures: list[Path] = []
     if training_dynamics.is_empty():
         lines += [f"No run has logged a learning curve with at least {fits_analysis.MIN_POINTS} finite points yet, so there is nothing to fit.", ""]
+    # Read once for every project's figure and quarter-epoch table: finding the curve keys scans the histories.
+    series = curves_analysis.curve_series(run_histories).collect() if not training_dynamics.is_empty() else None
     for project in projects(training_dynamics) if not training_dynamics.is_empty() else []:
         frame = in_project(training_dynamics, project)
         selected = frame.filter(pl.col("selected")).sort("metric", "run_id")
@@ -208,7 +211,7 @@ def write_training_dynamics_report(
         ]
         metric = primary_metric(frame["metric"].unique().to_list())
         chosen = chosen_fit_runs(frame, raw_runs, metric)
-        figure = fit_figure(frame, run_histories, figure_path(reports_dir / FIGURES_DIR, "dynamics_fits", project=project or "all"), metric=metric, chosen=chosen)
+        figure = fit_figure(frame, series, figure_path(reports_dir / FIGURES_DIR, "dynamics_fits", project=project or "all"), metric=metric, chosen=chosen)
         lines += [f"### Fits of {escape_markdown(metric)}", ""]
         if figure is None:
             lines += ["No fitted series to draw.", ""]
@@ -223,7 +226,7 @@ def write_training_dynamics_report(
                 "",
             ]
         per_epoch = curves_analysis.quarter_epoch_aggregates(
-            curves_analysis.curve_series(run_histories).filter(pl.col("run_id").is_in(frame["run_id"].unique().to_list())),
+            series.filter(pl.col("run_id").is_in(frame["run_id"].unique().to_list())),
             frame.select("run_id", "steps_per_epoch").unique("run_id"),
         )
         if not per_epoch.is_empty():

@@ -13,6 +13,7 @@ from altgrad_pipeline.analysis.stats import (
     least_squares_slope,
     mean_of_last_k,
     probability_lower,
+    t_quantiles,
 )
 
 
@@ -66,3 +67,10 @@ def test_probability_lower():
     expected = np.mean([[x < y or 0.5 * (x == y) for y in b] for x in a])
     assert probability_lower(a, b, paired=False) == pytest.approx(expected, abs=1e-12)
     assert probability_lower(np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 1.0]), paired=True) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_t_quantiles_match_scipy_per_row():
+    counts = pl.Series([1, 2, 3, None, 8, 2, 0, 30], dtype=pl.UInt32)
+    expected = [float(sps.t.ppf(0.975, k - 1)) if k is not None and k >= 2 else None for k in counts.to_list()]
+    assert t_quantiles(counts, 0.95).to_list() == expected
+    assert t_quantiles(counts.head(0), 0.95).dtype == pl.Float64

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 
 import dagster as dg
 import polars as pl
@@ -158,6 +159,35 @@ def test_a_requested_partition_materializes(defs, instance, store, tmp_path, tem
     runs = pl.read_parquet(tmp_path / "data" / "assets" / "raw_runs" / "E2M5.parquet")
     assert runs.get_column("state").to_list() == ["finished"]
     assert runs.item(0, "location").startswith(str(run_dir))
+
+
+def test_a_sensor_run_rebuilds_an_altered_partition_file_instead_of_reusing_it(defs, instance, store, tmp_path, template_runs):
+    """A sensor's run is not assessed by `refresh` first: before reusing the stored partition's rows
+    it checks the file's SHA-256 itself. An altered file is named, quarantined and rebuilt."""
+    copy_run(template_runs["E5M2"], store, "keep0001")
+    first = tick(defs, instance)
+    [request] = [r for r in first.run_requests if r.partition_key == "E5M2"]
+    job = defs.resolve_job_def(request.job_name)
+    assert job.execute_in_process(partition_key="E5M2", instance=instance, tags=request.tags).success
+    partition = tmp_path / "data" / "assets" / "run_histories" / "E5M2.parquet"
+    clean = pl.read_parquet(partition)
+    # Still a valid Parquet file with the run versions of the build, but other values.
+    metadata = pl.read_parquet_metadata(partition)
+    clean.with_columns(pl.col("value") + 1.0).write_parquet(partition, metadata=metadata)
+
+    copy_run(template_runs["E5M2"], store, "new00002")
+    second = tick(defs, instance, first.cursor)
+    [request] = [r for r in second.run_requests if r.partition_key == "E5M2"]
+    outcome = job.execute_in_process(partition_key="E5M2", instance=instance, tags=request.tags)
+    assert outcome.success
+    warnings = [e.user_message for e in instance.all_logs(outcome.run_id) if e.level == logging.WARNING]
+    assert [w for w in warnings if w.startswith(f"{partition} is corrupt")], warnings
+    [quarantined] = (tmp_path / "data" / "quarantine").rglob("E5M2.parquet")
+    assert quarantined.parent.name == "run_histories"
+    rebuilt = pl.read_parquet(partition)
+    [kept] = clean.get_column("run_id").unique()
+    assert rebuilt.filter(pl.col("run_id") == kept).equals(clean)  # the true values, not the altered ones
+    assert rebuilt.get_column("run_id").n_unique() == 2
 
 
 def test_schedule_refreshes_only_stale_formats(defs, instance, store, template_runs):

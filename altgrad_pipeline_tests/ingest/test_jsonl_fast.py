@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -100,7 +101,62 @@ def test_long_plain_log_is_read_fast_around_its_odd_lines(monkeypatch: pytest.Mo
     data = ("\n".join(rows) + "\n").encode()
     run = assert_same_run(data)
     assert [issue.kind for issue in run.issues] == ["malformed_line"]
-    segments = jsonl_fast.split_segments(data, first_line=1, shape=LINE_SHAPE)
+    segments, lines = jsonl_fast.split_segments(data, first_line=1, shape=LINE_SHAPE)
+    assert lines == len(rows)
     declined = sum(segment.data.count(b"\n") for segment in segments if segment.rows is None)
     assert declined <= 3 * jsonl_fast.MIN_BLOCK_LINES
     assert math.isinf(run.history.filter(key="acc", step=2500).item(0, "value"))
+
+
+@pytest.mark.parametrize(
+    "odd_line",
+    [
+        '{"step": 9, "msg": "a: NaN, b", "x": 1.23e-320}',  # a token inside a string, a literal sentinel
+        '{"step": 9, "k: NaN, j": null, "x": 1.23e-320}',  # inside the key of a null
+        '{"step": 9, "l": ["a: Infinity}"], "x": -1.24e-320}',  # inside a list's string
+        '{"step": 9, "x": [NaN], "y": 1.23e-320}',  # in a list
+        '{"step": 9, "x": +Infinity}',
+        '{"step": 9, "x": -NaN}',
+        '{"step": 9, "x": NaN , "y": - Infinity}',
+    ],
+)
+def test_tokens_that_are_not_values_are_never_mapped(odd_line: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only `: NaN,` / `: NaN}` become sentinels; one inside a string or anywhere else must not
+    turn a literal equal to a sentinel into NaN or inf, nor be read as a value."""
+    monkeypatch.setattr(jsonl_fast, "MIN_BLOCK_LINES", 1)
+    rows = [json.dumps({"step": s, "loss": NAN if s == 3 else -INF if s == 5 else 1.0}) for s in range(8)]
+    assert_same_run(("\n".join([*rows, odd_line, *rows]) + "\n").encode())
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(st.integers(1, 3), st.dictionaries(st.sampled_from(["b", "a", "c/d", "é"]), scalars, max_size=4)),
+        max_size=30,
+    ),
+    back=st.booleans(),
+    cut_fractions=st.lists(st.floats(0, 1), max_size=3),
+)
+def test_logs_with_increasing_steps_read_the_same_fast_and_by_the_reference(
+    lines: list[tuple[int, dict[str, Any]]], back: bool, cut_fractions: list[float]
+) -> None:
+    """The shape the fast path reads without `keep_last_writes`' checks (every line fast, steps
+    increasing across feeds), and the same log with a line going back a step at its end."""
+    steps = itertools.accumulate(gap for gap, _ in lines)
+    rows = [{"step": step, **body} for step, (_, body) in zip(steps, lines, strict=True)]
+    if back and rows:
+        rows.append({"step": rows[-1]["step"] - 1, "a": 1.0})
+    data = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    assert_same_run(data, sorted(int(f * len(data)) for f in cut_fractions))
+
+
+def test_a_plain_increasing_log_is_known_in_order_until_a_step_goes_back() -> None:
+    data = "".join(json.dumps({"step": s, "b": s, "a": NAN if s % 7 == 0 else -s}) + "\n" for s in range(300)).encode()
+    log = JsonlLog(Path("never-read.jsonl"))
+    log.feed(data[: len(data) // 2 + 5])
+    log.feed(data[log.position.offset :])
+    assert log._in_order
+    log.feed(b'{"step": 299, "a": 1}\n')
+    assert not log._in_order
+    run = assert_same_run(data + b'{"step": 299, "a": 1}\n', [len(data) // 3])
+    assert [issue.kind for issue in run.issues] == ["duplicate_step"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import crc32c
 import numpy as np
+import polars as pl
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
@@ -331,3 +332,43 @@ def test_every_corpus_run_dir_is_read(corpora_dir: Path, corpus: str) -> None:
     if corpus == "AkshayKulkarni3467__NAF_DQN":
         assert runs[0].history.filter(key="episode/Return").height == 21780
         assert "gamma" in runs[0].config or runs[0].config
+
+
+def text_event(tag: str, step: int, strings: list[str], wall: float, shape: list[int]) -> event_pb2.Event:
+    """A text summary as `tf.summary.text` / `SummaryWriter.add_text` write it."""
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in shape]),
+        string_val=[s.encode() for s in strings],
+    )
+    value = summary_pb2.Summary.Value(tag=tag, tensor=tensor)
+    value.metadata.plugin_data.plugin_name = "text"
+    return event_pb2.Event(wall_time=wall, step=step, summary=summary_pb2.Summary(value=[value]))
+
+
+def test_text_summaries_are_kept_as_text_at_their_step(tmp_path: Path) -> None:
+    events = []
+    for step in range(4):
+        events.append(scalar_event("loss", step, 1.0 / 2**step, 10.0 + step))
+        events.append(text_event("sample", step, [f"step {step}: «ünï» | *md*"], 10.0 + step, []))
+    events.append(text_event("table", 2, ["a", "b", "c", "d"], 12.0, [2, 2]))
+    events.append(text_event("sample", 3, ["step 3: «ünï» | *md*"], 13.5, []))  # the same text again
+    events.append(text_event("sample", 1, ["rewritten"], 14.0, []))
+    write(tmp_path / "r", events)
+
+    _, _, [run] = read_one(tmp_path)
+
+    texts = {(k, s): t for k, s, t in run.history.filter(pl.col("text").is_not_null()).select("key", "step", "text").iter_rows()}
+    assert texts == {
+        ("sample", 0): "step 0: «ünï» | *md*",
+        ("sample", 1): "rewritten",
+        ("sample", 2): "step 2: «ünï» | *md*",
+        ("sample", 3): "step 3: «ünï» | *md*",
+        ("table", 2): '[["a", "b"], ["c", "d"]]',
+    }
+    assert run.history.filter(pl.col("text").is_not_null())["value"].null_count() == 5
+    assert run.history.filter(key="loss")["value"].to_list() == [1.0, 0.5, 0.25, 0.125]
+    assert run.history.filter(key="loss")["text"].null_count() == 4
+    assert "sample" not in run.value_types and "table" not in run.value_types
+    (rewrite,) = [i for i in run.issues if i.kind == "duplicate_step"]
+    assert "1 values" in rewrite.reason and "'sample' at step 1" in rewrite.reason

@@ -213,3 +213,36 @@ def test_media_values_come_from_the_catalogs_one_decode(sdk_run, tmp_path: Path,
     assert issues == []
     assert media.drop("run_id", "source").equals(expected.select("step", "key", "value_json", "files_dir"))
     assert media.height == 12 and set(media.get_column("run_id")) == {entry.run_id}
+
+
+@pytest.mark.parametrize("damage", ["altered", "truncated", "deleted"])
+def test_a_damaged_media_cache_file_is_named_and_rebuilt_from_the_run_log(sdk_run, tmp_path: Path, damage: str) -> None:
+    """The catalog's `.media.parquet` is hashed like its history: altered (still valid Parquet with
+    other values), cut short or gone, it is named, moved aside and the run read again from its log."""
+    from altgrad_pipeline.ingest.catalog import RunCatalog
+    from altgrad_pipeline.ingest.media import store
+    from altgrad_pipeline.ingest.wandb.local import LocalWandbSource
+
+    root = sdk_run.folder.parent.parent
+    catalog = RunCatalog(tmp_path / "runs", [LocalWandbSource(root)])
+    (entry,) = catalog.sync().entries
+    assert set(entry.sha256) == {"history", "details", "media"}
+    media = entry.media_path
+    expected = read_run_media(sdk_run.folder)
+    if damage == "altered":
+        pl.read_parquet(media).with_columns(pl.col("step") + 1).write_parquet(media)
+    elif damage == "truncated":
+        media.write_bytes(media.read_bytes()[:50])
+    else:
+        media.unlink()
+
+    result, messages = catalog.verified_sync()
+    why = {"altered": "is corrupt", "truncated": "is corrupt", "deleted": "is missing"}[damage]
+    assert len(messages) == 1 and f"{media} {why}" in messages[0], messages
+    assert result.reread == [entry.run_id]
+    quarantined = [p.name for p in (tmp_path / "runs" / "quarantine").rglob("*") if p.is_file()]
+    assert sorted(quarantined) == sorted(p.name for p in (catalog.history_path(entry), entry.details_path, media) if damage != "deleted" or p != media)
+    (healed,) = result.entries
+    values_now, issues = store.media_values([healed], tmp_path / "cache")
+    assert issues == [] and values_now.drop("run_id", "source").equals(expected.select("step", "key", "value_json", "files_dir"))
+    assert catalog.verified_sync()[1] == []  # healed: nothing to say the next time

@@ -19,8 +19,6 @@ contribute no rows.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 
 import polars as pl
 
+from altgrad_pipeline import atomic
 from altgrad_pipeline.ingest.catalog import CatalogEntry
 from altgrad_pipeline.ingest.media import tables
 from altgrad_pipeline.ingest.media.values import MEDIA_VALUES_SCHEMA
@@ -86,7 +85,9 @@ def _read_api(entry: CatalogEntry, api_runs: ApiRuns) -> pl.DataFrame:
     keys = wandb_media_api.media_keys(entry.row.get("non_scalar_keys"))
     if not keys:
         return pl.DataFrame(schema=MEDIA_VALUES_SCHEMA)
-    return wandb_media_api.media_values(api_runs.run(entry), run_id=entry.run_id, source=entry.source, keys=keys)
+    values = wandb_media_api.media_values(api_runs.run(entry), run_id=entry.run_id, source=entry.source, keys=keys)
+    source = api_runs.source_of(entry)
+    return values if source is None else source.redact_frame(values, ("key", "value_json"))
 
 
 def media_values(
@@ -119,15 +120,8 @@ def media_values(
                                 lost="the run's media (tables, histograms, ...)", run_id=entry.run_id, source=entry.source)  # fmt: skip
                 )
                 continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic.atomic_path(path) as tmp:
             frame.write_parquet(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         frames.append(frame)
     return pl.concat(frames, how="vertical").cast(MEDIA_VALUES_SCHEMA), issues  # type: ignore[arg-type]
 

@@ -13,6 +13,8 @@ TensorBoard drops them, and an issue says how many. Out-of-order steps without a
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,14 +45,23 @@ SOURCE_NAME = "tensorboard"
 KNOWN_FILE_VERSIONS = ("brain.Event:1", "brain.Event:2")
 SCALARS_PLUGIN = "scalars"
 HPARAMS_PLUGIN = "hparams"
+TEXT_PLUGIN = "text"
 #: Bytes decoded at a time: memory beyond the decoded columns stays near this, and the per-chunk
 #: overhead is negligible (about 200,000 records of a scalar log).
 CHUNK_BYTES = 16 << 20
 #: Summary value kinds that are not scalars, by the protobuf `oneof` field name.
 NON_SCALAR_KINDS = {"image": "image", "histo": "histogram", "audio": "audio", "obsolete_old_style_histogram": "histogram"}
 #: Points as decoded, in read order, before restarts and rewrites are resolved: the narrowest
-#: dtypes that hold every value exactly (float64 value: float64 tensor scalars).
-POINT_DTYPES: dict[str, type] = {"step": np.int64, "tag": np.uint32, "value": np.float64, "timestamp": np.float64}
+#: dtypes that hold every value exactly (float64 value: float64 tensor scalars). A text summary
+#: is a point whose `text` is its index in the run's list of strings (NO_TEXT for numbers).
+POINT_DTYPES: dict[str, type] = {
+    "step": np.int64,
+    "tag": np.uint32,
+    "value": np.float64,
+    "timestamp": np.float64,
+    "text": np.int32,
+}
+NO_TEXT = -1
 #: Zero bytes kept after the data in the decode buffer: the layout probes of a record that does
 #: not match may reach this far past its start, and never need clipping.
 DECODE_SLACK = 512
@@ -165,6 +176,18 @@ def _scalar_from_tensor(tensor: Any) -> float | None:
     return None
 
 
+def _text_from_tensor(tensor: Any) -> str:
+    """A text summary's string: the one string of a scalar tensor, else the strings as a JSON
+    array of the tensor's shape (TensorBoard shows those as a table)."""
+    strings = [b.decode("utf-8", errors="replace") for b in tensor.string_val]
+    shape = [dim.size for dim in tensor.tensor_shape.dim]
+    if not shape and len(strings) == 1:
+        return strings[0]
+    if shape and math.prod(shape) == len(strings):
+        return json.dumps(np.array(strings, dtype=object).reshape(shape).tolist(), ensure_ascii=False)
+    return json.dumps(strings, ensure_ascii=False)
+
+
 def _plain_value(value: Any) -> Any:
     """A `google.protobuf.Value` from the hparams plugin as a Python value."""
     kind = value.WhichOneof("kind")
@@ -209,6 +232,8 @@ class EventFile:
     #: Distinct tags of the run, shared by all its files, so tag codes agree between files.
     tags: dict[str, int]
     tag_plugins: dict[str, str]
+    #: Strings of the run's text summaries, shared by all its files like `tags`.
+    texts: list[str]
     position: ReadPosition = field(default_factory=ReadPosition)
     records: int = 0
     points: Points = field(default_factory=Points)
@@ -363,6 +388,7 @@ class EventFile:
             "tag": run_codes[codes[keep]],
             "value": fast.value[rows],
             "timestamp": fast.wall_time[rows],
+            "text": np.full(rows.size, NO_TEXT, dtype=np.int32),
         }
 
     def _take_slow(
@@ -391,13 +417,20 @@ class EventFile:
                 session_starts.append((index, event.step))
             elif kind == "summary":
                 for value in event.summary.value:
-                    number = self._summary_value(value)
-                    if number is not None:
-                        records.append(index)
-                        columns["step"].append(event.step)
-                        columns["tag"].append(self._tag_code(value.tag))
-                        columns["value"].append(number)
-                        columns["timestamp"].append(event.wall_time)
+                    point = self._summary_value(value)
+                    if point is None:
+                        continue
+                    records.append(index)
+                    columns["step"].append(event.step)
+                    columns["tag"].append(self._tag_code(value.tag))
+                    columns["timestamp"].append(event.wall_time)
+                    if isinstance(point, str):
+                        columns["value"].append(math.nan)
+                        columns["text"].append(len(self.texts))
+                        self.texts.append(point)
+                    else:
+                        columns["value"].append(point)
+                        columns["text"].append(NO_TEXT)
         if undecodable:
             self._issue(
                 "undecodable_event",
@@ -441,8 +474,8 @@ class EventFile:
                 position=f"record {index}",
             )
 
-    def _summary_value(self, value: Any) -> float | None:
-        """The scalar of one summary value, or None after noting what else it holds."""
+    def _summary_value(self, value: Any) -> float | str | None:
+        """The scalar or text of one summary value, or None after noting what else it holds."""
         if value.HasField("metadata") and value.metadata.plugin_data.plugin_name:
             self.tag_plugins.setdefault(value.tag, value.metadata.plugin_data.plugin_name)
         plugin = self.tag_plugins.get(value.tag, "")
@@ -452,6 +485,8 @@ class EventFile:
         if plugin == HPARAMS_PLUGIN:
             self._take_hparams(value)
             return None
+        if kind == "tensor" and plugin == TEXT_PLUGIN and value.tensor.dtype == types_pb2.DT_STRING:
+            return _text_from_tensor(value.tensor)
         if kind == "tensor" and plugin == SCALARS_PLUGIN:
             number = _scalar_from_tensor(value.tensor)
             if number is not None:

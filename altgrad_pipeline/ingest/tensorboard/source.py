@@ -23,7 +23,7 @@ from altgrad_pipeline.ingest.files import (
     utc_from_epoch,
 )
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator
-from altgrad_pipeline.ingest.tensorboard.events import POINT_DTYPES, SOURCE_NAME, EventFile
+from altgrad_pipeline.ingest.tensorboard.events import NO_TEXT, POINT_DTYPES, SOURCE_NAME, EventFile
 
 EVENT_FILE_GLOB = "events.out.tfevents.*"
 #: Lightning writes its hyperparameters beside the event file as well.
@@ -56,13 +56,14 @@ class TensorBoardRun:
         self.directory = directory
         self.tags: dict[str, int] = {}
         self.tag_plugins: dict[str, str] = {}
+        self.texts: list[str] = []
         self.files: dict[Path, EventFile] = {}
 
     def update(self, paths: list[Path]) -> None:
         for path in paths:
             events = self.files.get(path)
             if events is None or not events.continues():
-                events = self.files[path] = EventFile(path, self.tags, self.tag_plugins)
+                events = self.files[path] = EventFile(path, self.tags, self.tag_plugins, self.texts)
             events.update()
         for gone in set(self.files) - set(paths):
             del self.files[gone]
@@ -150,9 +151,10 @@ class TensorBoardRun:
         last_of_group[:-1] = (step[1:] != step[:-1]) | (tag[1:] != tag[:-1])
         issues = []
         if not last_of_group.all():
-            value = points["value"]
+            value, text = points["value"], self._canonical_texts(points["text"])
             differs = np.zeros(step.size, dtype=bool)
-            differs[:-1] = ~last_of_group[:-1] & ~((value[1:] == value[:-1]) | (np.isnan(value[1:]) & np.isnan(value[:-1])))
+            same_value = (value[1:] == value[:-1]) | (np.isnan(value[1:]) & np.isnan(value[:-1]))
+            differs[:-1] = ~last_of_group[:-1] & ~(same_value & (text[1:] == text[:-1]))
             if differs.any():
                 first = int(np.flatnonzero(differs)[0])
                 names = {code: name for name, code in self.tags.items()}
@@ -172,16 +174,30 @@ class TensorBoardRun:
         origin = first_wall_time if first_wall_time is not None else math.nan
         # The numpy columns are taken by Polars without a copy.
         kept = pl.DataFrame({name: points[name] for name in ("step", "value", "timestamp")})
+        text = points["text"]
+        has_text = bool((text != NO_TEXT).any())
+        if has_text:
+            # Index len(texts) is the null appended after the strings: numbers get no text.
+            strings = pl.Series("text", [*self.texts, None], dtype=pl.String)
+            kept = kept.with_columns(strings.gather(np.where(text == NO_TEXT, len(self.texts), text)))
         history = kept.select(
             pl.lit(run_id, pl.String).alias("run_id"),
             "step",
             names.gather(pl.Series(points["tag"])).alias("key") if names.len() else pl.lit(None, pl.String).alias("key"),
-            "value",
-            pl.lit(None, pl.String).alias("text"),
+            pl.when(pl.col("text").is_null()).then("value").alias("value") if has_text else "value",
+            "text" if has_text else pl.lit(None, pl.String).alias("text"),
             (pl.col("timestamp") - origin).alias("runtime"),
             "timestamp",
         )
         return history.cast(HISTORY_SCHEMA), issues  # type: ignore[arg-type]
+
+    def _canonical_texts(self, text: np.ndarray) -> np.ndarray:
+        """Text indices made equal for equal strings (NO_TEXT stays), so a text logged twice
+        with the same words is a repeat, not a rewrite."""
+        if not self.texts or not (text != NO_TEXT).any():
+            return text
+        _, canonical = np.unique(np.array(self.texts, dtype=object), return_inverse=True)
+        return np.where(text == NO_TEXT, NO_TEXT, canonical[np.maximum(text, 0)])
 
 
 def event_file_groups(root: Path) -> dict[Path, list[Path]]:

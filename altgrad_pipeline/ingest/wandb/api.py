@@ -35,12 +35,13 @@ import math
 import os
 import tempfile
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from altgrad_pipeline import atomic
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA, IngestIssue, ParsedRun, RunLocator
 from altgrad_pipeline.ingest.wandb.export import read_history_export
 
@@ -53,6 +54,8 @@ HISTORY_PAGE_SIZE = 1000
 NON_FINITE_STRINGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 #: Issues of the export reader meaning a downloaded part was lost: the history is paged instead.
 UNUSABLE_EXPORT = ("unreadable_export", "not_a_history_export")
+#: What a secret is replaced with in every text this module keeps.
+REDACTED = "[redacted]"
 #: History columns that are the row's coordinates rather than metrics.
 ROW_COORDINATES = ("_step", "_runtime", "_timestamp")
 
@@ -175,6 +178,7 @@ class WandbApiSource:
             stale = cached or ParsedRun(run_id=run_id, source=self.name, location=locator.location)
             stale.issues.append(issue)
             return stale
+        parsed = self._scrubbed(parsed)
         self._store_cache(parsed, state)
         return parsed
 
@@ -265,14 +269,51 @@ class WandbApiSource:
     def _redact(self, exc: BaseException) -> str:
         return self.redact(describe_error(exc))
 
+    def _secret_forms(self) -> list[str]:
+        """Every form of the API key (the environment's and the client's), longest first."""
+        secrets = {os.environ.get("WANDB_API_KEY"), getattr(self._api, "api_key", None)} - {None, ""}
+        return sorted({form for secret in secrets for form in secret_forms(secret)}, key=len, reverse=True)
+
     def redact(self, text: str) -> str:
         """`text` without the API key (the environment's or the client's), in any form a client or a
         misbehaving server may echo it: plain, URL-encoded, or as Basic-auth base64 of `api:<key>`."""
-        for secret in {os.environ.get("WANDB_API_KEY"), getattr(self._api, "api_key", None)}:
-            if secret:
-                for form in secret_forms(secret):
-                    text = text.replace(form, "[redacted]")
+        for form in self._secret_forms():
+            text = text.replace(form, REDACTED)
         return text
+
+    def redact_frame(self, frame: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
+        """`frame` with the key taken out of these string columns (history keys and texts, media JSON)."""
+        forms = self._secret_forms()
+        if not forms or frame.is_empty():
+            return frame
+        def scrub(column: str) -> pl.Expr:
+            expr = pl.col(column)
+            for form in forms:
+                expr = expr.str.replace_all(form, REDACTED, literal=True)
+            return expr
+        return frame.with_columns(scrub(c) for c in columns if c in frame.columns)
+
+    def _scrubbed(self, run: ParsedRun) -> ParsedRun:
+        """The run without the key in any text the server sent (name, notes, tags, config and summary
+        keys and values, history keys and strings, issues): a server that echoes the credentials
+        back must not get them stored in the cache, the tables or the reports."""
+        forms = self._secret_forms()
+        if not forms:
+            return run
+        def scrub(value: Any) -> Any:
+            return redact_value(value, forms)
+        return dataclasses.replace(
+            run,
+            history=self.redact_frame(run.history, ("key", "text")),
+            name=scrub(run.name),
+            group=scrub(run.group),
+            notes=scrub(run.notes),
+            tags=scrub(run.tags),
+            config=scrub(run.config),
+            summary=scrub(run.summary),
+            value_types=scrub(run.value_types),
+            issues=[dataclasses.replace(i, reason=scrub(i.reason), lost=scrub(i.lost), position=scrub(i.position)) for i in run.issues],
+        )
 
     # -- what a run logged besides its history ---------------------------------------------------
 
@@ -314,12 +355,9 @@ class WandbApiSource:
             "issues": [issue.as_row() for issue in run.issues],
         }
         # History first, metadata last: the metadata's fingerprint is what marks the copy valid.
-        tmp_history = history_path.with_suffix(".parquet.tmp")
-        run.history.write_parquet(tmp_history)
-        tmp_history.replace(history_path)
-        tmp_meta = meta_path.with_suffix(".json.tmp")
-        tmp_meta.write_text(json.dumps(meta, default=str))
-        tmp_meta.replace(meta_path)
+        with atomic.atomic_path(history_path) as tmp:  # a full disk leaves neither a temp nor half a file
+            run.history.write_parquet(tmp)
+        atomic.write_text(meta_path, json.dumps(meta, default=str))
 
     def _load_cache(self, run_id: str) -> ParsedRun | None:
         meta_path, history_path = self._cache_paths(run_id)
@@ -487,6 +525,20 @@ def secret_forms(secret: str) -> list[str]:
         for encoded in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
             forms |= {encoded, encoded.rstrip("=")}
     return sorted(forms, key=len, reverse=True)
+
+
+def redact_value(value: Any, forms: Sequence[str]) -> Any:
+    """`value` with every form of a secret replaced in its strings, dict keys included, through
+    dicts and lists; other values unchanged."""
+    if isinstance(value, str):
+        for form in forms:
+            value = value.replace(form, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {redact_value(k, forms): redact_value(v, forms) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact_value(v, forms) for v in value)
+    return value
 
 
 def describe_error(exc: BaseException) -> str:

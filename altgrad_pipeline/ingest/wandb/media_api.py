@@ -27,7 +27,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -37,6 +36,7 @@ from typing import Any
 
 import polars as pl
 
+from altgrad_pipeline import atomic
 from altgrad_pipeline.ingest.media import tables
 from altgrad_pipeline.ingest.media.values import MEDIA_VALUES_SCHEMA, SPECIAL_MEDIA_TYPES, TABLE_TYPES
 from altgrad_pipeline.ingest.model import IngestIssue
@@ -92,12 +92,7 @@ class TableFileCache:
         return data if hashlib.sha256(data).hexdigest() == sha256 else None
 
     def put(self, data: bytes) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{hashlib.sha256(data).hexdigest()}.table.json"
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
+        atomic.write_bytes(self.folder / f"{hashlib.sha256(data).hexdigest()}.table.json", data)
 
 
 def entry_name(reference: str) -> str | None:

@@ -1,0 +1,45 @@
+"""How analyses read the long histories without holding them in memory.
+
+A study's history is large (14 M values in the benchmark study: `run_id`, `key`, `step`, `value`
+alone take about 0.7 GB in memory, four times that at four times the runs), while what an
+analysis needs of it is small: a few keys, or one aggregate per run. Two ways keep memory flat in
+the number of runs:
+
+- **Keys first.** Which keys a study logged is found by a streamed scan (only the distinct keys
+  are held); the rows of the chosen keys are then read with an `is_in` filter, which the Parquet
+  reader applies while reading. A join against a frame of keys would instead load every row of
+  the history before dropping most of them.
+- **Run by run.** A query that groups by run (a series is a (run, key) pair, an outcome a run's
+  last loss) never needs two runs' rows at once: `per_run` evaluates it one run at a time, so
+  memory is one run's working set, and Polars groups and sorts a run's rows faster than a
+  study's. The partition files are sorted by `run_id`, so the filter on one run reads only that
+  run's row groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import polars as pl
+
+
+def distinct(frame: pl.LazyFrame | pl.DataFrame, column: str) -> list:
+    """The distinct values of one column, in the order they first appear (streamed: only the
+    distinct values are ever held)."""
+    return frame.lazy().select(pl.col(column).unique(maintain_order=True)).collect(engine="streaming").to_series().to_list()
+
+
+def per_run(
+    frame: pl.LazyFrame | pl.DataFrame,
+    query: Callable[[pl.LazyFrame], pl.LazyFrame | pl.DataFrame],
+    runs: Sequence[str] | None = None,
+) -> pl.DataFrame:
+    """`query` applied to each run's rows of `frame` on its own, the results concatenated in the
+    order of `runs` (default: every run of `frame`, as first seen). `query` must group by run
+    (or keep rows), so that its result over the whole frame is the union of its per-run results;
+    with no run at all, it runs once on the empty frame, so the result keeps its columns."""
+    lazy = frame.lazy()
+    ids = distinct(lazy, "run_id") if runs is None else list(runs)
+    if not ids:
+        return query(lazy.head(0)).lazy().collect()
+    return pl.concat([query(lazy.filter(pl.col("run_id") == run)).lazy().collect() for run in ids], how="vertical")
