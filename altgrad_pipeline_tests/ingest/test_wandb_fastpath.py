@@ -392,6 +392,46 @@ def test_summary_fold_order_with_slow_records_in_between() -> None:
     ]
 
 
+def test_runtime_summaries_are_parsed_once_per_payload_before_their_items() -> None:
+    """wandb-core's per-row `["_wandb", "runtime"]` summary records (same bytes, another
+    `Record.num`) are parsed once per distinct payload without reading their items; one with a
+    `remove` still goes to the caller, and the fold equals the protobuf path's."""
+
+    def numbered(payload: bytes, num: int) -> bytes:
+        record = wandb_pb.Record.FromString(payload)
+        record.num = num
+        return record.SerializeToString()
+
+    runtime = summary_record([(["_wandb", "runtime"], "7"), ("_runtime", "7")])
+    payloads = [
+        numbered(runtime, 1),
+        summary_record([("a", "1"), ("_runtime", "6.5")]),
+        numbered(runtime, 300),  # a two-byte number: the same payload after it
+        summary_record([(["_wandb", "runtime"], "8"), ("b", "2")], removes=["a"]),  # slow: a remove
+        numbered(summary_record([(["_wandb", "runtime"], "9"), ("_runtime", "9")]), 301),
+        summary_record([("a", "3")]),
+        numbered(runtime, 302),
+    ]
+    decoded = fp.decode_records(*spans(payloads), min_active=1)
+    check_against_oracle(payloads, decoded)
+    assert decoded.slow_records.tolist() == [3]
+    assert [r for r, _ in decoded.summary.parsed] == [0, 0, 2, 2, 4, 4, 6, 6]
+    flat: dict = {}
+    reference = WandbLogReader("reference")
+    for payload in payloads:
+        reference._decode(payload, 0)
+
+    def slow(record: int) -> None:
+        reader = WandbLogReader("slow")
+        reader._summary = flat
+        reader._decode(payloads[record], 0)
+
+    decoded.replay(flat, slow)
+    assert [(k, v if isinstance(v, str) else v.decode()) for k, v in flat.items()] == [
+        (k, v if isinstance(v, str) else v.decode()) for k, v in reference._summary.items()
+    ]
+
+
 def test_merge_history_puts_slow_rows_in_record_order() -> None:
     payloads = [
         history_record([("a", "1"), ("_step", "1")], step=1),

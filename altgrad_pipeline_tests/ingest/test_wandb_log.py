@@ -370,3 +370,45 @@ def test_a_record_with_invalid_utf8_is_an_issue_not_a_crash(sdk_runs: dict[str, 
     log = reader.result()
     assert log.history.height == before
     assert [i.kind for i in log.issues] == ["bad_record"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), damage=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.sampled_from(["payload", "crc", "type"])), max_size=3))
+def test_block_crc_check_finds_the_first_damaged_chunk(seed: int, damage: list[tuple[float, str]]) -> None:
+    """`first_crc_mismatch` (one zlib call per block, the rest predicted from the stored CRCs)
+    names the same chunk as checking every chunk with its own call."""
+    import random
+    import zlib
+
+    import numpy as np
+
+    from altgrad_pipeline.ingest.wandb.framing import TYPE_CRC, first_crc_mismatch
+
+    rnd = random.Random(seed)
+    out, at, length, kind, crc = bytearray(LOG_HEADER), [], [], [], []
+    while len(out) < 5 * BLOCK_SIZE:
+        room = BLOCK_SIZE - len(out) % BLOCK_SIZE
+        if room < 7:
+            out += bytes(room)
+            continue
+        size = min(rnd.choice([0, 1, 5, 40, 300, 900, 4000]), room - 7)
+        chunk_kind, payload = rnd.randint(1, 4), rnd.randbytes(size)
+        at.append(len(out))
+        length.append(size)
+        kind.append(chunk_kind)
+        crc.append(zlib.crc32(payload, TYPE_CRC[chunk_kind]))
+        out += struct.pack("<IHB", crc[-1], size, chunk_kind) + payload
+    for where, what in damage:
+        index = int(where * len(at))
+        if what == "payload" and length[index]:
+            out[at[index] + 7 + rnd.randrange(length[index])] ^= rnd.randint(1, 255)
+        elif what == "crc":
+            crc[index] ^= 1 << rnd.randrange(32)
+        else:  # a type byte read as another valid type
+            kind[index] = kind[index] % 4 + 1
+            out[at[index] + 6] = kind[index]
+    expected = next(
+        (i for i in range(len(at)) if zlib.crc32(bytes(out[at[i] + 7 : at[i] + 7 + length[i]]), TYPE_CRC[kind[i]]) != crc[i]), None
+    )
+    arrays = (np.asarray(a, dtype=np.int64) for a in (at, length, kind, crc))
+    assert first_crc_mismatch(memoryview(bytes(out)), 0, *arrays, 0) == expected

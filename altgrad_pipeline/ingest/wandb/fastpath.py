@@ -7,8 +7,9 @@ the incremental summary record that mirrors every history row), which capped the
 builds Arrow/Polars columns from byte offsets: no Python object per value, item or record.
 
 How. The reader copies each record's payload into one buffer (chunks reassembled) and hands over
-its spans. The top level of every `Record` is walked in lockstep (round k reads every record's
-k-th field). The item lists of `HistoryRecord`/`SummaryRecord` are found by sequential passes
+its spans. A `Record` laid out as the SDK writes history and summary records (`num`, then that
+field, ending the record) is classified with a few gathers; the top level of any other is walked
+in lockstep (round k reads every record's k-th field). The item lists of `HistoryRecord`/`SummaryRecord` are found by sequential passes
 instead (`_item_lists`: a lockstep walk there is a cache miss per field), and each item is
 matched against the shape the SDK writes (`_items`: name tag and length, value tag and length,
 a few gathers per item). Names are dictionary-encoded once (Arrow), so the history table sorts
@@ -36,7 +37,9 @@ Summary records whose only oddity is their item names (`["_wandb", "runtime"]`, 
 writes after every row; mixed `key`/`nested_key`) are not left to the caller: they are parsed
 with protobuf here and folded exactly as `WandbLogReader._fold_items` would: each distinct
 payload (without its `Record.num`) once, found by dictionary-encoding the payloads, and the
-fold over their updates done with arrays (no Python object per record).
+fold over their updates done with arrays (no Python object per record). Those whose first update
+is named by a path (the runtime record) are recognised from their first bytes and parsed before
+any item is read: they are a third of the records of a log of narrow rows.
 For every record it decodes, the fast path yields exactly what `WandbLogReader._decode` yields
 for it (tested record by record and end to end on SDK-written and all corpus files, generated
 records, truncated and torn logs, random bytes). `DecodedRecords.replay` interleaves the summary
@@ -47,7 +50,7 @@ history rows between the fast ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -250,6 +253,8 @@ _VALUE_TAG = _tag_bytes(F_ITEM_VALUE_JSON, WIRE_LEN)
 if F_HISTORY_ITEM != F_SUMMARY_UPDATE:
     raise ImportError("wandb.proto: HistoryRecord.item and SummaryRecord.update differ in number; the fast path assumes they agree")
 _ITEM_TAG = _tag_bytes(F_HISTORY_ITEM, WIRE_LEN)
+_NUM_TAG = _tag_bytes(_RECORD["num"].number, WIRE_VARINT)
+_HISTORY_TAG, _SUMMARY_TAG = _tag_bytes(F_RECORD_HISTORY, WIRE_LEN), _tag_bytes(F_RECORD_SUMMARY, WIRE_LEN)
 #: A few MB of the buffer at a time when looking for item tags: no buffer-sized temporaries.
 _SCAN_BYTES = 1 << 22
 
@@ -398,18 +403,39 @@ def _top_level(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np
     Plain history (summary): that field exactly once, length-delimited, and none of the other
     fields the reader's view declares. More than 16 top-level fields: not plain."""
     n = len(starts)
-    top = _walk(u8, starts, ends, min_rounds=16, min_active=n + 1)
     kinds = np.full(n, KIND_OTHER, dtype=np.int8)
     payload_start = np.zeros(n, dtype=np.int64)
     payload_end = np.zeros(n, dtype=np.int64)
-    declared = _count(top, np.isin(top.field, F_RECORD_DECLARED), n)
+    may_fold_summary = np.zeros(n, dtype=bool)
+    # The SDK writes a history (summary) record as `num`, then that field, ending the record:
+    # read with a few gathers per record. Every other layout is walked field by field.
+    laid_out = np.zeros(n, dtype=bool)
+    if len(_NUM_TAG) == 1 and len(_HISTORY_TAG) == 1 and len(_SUMMARY_TAG) == 1:
+        at = starts + ((u8[starts] == _NUM_TAG[0]) & (starts < ends))
+        numbered = at > starts
+        if numbered.any():
+            _, after_num, ok_num = _varint(u8, at[numbered], ends[numbered], 10)
+            at[numbered] = np.where(ok_num, after_num, ends[numbered])
+        tag = u8[at]
+        length, after_length, ok = _varint(u8, at + 1, ends, 5)
+        ok &= (at < ends) & ((tag == _HISTORY_TAG[0]) | (tag == _SUMMARY_TAG[0])) & (length < (1 << 31))
+        laid_out = ok & (after_length + length.astype(np.int64) == ends)
+        kinds[laid_out] = np.where(tag[laid_out] == _HISTORY_TAG[0], KIND_HISTORY, KIND_SUMMARY)
+        payload_start[laid_out], payload_end[laid_out] = after_length[laid_out], ends[laid_out]
+        may_fold_summary[laid_out] = kinds[laid_out] == KIND_SUMMARY
+    other = np.flatnonzero(~laid_out)
+    if not len(other):
+        return kinds, payload_start, payload_end, may_fold_summary
+    top = _walk(u8, starts[other], ends[other], min_rounds=16, min_active=len(other) + 1)
+    m = len(other)
+    declared = _count(top, np.isin(top.field, F_RECORD_DECLARED), m)
     for number, kind in ((F_RECORD_HISTORY, KIND_HISTORY), (F_RECORD_SUMMARY, KIND_SUMMARY)):
         target = (top.field == number) & (top.wire == WIRE_LEN)
-        plain = ~top.refused & (_count(top, target, n) == 1) & (declared == 1)
-        kinds[plain] = kind
+        plain = ~top.refused & (_count(top, target, m) == 1) & (declared == 1)
+        kinds[other[plain]] = kind
         sel = target & plain[top.msg]
-        payload_start[top.msg[sel]], payload_end[top.msg[sel]] = top.start[sel], top.end[sel]
-    may_fold_summary = top.refused | (_count(top, top.field == F_RECORD_SUMMARY, n) > 0)
+        payload_start[other[top.msg[sel]]], payload_end[other[top.msg[sel]]] = top.start[sel], top.end[sel]
+    may_fold_summary[other] = top.refused | (_count(top, top.field == F_RECORD_SUMMARY, m) > 0)
     return kinds, payload_start, payload_end, may_fold_summary
 
 
@@ -714,9 +740,6 @@ class SummaryBatch:
         return [(key, entry[2]) for key, entry in sorted(found.items(), key=lambda item: item[1][0])]
 
 
-_NUM_TAG = _tag_bytes(_RECORD["num"].number, WIRE_VARINT)
-
-
 def _without_record_number(payload: bytes) -> bytes:
     """The payload without a leading `Record.num` of at most 9 bytes (valid for every parser), so
     records differing only in their number compare equal; any other payload as it is."""
@@ -800,6 +823,77 @@ class DecodedRecords:
         flat_summary.update(self.summary.last_values(lo))
 
 
+@dataclass
+class _ParsedSummaries:
+    """Summary records decoded with protobuf (`_parse_alike`): their updates as `SummaryBatch`
+    keeps them (record index per update, index into `entries`), gathered over several calls."""
+
+    entries: list[SummaryEntry] = field(default_factory=list)
+    parts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    @property
+    def records(self) -> np.ndarray:
+        """Every record parsed (each once, in no order)."""
+        return np.unique(np.concatenate([r for r, _ in self.parts])) if self.parts else np.zeros(0, dtype=np.int64)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(record per update, entry per update), in record then update order."""
+        if not self.parts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        records, entry = (np.concatenate(c) for c in zip(*self.parts))
+        order = np.argsort(records, kind="stable")
+        return records[order], entry[order]
+
+
+def _parse_alike(u8: np.ndarray, data: pa.Buffer, starts: np.ndarray, ends: np.ndarray, records: np.ndarray, parsed: _ParsedSummaries) -> np.ndarray:
+    """Parse the summary `records` with protobuf (`_parsed_summary`), each distinct payload
+    (without its `Record.num`) once: wandb-core writes the same runtime summary record many
+    times, numbered differently. Adds their updates to `parsed`; returns which were parsed (the
+    others are left to the caller's protobuf path)."""
+    if not len(records):
+        return np.zeros(0, dtype=bool)
+    alike_start = _after_record_number(u8, starts[records], ends[records])
+    encoded = pc.dictionary_encode(_binary(data, u8, alike_start, ends[records]))
+    alike = _codes(encoded)
+    first_of = np.full(len(encoded.dictionary), len(records), dtype=np.int64)
+    np.minimum.at(first_of, alike, np.arange(len(records), dtype=np.int64))
+    entry_lo = np.zeros(len(first_of), dtype=np.int64)
+    entry_count = np.zeros(len(first_of), dtype=np.int64)
+    for code, record in enumerate(records[first_of].tolist()):
+        entries = _parsed_summary(bytes(u8[starts[record] : ends[record]]))
+        if entries is not None:
+            entry_lo[code], entry_count[code] = len(parsed.entries), len(entries)
+            parsed.entries.extend(entries)
+        else:
+            entry_count[code] = -1
+    good = entry_count[alike] >= 0
+    counts = entry_count[alike[good]]
+    parsed.parts.append((np.repeat(records[good], counts), np.repeat(entry_lo[alike[good]], counts) + _ranks(counts)))
+    return good
+
+
+def _first_name_is_a_path(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Per `SummaryRecord` payload [starts, ends): its first field is an update whose name is a
+    `nested_key` of two or more elements (item tag, one-byte length, `nested_key` tag, one-byte
+    length, then another `nested_key` element), as `["_wandb", "runtime"]` is."""
+    if len(_ITEM_TAG) != 1 or len(_NAME_TAGS[1]) != 1 or not len(starts):
+        return np.zeros(len(starts), dtype=bool)
+    # The buffer is padded (`PADDING`): reads past a short payload stay inside it and the
+    # length checks reject them.
+    header = _quads(u8)[starts].astype(np.int64)
+    nested = _NAME_TAGS[1][0]
+    name_length = header >> 24
+    path = (
+        (ends - starts >= 6)
+        & ((header & 0xFF) == _ITEM_TAG[0])
+        & (((header >> 8) & 0xFF) < 0x80)
+        & (((header >> 16) & 0xFF) == nested)
+        & (name_length < 0x80)
+    )
+    after_name = starts + 4 + np.where(path, name_length, 0)
+    return path & (after_name < ends) & (u8[np.minimum(after_name, len(u8) - 1)] == nested)
+
+
 def decode_records(
     buffer: bytes | bytearray | memoryview,
     starts: Sequence[int] | np.ndarray,
@@ -821,6 +915,14 @@ def decode_records(
         kinds, payload_start, payload_end, may_fold = np.zeros(0, dtype=np.int8), starts, ends, np.zeros(0, dtype=bool)
     rec_h = np.flatnonzero(kinds == KIND_HISTORY)
     rec_s = np.flatnonzero(kinds == KIND_SUMMARY)
+    data = pa.py_buffer(buffer)
+    parsed = _ParsedSummaries()
+    # wandb-core writes the same `_wandb.runtime` summary record after every row: records whose
+    # first update is named by a path of several elements are parsed once per distinct payload
+    # before any item is looked at (a third of the records of a narrow-row log).
+    pathed = rec_s[_first_name_is_a_path(u8, payload_start[rec_s], payload_end[rec_s])]
+    if len(pathed):
+        rec_s = np.setdiff1d(rec_s, pathed[_parse_alike(u8, data, starts, ends, pathed, parsed)], assume_unique=True)
     nh, ns = len(rec_h), len(rec_s)
     msg_rec = np.concatenate([rec_h, rec_s])
     lists = _item_lists(u8, payload_start[msg_rec], payload_end[msg_rec], **walk)
@@ -860,7 +962,6 @@ def decode_records(
     # (rare records), so they need not be left to the caller, which would flush the fold.
     parsed_msgs = np.flatnonzero(np.bincount(item_msg[~i_ok & (item_msg >= nh) & msg_ok[item_msg]], minlength=n_msgs))
     msg_ok[item_msg[~i_ok]] = False
-    data = pa.py_buffer(buffer)
     # History columns: names and texts validated as UTF-8 (a record with bad bytes goes slow).
     item_h = item_msg < nh
     while True:
@@ -882,31 +983,9 @@ def decode_records(
         codes=codes,
         texts=texts,
     )
-    # wandb-core writes the same runtime summary record many times, numbered differently: each
-    # distinct payload (without its number) is parsed once.
-    parsed_entries: list[SummaryEntry] = []
-    parsed_records = parsed_entry = np.zeros(0, dtype=np.int64)
-    if len(parsed_msgs):
-        records = msg_rec[parsed_msgs]
-        alike_start = _after_record_number(u8, starts[records], ends[records])
-        encoded = pc.dictionary_encode(_binary(data, u8, alike_start, ends[records]))
-        alike = _codes(encoded)
-        first_of = np.full(len(encoded.dictionary), len(records), dtype=np.int64)
-        np.minimum.at(first_of, alike, np.arange(len(records), dtype=np.int64))
-        entry_lo = np.zeros(len(first_of), dtype=np.int64)
-        entry_count = np.zeros(len(first_of), dtype=np.int64)
-        for code, record in enumerate(records[first_of].tolist()):
-            entries = _parsed_summary(bytes(u8[starts[record] : ends[record]]))
-            if entries is not None:
-                entry_lo[code], entry_count[code] = len(parsed_entries), len(entries)
-                parsed_entries.extend(entries)
-            else:
-                entry_count[code] = -1
-        good = entry_count[alike] >= 0
-        msg_ok[parsed_msgs[good]] = True
-        counts = entry_count[alike[good]]
-        parsed_records = np.repeat(records[good], counts)
-        parsed_entry = np.repeat(entry_lo[alike[good]], counts) + _ranks(counts)
+    parsed_good = _parse_alike(u8, data, starts, ends, msg_rec[parsed_msgs], parsed)
+    msg_ok[parsed_msgs[parsed_good]] = True
+    parsed_records, parsed_entry = parsed.arrays()
     plain_s = msg_ok.copy()
     plain_s[parsed_msgs] = False
     keep_s = ~item_h & plain_s[item_msg]
@@ -920,11 +999,12 @@ def decode_records(
         value_ends=value_end[keep_s],
         parsed_records=parsed_records,
         parsed_entry=parsed_entry,
-        parsed_entries=parsed_entries,
+        parsed_entries=parsed.entries,
         data=data,
         u8=u8,
     )
     slow = np.ones(n, dtype=bool)
     slow[rec_h[h_ok]] = False
     slow[rec_s[s_ok]] = False
+    slow[parsed.records] = False
     return DecodedRecords(kinds=kinds, history=history, summary=summary, slow_records=np.flatnonzero(slow), may_fold_summary=may_fold)

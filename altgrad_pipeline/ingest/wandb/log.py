@@ -9,9 +9,9 @@ framing damage becomes an issue and the good records are kept.
 `WandbLogReader` can be fed again from `offset` when the file grows, so a live run is re-read
 from where the last complete record ended. A large feed's clean stretch of chunks (usually all of
 it) is framed with numpy (`_frame_bulk`: chunk headers walked block by block in lockstep, the
-record structure checked with array operations, one CRC call per chunk); the chunk loop frames
-the rest from the first chunk it must treat specially. Large logs' history and summary records are decoded
-by `wandb_fastpath` (numpy over the wire format); everything else, and whatever it declines,
+record structure checked with array operations, the chunks' CRCs with one zlib call per block:
+`framing.first_crc_mismatch`); the chunk loop frames the rest from the first chunk it must treat
+specially. Large logs' history and summary records are decoded by `wandb_fastpath` (numpy over the wire format); everything else, and whatever it declines,
 by upb through `_decode`, with the same result either way.
 """
 
@@ -46,6 +46,7 @@ from altgrad_pipeline.ingest.wandb.framing import (
     LAYOUT_STANDARD,
     LOG_HEADER,
     TYPE_CRC,
+    first_crc_mismatch,
     first_damage,
 )
 from altgrad_pipeline.ingest.wandb.history import HistoryTable, empty_media, history_table, text_series
@@ -337,10 +338,12 @@ class WandbLogReader:
         blocks = np.arange(len(p))
         cutoff = end  # file offset from which the loop frames
         found: list[tuple[np.ndarray, ...]] = []
+        # Each chunk header (CRC u32, length u16, type u8) read as one little-endian u64 (its 8th
+        # byte is the next one's: masked off); `data` is padded, so the read stays inside it.
+        octets = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
         while blocks.size:
-            left = block_end[blocks] - p[blocks]
             at = p[blocks]
-            clean = left < header  # the block ends in a trailer (the loop skips it)
+            clean = block_end[blocks] - at < header  # the block ends in a trailer (the loop skips it)
             if clean.any():
                 # A trailer running past `end` is where the loop stops.
                 past = clean & (block_end[blocks] > end)
@@ -349,23 +352,23 @@ class WandbLogReader:
                 blocks, at = blocks[~clean], at[~clean]
                 if not blocks.size:
                     break
-            q = at - base
             inside = at + header <= end
-            q = np.where(inside, q, 0)
-            length = data[q + 4].astype(np.int64) | (data[q + 5].astype(np.int64) << 8)
-            kind = data[q + 6]
-            nxt = at + header + length
+            headers = octets[np.where(inside, at - base, 0)]
+            kind = (headers >> 48) & 0xFF
+            nxt = at + header + ((headers >> 32) & 0xFFFF).astype(np.int64)
             bad = ~inside | (kind == 0) | (kind > CHUNK_LAST) | (nxt > block_end[blocks]) | (nxt > end)
             if bad.any():
                 cutoff = min(cutoff, int(at[bad].min()))
                 good = ~bad
-                blocks, at, q, length, kind, nxt = blocks[good], at[good], q[good], length[good], kind[good], nxt[good]
-            crc = data[q].astype(np.uint32) | (data[q + 1].astype(np.uint32) << 8) | (data[q + 2].astype(np.uint32) << 16) | (data[q + 3].astype(np.uint32) << 24)
-            found.append((at, length, kind, crc))
+                blocks, at, headers, nxt = blocks[good], at[good], headers[good], nxt[good]
+            found.append((at, headers))
             p[blocks] = nxt
         if not found:
             return None
-        at, length, kind, crc = (np.concatenate(column) for column in zip(*found))
+        at, headers = (np.concatenate(column) for column in zip(*found))
+        length = ((headers >> 32) & 0xFFFF).astype(np.int64)
+        kind = ((headers >> 48) & 0xFF).astype(np.uint8)
+        crc = (headers & 0xFFFFFFFF).astype(np.uint32)
         order = np.argsort(at, kind="stable")
         at, length, kind, crc = at[order], length[order], kind[order], crc[order]
         keep = int(np.searchsorted(at, cutoff))
@@ -381,11 +384,9 @@ class WandbLogReader:
             at, length, kind, crc = at[:keep], length[:keep], kind[:keep], crc[:keep]
             starts_record = starts_record[:keep]
         payload = at + header - base
-        crc32, type_crc = zlib.crc32, TYPE_CRC
-        sums = [crc32(view[s : s + n], type_crc[k]) for s, n, k in zip(payload.tolist(), length.tolist(), kind.tolist())]
-        mismatch = np.flatnonzero(np.asarray(sums, dtype=np.uint32) != crc)
-        if len(mismatch):
-            keep = int(mismatch[0])
+        mismatch = first_crc_mismatch(view, base, at, length, kind, crc, origin)
+        if mismatch is not None:
+            keep = mismatch
             at, length, kind, payload, starts_record = at[:keep], length[:keep], kind[:keep], payload[:keep], starts_record[:keep]
         ends_record = np.flatnonzero((kind == CHUNK_FULL) | (kind == CHUNK_LAST))
         if not len(ends_record):
@@ -633,6 +634,10 @@ class WandbLogReader:
         if not len(rows.row_counts):
             return HistoryTable(empty_history(), {}, empty_media(), [])
         names, codes, texts, counts = rows.names, rows.codes, rows.texts, rows.row_counts
+        if 16 * len(counts) > len(texts):
+            # Narrow rows: the per-row gathers below are many, and Polars gathers several times
+            # faster from one chunk than from a batch per decode group; wide rows skip the copy.
+            texts = texts.rechunk()
         row_step_nums = pl.Series(rows.step_nums, dtype=pl.Int64).zip_with(
             pl.Series(rows.has_step_num), pl.Series([None], dtype=pl.Int64).new_from_index(0, len(counts))
         )
@@ -641,15 +646,19 @@ class WandbLogReader:
         def first_in_row(key: str) -> pl.Series:
             code = np.flatnonzero((names == key).to_numpy())  # names are distinct: one code or none
             positions = np.flatnonzero(codes == code[0]) if len(code) else np.zeros(0, dtype=np.int64)
-            rows_with, first = np.unique(item_rows[positions], return_index=True)
-            return pl.Series([None], dtype=pl.String).new_from_index(0, len(counts)).scatter(rows_with, texts.gather(positions[first]))
+            rows_with = item_rows[positions]  # in row order: a row's first item is where its row starts
+            first = np.ones(len(rows_with), dtype=bool)
+            first[1:] = rows_with[1:] != rows_with[:-1]
+            if len(rows_with) == len(counts) and first.all():  # once in every row (the SDK's rows)
+                return texts.gather(pl.Series(positions))
+            positions = positions[first]
+            return pl.Series([None], dtype=pl.String).new_from_index(0, len(counts)).scatter(rows_with[first], texts.gather(pl.Series(positions)))
 
         step_texts = first_in_row(STEP_KEY)
-        steps = (
-            step_texts.cast(pl.Int64, strict=False)
-            .fill_null(step_texts.cast(pl.Float64, strict=False).cast(pl.Int64, strict=False))
-            .fill_null(row_step_nums)
-        )
+        steps = step_texts.cast(pl.Int64, strict=False)
+        if steps.null_count() > step_texts.null_count():  # steps written as floats ("6.0")
+            steps = steps.fill_null(step_texts.cast(pl.Float64, strict=False).cast(pl.Int64, strict=False))
+        steps = steps.fill_null(row_step_nums)
         runtimes = first_in_row(RUNTIME_KEY).cast(pl.Float64, strict=False)
         timestamps = first_in_row(TIMESTAMP_KEY).cast(pl.Float64, strict=False)
         missing = steps.is_null().to_numpy()
