@@ -134,6 +134,7 @@ def _parsed_per_param_keys(histories: pl.LazyFrame, patterns: LayerPatterns) -> 
     return parse_metric_keys(histories.select("key"), patterns).filter(pl.col("metric").is_in(["grad_norm_l2", "dead_neuron_frac"]))
 
 
+#: The keys failure modes read by name: loss, global gradient norm, NaN count and rates.
 NAMED_KEYS = (*LOSS_KEYS, "grad_norm", "param_nan_count", *BIT_STALL_KEYS, *OVERFLOW_KEYS, *UNDERFLOW_KEYS)
 #: The per-run evidence `_run_evidence` reduces each run's rows to, besides its trend series.
 EVIDENCE_COLUMNS = (
