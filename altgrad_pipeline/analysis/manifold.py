@@ -61,8 +61,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from altgrad_pipeline.analysis.history_scans import per_run
-from altgrad_pipeline.analysis.outcomes import history_series, loss_history
+from altgrad_pipeline.analysis.outcomes import loss_and_series
 from altgrad_pipeline.analysis.stats import (
     count_lower,
     finite,
@@ -70,8 +69,7 @@ from altgrad_pipeline.analysis.stats import (
     mean_of_last_k,
     probability_lower,
 )
-from altgrad_pipeline.ingest.model import numeric_history
-from altgrad_pipeline.study import BASELINE_FORMAT, LOSS_KEYS, MANIFOLD_OPTIMIZER, NO_FORMAT, STANDARD_OPTIMIZER
+from altgrad_pipeline.study import BASELINE_FORMAT, MANIFOLD_OPTIMIZER, NO_FORMAT, STANDARD_OPTIMIZER
 
 METRICS = ("final_loss", "best_loss", "steps_to_threshold", "bit_stall_rate")
 FAILURE_METRICS = ("failure_rate", "failure_step")
@@ -119,20 +117,6 @@ def smoothed_loss(loss: pl.LazyFrame, span: int) -> pl.LazyFrame:
     )
 
 
-def _loss_and_stall(histories: pl.LazyFrame | pl.DataFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Each run's loss series (`loss_history`) and bit-stall series (`history_series`), found run
-    by run (`history_scans.per_run`) and collected once. The plan of `per_run_metrics` reads the
-    loss seven times; deriving the series there from the loss and bit-stall rows of every run ran
-    several copies of their group by, join and sort at once (544 MB for the 4x benchmark study,
-    130 MB of it imports), growing with the runs. The two key sets are disjoint, so one pass
-    gives both."""
-    series = per_run(
-        numeric_history(histories).filter(pl.col("key").is_in((*LOSS_KEYS, *BIT_STALL_KEYS))).select("run_id", "step", "key", "value"),
-        lambda rows: pl.concat([loss_history(rows), history_series(rows, BIT_STALL_KEYS)]),
-    )
-    return series.lazy().filter(pl.col("key").is_in(LOSS_KEYS)), series.lazy().filter(pl.col("key").is_in(BIT_STALL_KEYS))
-
-
 def per_run_metrics(
     raw_runs: pl.LazyFrame | pl.DataFrame,
     histories: pl.LazyFrame | pl.DataFrame,
@@ -149,7 +133,7 @@ def per_run_metrics(
     fp8_format, optimizer, seed, common_step, loss_threshold and the four `METRICS`.
     `run_summaries` is the `run_summaries` asset (one row per run and key, `min` among them)."""
     runs = raw_runs.lazy().filter(pl.col("fp8_format") != NO_FORMAT)
-    loss_series, stall_series = _loss_and_stall(histories)
+    loss_series, stall_series = loss_and_series(histories, BIT_STALL_KEYS)
     completed_ids = outcomes.lazy().filter(pl.col("outcome") == "completed").select("run_id")
     loss = loss_series.select("run_id", "step", "value")
     best = (
