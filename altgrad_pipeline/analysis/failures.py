@@ -134,24 +134,113 @@ def _parsed_per_param_keys(histories: pl.LazyFrame, patterns: LayerPatterns) -> 
     return parse_metric_keys(histories.select("key"), patterns).filter(pl.col("metric").is_in(["grad_norm_l2", "dead_neuron_frac"]))
 
 
-def _rows_used(history: pl.LazyFrame, patterns: LayerPatterns) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(first logged step per run, the rows of the named keys failure modes read, the per-step
-    series they derive from per-parameter keys (`_per_param_series`)): every later step of the
-    plan reads these instead of scanning the histories again. The distinct keys and the first
-    steps are streamed, the named rows read by a filter the Parquet reader applies, and the
-    per-parameter rows (the bulk of what is read) reduced run by run (`history_scans`), so the
-    histories are never held whole."""
-    named = (*LOSS_KEYS, "grad_norm", "param_nan_count", *BIT_STALL_KEYS, *OVERFLOW_KEYS, *UNDERFLOW_KEYS)
-    keys = pl.LazyFrame({"key": distinct(history, "key")}, schema={"key": pl.String})
-    per_param_keys = _parsed_per_param_keys(keys, patterns).collect()
-    first_steps = history.group_by("run_id").agg(pl.col("step").min().alias("first_step")).collect(engine="streaming")
-    rows = history.filter(pl.col("key").is_in(named)).select("run_id", "step", "key", "value").collect()
-    per_param = per_run(
-        history.filter(pl.col("key").is_in(per_param_keys.get_column("key").to_list())).select("run_id", "step", "key", "value"),
-        lambda run_rows: _per_param_series(run_rows, per_param_keys.lazy()),
-        first_steps.get_column("run_id").sort().to_list(),
+#: The keys failure modes read by name: loss, global gradient norm, NaN count and rates.
+NAMED_KEYS = (*LOSS_KEYS, "grad_norm", "param_nan_count", *BIT_STALL_KEYS, *OVERFLOW_KEYS, *UNDERFLOW_KEYS)
+#: The per-run evidence `_run_evidence` reduces each run's rows to, besides its trend series.
+EVIDENCE_COLUMNS = (
+    "nan_onset_step",
+    "bit_stall_onset_step",
+    "overflow_onset_step",
+    "overflow_rate_at_failure",
+    "underflow_rate_at_failure",
+    "bit_stall_rate_at_failure",
+    "param_nan_finite_grad_step",
+    "grad_norm_at_param_nan",
+)
+
+
+def _classify(frame: pl.LazyFrame, trend_steps: int) -> pl.LazyFrame:
+    """failure_mode, failure_step, exit_recorded, last_write_at and the trend window of each run
+    (module docstring), from its base columns (raw run, outcome, thresholds) and the onsets."""
+    ended_early = (pl.col("last_step") < pl.col("max_steps") - 1).fill_null(False)
+    return (
+        frame.with_columns(
+            pl.when(pl.col("nan_onset_step").is_not_null() | (pl.col("outcome") == "nan_stopped"))
+            .then(pl.lit("nan_loss"))
+            .when(pl.col("bit_stall_onset_step").is_not_null())
+            .then(pl.lit("bit_stall"))
+            .when(pl.col("overflow_onset_step").is_not_null())
+            .then(pl.lit("overflow"))
+            .when(pl.col("outcome").is_in(["incomplete", "killed"]) & ended_early)
+            .then(pl.lit("early_stop"))
+            .when(pl.col("outcome") == "running")
+            .then(pl.lit("no_exit_record"))
+            .otherwise(pl.lit("none"))
+            .alias("failure_mode")
+        )
+        .with_columns(
+            pl.when(pl.col("failure_mode") == "nan_loss")
+            .then(pl.coalesce("nan_onset_step", "first_nan_step", "first_param_nan_step"))
+            .when(pl.col("failure_mode") == "bit_stall")
+            .then(pl.col("bit_stall_onset_step"))
+            .when(pl.col("failure_mode") == "overflow")
+            .then(pl.col("overflow_onset_step"))
+            .when(pl.col("failure_mode").is_in(["early_stop", "no_exit_record"]))
+            .then(pl.col("last_step"))
+            .alias("failure_step"),
+            pl.col("state").is_in(EXIT_RECORDED_STATES).alias("exit_recorded"),
+            pl.col("updated_at").alias("last_write_at"),
+        )
+        .with_columns(
+            pl.coalesce("failure_step", "last_step").alias("trend_end_step"),
+            pl.max_horizontal(pl.coalesce("failure_step", "last_step") - trend_steps, "first_step").alias("trend_start_step"),
+        )
     )
-    return first_steps, rows, per_param
+
+
+def _run_evidence(
+    run_rows: pl.LazyFrame, per_param_keys: pl.LazyFrame, base: pl.LazyFrame, window: int, trend_steps: int
+) -> pl.DataFrame:
+    """One run's rows (of the named and per-parameter keys) reduced to one row: `EVIDENCE_COLUMNS` and
+    `trend_series`, the list of (step, quantity, value) of its trend quantities (`_trend_series`).
+
+    Everything but the comparison with other runs' trends needs one run's rows only (its onsets,
+    its class and so its anchor step, its rates at the anchor), so `failure_modes` calls this run
+    by run (`history_scans.per_run`) and holds only these reductions: a few numbers and four
+    finite series per run, instead of the loss, rate and gradient-norm rows of every run. The run
+    is classified here for its anchor, and again with every run in `failure_modes`, which also
+    classifies runs that logged nothing. `base`: run_id, first_step, the outcome and threshold columns."""
+    rows = run_rows.collect()
+    history = rows.filter(pl.col("key").is_in(NAMED_KEYS)).lazy()
+    per_param = _per_param_series(rows.lazy(), per_param_keys).collect().lazy()
+    run = base.join(rows.select(pl.col("run_id").first()).lazy(), on="run_id", how="inner")
+
+    non_finite_loss = loss_history(history).select("run_id", "step", (~finite(pl.col("value"))).alias("flag"))
+    param_nan = history.filter(pl.col("key") == "param_nan_count").select("run_id", "step", (pl.col("value") > 0).alias("flag"))
+    nan_onset = (
+        pl.concat([sustained_onset(flags.join(run, on="run_id"), pl.col("nan_patience")) for flags in (non_finite_loss, param_nan)])
+        .group_by("run_id")
+        .agg(pl.col("onset_step").min().alias("nan_onset_step"))
+    )
+
+    def rate_onset(keys: tuple[str, ...], threshold: str, name: str) -> pl.LazyFrame:
+        flags = history_series(history, keys).join(run, on="run_id").with_columns((pl.col("value") > pl.col(threshold)).alias("flag"))
+        return sustained_onset(flags, pl.lit(window)).rename({"onset_step": name})
+
+    classified = _classify(
+        run.join(nan_onset, on="run_id", how="left")
+        .join(rate_onset(BIT_STALL_KEYS, "bit_stall_threshold", "bit_stall_onset_step"), on="run_id", how="left")
+        .join(rate_onset(OVERFLOW_KEYS, "overflow_threshold", "overflow_onset_step"), on="run_id", how="left"),
+        trend_steps,
+    )
+    anchors = classified.select("run_id", pl.col("trend_end_step").alias("anchor_step"))
+    grad_norm = grad_norm_series(history, per_param)
+    param_nan_finite_grad = (
+        param_nan.filter(pl.col("flag"))
+        .join(grad_norm.filter(finite(pl.col("value"))), on=["run_id", "step"], how="inner")
+        .group_by("run_id")
+        .agg(pl.col("step").min().alias("param_nan_finite_grad_step"), pl.col("value").sort_by("step").first().alias("grad_norm_at_param_nan"))
+    )
+    trend_series = _trend_series(history, per_param, grad_norm).group_by("run_id").agg(pl.struct("step", "quantity", "value").alias("trend_series"))
+    return (
+        classified.join(_value_at(history_series(history, OVERFLOW_KEYS), anchors, "overflow_rate_at_failure"), on="run_id", how="left")
+        .join(_value_at(history_series(history, UNDERFLOW_KEYS), anchors, "underflow_rate_at_failure"), on="run_id", how="left")
+        .join(_value_at(history_series(history, BIT_STALL_KEYS), anchors, "bit_stall_rate_at_failure"), on="run_id", how="left")
+        .join(param_nan_finite_grad, on="run_id", how="left")
+        .join(trend_series, on="run_id", how="left")
+        .select("run_id", *EVIDENCE_COLUMNS, "trend_series")
+        .collect()
+    )
 
 
 def _per_param_series(rows: pl.LazyFrame, per_param_keys: pl.LazyFrame) -> pl.LazyFrame:
@@ -309,8 +398,9 @@ def failure_modes(
     successful runs of other formats with the same optimizer (`ref_*`) and the parsed failure
     report (`report_*`). See the module docstring."""
     runs = raw_runs.lazy()
-    first_steps, used_rows, per_param_rows = _rows_used(numeric_history(histories), patterns)
-    history, per_param = used_rows.lazy(), per_param_rows.lazy()
+    history = numeric_history(histories)
+    keys = pl.LazyFrame({"key": distinct(history, "key")}, schema={"key": pl.String})
+    per_param_keys = _parsed_per_param_keys(keys, patterns).collect()
     thresholds = _thresholds(runs)
     run_columns = runs.collect_schema().names()
     updated_at = pl.col("updated_at").cast(pl.Datetime("us", "UTC")) if "updated_at" in run_columns else pl.lit(None, pl.Datetime("us", "UTC"))
@@ -319,60 +409,15 @@ def failure_modes(
         runs.select("run_id", "project", "fp8_format", "optimizer", pl.col("max_steps").cast(pl.Int64), updated_at.alias("updated_at"))
         .join(outcomes.lazy().select(outcome_columns), on="run_id", how="left")
         .join(thresholds, on="run_id", how="left")
-        .join(first_steps.lazy(), on="run_id", how="left")
+        .join(history.group_by("run_id").agg(pl.col("step").min().alias("first_step")), on="run_id", how="left")
+        .collect(engine="streaming")
     )
-
-    non_finite_loss = loss_history(history).select("run_id", "step", (~finite(pl.col("value"))).alias("flag"))
-    param_nan = history.filter(pl.col("key") == "param_nan_count").select("run_id", "step", (pl.col("value") > 0).alias("flag"))
-    nan_onset = (
-        pl.concat([sustained_onset(flags.join(thresholds, on="run_id"), pl.col("nan_patience")) for flags in (non_finite_loss, param_nan)])
-        .group_by("run_id")
-        .agg(pl.col("onset_step").min().alias("nan_onset_step"))
+    evidence = per_run(
+        history.filter(pl.col("key").is_in([*NAMED_KEYS, *per_param_keys.get_column("key")])).select("run_id", "step", "key", "value"),
+        lambda run_rows: _run_evidence(run_rows, per_param_keys.lazy(), base.lazy(), window, trend_steps),
+        sorted(distinct(history, "run_id")),
     )
-
-    def rate_onset(keys: tuple[str, ...], threshold: str, name: str) -> pl.LazyFrame:
-        flags = history_series(history, keys).join(thresholds, on="run_id").with_columns((pl.col("value") > pl.col(threshold)).alias("flag"))
-        return sustained_onset(flags, pl.lit(window)).rename({"onset_step": name})
-
-    ended_early = (pl.col("last_step") < pl.col("max_steps") - 1).fill_null(False)
-    classified = (
-        base.join(nan_onset, on="run_id", how="left")
-        .join(rate_onset(BIT_STALL_KEYS, "bit_stall_threshold", "bit_stall_onset_step"), on="run_id", how="left")
-        .join(rate_onset(OVERFLOW_KEYS, "overflow_threshold", "overflow_onset_step"), on="run_id", how="left")
-        .with_columns(
-            pl.when(pl.col("nan_onset_step").is_not_null() | (pl.col("outcome") == "nan_stopped"))
-            .then(pl.lit("nan_loss"))
-            .when(pl.col("bit_stall_onset_step").is_not_null())
-            .then(pl.lit("bit_stall"))
-            .when(pl.col("overflow_onset_step").is_not_null())
-            .then(pl.lit("overflow"))
-            .when(pl.col("outcome").is_in(["incomplete", "killed"]) & ended_early)
-            .then(pl.lit("early_stop"))
-            .when(pl.col("outcome") == "running")
-            .then(pl.lit("no_exit_record"))
-            .otherwise(pl.lit("none"))
-            .alias("failure_mode")
-        )
-        .with_columns(
-            pl.when(pl.col("failure_mode") == "nan_loss")
-            .then(pl.coalesce("nan_onset_step", "first_nan_step", "first_param_nan_step"))
-            .when(pl.col("failure_mode") == "bit_stall")
-            .then(pl.col("bit_stall_onset_step"))
-            .when(pl.col("failure_mode") == "overflow")
-            .then(pl.col("overflow_onset_step"))
-            .when(pl.col("failure_mode").is_in(["early_stop", "no_exit_record"]))
-            .then(pl.col("last_step"))
-            .alias("failure_step"),
-            pl.col("state").is_in(EXIT_RECORDED_STATES).alias("exit_recorded"),
-            pl.col("updated_at").alias("last_write_at"),
-        )
-        .with_columns(
-            pl.coalesce("failure_step", "last_step").alias("trend_end_step"),
-            pl.max_horizontal(pl.coalesce("failure_step", "last_step") - trend_steps, "first_step").alias("trend_start_step"),
-        )
-        .collect()  # one row per run, read by four parts of the plan below: computed once
-        .lazy()
-    )
+    classified = _classify(base.lazy().join(evidence.lazy().drop("trend_series"), on="run_id", how="left"), trend_steps).collect().lazy()
 
     targets = classified.select("run_id", "project", "optimizer", "fp8_format", "trend_start_step", "trend_end_step")
     references = classified.filter(
@@ -385,24 +430,18 @@ def failure_modes(
             .filter(pl.col("source_format") != pl.col("fp8_format"))
             .select(pl.col("run_id").alias("target_id"), "source_id", "trend_start_step", "trend_end_step"),
         ]
-    ).rename({"trend_start_step": "window_start", "trend_end_step": "window_end"})
-    # Collected once each (a few series per run), so the plans that read them twice do not compute
-    # them twice, nor hold their inputs at the same time.
-    grad_norm = grad_norm_series(history, per_param).collect().lazy()
-    trends = trend_metrics(_trend_series(history, per_param, grad_norm).collect().lazy(), windows).collect().lazy()
+    ).rename({"trend_start_step": "window_start", "trend_end_step": "window_end"}).collect().lazy()
+    # One source run at a time: the join of a run's series with every window it is compared in is
+    # the largest frame of the analysis (runs x reference runs x steps for the study at once).
+    trends = per_run(
+        evidence.select("run_id", "trend_series"),
+        lambda source: trend_metrics(source.explode("trend_series").drop_nulls("trend_series").unnest("trend_series"), windows),
+    ).lazy()
     own = trends.filter(pl.col("target_id") == pl.col("source_id")).drop("source_id")
     ref = (
         trends.filter(pl.col("target_id") != pl.col("source_id"))
         .group_by("target_id")
         .agg(pl.len().alias("n_ref_runs"), *(pl.col(m).mean().alias(f"ref_{m}") for m in TREND_METRICS))
-    )
-
-    anchors = classified.select("run_id", pl.col("trend_end_step").alias("anchor_step"))
-    param_nan_finite_grad = (
-        param_nan.filter(pl.col("flag"))
-        .join(grad_norm.filter(finite(pl.col("value"))), on=["run_id", "step"], how="inner")
-        .group_by("run_id")
-        .agg(pl.col("step").min().alias("param_nan_finite_grad_step"), pl.col("value").sort_by("step").first().alias("grad_norm_at_param_nan"))
     )
 
     report_schema = _report_columns()
@@ -418,10 +457,6 @@ def failure_modes(
     joined = (
         classified.join(own, left_on="run_id", right_on="target_id", how="left")
         .join(ref, left_on="run_id", right_on="target_id", how="left")
-        .join(_value_at(history_series(history, OVERFLOW_KEYS), anchors, "overflow_rate_at_failure"), on="run_id", how="left")
-        .join(_value_at(history_series(history, UNDERFLOW_KEYS), anchors, "underflow_rate_at_failure"), on="run_id", how="left")
-        .join(_value_at(history_series(history, BIT_STALL_KEYS), anchors, "bit_stall_rate_at_failure"), on="run_id", how="left")
-        .join(param_nan_finite_grad, on="run_id", how="left")
         .join(run_reports, on="run_id", how="left")
         .with_columns(pl.col("n_ref_runs").fill_null(0).cast(pl.Int64))
     )

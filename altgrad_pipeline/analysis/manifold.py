@@ -61,7 +61,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from altgrad_pipeline.analysis.outcomes import history_series, loss_history
+from altgrad_pipeline.analysis.outcomes import loss_and_series
 from altgrad_pipeline.analysis.stats import (
     count_lower,
     finite,
@@ -69,8 +69,7 @@ from altgrad_pipeline.analysis.stats import (
     mean_of_last_k,
     probability_lower,
 )
-from altgrad_pipeline.ingest.model import numeric_history
-from altgrad_pipeline.study import BASELINE_FORMAT, LOSS_KEYS, MANIFOLD_OPTIMIZER, NO_FORMAT, STANDARD_OPTIMIZER
+from altgrad_pipeline.study import BASELINE_FORMAT, MANIFOLD_OPTIMIZER, NO_FORMAT, STANDARD_OPTIMIZER
 
 METRICS = ("final_loss", "best_loss", "steps_to_threshold", "bit_stall_rate")
 FAILURE_METRICS = ("failure_rate", "failure_step")
@@ -134,12 +133,8 @@ def per_run_metrics(
     fp8_format, optimizer, seed, common_step, loss_threshold and the four `METRICS`.
     `run_summaries` is the `run_summaries` asset (one row per run and key, `min` among them)."""
     runs = raw_runs.lazy().filter(pl.col("fp8_format") != NO_FORMAT)
-    # The loss and bit-stall rows, read once: the plan below reads the loss seven times.
-    history = (
-        numeric_history(histories).filter(pl.col("key").is_in((*LOSS_KEYS, *BIT_STALL_KEYS))).select("run_id", "step", "key", "value").collect().lazy()
-    )
+    loss_series, stall_series = loss_and_series(histories, BIT_STALL_KEYS)
     completed_ids = outcomes.lazy().filter(pl.col("outcome") == "completed").select("run_id")
-    loss_series = loss_history(history)
     loss = loss_series.select("run_id", "step", "value")
     best = (
         run_summaries.lazy()
@@ -197,8 +192,7 @@ def per_run_metrics(
         pl.col("step").filter(pl.col("value") <= pl.col("loss_threshold")).min().alias("threshold_step"),
     )
     stall = (
-        history_series(history, BIT_STALL_KEYS)
-        .join(compared.select("run_id", "common_step"), on="run_id")
+        stall_series.join(compared.select("run_id", "common_step"), on="run_id")
         .filter((pl.col("step") <= pl.col("common_step")) & finite(pl.col("value")))
         .group_by("run_id")
         .agg(pl.col("value").sort_by("step").last().alias("bit_stall_rate"))

@@ -54,7 +54,7 @@ import numpy as np
 import polars as pl
 
 from altgrad_pipeline.analysis.history_scans import per_run
-from altgrad_pipeline.analysis.outcomes import history_series, loss_history
+from altgrad_pipeline.analysis.outcomes import loss_and_series, loss_history
 from altgrad_pipeline.analysis.stats import (
     coefficient_of_variation,
     finite,
@@ -62,8 +62,7 @@ from altgrad_pipeline.analysis.stats import (
     mean_intervals,
     mean_of_last_k,
 )
-from altgrad_pipeline.ingest.model import numeric_history
-from altgrad_pipeline.study import BASELINE_FORMAT, LOSS_KEYS, NO_FORMAT, STANDARD_OPTIMIZER
+from altgrad_pipeline.study import BASELINE_FORMAT, NO_FORMAT, STANDARD_OPTIMIZER
 
 RUN_KEY = ("project", "optimizer", "fp8_format")
 BIT_STALL_KEYS = ("quantization/bit_stall_rate", "bit_stall_rate")
@@ -150,10 +149,10 @@ def format_rankings(
 ) -> pl.DataFrame:
     """Rank formats within each optimizer, overall and per layer type (definitions in the module docstring)."""
     runs = raw_runs.lazy().filter(pl.col("fp8_format") != NO_FORMAT)
-    # The loss and bit-stall rows, read once: the plan below would otherwise scan every history thrice.
-    history = numeric_history(histories).filter(pl.col("key").is_in((*LOSS_KEYS, *BIT_STALL_KEYS))).collect().lazy()
+    # The loss and bit-stall series, read once (run by run): the plan below reads them thrice.
+    loss_series, stall_series = loss_and_series(histories, BIT_STALL_KEYS)
     per_layer = layer_metrics.lazy()
-    completed = completed_runs_at_common_step(runs, history, outcomes.lazy()).collect().lazy()
+    completed = completed_runs_at_common_step(runs, loss_series, outcomes.lazy()).collect().lazy()
 
     counts = (
         runs.join(outcomes.lazy().select("run_id", "outcome"), on="run_id", how="left")
@@ -164,7 +163,7 @@ def format_rankings(
             (pl.col("n_completed") == 0).alias("all_failed"),
         )
     )
-    loss = loss_history(history).select("run_id", "step", "value")
+    loss = loss_series.select("run_id", "step", "value")
     run_final = (
         mean_of_last_k(loss, completed.select("run_id", pl.col("common_step").alias("cutoff_step")), last_k)
         .join(completed.select("run_id", *RUN_KEY), on="run_id", how="inner")
@@ -183,8 +182,7 @@ def format_rankings(
         .lazy()
     )
     stall = (
-        history_series(history, BIT_STALL_KEYS)
-        .join(completed, on="run_id")
+        stall_series.join(completed, on="run_id")
         .filter((pl.col("step") <= pl.col("common_step")) & finite(pl.col("value")))
         .group_by("run_id", *RUN_KEY)
         .agg(pl.col("value").sort_by("step").last())
