@@ -61,12 +61,17 @@ def _minutes_silent(last_write_at: dt.datetime | None, built: dt.datetime) -> in
     return max(0, int((built - last_write_at).total_seconds() // 60))
 
 
+def minutes_text(minutes: int) -> str:
+    """"1 minute", "42 minutes": a silence is read by people."""
+    return f"{format_cell(minutes)} minute{'' if minutes == 1 else 's'}"
+
+
 def _silent_lines(silent: pl.DataFrame, lookup: dict, reports_dir: Path, built: dt.datetime) -> list[str]:
     """One sentence per run without an exit record: how long it has been silent, where it stopped."""
     lines = []
     for r in silent.iter_rows(named=True):
         minutes = _minutes_silent(r["last_write_at"], built)
-        silence = f"silent for {format_cell(minutes)} minutes (last write {format_cell(r['last_write_at'])} UTC)" if minutes is not None else "no write time known"
+        silence = f"silent for {minutes_text(minutes)} (last write {format_cell(r['last_write_at'])} UTC)" if minutes is not None else "no write time known"
         lines.append(
             f"- {run_link(lookup.get(r['run_id'], {'run_id': r['run_id']}), reports_dir)} ({escape_markdown(r['fp8_format'])}, "
             f"{escape_markdown(r['optimizer'])}): no exit record, {silence}; last logged step {format_cell(r['last_step'])} of "
@@ -98,7 +103,7 @@ def _conclusion_lines(failure_modes: pl.DataFrame, silent: pl.DataFrame, built: 
         minutes = _minutes_silent(r["last_write_at"], built)
         lines.append(
             f"- **{escape_markdown(r['fp8_format'])}**: one {escape_markdown(r['optimizer'])} run has no exit record"
-            + (f" (silent for {format_cell(minutes)} minutes)" if minutes is not None else "")
+            + (f" (silent for {minutes_text(minutes)})" if minutes is not None else "")
             + f" after step {format_cell(r['last_step'])} of {format_cell(r['max_steps'])}: undecided, it counts against the format's "
             "completion rate; a process that stays silent past the crash grace period is classified `early_stop`."
         )

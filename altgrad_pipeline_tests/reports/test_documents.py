@@ -23,7 +23,7 @@ from altgrad_pipeline.analysis.rankings import format_rankings
 from altgrad_pipeline.analysis.summaries import run_summaries
 from altgrad_pipeline.escaping import escape_markdown
 from altgrad_pipeline.markdown import format_cell
-from altgrad_pipeline.reports.failure_modes import write_failure_modes_report
+from altgrad_pipeline.reports.failure_modes import minutes_text, write_failure_modes_report
 from altgrad_pipeline.reports.format_comparison import (
     LAYER_RANKING_COLUMNS,
     OVERALL_RANKING_COLUMNS,
@@ -437,3 +437,4 @@ def test_run_without_exit_record_has_its_own_heading(tmp_path: Path, study: dict
     [failure_table] = tables_with(markdown, "failure_step", "evidence")
     assert all("e5m2" not in row["run"] for row in failure_table)
     assert "one AdamW run has no exit record (silent for 42 minutes)" in _last_section(markdown)[1]
+    assert [minutes_text(n) for n in (0, 1, 2)] == ["0 minutes", "1 minute", "2 minutes"]
