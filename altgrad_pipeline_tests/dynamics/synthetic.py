@@ -3,9 +3,15 @@ the example study's configs as `write_run` logs them, and its simulated loss cur
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
 import numpy as np
 import polars as pl
 
+from altgrad_pipeline.defs.io_manager import PolarsParquetIOManager
+from altgrad_pipeline.defs.resources import ReportFiles
 from altgrad_pipeline.examples import ExampleRunSpec, simulate_history
 from altgrad_pipeline.ingest.tables import config_columns
 
@@ -55,3 +61,29 @@ def example_frames(specs: list[ExampleRunSpec], keys: tuple[str, ...] = ("loss",
 
 def curve_history(run_id: str, steps: np.ndarray, values: np.ndarray, key: str = "loss") -> pl.DataFrame:
     return pl.DataFrame({"run_id": run_id, "step": steps.astype(np.int64), "key": key, "value": values.astype(float)})
+
+
+def materialize_on_frames(
+    raw: pl.DataFrame,
+    histories: pl.DataFrame,
+    assets: Sequence[dg.AssetsDefinition],
+    data_dir: Path,
+    instance: dg.DagsterInstance,
+) -> dg.ExecuteInProcessResult:
+    """`assets` materialized by Dagster over `raw_runs` and `run_histories` given as frames, with
+    the real IO manager and report files under `data_dir`. The caller holds `instance`:
+    `output_for_node` loads through it after this returns."""
+
+    @dg.asset(key="raw_runs")
+    def raw_runs() -> pl.DataFrame:
+        return raw
+
+    @dg.asset(key="run_histories")
+    def run_histories() -> pl.DataFrame:
+        return histories
+
+    return dg.materialize(
+        [raw_runs, run_histories, *assets],
+        resources={"report_files": ReportFiles(data_dir=str(data_dir)), "io_manager": PolarsParquetIOManager(base_dir=str(data_dir))},
+        instance=instance,
+    )

@@ -11,12 +11,10 @@ import polars as pl
 
 from altgrad_pipeline.defs import analysis as analysis_defs
 from altgrad_pipeline.defs import reports as report_defs
-from altgrad_pipeline.defs.io_manager import PolarsParquetIOManager
-from altgrad_pipeline.defs.resources import ReportFiles
 from altgrad_pipeline.examples import example_spec
 from altgrad_pipeline.reports.sweep_summary import write_sweep_summary_report
 from altgrad_pipeline.reports.training_dynamics import write_training_dynamics_report
-from altgrad_pipeline_tests.dynamics.synthetic import example_frames
+from altgrad_pipeline_tests.dynamics.synthetic import example_frames, materialize_on_frames
 
 
 def _images(markdown_path: Path) -> list[Path]:
@@ -28,22 +26,11 @@ def test_materialize_dynamics_assets_and_reports(tmp_path: Path) -> None:
     specs = [example_spec(fmt, "adamw", seed, max_steps=200) for fmt in ("BF16", "E5M2") for seed in (1, 2, 3)]
     raw, histories = example_frames(specs)
 
-    @dg.asset(key="raw_runs")
-    def raw_runs() -> pl.DataFrame:
-        return raw
-
-    @dg.asset(key="run_histories")
-    def run_histories() -> pl.DataFrame:
-        return histories
-
     # The test holds its instance: `output_for_node` loads through it after `materialize` returns,
     # and an ephemeral instance of its own could already be garbage-collected by then.
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [raw_runs, run_histories, analysis_defs.training_dynamics, analysis_defs.sweep_summary, report_defs.training_dynamics_report, report_defs.sweep_summary_report],
-            resources={"report_files": ReportFiles(data_dir=str(tmp_path)), "io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))},
-            instance=instance,
-        )
+        assets = [analysis_defs.training_dynamics, analysis_defs.sweep_summary, report_defs.training_dynamics_report, report_defs.sweep_summary_report]
+        result = materialize_on_frames(raw, histories, assets, tmp_path, instance)
         dynamics = result.output_for_node("training_dynamics")
         summary = result.output_for_node("sweep_summary")
     assert result.success

@@ -15,9 +15,9 @@ import wandb
 from altgrad_pipeline.analysis import fits, training
 from altgrad_pipeline.defs import analysis as analysis_defs
 from altgrad_pipeline.defs import reports as report_defs
-from altgrad_pipeline.defs.io_manager import PolarsParquetIOManager
-from altgrad_pipeline.defs.resources import ReportFiles, RunStores
+from altgrad_pipeline.defs.resources import RunStores
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA
+from altgrad_pipeline_tests.dynamics.synthetic import materialize_on_frames
 from altgrad_pipeline_tests.sdk import finish_and_flush
 
 INT64_MAX, INT64_MIN = 2**63 - 1, -(2**63)
@@ -92,20 +92,9 @@ def test_a_wandb_step_of_int64_max_is_analysed_and_reported(store, tmp_path):
     histories = catalog.histories(entries).collect()
     assert histories.get_column("step").max() == INT64_MAX
 
-    @dg.asset(key="raw_runs")
-    def raw_runs() -> pl.DataFrame:
-        return raw
-
-    @dg.asset(key="run_histories")
-    def run_histories() -> pl.DataFrame:
-        return histories
-
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [raw_runs, run_histories, analysis_defs.training_dynamics, report_defs.training_dynamics_report],
-            resources={"report_files": ReportFiles(data_dir=str(tmp_path)), "io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))},
-            instance=instance,
-        )
+        assets = [analysis_defs.training_dynamics, report_defs.training_dynamics_report]
+        result = materialize_on_frames(raw, histories, assets, tmp_path, instance)
         assert result.success
         dynamics = result.output_for_node("training_dynamics")
     loss = dynamics.filter(pl.col("metric") == "train/loss", pl.col("selected"))
