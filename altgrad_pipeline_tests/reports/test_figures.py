@@ -13,7 +13,12 @@ from matplotlib.colors import to_hex
 from scipy import stats as sps
 
 import altgrad_pipeline.reports.figures as figures_module
-from altgrad_pipeline.analysis.report_series import failure_trace_series, loss_curve_summary, loss_curve_view, reference_trace_means
+from altgrad_pipeline.analysis.report_series import (
+    failure_trace_series,
+    loss_curve_summary,
+    loss_curve_view,
+    reference_trace_means,
+)
 from altgrad_pipeline.reports.figures import (
     failure_trace_figure,
     figure_path,
