@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=4,
                         help="the second study has this many times the runs (1: measure the first study only)")
     parser.add_argument("--store", type=Path, default=Path(tempfile.gettempdir()) / "altgrad-refresh-cost")
-    parser.add_argument("--top", type=int, default=10, help="step durations printed per study")
+    parser.add_argument("--top", type=int, default=10, help="step durations (and step memory peaks) printed per study")
     parser.add_argument("--profile-memory", action="store_true",
                         help="sample the refresh's RSS every 50 ms and print the peak of each step")
     parser.add_argument("--out", type=Path)

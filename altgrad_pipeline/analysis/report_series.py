@@ -145,7 +145,7 @@ def failure_trace_series(
     parameters outside the embedding layers, as in `failures.dead_neuron_frac_ex_embedding`
     (embedding gradients are structurally sparse). Each run's series are found from its own rows
     (`history_scans.per_run`), read once: one plan over every run ran six scans of the histories at
-    once (the 4x benchmark study's 128 runs: 386 MB above the process, 266 MB this way)."""
+    once (the 4x benchmark study's 128 runs: 386 MB above the imports, 262 MB this way)."""
     runs = list(dict.fromkeys(run_ids))
     keys = tuple(key for series_keys in TRACE_SERIES.values() for key in series_keys)
     logged = per_run(
