@@ -12,7 +12,7 @@ import polars as pl
 
 from altgrad_pipeline.analysis import conclusions as conclusions_analysis
 from altgrad_pipeline.analysis import failures as failures_analysis
-from altgrad_pipeline.analysis.report_series import failure_trace_series
+from altgrad_pipeline.analysis.report_series import failure_trace_series, reference_trace_means
 from altgrad_pipeline.escaping import escape_markdown
 from altgrad_pipeline.markdown import format_cell
 from altgrad_pipeline.reports.figures import (
@@ -206,13 +206,13 @@ def write_failure_modes_report(
                 "",
             ]
             trace = failures_analysis.trace_to_collapse(
-                failure_trace_series(run_histories, layer_metrics, format_failed["run_id"].to_list() + format_refs["run_id"].to_list()),
+                failure_trace_series(run_histories, layer_metrics, format_failed["run_id"].to_list()),
                 format_failed.select("run_id", "failure_step"),
             )
             figure = failure_trace_figure(
                 trace,
                 format_failed.select("run_id", "optimizer", "failure_step", "trend_start_step"),
-                format_refs,
+                reference_trace_means(run_histories, layer_metrics, format_refs),
                 figure_path(figures_dir, "failure_trace", project=project or "all", fp8_format=fp8_format),
                 fp8_format=fp8_format,
             )

@@ -143,16 +143,16 @@ def score_heatmap_figure(
 def failure_trace_figure(
     trace: pl.DataFrame,
     failed_runs: pl.DataFrame,
-    reference_runs: pl.DataFrame,
+    reference_means: pl.DataFrame,
     path: Path,
     *,
     fp8_format: str,
 ) -> Path | None:
     """One panel per `TRACE_PANELS` series: each failed run of `fp8_format` (failed_runs: run_id,
     optimizer, failure_step, trend_start_step; a thin line per run, an X at its collapse) beside
-    the mean of the completed runs of each reference format per optimizer (reference_runs: run_id,
-    fp8_format, optimizer; thick lines), the line style telling the optimizers apart and the trend
-    window shaded. `trace` should already end each failed run at its own collapse
+    the mean of the completed runs of each reference format per optimizer (reference_means:
+    `report_series.reference_trace_means`; thick lines), the line style telling the optimizers
+    apart and the trend window shaded. `trace` should already end each failed run at its own collapse
     (`failures.trace_to_collapse`). None when the failed runs logged none of the series."""
     failed_ids = failed_runs["run_id"].to_list()
     failed_trace = trace.filter(pl.col("run_id").is_in(failed_ids))
@@ -162,7 +162,7 @@ def failure_trace_figure(
     last_step = max(collapse_steps) if collapse_steps else int(failed_trace["step"].max())
     window_starts = [s for s in failed_runs["trend_start_step"].to_list() if s is not None]
     optimizers = optimizer_order(failed_runs["optimizer"].unique())
-    references = reference_runs.filter(pl.col("optimizer").is_in(optimizers))
+    references = reference_means.filter(pl.col("optimizer").is_in(optimizers))
     reference_formats = ordered_formats(references["fp8_format"].unique())
     colour = format_colour(fp8_format)
     with report_style():
@@ -178,10 +178,10 @@ def failure_trace_figure(
                 panel.plot(line["step"][-1:], line["value"][-1:], color=colour, marker="X", markersize=7, linestyle="none")
             for reference_format in reference_formats:
                 for optimizer in optimizers:
-                    ids = references.filter((pl.col("fp8_format") == reference_format) & (pl.col("optimizer") == optimizer))["run_id"].to_list()
-                    reference = (
-                        values.filter(pl.col("run_id").is_in(ids) & finite(pl.col("value"))).group_by("step").agg(pl.col("value").mean()).sort("step")
-                    )
+                    reference = references.filter(
+                        (pl.col("fp8_format") == reference_format) & (pl.col("optimizer") == optimizer)
+                        & (pl.col("series") == series) & (pl.col("step") <= last_step)
+                    ).sort("step")
                     if not reference.is_empty():
                         panel.plot(reference["step"], reference["value"], color=format_colour(reference_format), linewidth=2.0, alpha=0.7,
                                    linestyle=optimizer_line_style(optimizer))

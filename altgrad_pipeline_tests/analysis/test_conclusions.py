@@ -76,3 +76,23 @@ def test_manifold_conclusions_pick_the_format_that_benefits_most():
     e0m7 = found.filter(pl.col("fp8_format") == "E0M7").row(0, named=True)
     assert (e0m7["failure_delay"], e0m7["failure_step_standard"], e0m7["failure_step_manifold"]) == (99.0, 137.0, 236.0)
     assert found.filter(pl.col("fp8_format") == "E5M2")["failure_delay"].item() is None
+
+
+def test_run_results_reduce_each_run_from_its_own_rows():
+    """Reduced run by run (a lazy history, as the IO manager hands it): each run's own loss key and
+    bit-stall key, NaN losses left out, a run with no history rows kept with nulls."""
+    history = pl.LazyFrame(
+        [("a", 0, "loss", 4.0), ("a", 1, "loss", 2.0), ("a", 0, "train/loss", 9.0), ("a", 1, "quantization/bit_stall_rate", 0.3),
+         ("a", 1, "bit_stall_rate", 0.7), ("b", 0, "train/loss", 5.0), ("b", 1, "train/loss", 3.0), ("b", 2, "train/loss", float("nan")),
+         ("b", 2, "bit_stall_rate", 0.1)],
+        schema={"run_id": pl.String, "step": pl.Int64, "key": pl.String, "value": pl.Float64}, orient="row",
+    )  # fmt: skip
+    raw_runs = pl.DataFrame(
+        {"project": ["p"] * 3, "run_id": ["a", "b", "c"], "name": ["a", "b", "c"], "fp8_format": ["E5M2"] * 3, "optimizer": ["AdamW"] * 3,
+         "seed": [0, 1, 2], "state": ["finished"] * 3, "max_steps": [3] * 3}
+    )  # fmt: skip
+    outcomes = pl.DataFrame({"run_id": ["a", "b", "c"], "outcome": ["completed"] * 3, "last_step": [1, 2, None]})
+    found = run_results(raw_runs, history, outcomes, last_k=1)
+    assert found.select("run_id", "final_loss", "best_loss", "final_bit_stall_rate").rows() == [
+        ("a", 2.0, 2.0, 0.3), ("b", 3.0, 3.0, 0.1), ("c", None, None, None)
+    ]

@@ -13,7 +13,12 @@ from matplotlib.colors import to_hex
 from scipy import stats as sps
 
 import altgrad_pipeline.reports.figures as figures_module
-from altgrad_pipeline.analysis.report_series import failure_trace_series, loss_curve_summary, loss_curve_view
+from altgrad_pipeline.analysis.report_series import (
+    failure_trace_series,
+    loss_curve_summary,
+    loss_curve_view,
+    reference_trace_means,
+)
 from altgrad_pipeline.reports.figures import (
     failure_trace_figure,
     figure_path,
@@ -33,6 +38,7 @@ from altgrad_pipeline.reports.style import (
 )
 
 HISTORY_SCHEMA = {"run_id": pl.String, "step": pl.Int64, "key": pl.String, "value": pl.Float64}
+LAYER_SCHEMA = {"run_id": pl.String, "step": pl.Int64, "metric": pl.String, "layer_type": pl.String, "quantized": pl.Boolean, "value": pl.Float64}
 
 
 def _history(rows: list[tuple[str, int, str, float]]) -> pl.DataFrame:
@@ -114,11 +120,11 @@ def test_same_format_same_colour_in_two_figures(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(figures_module, "save_figure", capture)
     assert loss_curves_figure(curves, loss_curve_view(curves), tmp_path / "curves.png", title="t") is not None
-    trace = pl.DataFrame(
-        {"run_id": ["bad", "bad", "good", "good"], "step": [0, 5, 0, 5], "series": ["loss"] * 4, "value": [3.0, 9.0, 3.0, 2.0]}
-    )
+    trace = pl.DataFrame({"run_id": ["bad", "bad"], "step": [0, 5], "series": ["loss"] * 2, "value": [3.0, 9.0]})
     failed = pl.DataFrame({"run_id": ["bad"], "optimizer": ["AdamW"], "failure_step": [5], "trend_start_step": [0]})
-    reference = pl.DataFrame({"run_id": ["good"], "fp8_format": ["E5M2"], "optimizer": ["AdamW"]})
+    reference = pl.DataFrame(
+        {"fp8_format": ["E5M2"] * 2, "optimizer": ["AdamW"] * 2, "series": ["loss"] * 2, "step": [0, 5], "value": [3.0, 2.0]}
+    )
     assert failure_trace_figure(trace, failed, reference, tmp_path / "trace.png", fp8_format="E7M0") is not None
     trace_lines = {to_hex(line.get_color()) for line in drawn_lines["trace"]}
     assert drawn["curves"]["E5M2 (n ≤ 1)"] == format_colour("E5M2").lower()
@@ -145,6 +151,41 @@ def test_failure_trace_series_excludes_embeddings_and_unquantised(tmp_path: Path
     assert values == {"loss": 3.0, "grad_norm": 1.0, "bit_stall_rate": 0.3, "dead_neuron_frac_ex_embedding": pytest.approx(0.2)}
 
 
+def test_failure_trace_series_finds_each_runs_own_loss_key_once_per_run() -> None:
+    """Run by run, as the whole study at once would: `a` logs both loss keys (its `loss` is the
+    series), `b` only `train/loss`; a run named twice or not logged adds nothing."""
+    histories = _history([("a", 0, "loss", 3.0), ("a", 0, "train/loss", 9.0), ("a", 1, "loss", 2.5), ("b", 0, "train/loss", 4.0)])
+    trace = failure_trace_series(histories.lazy(), pl.LazyFrame(schema=LAYER_SCHEMA), ["b", "a", "b", "absent"])
+    assert trace.rows() == [("a", 0, "loss", 3.0), ("a", 1, "loss", 2.5), ("b", 0, "loss", 4.0)]
+
+
+def test_reference_trace_means_average_finite_values_per_format_and_optimizer() -> None:
+    """The thick lines of a failure trace: per format, optimizer, series and step, the mean of the
+    reference runs' finite values (a NaN leaves its run out of that step's mean)."""
+    histories = _history(
+        [("e1", 0, "loss", 2.0), ("e1", 1, "loss", float("nan")), ("e2", 0, "train/loss", 4.0), ("e2", 1, "train/loss", 3.0),
+         ("m1", 0, "loss", 5.0), ("b1", 0, "loss", 1.0), ("b1", 0, "grad_norm", 0.5)]
+    )  # fmt: skip
+    layers = pl.DataFrame(
+        [("e1", 0, "dead_neuron_frac", "mlp", True, 0.2), ("e2", 0, "dead_neuron_frac", "mlp", True, 0.4),
+         ("e2", 0, "dead_neuron_frac", "embedding", True, 0.9)],
+        schema=LAYER_SCHEMA, orient="row",
+    )  # fmt: skip
+    references = pl.DataFrame(
+        {"run_id": ["b1", "e1", "m1", "e2"], "fp8_format": ["BF16", "E5M2", "E5M2", "E5M2"],
+         "optimizer": ["AdamW", "AdamW", "ManifoldAdamW", "AdamW"]}
+    )  # fmt: skip
+    means = reference_trace_means(histories.lazy(), layers.lazy(), references)
+    assert means.rows() == [
+        ("BF16", "AdamW", "grad_norm", 0, 0.5),
+        ("BF16", "AdamW", "loss", 0, 1.0),
+        ("E5M2", "AdamW", "dead_neuron_frac_ex_embedding", 0, pytest.approx(0.3)),
+        ("E5M2", "AdamW", "loss", 0, 3.0),
+        ("E5M2", "AdamW", "loss", 1, 3.0),
+        ("E5M2", "ManifoldAdamW", "loss", 0, 5.0),
+    ]
+
+
 def test_builders_return_none_without_data(tmp_path: Path) -> None:
     empty_curves = pl.DataFrame(schema={"fp8_format": pl.String, "step": pl.Int64, "n_runs": pl.Int64, "mean": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64})
     assert loss_curve_view(empty_curves) is None
@@ -155,7 +196,8 @@ def test_builders_return_none_without_data(tmp_path: Path) -> None:
     assert paired_seed_figure(per_run, tmp_path / "c.png", metric_label="m", optimizers=("AdamW", "ManifoldAdamW")) is None
     trace = pl.DataFrame(schema={"run_id": pl.String, "step": pl.Int64, "series": pl.String, "value": pl.Float64})
     failed = pl.DataFrame({"run_id": ["x"], "optimizer": ["AdamW"], "failure_step": [3], "trend_start_step": [0]})
-    reference = pl.DataFrame(schema={"run_id": pl.String, "fp8_format": pl.String, "optimizer": pl.String})
+    no_references = pl.DataFrame(schema={"run_id": pl.String, "fp8_format": pl.String, "optimizer": pl.String})
+    reference = reference_trace_means(pl.DataFrame(schema=HISTORY_SCHEMA), pl.DataFrame(schema=LAYER_SCHEMA), no_references)
     assert failure_trace_figure(trace, failed, reference, tmp_path / "d.png", fp8_format="E7M0") is None
     assert list(tmp_path.iterdir()) == []
 
