@@ -11,12 +11,19 @@ the CLI), which a folder scan with environment-configured resources would not.
 from __future__ import annotations
 
 import dagster as dg
+from threadpoolctl import threadpool_limits
 
 from altgrad_pipeline import settings
 from altgrad_pipeline.defs import analysis, checks, ingest, jobs, media, reports, schedules, sensors
 from altgrad_pipeline.defs.executor import executor_from_env
 from altgrad_pipeline.defs.io_manager import PolarsParquetIOManager
 from altgrad_pipeline.defs.resources import ReportFiles, RunStores
+
+# Every process that runs assets loads this module. Their BLAS work is small products (a curve
+# fit's 48 × 3,000 grid, 4-column Jacobians) between which OpenBLAS's worker threads spin: one
+# thread computes the same numbers for two thirds of the CPU (`training_dynamics` 6.4 -> 3.9 CPU-s
+# in a first refresh), and Polars keeps the cores busy meanwhile.
+threadpool_limits(1, user_api="blas")
 
 #: The code location's name in workspace.yaml (and `[tool.dagster]`): runs of `refresh` carry it.
 CODE_LOCATION_NAME = "altgrad_pipeline"

@@ -82,3 +82,35 @@ def test_layer_metrics_keeps_every_parameter_row_and_value(histories, specs):
     raw = histories.filter((pl.col("run_id") == "e3m4-1") & (pl.col("key") == "grad_snr/transformer.h.0.attn.c_attn.weight")).sort("step")
     assert one["value"].to_list() == raw["value"].to_list()
     assert set(got["metric"].unique()) == {"grad_snr", "dead_neuron_frac", "grad_norm_l2", "grad_snr_fp8"}
+
+
+def test_one_run_at_a_time_equals_the_whole_study_sorted_by_columns(histories):
+    """A single run is sorted by one integer key (rank * step range + step); several runs by the
+    columns. Both give the same rows in the same order, and each run comes out sorted by metric,
+    param, step."""
+    whole = layer_metrics(histories)
+    runs = histories.get_column("run_id").unique().sort().to_list()
+    assert len(runs) > 1
+    one_by_one = pl.concat([layer_metrics(histories.filter(pl.col("run_id") == run)) for run in runs])
+    assert one_by_one.equals(whole)
+    assert one_by_one.equals(one_by_one.sort("run_id", "metric", "param", "step", maintain_order=True))
+
+
+def test_steps_far_apart_and_shared_ranks_keep_their_order():
+    """Steps spanning a huge range (a resumed run) and two keys naming one metric and param (with
+    and without `train/`) sort like the column sort would."""
+    rows = pl.DataFrame(
+        {
+            "run_id": ["r"] * 6,
+            "step": [2**40, 3, 2**40, 3, 7, 5],
+            "key": ["grad_snr/h.0.attn.w.weight", "grad_snr/h.0.attn.w.weight", "dead_neuron_frac/h.0.mlp.weight",
+                    "train/dead_neuron_frac/h.0.mlp.weight", "dead_neuron_frac/h.0.mlp.weight", "loss"],  # fmt: skip
+            "value": [1.0, 2.0, 3.0, 4.0, float("nan"), 6.0],
+        }
+    )
+    got = layer_metrics(rows)
+    assert got.select("metric", "step").rows() == [
+        ("dead_neuron_frac", 3), ("dead_neuron_frac", 7), ("dead_neuron_frac", 2**40), ("grad_snr", 3), ("grad_snr", 2**40)
+    ]  # fmt: skip
+    assert got["value"][:3].to_list()[0] == 4.0 and got["value"][4] == 1.0
+    assert got["layer_type"].to_list() == ["mlp", "mlp", "mlp", "attention", "attention"]
