@@ -49,8 +49,10 @@ history rows between the fast ones.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 import polars as pl
@@ -60,6 +62,11 @@ from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as wandb_pb
 
 from altgrad_pipeline.ingest.wandb.records import record_view, single_names
+
+try:
+    from altgrad_pipeline.ingest.wandb import _wirescan
+except ImportError:  # not compiled (setup.py's extension is optional): the numpy passes decode
+    _wirescan = None
 
 _RECORD = wandb_pb.Record.DESCRIPTOR.fields_by_name
 F_RECORD_HISTORY = _RECORD["history"].number
@@ -86,6 +93,23 @@ STEP_KEY, RUNTIME_KEY, TIMESTAMP_KEY = "_step", "_runtime", "_timestamp"
 WIRE_VARINT, WIRE_I64, WIRE_LEN, WIRE_I32 = 0, 1, 2, 5
 KIND_OTHER, KIND_HISTORY, KIND_SUMMARY = 0, 1, 2
 MIN_ACTIVE, MIN_ROUNDS = 16, 64
+
+#: Which implementation walks the wire format: "c" (the compiled `_wirescan`; an error when it is
+#: not built), "numpy" (the numpy passes: the fallback and the differential reference), or unset /
+#: "auto" (C when built).
+DECODER_ENV = "ALTGRAD_WANDB_DECODER"
+
+
+def compiled_scan() -> ModuleType | None:
+    """The compiled scan to use, or None for the numpy passes (`DECODER_ENV` decides)."""
+    choice = os.environ.get(DECODER_ENV, "auto")
+    if choice == "numpy":
+        return None
+    if choice == "c" and _wirescan is None:
+        raise ImportError(f"{DECODER_ENV}=c but altgrad_pipeline.ingest.wandb._wirescan is not built (pip install -e . compiles it)")
+    if choice not in ("auto", "c"):
+        raise ValueError(f"{DECODER_ENV} must be auto, c or numpy, not {choice!r}")
+    return _wirescan
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,13 +463,48 @@ def _top_level(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np
     return kinds, payload_start, payload_end, may_fold_summary
 
 
+#: Field numbers `_wirescan.scan` reads, in its order.
+_SCAN_NUMBERS = (F_HISTORY_ITEM, F_HISTORY_STEP, F_HISTORY_INFO, F_SUMMARY_INFO, F_STEP_NUM, F_ITEM_KEY, F_ITEM_NESTED_KEY, F_ITEM_VALUE_JSON)
+
+
+def _top_level_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_top_level` by `_wirescan.classify`: one sequential walk per record."""
+    n = len(starts)
+    kinds = np.empty(n, dtype=np.int8)
+    payload_start, payload_end = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    may_fold = np.empty(n, dtype=bool)
+    declared = np.asarray(F_RECORD_DECLARED, dtype=np.uint64)
+    _wirescan.classify(u8, starts, ends, F_RECORD_HISTORY, F_RECORD_SUMMARY, declared, kinds, payload_start, payload_end, may_fold)
+    return kinds, payload_start, payload_end, may_fold
+
+
+def _scan_messages_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: int, **_walk: int) -> tuple[np.ndarray, ...]:
+    """`_scan_messages` by `_wirescan.scan`: one sequential walk per message, nothing left to a
+    lockstep walk (so `min_active`/`min_rounds` do not apply). Items of messages that are not ok
+    are left out (the caller drops them either way). The item arrays are sized for items of 16
+    bytes or more on average; more items than that take a second call with the exact count."""
+    n = len(starts)
+    starts, ends = np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64)
+    msg_ok, has_step, step_num = np.empty(n, dtype=bool), np.empty(nh, dtype=bool), np.empty(nh, dtype=np.int64)
+    capacity = int((ends - starts).sum()) // 16 + 16
+    while True:
+        item_msg, spans = np.empty(capacity, dtype=np.int64), np.empty((capacity, 4), dtype=np.int64)
+        item_ok, nested = np.empty(capacity, dtype=bool), np.empty(capacity, dtype=bool)
+        count = _wirescan.scan(u8, starts, ends, nh, _SCAN_NUMBERS, msg_ok, has_step, step_num, item_msg, spans, item_ok, nested)
+        if count <= capacity:
+            break
+        capacity = count
+    spans = spans[:count]
+    return msg_ok, has_step, step_num, item_msg[:count], item_ok[:count], spans[:, 0], spans[:, 1], spans[:, 2], spans[:, 3], nested[:count]
+
+
 def plain_record_bytes(buffer: bytes | bytearray | memoryview, starts: Sequence[int] | np.ndarray, ends: Sequence[int] | np.ndarray) -> int:
     """Payload bytes of the plain history and summary records among the `Record`s: what the
     fast path would decode (below a megabyte or so, upb is faster than numpy's per-call cost)."""
     _, u8, starts, ends = _check_spans(buffer, starts, ends)
     if not len(starts):
         return 0
-    kinds, payload_start, payload_end, _ = _top_level(u8, starts, ends)
+    kinds, payload_start, payload_end, _ = (_top_level_c if compiled_scan() else _top_level)(u8, starts, ends)
     plain = kinds != KIND_OTHER
     return int((payload_end[plain] - payload_start[plain]).sum())
 
@@ -521,6 +580,11 @@ def _items(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, name_header: np
 def _binary(data: pa.Buffer, u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
     """The byte spans as one compact LargeBinary array (a copy of just those bytes)."""
     n = len(starts)
+    if n and compiled_scan():
+        starts, ends = np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64)
+        offsets, out = np.empty(n + 1, dtype=np.int64), np.empty(int((ends - starts).sum()), dtype=np.uint8)
+        _wirescan.gather(u8, starts, ends, offsets, out)
+        return pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(out)])
     if n == 0:
         return pa.Array.from_buffers(pa.large_binary(), 0, [None, pa.py_buffer(np.zeros(1, dtype=np.int64)), pa.py_buffer(b"")])
     if n == 1 or (starts[1:] >= ends[:-1]).all():
@@ -894,38 +958,13 @@ def _first_name_is_a_path(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) 
     return path & (after_name < ends) & (u8[np.minimum(after_name, len(u8) - 1)] == nested)
 
 
-def decode_records(
-    buffer: bytes | bytearray | memoryview,
-    starts: Sequence[int] | np.ndarray,
-    ends: Sequence[int] | np.ndarray,
-    *,
-    min_active: int = MIN_ACTIVE,
-    min_rounds: int = MIN_ROUNDS,
-) -> DecodedRecords:
-    """Decode the history and summary records among the `Record` payloads
-    `buffer[starts[i]:ends[i]]` (any kinds, in log order): their item lists found by item
-    chains, their items matched in one pass. Never raises on bad bytes: what it cannot decode
-    is in `slow_records`."""
-    buffer, u8, starts, ends = _check_spans(buffer, starts, ends)
-    n = len(starts)
-    walk = {"min_active": min_active, "min_rounds": min_rounds}
-    if n:
-        kinds, payload_start, payload_end, may_fold = _top_level(u8, starts, ends)
-    else:
-        kinds, payload_start, payload_end, may_fold = np.zeros(0, dtype=np.int8), starts, ends, np.zeros(0, dtype=bool)
-    rec_h = np.flatnonzero(kinds == KIND_HISTORY)
-    rec_s = np.flatnonzero(kinds == KIND_SUMMARY)
-    data = pa.py_buffer(buffer)
-    parsed = _ParsedSummaries()
-    # wandb-core writes the same `_wandb.runtime` summary record after every row: records whose
-    # first update is named by a path of several elements are parsed once per distinct payload
-    # before any item is looked at (a third of the records of a narrow-row log).
-    pathed = rec_s[_first_name_is_a_path(u8, payload_start[rec_s], payload_end[rec_s])]
-    if len(pathed):
-        rec_s = np.setdiff1d(rec_s, pathed[_parse_alike(u8, data, starts, ends, pathed, parsed)], assume_unique=True)
-    nh, ns = len(rec_h), len(rec_s)
-    msg_rec = np.concatenate([rec_h, rec_s])
-    lists = _item_lists(u8, payload_start[msg_rec], payload_end[msg_rec], **walk)
+def _scan_messages(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: int, **walk: int) -> tuple[np.ndarray, ...]:
+    """The `HistoryRecord`s (the first `nh`) and `SummaryRecord`s [starts, ends), with numpy passes:
+    msg_ok (their fields other than items are plain), has_step and step_num per history message;
+    per item (message then write order) its message, ok (the plain item shape), name and value
+    spans, and whether its name is a `nested_key`. `_wirescan.scan` computes the same in C."""
+    ns = len(starts) - nh
+    lists = _item_lists(u8, starts, ends, **walk)
     fields = lists.others
     msg_ok = ~fields.refused
     in_h = fields.msg < nh
@@ -949,8 +988,46 @@ def decode_records(
         msg_ok[step_msg[~s_ok]] = False
         step_num[step_msg[sf.msg[is_num]]] = sf.value[is_num].view(np.int64)
     # Items of both kinds in one pass (message-major, so in record then write order).
-    item_msg = lists.msg
     i_ok, name_start, name_end, value_start, value_end, nested_name = _items(u8, lists.start, lists.end, lists.name_header, **walk)
+    return msg_ok, has_step, step_num, lists.msg, i_ok, name_start, name_end, value_start, value_end, nested_name
+
+
+def decode_records(
+    buffer: bytes | bytearray | memoryview,
+    starts: Sequence[int] | np.ndarray,
+    ends: Sequence[int] | np.ndarray,
+    *,
+    min_active: int = MIN_ACTIVE,
+    min_rounds: int = MIN_ROUNDS,
+) -> DecodedRecords:
+    """Decode the history and summary records among the `Record` payloads
+    `buffer[starts[i]:ends[i]]` (any kinds, in log order): their item lists found by item
+    chains, their items matched in one pass. Never raises on bad bytes: what it cannot decode
+    is in `slow_records`."""
+    buffer, u8, starts, ends = _check_spans(buffer, starts, ends)
+    n = len(starts)
+    walk = {"min_active": min_active, "min_rounds": min_rounds}
+    compiled = compiled_scan()
+    if n:
+        kinds, payload_start, payload_end, may_fold = (_top_level_c if compiled else _top_level)(u8, starts, ends)
+    else:
+        kinds, payload_start, payload_end, may_fold = np.zeros(0, dtype=np.int8), starts, ends, np.zeros(0, dtype=bool)
+    rec_h = np.flatnonzero(kinds == KIND_HISTORY)
+    rec_s = np.flatnonzero(kinds == KIND_SUMMARY)
+    data = pa.py_buffer(buffer)
+    parsed = _ParsedSummaries()
+    # wandb-core writes the same `_wandb.runtime` summary record after every row: records whose
+    # first update is named by a path of several elements are parsed once per distinct payload
+    # before any item is looked at (a third of the records of a narrow-row log).
+    pathed = rec_s[_first_name_is_a_path(u8, payload_start[rec_s], payload_end[rec_s])]
+    if len(pathed):
+        rec_s = np.setdiff1d(rec_s, pathed[_parse_alike(u8, data, starts, ends, pathed, parsed)], assume_unique=True)
+    nh, ns = len(rec_h), len(rec_s)
+    msg_rec = np.concatenate([rec_h, rec_s])
+    scan = _scan_messages_c if compiled else _scan_messages
+    msg_ok, has_step, step_num, item_msg, i_ok, name_start, name_end, value_start, value_end, nested_name = scan(
+        u8, payload_start[msg_rec], payload_end[msg_rec], nh, **walk
+    )
     # A record mixing `key` and `nested_key` items is one the reader decodes item by item with
     # a full protobuf parse (its view cannot pair names and values by position): not plain.
     n_msgs = nh + ns
