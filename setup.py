@@ -11,7 +11,7 @@ setup(
         Extension(
             "altgrad_pipeline.ingest.wandb._wirescan",
             ["altgrad_pipeline/ingest/wandb/_wirescan.c"],
-            extra_compile_args=["-O2", "-std=c99"],
+            extra_compile_args=["-O3", "-std=c99"],
             optional=True,
         )
     ]

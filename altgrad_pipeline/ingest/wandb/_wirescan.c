@@ -15,6 +15,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { WIRE_VARINT = 0, WIRE_I64 = 1, WIRE_LEN = 2, WIRE_I32 = 5 };
@@ -32,7 +33,7 @@ typedef struct {
 
 /* One varint at p (before lim), at most max_bytes long; a 10-byte varint's last byte must be 0 or 1.
  * Returns the position after it, or -1 when malformed. */
-static inline int64_t read_varint(const uint8_t *u8, int64_t p, int64_t lim, int max_bytes, uint64_t *out) {
+static inline __attribute__((always_inline)) int64_t read_varint(const uint8_t *u8, int64_t p, int64_t lim, int max_bytes, uint64_t *out) {
     uint64_t value = 0;
     for (int i = 0; i < max_bytes; i++) {
         if (p + i >= lim) return -1;
@@ -50,7 +51,16 @@ static inline int64_t read_varint(const uint8_t *u8, int64_t p, int64_t lim, int
 /* One field at p (before lim): 1 and the field, or 0 when malformed (a tag or length varint over
  * 5 bytes, a tag of field number 0 or at/above 2^32, a length at/above 2^31, groups or reserved
  * wire types, a field running past lim) -- the checks of fastpath's `_round_general`. */
-static inline int read_field(const uint8_t *u8, int64_t p, int64_t lim, Field *f) {
+static inline __attribute__((always_inline)) int read_field(const uint8_t *u8, int64_t p, int64_t lim, Field *f) {
+    if (lim - p >= 2 && u8[p] >= 8 && u8[p] < 0x80 && (u8[p] & 7) == WIRE_LEN && u8[p + 1] < 0x80) {
+        /* the usual field: a one-byte tag of a LEN field and a one-byte length */
+        f->field = u8[p] >> 3;
+        f->wire = WIRE_LEN;
+        f->value = 0;
+        f->start = p + 2;
+        f->end = p + 2 + u8[p + 1];
+        return f->end <= lim;
+    }
     uint64_t tag;
     int64_t q = read_varint(u8, p, lim, 5, &tag);
     if (q < 0 || tag < 8 || tag >= ((uint64_t)1 << 32)) return 0;
@@ -204,8 +214,9 @@ typedef struct {
 } Numbers;
 
 /* One item (`HistoryItem`/`SummaryItem`) [p, lim): plain when exactly one name (`key` or
- * `nested_key`, LEN) and one `value_json` (LEN), in either order, and nothing else. */
-static inline int read_item(const uint8_t *u8, int64_t p, int64_t lim, const Numbers *num, int64_t *spans, uint8_t *nested) {
+ * `nested_key`, LEN) and one `value_json` (LEN), in either order, and nothing else. spans: name
+ * start, end, value start, end. */
+static inline __attribute__((always_inline)) int read_item(const uint8_t *u8, int64_t p, int64_t lim, const Numbers *num, int64_t *spans, uint8_t *nested) {
     int names = 0, values = 0, fields = 0;
     while (p < lim) {
         Field f;
@@ -238,28 +249,114 @@ static inline int read_step(const uint8_t *u8, int64_t p, int64_t lim, uint64_t 
     return 1;
 }
 
+/* Item names dictionary-encoded as they are read: an open-addressing hash table over the distinct
+ * names (spans of the buffer, compared byte for byte), codes in order of first appearance. Grows
+ * with the names actually found, never sized from a length read from the input. */
+typedef struct {
+    int32_t *slots; /* entry index + 1, 0 when empty */
+    uint64_t *hashes;
+    int64_t *spans; /* per entry: start, end */
+    int64_t mask, count, capacity;
+    int64_t size; /* bytes in the buffer */
+} Names;
+
+/* A hash of the n bytes at p; `readable` bytes may be read from p (n or more): the last partial
+ * word is read whole and masked when the buffer goes on past it (no byte loop). */
+static inline uint64_t hash_bytes(const uint8_t *p, int64_t n, int64_t readable) {
+    uint64_t h = 0x243F6A8885A308D3ull ^ (uint64_t)n;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
+        p += 8;
+        n -= 8;
+        readable -= 8;
+    }
+    if (n > 0) {
+        uint64_t w = 0;
+        if (readable >= 8) {
+            memcpy(&w, p, 8);
+            w &= (~0ull) >> (64 - 8 * n);
+        } else {
+            for (int64_t i = 0; i < n; i++) w |= (uint64_t)p[i] << (8 * i);
+        }
+        h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
+    }
+    h *= 0xBF58476D1CE4E5B9ull;
+    return h ^ (h >> 31);
+}
+
+static int names_grow(Names *t) {
+    int64_t size = t->mask ? 2 * (t->mask + 1) : 1024;
+    int32_t *slots = calloc((size_t)size, sizeof *slots);
+    uint64_t *hashes = realloc(t->hashes, (size_t)(size / 2) * sizeof *hashes);
+    if (hashes) t->hashes = hashes;
+    int64_t *spans = realloc(t->spans, (size_t)size * sizeof *spans); /* size / 2 entries, 2 each */
+    if (spans) t->spans = spans;
+    if (!slots || !hashes || !spans) {
+        free(slots);
+        return -1;
+    }
+    for (int64_t e = 0; e < t->count; e++) {
+        int64_t at = (int64_t)(t->hashes[e] & (uint64_t)(size - 1));
+        while (slots[at]) at = (at + 1) & (size - 1);
+        slots[at] = (int32_t)(e + 1);
+    }
+    free(t->slots);
+    t->slots = slots;
+    t->mask = size - 1;
+    t->capacity = size / 2;
+    return 0;
+}
+
+/* The code of name [start, end): its entry, added when new; -1 when out of memory. */
+static inline int64_t names_code(Names *t, const uint8_t *u8, int64_t start, int64_t end) {
+    if (t->count == t->capacity && (t->count >= INT32_MAX / 4 || names_grow(t) < 0)) return -1;
+    uint64_t h = hash_bytes(u8 + start, end - start, t->size - start);
+    int64_t at = (int64_t)(h & (uint64_t)t->mask);
+    for (;;) {
+        int32_t slot = t->slots[at];
+        if (!slot) break;
+        int64_t e = slot - 1, e_start = t->spans[2 * e], e_end = t->spans[2 * e + 1];
+        if (t->hashes[e] == h && e_end - e_start == end - start && memcmp(u8 + e_start, u8 + start, (size_t)(end - start)) == 0) return e;
+        at = (at + 1) & t->mask;
+    }
+    int64_t e = t->count++;
+    t->slots[at] = (int32_t)(e + 1);
+    t->hashes[e] = h;
+    t->spans[2 * e] = start;
+    t->spans[2 * e + 1] = end;
+    return e;
+}
+
 /* scan(u8, starts, ends, n_history, numbers, msg_ok, has_step, step_num,
- *      item_msg, item_spans, item_ok, item_nested) -> items found
+ *      item_msg, item_code, item_values, item_ok, item_nested) -> (items found, name spans)
  * Messages [starts[i], ends[i]): the first n_history `HistoryRecord`s, then `SummaryRecord`s.
  * msg_ok: walked to the end with only items, `_info` and (history) at most one `step` holding at
  * most one varint `num`. Per item of an ok message (message then write order): its message, the
- * spans (name start, end, value start, end: 4 int64), plain or not (`read_item`) and whether its
- * name is a `nested_key`. Items are written while they fit the arrays given; the return value is
- * how many there are (the caller calls again with larger arrays when it exceeds their length). */
+ * code of its name (plain items only; -1 otherwise) among the distinct names returned (bytes of
+ * int64 start, end pairs, in order of first appearance), its value span (2 int64), plain or not
+ * (`read_item`) and whether its name is a `nested_key`. Items are written while they fit the
+ * arrays given; the count says how many there are (the caller calls again with larger arrays
+ * when it exceeds their length). */
 static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *o[11];
+    PyObject *o[12];
     Py_ssize_t n_history;
     PyObject *numbers;
-    if (!PyArg_ParseTuple(args, "OOOnOOOOOOOO", &o[0], &o[1], &o[2], &n_history, &numbers, &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9]))
+    if (!PyArg_ParseTuple(args, "OOOnOOOOOOOOO", &o[0], &o[1], &o[2], &n_history, &numbers, &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10]))
         return NULL;
     Numbers num;
     if (!PyArg_ParseTuple(numbers, "KKKKKKKK", &num.item, &num.step, &num.history_info, &num.summary_info, &num.step_num, &num.key, &num.nested_key, &num.value_json))
         return NULL;
-    Buf b[10];
+    Buf b[11];
     memset(b, 0, sizeof b);
-    static const Py_ssize_t sizes[10] = {1, 8, 8, 1, 1, 8, 8, 32, 1, 1};
-    static const int writable[10] = {0, 0, 0, 1, 1, 1, 1, 1, 1, 1};
-    for (int i = 0; i < 10; i++)
+    Names names;
+    memset(&names, 0, sizeof names);
+    static const Py_ssize_t sizes[11] = {1, 8, 8, 1, 1, 8, 8, 4, 16, 1, 1};
+    static const int writable[11] = {0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+    for (int i = 0; i < 11; i++)
         if (get_buffer(o[i], &b[i], writable[i], sizes[i], "scan") < 0) goto fail;
     const uint8_t *u8 = b[0].view.buf;
     const int64_t *starts = b[1].view.buf, *ends = b[2].view.buf;
@@ -269,16 +366,19 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
         goto fail;
     }
     Py_ssize_t capacity = b[6].view.len / 8;
-    if (b[7].view.len / 32 != capacity || b[8].view.len != capacity || b[9].view.len != capacity) {
+    if (b[7].view.len / 4 != capacity || b[8].view.len / 16 != capacity || b[9].view.len != capacity || b[10].view.len != capacity) {
         PyErr_SetString(PyExc_ValueError, "scan: item arrays differ in length");
         goto fail;
     }
     if (check_spans(starts, ends, n, b[0].view.len) < 0) goto fail;
-    uint8_t *msg_ok = b[3].view.buf, *has_step = b[4].view.buf, *item_ok = b[8].view.buf, *item_nested = b[9].view.buf;
-    int64_t *step_num = b[5].view.buf, *item_msg = b[6].view.buf, *item_spans = b[7].view.buf;
+    names.size = b[0].view.len;
+    uint8_t *msg_ok = b[3].view.buf, *has_step = b[4].view.buf, *item_ok = b[9].view.buf, *item_nested = b[10].view.buf;
+    int64_t *step_num = b[5].view.buf, *item_msg = b[6].view.buf, *item_values = b[8].view.buf;
+    int32_t *item_code = b[7].view.buf;
     Py_ssize_t count = 0;
+    int out_of_memory = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t m = 0; m < n; m++) {
+    for (Py_ssize_t m = 0; m < n && !out_of_memory; m++) {
         int history = m < n_history, ok = 1, steps = 0;
         int64_t p = starts[m], lim = ends[m];
         Py_ssize_t first_item = count;
@@ -291,11 +391,20 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
             }
             if (f.field == num.item && f.wire == WIRE_LEN) {
                 if (count < capacity) {
-                    int64_t *spans = item_spans + 4 * count;
-                    spans[0] = spans[1] = spans[2] = spans[3] = 0;
-                    item_nested[count] = 0;
-                    item_ok[count] = (uint8_t)read_item(u8, f.start, f.end, &num, spans, &item_nested[count]);
+                    int64_t spans[4] = {0, 0, 0, 0};
+                    uint8_t nested = 0;
+                    int plain = read_item(u8, f.start, f.end, &num, spans, &nested);
+                    int64_t code = -1;
+                    if (plain && (code = names_code(&names, u8, spans[0], spans[1])) < 0) {
+                        out_of_memory = 1;
+                        break;
+                    }
                     item_msg[count] = m;
+                    item_code[count] = (int32_t)code;
+                    item_values[2 * count] = spans[2];
+                    item_values[2 * count + 1] = spans[3];
+                    item_ok[count] = (uint8_t)plain;
+                    item_nested[count] = nested;
                 }
                 count++;
             } else if (history && f.field == num.step && f.wire == WIRE_LEN) {
@@ -314,10 +423,22 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
         if (!ok) count = first_item; /* a refused message's items are not handed over */
     }
     Py_END_ALLOW_THREADS
-    release(b, 10);
-    return PyLong_FromSsize_t(count);
+    if (out_of_memory) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    release(b, 11);
+    PyObject *spans = PyBytes_FromStringAndSize(names.spans ? (const char *)names.spans : "", (Py_ssize_t)(16 * names.count));
+    free(names.slots);
+    free(names.hashes);
+    free(names.spans);
+    if (!spans) return NULL;
+    return Py_BuildValue("(nN)", count, spans);
 fail:
-    release(b, 10);
+    release(b, 11);
+    free(names.slots);
+    free(names.hashes);
+    free(names.spans);
     return NULL;
 }
 

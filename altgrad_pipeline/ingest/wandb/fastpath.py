@@ -478,24 +478,26 @@ def _top_level_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[
     return kinds, payload_start, payload_end, may_fold
 
 
-def _scan_messages_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: int, **_walk: int) -> tuple[np.ndarray, ...]:
+def _scan_messages_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: int, **_walk: int) -> tuple:
     """`_scan_messages` by `_wirescan.scan`: one sequential walk per message, nothing left to a
-    lockstep walk (so `min_active`/`min_rounds` do not apply). Items of messages that are not ok
-    are left out (the caller drops them either way). The item arrays are sized for items of 16
-    bytes or more on average; more items than that take a second call with the exact count."""
+    lockstep walk (so `min_active`/`min_rounds` do not apply), names dictionary-encoded as they
+    are read. Items of messages that are not ok are left out (the caller drops them either way).
+    The item arrays are sized for items of 24 bytes or more on average; more items than that take
+    a second call with the exact count."""
     n = len(starts)
     starts, ends = np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64)
     msg_ok, has_step, step_num = np.empty(n, dtype=bool), np.empty(nh, dtype=bool), np.empty(nh, dtype=np.int64)
-    capacity = int((ends - starts).sum()) // 16 + 16
+    capacity = int((ends - starts).sum()) // 24 + 16
     while True:
-        item_msg, spans = np.empty(capacity, dtype=np.int64), np.empty((capacity, 4), dtype=np.int64)
+        item_msg, code, values = np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.int32), np.empty((capacity, 2), dtype=np.int64)
         item_ok, nested = np.empty(capacity, dtype=bool), np.empty(capacity, dtype=bool)
-        count = _wirescan.scan(u8, starts, ends, nh, _SCAN_NUMBERS, msg_ok, has_step, step_num, item_msg, spans, item_ok, nested)
+        count, name_spans = _wirescan.scan(u8, starts, ends, nh, _SCAN_NUMBERS, msg_ok, has_step, step_num, item_msg, code, values, item_ok, nested)
         if count <= capacity:
             break
         capacity = count
-    spans = spans[:count]
-    return msg_ok, has_step, step_num, item_msg[:count], item_ok[:count], spans[:, 0], spans[:, 1], spans[:, 2], spans[:, 3], nested[:count]
+    name_spans = np.frombuffer(name_spans, dtype=np.int64).reshape(-1, 2)
+    dictionary = _binary(pa.py_buffer(u8), u8, name_spans[:, 0], name_spans[:, 1])
+    return msg_ok, has_step, step_num, item_msg[:count], item_ok[:count], code[:count].astype(np.int64), dictionary, values[:count, 0], values[:count, 1], nested[:count]
 
 
 def plain_record_bytes(buffer: bytes | bytearray | memoryview, starts: Sequence[int] | np.ndarray, ends: Sequence[int] | np.ndarray) -> int:
@@ -637,6 +639,23 @@ def _codes(encoded: pa.DictionaryArray) -> np.ndarray:
     indices = encoded.indices
     width = indices.type.bit_width // 8
     return np.frombuffer(indices.buffers()[1], dtype=f"<i{width}", count=len(indices), offset=indices.offset * width).astype(np.int64)
+
+
+def _first_appearance(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Codes into a dictionary of `size` entries, renumbered 0, 1, ... in order of first
+    appearance (as Arrow's `dictionary_encode` numbers them), and the entries they now name."""
+    first = np.full(size, len(codes), dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes), dtype=np.int64))
+    used = np.flatnonzero(first < len(codes))
+    entries = used[np.argsort(first[used], kind="stable")]
+    renumber = np.empty(size, dtype=np.int64)
+    renumber[entries] = np.arange(len(entries), dtype=np.int64)
+    return renumber[codes], entries
+
+
+def _take(array: pa.Array, indices: np.ndarray) -> pa.Array:
+    """`array.take(indices)` without `pa.array` of numpy (which would import pandas)."""
+    return array.take(pa.Array.from_buffers(pa.int64(), len(indices), [None, pa.py_buffer(np.ascontiguousarray(indices, dtype=np.int64))]))
 
 
 def encode_keys(keys: pl.Series) -> tuple[pl.Series, np.ndarray]:
@@ -961,8 +980,10 @@ def _first_name_is_a_path(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) 
 def _scan_messages(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: int, **walk: int) -> tuple[np.ndarray, ...]:
     """The `HistoryRecord`s (the first `nh`) and `SummaryRecord`s [starts, ends), with numpy passes:
     msg_ok (their fields other than items are plain), has_step and step_num per history message;
-    per item (message then write order) its message, ok (the plain item shape), name and value
-    spans, and whether its name is a `nested_key`. `_wirescan.scan` computes the same in C."""
+    per item (message then write order) its message, ok (the plain item shape), its name's code
+    among the distinct raw names (a binary array; codes of items that are not ok mean nothing),
+    its value span, and whether its name is a `nested_key`. `_wirescan.scan` computes the same
+    in C (its dictionary may hold names of other items, never fewer)."""
     ns = len(starts) - nh
     lists = _item_lists(u8, starts, ends, **walk)
     fields = lists.others
@@ -989,7 +1010,8 @@ def _scan_messages(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: int
         step_num[step_msg[sf.msg[is_num]]] = sf.value[is_num].view(np.int64)
     # Items of both kinds in one pass (message-major, so in record then write order).
     i_ok, name_start, name_end, value_start, value_end, nested_name = _items(u8, lists.start, lists.end, lists.name_header, **walk)
-    return msg_ok, has_step, step_num, lists.msg, i_ok, name_start, name_end, value_start, value_end, nested_name
+    encoded = pc.dictionary_encode(_binary(pa.py_buffer(u8), u8, name_start, name_end))
+    return msg_ok, has_step, step_num, lists.msg, i_ok, _codes(encoded), encoded.dictionary, value_start, value_end, nested_name
 
 
 def decode_records(
@@ -1025,7 +1047,7 @@ def decode_records(
     nh, ns = len(rec_h), len(rec_s)
     msg_rec = np.concatenate([rec_h, rec_s])
     scan = _scan_messages_c if compiled else _scan_messages
-    msg_ok, has_step, step_num, item_msg, i_ok, name_start, name_end, value_start, value_end, nested_name = scan(
+    msg_ok, has_step, step_num, item_msg, i_ok, name_code, name_dictionary, value_start, value_end, nested_name = scan(
         u8, payload_start[msg_rec], payload_end[msg_rec], nh, **walk
     )
     # A record mixing `key` and `nested_key` items is one the reader decodes item by item with
@@ -1043,9 +1065,8 @@ def decode_records(
     item_h = item_msg < nh
     while True:
         keep = item_h & msg_ok[item_msg]
-        encoded = pc.dictionary_encode(_binary(data, u8, name_start[keep], name_end[keep]))
-        codes = _codes(encoded)
-        names, bad_names = _utf8(encoded.dictionary)  # each distinct name validated once
+        codes, entries = _first_appearance(name_code[keep], len(name_dictionary))
+        names, bad_names = _utf8(_take(name_dictionary, entries))  # each distinct name validated once
         texts, bad_texts = _utf8(_binary(data, u8, value_start[keep], value_end[keep]))
         if names is not None and texts is not None:
             break
@@ -1067,11 +1088,11 @@ def decode_records(
     plain_s[parsed_msgs] = False
     keep_s = ~item_h & plain_s[item_msg]
     s_ok = msg_ok[nh:]
-    summary_names = pc.dictionary_encode(_binary(data, u8, name_start[keep_s], name_end[keep_s]))
+    summary_codes, summary_entries = _first_appearance(name_code[keep_s], len(name_dictionary))
     summary = SummaryBatch(
         records=msg_rec[item_msg[keep_s]],
-        codes=_codes(summary_names),
-        names=summary_names.dictionary.to_pylist(),
+        codes=summary_codes,
+        names=_take(name_dictionary, summary_entries).to_pylist(),
         value_starts=value_start[keep_s],
         value_ends=value_end[keep_s],
         parsed_records=parsed_records,
