@@ -28,7 +28,9 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from wandb.proto import wandb_internal_pb2 as wandb_pb
 
+from altgrad_pipeline.ingest.wandb import compiled as wandb_compiled
 from altgrad_pipeline.ingest.wandb import fastpath as fp
+from altgrad_pipeline.ingest.wandb import framing
 from altgrad_pipeline.ingest.wandb import log as wandb_log
 from altgrad_pipeline.ingest.wandb.framing import BLOCK_SIZE, LOG_HEADER
 from altgrad_pipeline.ingest.wandb.log import WandbLog, WandbLogReader
@@ -118,7 +120,7 @@ def read_with(path: Path | bytes, *, fast: bool, threshold: int | None = None, f
 
 
 def require_wirescan() -> None:
-    if fp._wirescan is None:
+    if wandb_compiled._wirescan is None:
         if os.environ.get(ALLOW_MISSING_WIRESCAN_ENV):
             pytest.skip(f"the compiled wire scan is not built and {ALLOW_MISSING_WIRESCAN_ENV} allows that")
         pytest.fail(f"altgrad_pipeline.ingest.wandb._wirescan is not built: `pip install -e .` compiles it (gcc, Python headers); set {ALLOW_MISSING_WIRESCAN_ENV}=1 where that is impossible")
@@ -126,17 +128,17 @@ def require_wirescan() -> None:
 
 @pytest.fixture(scope="module", autouse=True, params=["c", "numpy"])
 def decoder(request: pytest.FixtureRequest) -> Any:
-    """Every test of this module with each wire scan (`fastpath.DECODER_ENV`)."""
+    """Every test of this module with each wire scan (`compiled.DECODER_ENV`)."""
     if request.param == "c":
         require_wirescan()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(fp.DECODER_ENV, request.param)
+        patch.setenv(wandb_compiled.DECODER_ENV, request.param)
         yield request.param
 
 
 def decoded_with(scan: str, payloads: list[bytes]) -> fp.DecodedRecords:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(fp.DECODER_ENV, scan)
+        patch.setenv(wandb_compiled.DECODER_ENV, scan)
         return fp.decode_records(*spans(payloads), min_active=1)
 
 
@@ -144,7 +146,7 @@ def assert_scans_agree(payloads: list[bytes]) -> None:
     """The compiled scan and the numpy passes decode the records the same, array by array: kinds,
     slow records, summary flush points, every history column and summary stream. (`min_active=1`:
     the numpy walk refuses nothing to save rounds, which the C walk never does.)"""
-    if fp._wirescan is None:
+    if wandb_compiled._wirescan is None:
         return
     c, reference = decoded_with("c", payloads), decoded_with("numpy", payloads)
     for name in ("kinds", "slow_records", "may_fold_summary"):
@@ -629,39 +631,39 @@ def test_the_compiled_scan_is_built_and_decodes_by_default(sdk_log: Path, monkey
     """In this environment the extension is built, and without `DECODER_ENV` the reader's fast
     path goes through it (CI installs with a C compiler: this proves the fast path there)."""
     require_wirescan()
-    counting = CountingScan(fp._wirescan)
-    monkeypatch.setattr(fp, "_wirescan", counting)
-    monkeypatch.delenv(fp.DECODER_ENV, raising=False)
-    assert fp.compiled_scan() is counting
+    counting = CountingScan(wandb_compiled._wirescan)
+    monkeypatch.setattr(wandb_compiled, "_wirescan", counting)
+    monkeypatch.delenv(wandb_compiled.DECODER_ENV, raising=False)
+    assert wandb_compiled.compiled_scan() is counting
     log = read_with(sdk_log, fast=True)
     assert len(log.history) > 0 and all(counting.calls.values()), counting.calls
-    monkeypatch.setenv(fp.DECODER_ENV, "numpy")
+    monkeypatch.setenv(wandb_compiled.DECODER_ENV, "numpy")
     counting.calls = dict.fromkeys(counting.calls, 0)
     assert_same_log(read_with(sdk_log, fast=True), log)
     assert not any(counting.calls.values())
 
 
 def test_the_decoder_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fp, "_wirescan", None)
+    monkeypatch.setattr(wandb_compiled, "_wirescan", None)
     for unset_or_auto in (None, "auto", "numpy"):
         if unset_or_auto is None:
-            monkeypatch.delenv(fp.DECODER_ENV, raising=False)
+            monkeypatch.delenv(wandb_compiled.DECODER_ENV, raising=False)
         else:
-            monkeypatch.setenv(fp.DECODER_ENV, unset_or_auto)
-        assert fp.compiled_scan() is None  # the numpy passes
-    monkeypatch.setenv(fp.DECODER_ENV, "c")
+            monkeypatch.setenv(wandb_compiled.DECODER_ENV, unset_or_auto)
+        assert wandb_compiled.compiled_scan() is None  # the numpy passes
+    monkeypatch.setenv(wandb_compiled.DECODER_ENV, "c")
     with pytest.raises(ImportError, match="not built"):
-        fp.compiled_scan()
-    monkeypatch.setenv(fp.DECODER_ENV, "C++")
+        wandb_compiled.compiled_scan()
+    monkeypatch.setenv(wandb_compiled.DECODER_ENV, "C++")
     with pytest.raises(ValueError, match="auto, c or numpy"):
-        fp.compiled_scan()
+        wandb_compiled.compiled_scan()
 
 
 def test_the_compiled_functions_check_their_arguments() -> None:
     """Spans outside the buffer and arrays of mismatched lengths raise; nothing is read or
     written out of bounds (the C code trusts no size it is given)."""
     require_wirescan()
-    scan = fp._wirescan
+    scan = wandb_compiled._wirescan
     u8 = np.frombuffer(b"\x08\x01" * 8, dtype=np.uint8)
     starts, ends = np.asarray([0, 2], dtype=np.int64), np.asarray([2, 17], dtype=np.int64)
     kinds, payload = np.empty(2, dtype=np.int8), np.empty(2, dtype=np.int64)
@@ -691,7 +693,7 @@ def test_the_compiled_scan_reports_items_beyond_its_arrays() -> None:
     kinds, p_start, p_end, _ = fp._top_level_c(u8, np.asarray([0]), np.asarray([len(record)]))
     assert kinds.tolist() == [fp.KIND_HISTORY]
     for capacity in (0, 7, 40):
-        count, names = fp._wirescan.scan(
+        count, names = wandb_compiled._wirescan.scan(
             u8, p_start, p_end, 1, fp._SCAN_NUMBERS, np.empty(1, dtype=bool), np.empty(1, dtype=bool), np.empty(1, dtype=np.int64),
             np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.int32), np.empty((capacity, 2), dtype=np.int64),
             np.empty(capacity, dtype=bool), np.empty(capacity, dtype=bool),
@@ -701,3 +703,66 @@ def test_the_compiled_scan_reports_items_beyond_its_arrays() -> None:
     ok, has_step, step, item_msg, item_ok, codes, dictionary, *_ = fp._scan_messages_c(u8, p_start, p_end, 1)
     assert ok.tolist() == [True] and has_step.tolist() == [True] and step.tolist() == [1]
     assert codes.tolist() == list(range(40)) and dictionary.to_pylist() == [f"k{i}".encode() for i in range(40)]
+
+
+def assert_framing_agrees(raw: bytes) -> None:
+    """The compiled chunk walk and CRC prediction give what the numpy ones give, for both block
+    layouts, from the header and from a later offset, with the stretch ending anywhere."""
+    data = np.zeros(len(raw) + fp.PADDING, dtype=np.uint8)
+    data[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    rng = random.Random(len(raw))
+    for origin in framing.BLOCK_ORIGIN.values():
+        for pos0, end in ((len(LOG_HEADER), len(raw)), (len(LOG_HEADER), rng.randint(0, len(raw))), (min(len(raw), BLOCK_SIZE + 5), len(raw))):
+            if pos0 + 7 > end:
+                continue
+            c = wandb_log._clean_chunks_c(wandb_compiled._wirescan, data, 0, pos0, end, origin)
+            reference = wandb_log._clean_chunks(data, 0, pos0, end, origin)
+            if c is None or reference is None:
+                assert c is None and (reference is None or not len(reference[0])), (origin, pos0, end)
+                continue
+            assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(c, reference, strict=True)), (origin, pos0, end)
+            at, length, _, crc = reference
+            first, run_end, predicted = (np.empty(len(at), dtype=d) for d in (np.int64, np.int64, np.uint32))
+            runs = wandb_compiled._wirescan.predict_runs(at, length, crc, origin, BLOCK_SIZE, *framing._zero_byte_tables(), first, run_end, predicted)
+            expected = framing._predicted_runs(at, length, crc, origin)
+            for mine, theirs in zip((first[:runs], run_end[:runs], predicted[:runs]), expected, strict=True):
+                assert np.array_equal(mine, theirs), (origin, pos0, end)
+
+
+@pytest.mark.corpora
+def test_the_compiled_framing_agrees_on_every_corpus_log(corpora_dir: Path, decoder: str) -> None:
+    if decoder != "c":
+        pytest.skip("compares the compiled framing with numpy's: once is enough")
+    for path in corpora_logs(corpora_dir):
+        assert_framing_agrees(path.read_bytes())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_the_compiled_framing_agrees_on_damaged_logs(sdk_log: Path, decoder: str, data: st.DataObject) -> None:
+    """Cut, bytes flipped (chunk headers, lengths, types, CRCs): the same chunks, the same runs."""
+    if decoder != "c":
+        pytest.skip("compares the compiled framing with numpy's: once is enough")
+    raw = bytearray(sdk_log.read_bytes())
+    raw = raw[: data.draw(st.integers(0, len(raw)), label="cut")]
+    for _ in range(data.draw(st.integers(0, 4), label="flips")):
+        if raw:
+            raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+    assert_framing_agrees(bytes(raw))
+
+
+def test_the_compiled_framing_checks_its_arguments() -> None:
+    require_wirescan()
+    scan = wandb_compiled._wirescan
+    data = np.zeros(64, dtype=np.uint8)
+    chunk_arrays = (np.empty(4, dtype=np.int64), np.empty(4, dtype=np.int64), np.empty(4, dtype=np.uint8), np.empty(4, dtype=np.uint32))
+    with pytest.raises(ValueError, match="outside the data"):
+        scan.frame(data, 0, 7, 100, 0, BLOCK_SIZE, 4, *chunk_arrays)
+    with pytest.raises(ValueError, match="differ in length"):
+        scan.frame(data, 0, 7, 60, 0, BLOCK_SIZE, 4, *chunk_arrays[:3], np.empty(3, dtype=np.uint32))
+    at, length, crc = np.asarray([7, 10], dtype=np.int64), np.asarray([5, 1], dtype=np.int64), np.zeros(2, dtype=np.uint32)
+    runs_out = (np.empty(2, dtype=np.int64), np.empty(2, dtype=np.int64), np.empty(2, dtype=np.uint32))
+    with pytest.raises(ValueError, match="overlap"):
+        scan.predict_runs(at, length, crc, 0, BLOCK_SIZE, *framing._zero_byte_tables(), *runs_out)
+    with pytest.raises(ValueError, match="tables"):
+        scan.predict_runs(at, length, crc, 0, BLOCK_SIZE, np.zeros(4, dtype=np.uint32), np.zeros(4, dtype=np.uint32), *runs_out)

@@ -20,6 +20,16 @@
 
 enum { WIRE_VARINT = 0, WIRE_I64 = 1, WIRE_LEN = 2, WIRE_I32 = 5 };
 enum { KIND_OTHER = 0, KIND_HISTORY = 1, KIND_SUMMARY = 2 };
+/* How far ahead of a sequential walk the lines of the buffer are prefetched, and how many messages
+ * ahead a walk over message spans prefetches the next ones' first lines. */
+#define PREFETCH_BYTES 4096
+#define PREFETCH_MESSAGES 8
+
+/* Prefetch the first lines of the message [start, end) (at most 16: longer walks stream on). */
+static inline void prefetch_message(const uint8_t *u8, int64_t start, int64_t end) {
+    for (int64_t p = start; p < end && p < start + 1024; p += 64) __builtin_prefetch(u8 + p);
+}
+
 /* Top-level fields read before a record is refused (a `Record` holds a handful). */
 #define MAX_TOP_FIELDS 16
 
@@ -157,6 +167,7 @@ static PyObject *classify(PyObject *Py_UNUSED(self), PyObject *args) {
     uint8_t *may_fold = b[7].view.buf;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < n; r++) {
+        if (r + PREFETCH_MESSAGES < n) prefetch_message(u8, starts[r + PREFETCH_MESSAGES], ends[r + PREFETCH_MESSAGES]);
         int64_t p = starts[r], lim = ends[r];
         int refused = 0, fields = 0, n_history = 0, n_summary_len = 0, n_summary_any = 0, n_declared_seen = 0;
         int64_t h_start = 0, h_end = 0, s_start = 0, s_end = 0;
@@ -379,6 +390,7 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
     int out_of_memory = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t m = 0; m < n && !out_of_memory; m++) {
+        if (m + PREFETCH_MESSAGES < n) prefetch_message(u8, starts[m + PREFETCH_MESSAGES], ends[m + PREFETCH_MESSAGES]);
         int history = m < n_history, ok = 1, steps = 0;
         int64_t p = starts[m], lim = ends[m];
         Py_ssize_t first_item = count;
@@ -485,9 +497,154 @@ fail:
     return NULL;
 }
 
+/* frame(data, base, pos, end, origin, block_size, chunk_last, at, length, kind, crc) -> chunks found
+ * The chunks of a LevelDB-log stretch, as `WandbLogReader._frame_bulk` finds them: `data` holds the
+ * file from offset `base`; from file offset `pos` up to `end`, blocks of `block_size` starting at
+ * `origin`, chunk headers of 7 bytes (CRC u32, length u16, type u8). A block's last < 7 bytes are
+ * its trailer. The walk stops at the first chunk the reader's loop must treat itself: a header or
+ * payload past `end`, a trailer running past `end`, type 0 or above `chunk_last`, a payload past
+ * its block. Chunks are written while they fit the arrays given; the count says how many. */
+static PyObject *frame(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *o[5];
+    long long base, pos, end, origin, block_size;
+    int chunk_last;
+    if (!PyArg_ParseTuple(args, "OLLLLLiOOOO", &o[0], &base, &pos, &end, &origin, &block_size, &chunk_last, &o[1], &o[2], &o[3], &o[4]))
+        return NULL;
+    Buf b[5];
+    memset(b, 0, sizeof b);
+    static const Py_ssize_t sizes[5] = {1, 8, 8, 1, 4};
+    static const int writable[5] = {0, 1, 1, 1, 1};
+    for (int i = 0; i < 5; i++)
+        if (get_buffer(o[i], &b[i], writable[i], sizes[i], "frame") < 0) goto fail;
+    const uint8_t *data = b[0].view.buf;
+    Py_ssize_t capacity = b[1].view.len / 8;
+    if (b[2].view.len / 8 != capacity || b[3].view.len != capacity || b[4].view.len / 4 != capacity) {
+        PyErr_SetString(PyExc_ValueError, "frame: chunk arrays differ in length");
+        goto fail;
+    }
+    if (block_size < 8 || origin < 0 || base < 0 || pos < base || pos < origin || end < pos || end - base > b[0].view.len) {
+        PyErr_SetString(PyExc_ValueError, "frame: positions outside the data");
+        goto fail;
+    }
+    int64_t *at_out = b[1].view.buf, *length_out = b[2].view.buf;
+    uint8_t *kind_out = b[3].view.buf;
+    uint32_t *crc_out = b[4].view.buf;
+    const int64_t header = 7;
+    Py_ssize_t count = 0;
+    Py_BEGIN_ALLOW_THREADS
+    int64_t at = pos, ahead = pos - base;
+    const int64_t data_end = end - base;
+    for (;;) {
+        /* Each chunk's position depends on the previous one's length: without help every header is a
+         * cache (and TLB) miss in turn. Prefetching every line some KiB ahead makes it a stream. */
+        for (; ahead < at - base + PREFETCH_BYTES && ahead < data_end; ahead += 64) __builtin_prefetch(data + ahead);
+        int64_t block_end = at - (at - origin) % block_size + block_size;
+        if (block_end - at < header) { /* the trailer: the next block, unless it runs past end */
+            if (block_end > end) break;
+            at = block_end;
+            continue;
+        }
+        if (at + header > end) break;
+        const uint8_t *h = data + (at - base);
+        uint32_t crc = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24;
+        int64_t length = (int64_t)h[4] | (int64_t)h[5] << 8;
+        int kind = h[6];
+        int64_t next = at + header + length;
+        if (kind == 0 || kind > chunk_last || next > block_end || next > end) break;
+        if (count < capacity) {
+            at_out[count] = at;
+            length_out[count] = length;
+            kind_out[count] = (uint8_t)kind;
+            crc_out[count] = crc;
+        }
+        count++;
+        at = next;
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 5);
+    return PyLong_FromSsize_t(count);
+fail:
+    release(b, 5);
+    return NULL;
+}
+
+/* The CRC-32 register after n (< 32 KiB) zero bytes from `reg`, by the tables of
+ * `framing._zero_byte_tables` (low: n % 256, high: n / 256; 1024 entries per n). */
+static inline uint32_t after_zeros(const uint32_t *low, const uint32_t *high, int64_t n, uint32_t reg) {
+    const uint32_t *t = low + (n & 0xFF) * 1024;
+    reg = t[reg & 0xFF] ^ t[256 + ((reg >> 8) & 0xFF)] ^ t[512 + ((reg >> 16) & 0xFF)] ^ t[768 + (reg >> 24)];
+    t = high + (n >> 8) * 1024;
+    return t[reg & 0xFF] ^ t[256 + ((reg >> 8) & 0xFF)] ^ t[512 + ((reg >> 16) & 0xFF)] ^ t[768 + (reg >> 24)];
+}
+
+/* predict_runs(at, length, crc, origin, block_size, low, high, run_first, run_end, predicted) -> runs
+ * `framing.first_crc_mismatch`'s prediction: chunks (ascending file offsets, 7-byte headers) split
+ * into runs of back-to-back chunks within one block; per run its first chunk, end offset and the
+ * CRC-32 its bytes have when every chunk's stored CRC is right. */
+static PyObject *predict_runs(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *o[8];
+    long long origin, block_size;
+    if (!PyArg_ParseTuple(args, "OOOLLOOOOO", &o[0], &o[1], &o[2], &origin, &block_size, &o[3], &o[4], &o[5], &o[6], &o[7])) return NULL;
+    Buf b[8];
+    memset(b, 0, sizeof b);
+    static const Py_ssize_t sizes[8] = {8, 8, 4, 4, 4, 8, 8, 4};
+    static const int writable[8] = {0, 0, 0, 0, 0, 1, 1, 1};
+    for (int i = 0; i < 8; i++)
+        if (get_buffer(o[i], &b[i], writable[i], sizes[i], "predict_runs") < 0) goto fail;
+    const int64_t *at = b[0].view.buf, *length = b[1].view.buf;
+    const uint32_t *crc = b[2].view.buf, *low = b[3].view.buf, *high = b[4].view.buf;
+    Py_ssize_t n = b[0].view.len / 8;
+    if (b[1].view.len / 8 != n || b[2].view.len / 4 != n || b[5].view.len / 8 != n || b[6].view.len / 8 != n || b[7].view.len / 4 != n) {
+        PyErr_SetString(PyExc_ValueError, "predict_runs: arrays differ in length");
+        goto fail;
+    }
+    if (block_size < 8 || block_size > 32768 || b[3].view.len != 256 * 1024 * 4 || b[4].view.len != (block_size / 256) * 1024 * 4) {
+        PyErr_SetString(PyExc_ValueError, "predict_runs: zero-byte tables of the wrong size");
+        goto fail;
+    }
+    const int64_t header = 7;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t block_start = at[i] - (at[i] - origin) % block_size;
+        if (at[i] < origin || length[i] < 0 || at[i] + header + length[i] > block_start + block_size || (i && at[i] < at[i - 1] + header + length[i - 1])) {
+            PyErr_SetString(PyExc_ValueError, "predict_runs: chunks overlap or leave their block");
+            goto fail;
+        }
+    }
+    int64_t *run_first = b[5].view.buf, *run_end = b[6].view.buf;
+    uint32_t *predicted = b[7].view.buf;
+    Py_ssize_t runs = 0;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t i = 0;
+    while (i < n) {
+        Py_ssize_t j = i + 1; /* the run: chunks i .. j - 1 */
+        while (j < n && at[j] == at[j - 1] + header + length[j - 1] && (at[j] - origin) / block_size == (at[i] - origin) / block_size) j++;
+        int64_t end = at[j - 1] + header + length[j - 1];
+        uint32_t sum = 0;
+        for (Py_ssize_t k = i; k < j; k++) {
+            /* Z(n, Z(6, c) ^ Z(2, l) ^ F) ^ Z(after, c ^ F), n = after + 1 + l: see first_crc_mismatch */
+            int64_t chunk_end = at[k] + header + length[k], after = end - chunk_end;
+            uint32_t lead = after_zeros(low, high, 6, crc[k]) ^ after_zeros(low, high, 2, (uint32_t)length[k]) ^ 0xFFFFFFFFu;
+            sum ^= after_zeros(low, high, after + 1 + length[k], lead) ^ after_zeros(low, high, after, crc[k] ^ 0xFFFFFFFFu);
+        }
+        run_first[runs] = i;
+        run_end[runs] = end;
+        predicted[runs] = sum;
+        runs++;
+        i = j;
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 8);
+    return PyLong_FromSsize_t(runs);
+fail:
+    release(b, 8);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"classify", classify, METH_VARARGS, "Classify `Record`s: kinds, payload spans, may-fold flags (fastpath._top_level)."},
     {"scan", scan, METH_VARARGS, "Walk history/summary messages: message checks, steps, item spans."},
+    {"frame", frame, METH_VARARGS, "Walk the chunks of a LevelDB-log stretch up to the first one needing the reader's loop."},
+    {"predict_runs", predict_runs, METH_VARARGS, "Runs of back-to-back chunks and the CRC-32 each should have."},
     {"gather", gather, METH_VARARGS, "Copy byte spans back to back with their offsets (an Arrow binary array)."},
     {NULL, NULL, 0, NULL},
 };

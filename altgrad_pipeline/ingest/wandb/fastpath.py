@@ -49,10 +49,8 @@ history rows between the fast ones.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import ModuleType
 
 import numpy as np
 import polars as pl
@@ -61,12 +59,9 @@ import pyarrow.compute as pc
 from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as wandb_pb
 
+from altgrad_pipeline.ingest.wandb import compiled as wandb_compiled
+from altgrad_pipeline.ingest.wandb.compiled import compiled_scan
 from altgrad_pipeline.ingest.wandb.records import record_view, single_names
-
-try:
-    from altgrad_pipeline.ingest.wandb import _wirescan
-except ImportError:  # not compiled (setup.py's extension is optional): the numpy passes decode
-    _wirescan = None
 
 _RECORD = wandb_pb.Record.DESCRIPTOR.fields_by_name
 F_RECORD_HISTORY = _RECORD["history"].number
@@ -93,23 +88,6 @@ STEP_KEY, RUNTIME_KEY, TIMESTAMP_KEY = "_step", "_runtime", "_timestamp"
 WIRE_VARINT, WIRE_I64, WIRE_LEN, WIRE_I32 = 0, 1, 2, 5
 KIND_OTHER, KIND_HISTORY, KIND_SUMMARY = 0, 1, 2
 MIN_ACTIVE, MIN_ROUNDS = 16, 64
-
-#: Which implementation walks the wire format: "c" (the compiled `_wirescan`; an error when it is
-#: not built), "numpy" (the numpy passes: the fallback and the differential reference), or unset /
-#: "auto" (C when built).
-DECODER_ENV = "ALTGRAD_WANDB_DECODER"
-
-
-def compiled_scan() -> ModuleType | None:
-    """The compiled scan to use, or None for the numpy passes (`DECODER_ENV` decides)."""
-    choice = os.environ.get(DECODER_ENV, "auto")
-    if choice == "numpy":
-        return None
-    if choice == "c" and _wirescan is None:
-        raise ImportError(f"{DECODER_ENV}=c but altgrad_pipeline.ingest.wandb._wirescan is not built (pip install -e . compiles it)")
-    if choice not in ("auto", "c"):
-        raise ValueError(f"{DECODER_ENV} must be auto, c or numpy, not {choice!r}")
-    return _wirescan
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,7 +452,7 @@ def _top_level_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[
     payload_start, payload_end = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     may_fold = np.empty(n, dtype=bool)
     declared = np.asarray(F_RECORD_DECLARED, dtype=np.uint64)
-    _wirescan.classify(u8, starts, ends, F_RECORD_HISTORY, F_RECORD_SUMMARY, declared, kinds, payload_start, payload_end, may_fold)
+    wandb_compiled._wirescan.classify(u8, starts, ends, F_RECORD_HISTORY, F_RECORD_SUMMARY, declared, kinds, payload_start, payload_end, may_fold)
     return kinds, payload_start, payload_end, may_fold
 
 
@@ -491,7 +469,7 @@ def _scan_messages_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: i
     while True:
         item_msg, code, values = np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.int32), np.empty((capacity, 2), dtype=np.int64)
         item_ok, nested = np.empty(capacity, dtype=bool), np.empty(capacity, dtype=bool)
-        count, name_spans = _wirescan.scan(u8, starts, ends, nh, _SCAN_NUMBERS, msg_ok, has_step, step_num, item_msg, code, values, item_ok, nested)
+        count, name_spans = wandb_compiled._wirescan.scan(u8, starts, ends, nh, _SCAN_NUMBERS, msg_ok, has_step, step_num, item_msg, code, values, item_ok, nested)
         if count <= capacity:
             break
         capacity = count
@@ -582,10 +560,11 @@ def _items(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, name_header: np
 def _binary(data: pa.Buffer, u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
     """The byte spans as one compact LargeBinary array (a copy of just those bytes)."""
     n = len(starts)
-    if n and compiled_scan():
+    compiled = compiled_scan() if n else None
+    if compiled:
         starts, ends = np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64)
         offsets, out = np.empty(n + 1, dtype=np.int64), np.empty(int((ends - starts).sum()), dtype=np.uint8)
-        _wirescan.gather(u8, starts, ends, offsets, out)
+        compiled.gather(u8, starts, ends, offsets, out)
         return pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(out)])
     if n == 0:
         return pa.Array.from_buffers(pa.large_binary(), 0, [None, pa.py_buffer(np.zeros(1, dtype=np.int64)), pa.py_buffer(b"")])

@@ -12,6 +12,8 @@ import zlib
 
 import numpy as np
 
+from altgrad_pipeline.ingest.wandb.compiled import compiled_scan
+
 LOG_HEADER = b":W&B" + (0xBEE1).to_bytes(2, "little") + bytes([0])
 BLOCK_SIZE = 32 * 1024
 CHUNK_HEADER = struct.Struct("<IHB")
@@ -99,6 +101,28 @@ def _after_zeros(n: np.ndarray, register: np.ndarray) -> np.ndarray:
     return register
 
 
+def _predicted_runs(at: np.ndarray, length: np.ndarray, crc: np.ndarray, origin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of back-to-back chunks within one block (first chunk, end offset) and the CRC-32
+    each run's bytes have when every chunk's stored CRC is right (`_wirescan.predict_runs` in C)."""
+    header = CHUNK_HEADER.size
+    chunk_end = at + header + length
+    new_run = np.ones(len(at), dtype=bool)
+    new_run[1:] = (at[1:] != chunk_end[:-1]) | ((at[1:] - origin) // BLOCK_SIZE != (at[:-1] - origin) // BLOCK_SIZE)
+    first = np.flatnonzero(new_run)
+    run_of = np.cumsum(new_run) - 1
+    last = np.append(first[1:], len(at)) - 1
+    run_end = chunk_end[last]
+    # Per chunk (stored crc c, length l, n = 1 + l bytes of type and payload, s bytes after it in
+    # its run): its bytes leave a register difference Z(n, Z(6, c) ^ Z(2, l) ^ F) ^ c ^ F, moved
+    # through s more bytes, when the stored CRC is right (Z(k, r): k zero bytes from register r;
+    # F = 0xFFFFFFFF, zlib's inversion).
+    crc = crc.astype(np.uint32)
+    lead = _after_zeros(np.int64(6), crc) ^ _after_zeros(np.int64(2), length.astype(np.uint32)) ^ np.uint32(_MASK32)
+    after = run_end[run_of] - chunk_end
+    predicted = _after_zeros(after + 1 + length, lead) ^ _after_zeros(after, crc ^ np.uint32(_MASK32))
+    return first, run_end, np.bitwise_xor.reduceat(predicted, first)
+
+
 def first_crc_mismatch(
     view: memoryview, base: int, at: np.ndarray, length: np.ndarray, kind: np.ndarray, crc: np.ndarray, origin: int
 ) -> int | None:
@@ -118,22 +142,18 @@ def first_crc_mismatch(
     if not len(at):
         return None
     header = CHUNK_HEADER.size
-    chunk_end = at + header + length
-    new_run = np.ones(len(at), dtype=bool)
-    new_run[1:] = (at[1:] != chunk_end[:-1]) | ((at[1:] - origin) // BLOCK_SIZE != (at[:-1] - origin) // BLOCK_SIZE)
-    first = np.flatnonzero(new_run)
-    run_of = np.cumsum(new_run) - 1
+    compiled = compiled_scan()
+    if compiled:
+        first, run_end, predicted_runs = (np.empty(len(at), dtype=dtype) for dtype in (np.int64, np.int64, np.uint32))
+        low, high = _zero_byte_tables()
+        runs = compiled.predict_runs(
+            np.ascontiguousarray(at, dtype=np.int64), np.ascontiguousarray(length, dtype=np.int64), np.ascontiguousarray(crc, dtype=np.uint32),
+            origin, BLOCK_SIZE, low, high, first, run_end, predicted_runs,
+        )
+        first, run_end, predicted_runs = first[:runs], run_end[:runs], predicted_runs[:runs]
+    else:
+        first, run_end, predicted_runs = _predicted_runs(at, length, crc, origin)
     last = np.append(first[1:], len(at)) - 1
-    run_end = chunk_end[last]
-    # Per chunk (stored crc c, length l, n = 1 + l bytes of type and payload, s bytes after it in
-    # its run): its bytes leave a register difference Z(n, Z(6, c) ^ Z(2, l) ^ F) ^ c ^ F, moved
-    # through s more bytes, when the stored CRC is right (Z(k, r): k zero bytes from register r;
-    # F = 0xFFFFFFFF, zlib's inversion).
-    crc = crc.astype(np.uint32)
-    lead = _after_zeros(np.int64(6), crc) ^ _after_zeros(np.int64(2), length.astype(np.uint32)) ^ np.uint32(_MASK32)
-    after = run_end[run_of] - chunk_end
-    predicted = _after_zeros(after + 1 + length, lead) ^ _after_zeros(after, crc ^ np.uint32(_MASK32))
-    predicted_runs = np.bitwise_xor.reduceat(predicted, first)
     crc32 = zlib.crc32
     actual = [crc32(view[s - base : e - base], _MASK32) ^ _MASK32 for s, e in zip(at[first].tolist(), run_end.tolist())]
     bad_runs = np.flatnonzero(np.asarray(actual, dtype=np.uint32) != predicted_runs)
