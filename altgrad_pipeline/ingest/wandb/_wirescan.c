@@ -343,31 +343,34 @@ static inline int64_t names_code(Names *t, const uint8_t *u8, int64_t start, int
 }
 
 /* scan(u8, starts, ends, n_history, numbers, msg_ok, has_step, step_num,
- *      item_msg, item_code, item_values, item_ok, item_nested) -> (items found, name spans)
+ *      item_msg, item_code, item_values, item_ok, item_nested, text_offsets, texts) -> (items, name spans)
  * Messages [starts[i], ends[i]): the first n_history `HistoryRecord`s, then `SummaryRecord`s.
  * msg_ok: walked to the end with only items, `_info` and (history) at most one `step` holding at
  * most one varint `num`. Per item of an ok message (message then write order): its message, the
  * code of its name (plain items only; -1 otherwise) among the distinct names returned (bytes of
  * int64 start, end pairs, in order of first appearance), its value span (2 int64), plain or not
- * (`read_item`) and whether its name is a `nested_key`. Items are written while they fit the
- * arrays given; the count says how many there are (the caller calls again with larger arrays
- * when it exceeds their length). */
+ * (`read_item`) and whether its name is a `nested_key`. The values of plain history items are
+ * copied to `texts` while their bytes are in cache (`texts` must hold the history messages'
+ * bytes); item i's copy is texts[text_offsets[i]:text_offsets[i + 1]] (empty for the others):
+ * an Arrow binary array over all items. Items are written while they fit the arrays given; the
+ * count says how many there are (the caller calls again with larger arrays when it exceeds
+ * their length). */
 static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *o[12];
+    PyObject *o[13];
     Py_ssize_t n_history;
     PyObject *numbers;
-    if (!PyArg_ParseTuple(args, "OOOnOOOOOOOOO", &o[0], &o[1], &o[2], &n_history, &numbers, &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10]))
+    if (!PyArg_ParseTuple(args, "OOOnOOOOOOOOOOO", &o[0], &o[1], &o[2], &n_history, &numbers, &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12]))
         return NULL;
     Numbers num;
     if (!PyArg_ParseTuple(numbers, "KKKKKKKK", &num.item, &num.step, &num.history_info, &num.summary_info, &num.step_num, &num.key, &num.nested_key, &num.value_json))
         return NULL;
-    Buf b[11];
+    Buf b[13];
     memset(b, 0, sizeof b);
     Names names;
     memset(&names, 0, sizeof names);
-    static const Py_ssize_t sizes[11] = {1, 8, 8, 1, 1, 8, 8, 4, 16, 1, 1};
-    static const int writable[11] = {0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
-    for (int i = 0; i < 11; i++)
+    static const Py_ssize_t sizes[13] = {1, 8, 8, 1, 1, 8, 8, 4, 16, 1, 1, 8, 1};
+    static const int writable[13] = {0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    for (int i = 0; i < 13; i++)
         if (get_buffer(o[i], &b[i], writable[i], sizes[i], "scan") < 0) goto fail;
     const uint8_t *u8 = b[0].view.buf;
     const int64_t *starts = b[1].view.buf, *ends = b[2].view.buf;
@@ -377,15 +380,24 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
         goto fail;
     }
     Py_ssize_t capacity = b[6].view.len / 8;
-    if (b[7].view.len / 4 != capacity || b[8].view.len / 16 != capacity || b[9].view.len != capacity || b[10].view.len != capacity) {
+    if (b[7].view.len / 4 != capacity || b[8].view.len / 16 != capacity || b[9].view.len != capacity || b[10].view.len != capacity || b[11].view.len / 8 != capacity + 1) {
         PyErr_SetString(PyExc_ValueError, "scan: item arrays differ in length");
         goto fail;
     }
     if (check_spans(starts, ends, n, b[0].view.len) < 0) goto fail;
+    int64_t history_bytes = 0;
+    for (Py_ssize_t m = 0; m < n_history; m++) history_bytes += ends[m] - starts[m];
+    if (b[12].view.len < history_bytes) {
+        PyErr_SetString(PyExc_ValueError, "scan: the text buffer is smaller than the history messages");
+        goto fail;
+    }
     names.size = b[0].view.len;
     uint8_t *msg_ok = b[3].view.buf, *has_step = b[4].view.buf, *item_ok = b[9].view.buf, *item_nested = b[10].view.buf;
     int64_t *step_num = b[5].view.buf, *item_msg = b[6].view.buf, *item_values = b[8].view.buf;
     int32_t *item_code = b[7].view.buf;
+    int64_t *text_offsets = b[11].view.buf;
+    uint8_t *texts = b[12].view.buf;
+    int64_t text_end = 0; /* a value is never longer than its message: texts cannot overflow */
     Py_ssize_t count = 0;
     int out_of_memory = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -394,6 +406,7 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
         int history = m < n_history, ok = 1, steps = 0;
         int64_t p = starts[m], lim = ends[m];
         Py_ssize_t first_item = count;
+        int64_t first_text = text_end;
         uint64_t step_value = 0;
         while (p < lim) {
             Field f;
@@ -417,6 +430,11 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
                     item_values[2 * count + 1] = spans[3];
                     item_ok[count] = (uint8_t)plain;
                     item_nested[count] = nested;
+                    text_offsets[count] = text_end;
+                    if (plain && history) {
+                        memcpy(texts + text_end, u8 + spans[2], (size_t)(spans[3] - spans[2]));
+                        text_end += spans[3] - spans[2];
+                    }
                 }
                 count++;
             } else if (history && f.field == num.step && f.wire == WIRE_LEN) {
@@ -432,14 +450,18 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
             has_step[m] = ok && steps == 1;
             step_num[m] = ok ? (int64_t)step_value : 0;
         }
-        if (!ok) count = first_item; /* a refused message's items are not handed over */
+        if (!ok) { /* a refused message's items are not handed over */
+            count = first_item;
+            text_end = first_text;
+        }
     }
+    if (count <= capacity) text_offsets[count] = text_end;
     Py_END_ALLOW_THREADS
     if (out_of_memory) {
         PyErr_NoMemory();
         goto fail;
     }
-    release(b, 11);
+    release(b, 13);
     PyObject *spans = PyBytes_FromStringAndSize(names.spans ? (const char *)names.spans : "", (Py_ssize_t)(16 * names.count));
     free(names.slots);
     free(names.hashes);
@@ -447,7 +469,7 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
     if (!spans) return NULL;
     return Py_BuildValue("(nN)", count, spans);
 fail:
-    release(b, 11);
+    release(b, 13);
     free(names.slots);
     free(names.hashes);
     free(names.spans);

@@ -458,24 +458,28 @@ def _top_level_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[
 
 def _scan_messages_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: int, **_walk: int) -> tuple:
     """`_scan_messages` by `_wirescan.scan`: one sequential walk per message, nothing left to a
-    lockstep walk (so `min_active`/`min_rounds` do not apply), names dictionary-encoded as they
-    are read. Items of messages that are not ok are left out (the caller drops them either way).
+    lockstep walk (so `min_active`/`min_rounds` do not apply), names dictionary-encoded and the
+    plain history items' values copied out (`item_texts`, one entry per item) as they are read. Items of messages that are not ok are left out (the caller drops them either way).
     The item arrays are sized for items of 24 bytes or more on average; more items than that take
     a second call with the exact count."""
     n = len(starts)
     starts, ends = np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64)
     msg_ok, has_step, step_num = np.empty(n, dtype=bool), np.empty(nh, dtype=bool), np.empty(nh, dtype=np.int64)
     capacity = int((ends - starts).sum()) // 24 + 16
+    texts = np.empty(int((ends[:nh] - starts[:nh]).sum()), dtype=np.uint8)
     while True:
         item_msg, code, values = np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.int32), np.empty((capacity, 2), dtype=np.int64)
-        item_ok, nested = np.empty(capacity, dtype=bool), np.empty(capacity, dtype=bool)
-        count, name_spans = wandb_compiled._wirescan.scan(u8, starts, ends, nh, _SCAN_NUMBERS, msg_ok, has_step, step_num, item_msg, code, values, item_ok, nested)
+        item_ok, nested, text_offsets = np.empty(capacity, dtype=bool), np.empty(capacity, dtype=bool), np.empty(capacity + 1, dtype=np.int64)
+        count, name_spans = wandb_compiled._wirescan.scan(
+            u8, starts, ends, nh, _SCAN_NUMBERS, msg_ok, has_step, step_num, item_msg, code, values, item_ok, nested, text_offsets, texts
+        )
         if count <= capacity:
             break
         capacity = count
     name_spans = np.frombuffer(name_spans, dtype=np.int64).reshape(-1, 2)
     dictionary = _binary(pa.py_buffer(u8), u8, name_spans[:, 0], name_spans[:, 1])
-    return msg_ok, has_step, step_num, item_msg[:count], item_ok[:count], code[:count].astype(np.int64), dictionary, values[:count, 0], values[:count, 1], nested[:count]
+    item_texts = pa.Array.from_buffers(pa.large_binary(), count, [None, pa.py_buffer(text_offsets[: count + 1]), pa.py_buffer(texts)])
+    return msg_ok, has_step, step_num, item_msg[:count], item_ok[:count], code[:count].astype(np.int64), dictionary, values[:count, 0], values[:count, 1], nested[:count], item_texts
 
 
 def plain_record_bytes(buffer: bytes | bytearray | memoryview, starts: Sequence[int] | np.ndarray, ends: Sequence[int] | np.ndarray) -> int:
@@ -582,6 +586,15 @@ def _binary(data: pa.Buffer, u8: np.ndarray, starts: np.ndarray, ends: np.ndarra
     np.cumsum(lengths, out=out_offsets[1:])
     index = np.arange(out_offsets[-1], dtype=np.int64) + np.repeat(starts - out_offsets[:-1], lengths)
     return pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(out_offsets), pa.py_buffer(u8[index])])
+
+
+def _kept_values(values: pa.Array, keep: np.ndarray) -> pa.Array:
+    """The entries of `values` where `keep` holds: a slice when they are its first ones (every
+    history item kept: history items come first), else a gather."""
+    kept = np.flatnonzero(keep)
+    if not len(kept) or kept[-1] == len(kept) - 1:
+        return values.slice(0, len(kept))
+    return _take(values, kept)
 
 
 def _utf8(binary: pa.Array) -> tuple[pl.Series | None, np.ndarray]:
@@ -893,11 +906,6 @@ class _ParsedSummaries:
     entries: list[SummaryEntry] = field(default_factory=list)
     parts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
-    @property
-    def records(self) -> np.ndarray:
-        """Every record parsed (each once, in no order)."""
-        return np.unique(np.concatenate([r for r, _ in self.parts])) if self.parts else np.zeros(0, dtype=np.int64)
-
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(record per update, entry per update), in record then update order."""
         if not self.parts:
@@ -961,8 +969,9 @@ def _scan_messages(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: int
     msg_ok (their fields other than items are plain), has_step and step_num per history message;
     per item (message then write order) its message, ok (the plain item shape), its name's code
     among the distinct raw names (a binary array; codes of items that are not ok mean nothing),
-    its value span, and whether its name is a `nested_key`. `_wirescan.scan` computes the same
-    in C (its dictionary may hold names of other items, never fewer)."""
+    its value span, and whether its name is a `nested_key`; then None where the compiled scan
+    gives the history values. `_wirescan.scan` computes the same in C (its dictionary may hold
+    names of other items, never fewer)."""
     ns = len(starts) - nh
     lists = _item_lists(u8, starts, ends, **walk)
     fields = lists.others
@@ -990,7 +999,7 @@ def _scan_messages(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: int
     # Items of both kinds in one pass (message-major, so in record then write order).
     i_ok, name_start, name_end, value_start, value_end, nested_name = _items(u8, lists.start, lists.end, lists.name_header, **walk)
     encoded = pc.dictionary_encode(_binary(pa.py_buffer(u8), u8, name_start, name_end))
-    return msg_ok, has_step, step_num, lists.msg, i_ok, _codes(encoded), encoded.dictionary, value_start, value_end, nested_name
+    return msg_ok, has_step, step_num, lists.msg, i_ok, _codes(encoded), encoded.dictionary, value_start, value_end, nested_name, None
 
 
 def decode_records(
@@ -1026,7 +1035,7 @@ def decode_records(
     nh, ns = len(rec_h), len(rec_s)
     msg_rec = np.concatenate([rec_h, rec_s])
     scan = _scan_messages_c if compiled else _scan_messages
-    msg_ok, has_step, step_num, item_msg, i_ok, name_code, name_dictionary, value_start, value_end, nested_name = scan(
+    msg_ok, has_step, step_num, item_msg, i_ok, name_code, name_dictionary, value_start, value_end, nested_name, item_texts = scan(
         u8, payload_start[msg_rec], payload_end[msg_rec], nh, **walk
     )
     # A record mixing `key` and `nested_key` items is one the reader decodes item by item with
@@ -1046,7 +1055,7 @@ def decode_records(
         keep = item_h & msg_ok[item_msg]
         codes, entries = _first_appearance(name_code[keep], len(name_dictionary))
         names, bad_names = _utf8(_take(name_dictionary, entries))  # each distinct name validated once
-        texts, bad_texts = _utf8(_binary(data, u8, value_start[keep], value_end[keep]))
+        texts, bad_texts = _utf8(_kept_values(item_texts, keep) if item_texts is not None else _binary(data, u8, value_start[keep], value_end[keep]))
         if names is not None and texts is not None:
             break
         msg_ok[item_msg[keep][bad_names[codes] | bad_texts]] = False
@@ -1083,5 +1092,6 @@ def decode_records(
     slow = np.ones(n, dtype=bool)
     slow[rec_h[h_ok]] = False
     slow[rec_s[s_ok]] = False
-    slow[parsed.records] = False
+    for parsed_records_part, _ in parsed.parts:
+        slow[parsed_records_part] = False
     return DecodedRecords(kinds=kinds, history=history, summary=summary, slow_records=np.flatnonzero(slow), may_fold_summary=may_fold)
