@@ -675,7 +675,12 @@ def test_the_compiled_functions_check_their_arguments() -> None:
     ends[1] = 16
     with pytest.raises(ValueError, match="differ in length"):
         scan.scan(u8, starts, ends, 1, fp._SCAN_NUMBERS, np.empty(2, dtype=bool), np.empty(1, dtype=bool), np.empty(1, dtype=np.int64),
-                  np.empty(4, dtype=np.int64), np.empty(3, dtype=np.int32), np.empty((4, 2), dtype=np.int64), np.empty(4, dtype=bool), np.empty(4, dtype=bool))
+                  np.empty(4, dtype=np.int64), np.empty(3, dtype=np.int32), np.empty((4, 2), dtype=np.int64), np.empty(4, dtype=bool), np.empty(4, dtype=bool),
+                  np.empty(5, dtype=np.int64), np.empty(16, dtype=np.uint8))
+    with pytest.raises(ValueError, match="text buffer"):
+        scan.scan(u8, starts, ends, 1, fp._SCAN_NUMBERS, np.empty(2, dtype=bool), np.empty(1, dtype=bool), np.empty(1, dtype=np.int64),
+                  np.empty(4, dtype=np.int64), np.empty(4, dtype=np.int32), np.empty((4, 2), dtype=np.int64), np.empty(4, dtype=bool), np.empty(4, dtype=bool),
+                  np.empty(5, dtype=np.int64), np.empty(1, dtype=np.uint8))
     with pytest.raises(ValueError, match="total length"):
         scan.gather(u8, starts, ends, np.empty(3, dtype=np.int64), np.empty(5, dtype=np.uint8))
     with pytest.raises(ValueError, match="record spans"):
@@ -696,13 +701,14 @@ def test_the_compiled_scan_reports_items_beyond_its_arrays() -> None:
         count, names = wandb_compiled._wirescan.scan(
             u8, p_start, p_end, 1, fp._SCAN_NUMBERS, np.empty(1, dtype=bool), np.empty(1, dtype=bool), np.empty(1, dtype=np.int64),
             np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.int32), np.empty((capacity, 2), dtype=np.int64),
-            np.empty(capacity, dtype=bool), np.empty(capacity, dtype=bool),
+            np.empty(capacity, dtype=bool), np.empty(capacity, dtype=bool), np.empty(capacity + 1, dtype=np.int64), np.empty(len(record), dtype=np.uint8),
         )
         assert count == 40
     assert len(np.frombuffer(names, dtype=np.int64)) == 2 * 40  # the last call held them all
-    ok, has_step, step, item_msg, item_ok, codes, dictionary, *_ = fp._scan_messages_c(u8, p_start, p_end, 1)
+    ok, has_step, step, item_msg, item_ok, codes, dictionary, *_, texts = fp._scan_messages_c(u8, p_start, p_end, 1)
     assert ok.tolist() == [True] and has_step.tolist() == [True] and step.tolist() == [1]
     assert codes.tolist() == list(range(40)) and dictionary.to_pylist() == [f"k{i}".encode() for i in range(40)]
+    assert texts.to_pylist() == [b"1"] * 40
 
 
 def assert_framing_agrees(raw: bytes) -> None:
