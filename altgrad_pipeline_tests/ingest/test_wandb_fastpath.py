@@ -615,7 +615,7 @@ class CountingScan:
     """`_wirescan` with a call count per function."""
 
     def __init__(self, module: Any) -> None:
-        self.module, self.calls = module, {"classify": 0, "scan": 0, "gather": 0}
+        self.module, self.calls = module, dict.fromkeys(("frame", "predict_runs", "classify", "scan", "first_appearance", "gather"), 0)
 
     def __getattr__(self, name: str) -> Any:
         function = getattr(self.module, name)
@@ -627,19 +627,22 @@ class CountingScan:
         return counted
 
 
-def test_the_compiled_scan_is_built_and_decodes_by_default(sdk_log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In this environment the extension is built, and without `DECODER_ENV` the reader's fast
-    path goes through it (CI installs with a C compiler: this proves the fast path there)."""
+def test_the_compiled_scan_is_built_and_decodes_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this environment the extension is built, and without `DECODER_ENV` the reader goes
+    through it, framing and decoding (CI installs with a C compiler: this proves the fast path
+    there). A log of several blocks, so that its framing is settled and done in bulk."""
     require_wirescan()
+    data = log_bytes([history_record([(key, str(step / 7)) for key in KEYS], step=step) for step in range(2000)] + [summary_record([("a", "1")])])
+    assert len(data) > 4 * BLOCK_SIZE
     counting = CountingScan(wandb_compiled._wirescan)
     monkeypatch.setattr(wandb_compiled, "_wirescan", counting)
     monkeypatch.delenv(wandb_compiled.DECODER_ENV, raising=False)
     assert wandb_compiled.compiled_scan() is counting
-    log = read_with(sdk_log, fast=True)
-    assert len(log.history) > 0 and all(counting.calls.values()), counting.calls
+    log = read_with(data, fast=True)
+    assert len(log.history) == 2000 * len(KEYS) and all(counting.calls.values()), counting.calls
     monkeypatch.setenv(wandb_compiled.DECODER_ENV, "numpy")
     counting.calls = dict.fromkeys(counting.calls, 0)
-    assert_same_log(read_with(sdk_log, fast=True), log)
+    assert_same_log(read_with(data, fast=True), log)
     assert not any(counting.calls.values())
 
 
@@ -675,16 +678,21 @@ def test_the_compiled_functions_check_their_arguments() -> None:
     ends[1] = 16
     with pytest.raises(ValueError, match="differ in length"):
         scan.scan(u8, starts, ends, 1, fp._SCAN_NUMBERS, np.empty(2, dtype=bool), np.empty(1, dtype=bool), np.empty(1, dtype=np.int64),
-                  np.empty(4, dtype=np.int64), np.empty(3, dtype=np.int32), np.empty((4, 2), dtype=np.int64), np.empty(4, dtype=bool), np.empty(4, dtype=bool),
+                  np.empty(4, dtype=np.int32), np.empty(3, dtype=np.int32), np.empty((4, 2), dtype=np.int64), np.empty(4, dtype=bool), np.empty(4, dtype=bool),
                   np.empty(5, dtype=np.int64), np.empty(16, dtype=np.uint8))
     with pytest.raises(ValueError, match="text buffer"):
         scan.scan(u8, starts, ends, 1, fp._SCAN_NUMBERS, np.empty(2, dtype=bool), np.empty(1, dtype=bool), np.empty(1, dtype=np.int64),
-                  np.empty(4, dtype=np.int64), np.empty(4, dtype=np.int32), np.empty((4, 2), dtype=np.int64), np.empty(4, dtype=bool), np.empty(4, dtype=bool),
+                  np.empty(4, dtype=np.int32), np.empty(4, dtype=np.int32), np.empty((4, 2), dtype=np.int64), np.empty(4, dtype=bool), np.empty(4, dtype=bool),
                   np.empty(5, dtype=np.int64), np.empty(1, dtype=np.uint8))
     with pytest.raises(ValueError, match="total length"):
         scan.gather(u8, starts, ends, np.empty(3, dtype=np.int64), np.empty(5, dtype=np.uint8))
     with pytest.raises(ValueError, match="record spans"):
         scan.gather(u8, starts, ends + 1, np.empty(3, dtype=np.int64), np.empty(17, dtype=np.uint8))
+    renumbered, entries = np.empty(5, dtype=np.int64), np.empty(4, dtype=np.int64)
+    assert scan.first_appearance(np.asarray([3, 1, 3, 0, 1], dtype=np.int32), 4, renumbered, entries) == 3
+    assert renumbered.tolist() == [0, 1, 0, 2, 1] and entries[:3].tolist() == [3, 1, 0]
+    with pytest.raises(ValueError, match="outside the dictionary"):
+        scan.first_appearance(np.asarray([3, 1, 4, 0, 1], dtype=np.int64), 4, renumbered, entries)
     offsets, out = np.empty(3, dtype=np.int64), np.empty(16, dtype=np.uint8)
     scan.gather(u8, starts, ends, offsets, out)
     assert offsets.tolist() == [0, 2, 16] and out.tobytes() == b"\x08\x01" * 8
@@ -700,7 +708,7 @@ def test_the_compiled_scan_reports_items_beyond_its_arrays() -> None:
     for capacity in (0, 7, 40):
         count, names = wandb_compiled._wirescan.scan(
             u8, p_start, p_end, 1, fp._SCAN_NUMBERS, np.empty(1, dtype=bool), np.empty(1, dtype=bool), np.empty(1, dtype=np.int64),
-            np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.int32), np.empty((capacity, 2), dtype=np.int64),
+            np.empty(capacity, dtype=np.int32), np.empty(capacity, dtype=np.int32), np.empty((capacity, 2), dtype=np.int64),
             np.empty(capacity, dtype=bool), np.empty(capacity, dtype=bool), np.empty(capacity + 1, dtype=np.int64), np.empty(len(record), dtype=np.uint8),
         )
         assert count == 40

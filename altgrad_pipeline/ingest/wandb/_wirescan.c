@@ -344,6 +344,7 @@ static inline int64_t names_code(Names *t, const uint8_t *u8, int64_t start, int
 
 /* scan(u8, starts, ends, n_history, numbers, msg_ok, has_step, step_num,
  *      item_msg, item_code, item_values, item_ok, item_nested, text_offsets, texts) -> (items, name spans)
+ * (item_msg and item_code int32: fewer than 2^31 messages.)
  * Messages [starts[i], ends[i]): the first n_history `HistoryRecord`s, then `SummaryRecord`s.
  * msg_ok: walked to the end with only items, `_info` and (history) at most one `step` holding at
  * most one varint `num`. Per item of an ok message (message then write order): its message, the
@@ -368,18 +369,18 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
     memset(b, 0, sizeof b);
     Names names;
     memset(&names, 0, sizeof names);
-    static const Py_ssize_t sizes[13] = {1, 8, 8, 1, 1, 8, 8, 4, 16, 1, 1, 8, 1};
+    static const Py_ssize_t sizes[13] = {1, 8, 8, 1, 1, 8, 4, 4, 16, 1, 1, 8, 1};
     static const int writable[13] = {0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     for (int i = 0; i < 13; i++)
         if (get_buffer(o[i], &b[i], writable[i], sizes[i], "scan") < 0) goto fail;
     const uint8_t *u8 = b[0].view.buf;
     const int64_t *starts = b[1].view.buf, *ends = b[2].view.buf;
     Py_ssize_t n = b[1].view.len / 8;
-    if (b[2].view.len / 8 != n || b[3].view.len != n || n_history < 0 || n_history > n || b[4].view.len != n_history || b[5].view.len / 8 != n_history) {
+    if (b[2].view.len / 8 != n || b[3].view.len != n || n_history < 0 || n_history > n || b[4].view.len != n_history || b[5].view.len / 8 != n_history || n > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "scan: message arrays differ in length");
         goto fail;
     }
-    Py_ssize_t capacity = b[6].view.len / 8;
+    Py_ssize_t capacity = b[6].view.len / 4;
     if (b[7].view.len / 4 != capacity || b[8].view.len / 16 != capacity || b[9].view.len != capacity || b[10].view.len != capacity || b[11].view.len / 8 != capacity + 1) {
         PyErr_SetString(PyExc_ValueError, "scan: item arrays differ in length");
         goto fail;
@@ -393,8 +394,8 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
     }
     names.size = b[0].view.len;
     uint8_t *msg_ok = b[3].view.buf, *has_step = b[4].view.buf, *item_ok = b[9].view.buf, *item_nested = b[10].view.buf;
-    int64_t *step_num = b[5].view.buf, *item_msg = b[6].view.buf, *item_values = b[8].view.buf;
-    int32_t *item_code = b[7].view.buf;
+    int64_t *step_num = b[5].view.buf, *item_values = b[8].view.buf;
+    int32_t *item_msg = b[6].view.buf, *item_code = b[7].view.buf;
     int64_t *text_offsets = b[11].view.buf;
     uint8_t *texts = b[12].view.buf;
     int64_t text_end = 0; /* a value is never longer than its message: texts cannot overflow */
@@ -424,7 +425,7 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
                         out_of_memory = 1;
                         break;
                     }
-                    item_msg[count] = m;
+                    item_msg[count] = (int32_t)m;
                     item_code[count] = (int32_t)code;
                     item_values[2 * count] = spans[2];
                     item_values[2 * count + 1] = spans[3];
@@ -662,11 +663,65 @@ fail:
     return NULL;
 }
 
+/* first_appearance(codes, size, renumbered, entries) -> distinct codes
+ * Codes (int32 or int64, into a dictionary of `size` entries) renumbered 0, 1, ... in order of
+ * first appearance, as Arrow's dictionary encoding numbers them: `renumbered` (int64, one per
+ * code) and `entries` (int64, the entries in that order; its first `distinct` are written). */
+static PyObject *first_appearance(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *o[3];
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "OnOO", &o[0], &size, &o[1], &o[2])) return NULL;
+    Buf b[3];
+    memset(b, 0, sizeof b);
+    int64_t *seen = NULL;
+    if (get_buffer(o[0], &b[0], 0, 1, "first_appearance") < 0 || get_buffer(o[1], &b[1], 1, 8, "first_appearance") < 0 || get_buffer(o[2], &b[2], 1, 8, "first_appearance") < 0)
+        goto fail;
+    int wide = b[0].view.itemsize == 8;
+    if ((b[0].view.itemsize != 4 && !wide) || b[0].view.len % b[0].view.itemsize) {
+        PyErr_SetString(PyExc_ValueError, "first_appearance: codes must be int32 or int64");
+        goto fail;
+    }
+    Py_ssize_t n = b[0].view.len / b[0].view.itemsize;
+    if (b[1].view.len / 8 != n || size < 0 || b[2].view.len / 8 != size) {
+        PyErr_SetString(PyExc_ValueError, "first_appearance: arrays differ in length");
+        goto fail;
+    }
+    seen = malloc((size_t)(size ? size : 1) * sizeof *seen); /* size: the dictionary's, not the input's */
+    if (!seen) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t e = 0; e < size; e++) seen[e] = -1;
+    const int32_t *narrow = b[0].view.buf;
+    const int64_t *codes = b[0].view.buf;
+    int64_t *renumbered = b[1].view.buf, *entries = b[2].view.buf, distinct = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t code = wide ? codes[i] : narrow[i];
+        if (code < 0 || code >= size) {
+            PyErr_SetString(PyExc_ValueError, "first_appearance: a code outside the dictionary");
+            goto fail;
+        }
+        if (seen[code] < 0) {
+            seen[code] = distinct;
+            entries[distinct++] = code;
+        }
+        renumbered[i] = seen[code];
+    }
+    free(seen);
+    release(b, 3);
+    return PyLong_FromLongLong(distinct);
+fail:
+    free(seen);
+    release(b, 3);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"classify", classify, METH_VARARGS, "Classify `Record`s: kinds, payload spans, may-fold flags (fastpath._top_level)."},
     {"scan", scan, METH_VARARGS, "Walk history/summary messages: message checks, steps, item spans."},
     {"frame", frame, METH_VARARGS, "Walk the chunks of a LevelDB-log stretch up to the first one needing the reader's loop."},
     {"predict_runs", predict_runs, METH_VARARGS, "Runs of back-to-back chunks and the CRC-32 each should have."},
+    {"first_appearance", first_appearance, METH_VARARGS, "Renumber dictionary codes in order of first appearance."},
     {"gather", gather, METH_VARARGS, "Copy byte spans back to back with their offsets (an Arrow binary array)."},
     {NULL, NULL, 0, NULL},
 };

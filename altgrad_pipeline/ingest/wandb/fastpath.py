@@ -468,7 +468,7 @@ def _scan_messages_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: i
     capacity = int((ends - starts).sum()) // 24 + 16
     texts = np.empty(int((ends[:nh] - starts[:nh]).sum()), dtype=np.uint8)
     while True:
-        item_msg, code, values = np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.int32), np.empty((capacity, 2), dtype=np.int64)
+        item_msg, code, values = np.empty(capacity, dtype=np.int32), np.empty(capacity, dtype=np.int32), np.empty((capacity, 2), dtype=np.int64)
         item_ok, nested, text_offsets = np.empty(capacity, dtype=bool), np.empty(capacity, dtype=bool), np.empty(capacity + 1, dtype=np.int64)
         count, name_spans = wandb_compiled._wirescan.scan(
             u8, starts, ends, nh, _SCAN_NUMBERS, msg_ok, has_step, step_num, item_msg, code, values, item_ok, nested, text_offsets, texts
@@ -479,7 +479,7 @@ def _scan_messages_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: i
     name_spans = np.frombuffer(name_spans, dtype=np.int64).reshape(-1, 2)
     dictionary = _binary(pa.py_buffer(u8), u8, name_spans[:, 0], name_spans[:, 1])
     item_texts = pa.Array.from_buffers(pa.large_binary(), count, [None, pa.py_buffer(text_offsets[: count + 1]), pa.py_buffer(texts)])
-    return msg_ok, has_step, step_num, item_msg[:count], item_ok[:count], code[:count].astype(np.int64), dictionary, values[:count, 0], values[:count, 1], nested[:count], item_texts
+    return msg_ok, has_step, step_num, item_msg[:count], item_ok[:count], code[:count], dictionary, values[:count, 0], values[:count, 1], nested[:count], item_texts
 
 
 def plain_record_bytes(buffer: bytes | bytearray | memoryview, starts: Sequence[int] | np.ndarray, ends: Sequence[int] | np.ndarray) -> int:
@@ -636,6 +636,11 @@ def _codes(encoded: pa.DictionaryArray) -> np.ndarray:
 def _first_appearance(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Codes into a dictionary of `size` entries, renumbered 0, 1, ... in order of first
     appearance (as Arrow's `dictionary_encode` numbers them), and the entries they now name."""
+    compiled = compiled_scan()
+    if compiled:
+        renumbered, entries = np.empty(len(codes), dtype=np.int64), np.empty(size, dtype=np.int64)
+        distinct = compiled.first_appearance(np.ascontiguousarray(codes), size, renumbered, entries)
+        return renumbered, entries[:distinct]
     first = np.full(size, len(codes), dtype=np.int64)
     np.minimum.at(first, codes, np.arange(len(codes), dtype=np.int64))
     used = np.flatnonzero(first < len(codes))
