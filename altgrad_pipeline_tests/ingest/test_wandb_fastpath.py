@@ -10,6 +10,7 @@ array by array on the same inputs."""
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import random
@@ -615,14 +616,16 @@ class CountingScan:
     """`_wirescan` with a call count per function."""
 
     def __init__(self, module: Any) -> None:
-        self.module, self.calls = module, dict.fromkeys(("frame", "predict_runs", "classify", "scan", "first_appearance", "gather"), 0)
+        self.module, self.calls = module, collections.Counter()
 
     def __getattr__(self, name: str) -> Any:
-        function = getattr(self.module, name)
+        attribute = getattr(self.module, name)
+        if not callable(attribute):
+            return attribute
 
         def counted(*args: Any) -> Any:
             self.calls[name] += 1
-            return function(*args)
+            return attribute(*args)
 
         return counted
 
@@ -639,11 +642,13 @@ def test_the_compiled_scan_is_built_and_decodes_by_default(monkeypatch: pytest.M
     monkeypatch.delenv(wandb_compiled.DECODER_ENV, raising=False)
     assert wandb_compiled.compiled_scan() is counting
     log = read_with(data, fast=True)
-    assert len(log.history) == 2000 * len(KEYS) and all(counting.calls.values()), counting.calls
+    crc_check = "first_bad_chunk" if counting.fast_crc else "predict_runs"
+    assert len(log.history) == 2000 * len(KEYS)
+    assert {"frame", crc_check, "classify", "scan", "first_appearance", "gather"} <= set(counting.calls), counting.calls
     monkeypatch.setenv(wandb_compiled.DECODER_ENV, "numpy")
-    counting.calls = dict.fromkeys(counting.calls, 0)
+    counting.calls.clear()
     assert_same_log(read_with(data, fast=True), log)
-    assert not any(counting.calls.values())
+    assert not counting.calls
 
 
 def test_the_decoder_switch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -741,6 +746,14 @@ def assert_framing_agrees(raw: bytes) -> None:
             expected = framing._predicted_runs(at, length, crc, origin)
             for mine, theirs in zip((first[:runs], run_end[:runs], predicted[:runs]), expected, strict=True):
                 assert np.array_equal(mine, theirs), (origin, pos0, end)
+            mismatch = {scan: first_crc_mismatch_with(scan, memoryview(data), *reference, origin) for scan in ("c", "numpy")}
+            assert mismatch["c"] == mismatch["numpy"], (origin, pos0, end)
+
+
+def first_crc_mismatch_with(scan: str, view: memoryview, *chunks_and_origin: Any) -> int | None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(wandb_compiled.DECODER_ENV, scan)
+        return framing.first_crc_mismatch(view, 0, *chunks_and_origin)
 
 
 @pytest.mark.corpora
@@ -765,6 +778,17 @@ def test_the_compiled_framing_agrees_on_damaged_logs(sdk_log: Path, decoder: str
     assert_framing_agrees(bytes(raw))
 
 
+def test_the_compiled_crc32_is_zlibs() -> None:
+    """The chunk check's CRC-32 (carry-less multiplication where the CPU has it, else bytewise)
+    equals zlib's for every length around its 16- and 64-byte steps and any starting value."""
+    require_wirescan()
+    rng = random.Random(5)
+    for size in [*range(0, 200), 1023, 4096, 32761, 100_003]:
+        data, value = rng.randbytes(size), rng.randrange(2**32)
+        assert wandb_compiled._wirescan.crc32(data, value) == zlib.crc32(data, value), size
+        assert wandb_compiled._wirescan.crc32(data) == zlib.crc32(data), size
+
+
 def test_the_compiled_framing_checks_its_arguments() -> None:
     require_wirescan()
     scan = wandb_compiled._wirescan
@@ -780,3 +804,5 @@ def test_the_compiled_framing_checks_its_arguments() -> None:
         scan.predict_runs(at, length, crc, 0, BLOCK_SIZE, *framing._zero_byte_tables(), *runs_out)
     with pytest.raises(ValueError, match="tables"):
         scan.predict_runs(at, length, crc, 0, BLOCK_SIZE, np.zeros(4, dtype=np.uint32), np.zeros(4, dtype=np.uint32), *runs_out)
+    with pytest.raises(ValueError, match="outside the data"):
+        scan.first_bad_chunk(data, 0, np.asarray([60], dtype=np.int64), np.asarray([5], dtype=np.int64), np.ones(1, dtype=np.uint8), crc[:1])
