@@ -1,4 +1,5 @@
-"""Vectorised decoding of `.wandb` history and summary records: numpy over the protobuf wire format.
+"""Vectorised decoding of `.wandb` history and summary records: a scan of the protobuf wire format
+in C (`_wirescan.c`, when built) or in numpy passes, then columns built with Arrow/Polars.
 
 Why it exists. `WandbLogReader` decodes every record with upb into a columnar view; that still
 creates several Python objects per history value (key, value text, and, from wandb-core 0.19 on,
@@ -6,7 +7,13 @@ the incremental summary record that mirrors every history row), which capped the
 1.2 M values per CPU-second. This module reads the wire format of many records at once and
 builds Arrow/Polars columns from byte offsets: no Python object per value, item or record.
 
-How. The reader copies each record's payload into one buffer (chunks reassembled) and hands over
+How (the compiled scan: `_top_level_c`, `_scan_messages_c`). One C walk per record classifies
+it, one per history/summary message checks its fields, reads its step and its items, encodes the
+item names in a hash table and copies the plain history values out. What follows the scan is
+shared, and `decode_records` returns the same arrays either way (tests compare them one by one;
+the C walk never refuses a record to save rounds, so pass `min_active=1` to the numpy one).
+
+How (numpy). The reader copies each record's payload into one buffer (chunks reassembled) and hands over
 its spans. A `Record` laid out as the SDK writes history and summary records (`num`, then that
 field, ending the record) is classified with a few gathers; the top level of any other is walked
 in lockstep (round k reads every record's k-th field). The item lists of `HistoryRecord`/`SummaryRecord` are found by sequential passes

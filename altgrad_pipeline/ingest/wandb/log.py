@@ -8,11 +8,12 @@ in every possible way (cut on a block boundary, mid-record, a bare chunk header,
 framing damage becomes an issue and the good records are kept.
 `WandbLogReader` can be fed again from `offset` when the file grows, so a live run is re-read
 from where the last complete record ended. A large feed's clean stretch of chunks (usually all of
-it) is framed with numpy (`_frame_bulk`: chunk headers walked block by block in lockstep, the
-record structure checked with array operations, the chunks' CRCs with one zlib call per block:
-`framing.first_crc_mismatch`); the chunk loop frames the rest from the first chunk it must treat
-specially. Large logs' history and summary records are decoded by `wandb_fastpath` (numpy over the wire format); everything else, and whatever it declines,
-by upb through `_decode`, with the same result either way.
+it) is framed in bulk (`_frame_bulk`: chunk headers walked by the compiled scan, else block by
+block in lockstep with numpy; the record structure checked with array operations; the chunks'
+CRCs in C, else with one zlib call per block: `framing.first_crc_mismatch`); the chunk loop frames
+the rest from the first chunk it must treat specially. Large logs' history and summary records are
+decoded by `wandb_fastpath` (its compiled wire scan, else numpy passes: `compiled.py`); everything
+else, and whatever it declines, by upb through `_decode`, with the same result either way.
 """
 
 from __future__ import annotations
