@@ -466,9 +466,10 @@ def _top_level_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[
 def _scan_messages_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: int, **_walk: int) -> tuple:
     """`_scan_messages` by `_wirescan.scan`: one sequential walk per message, nothing left to a
     lockstep walk (so `min_active`/`min_rounds` do not apply), names dictionary-encoded and the
-    plain history items' values copied out (`item_texts`, one entry per item) as they are read. Items of messages that are not ok are left out (the caller drops them either way).
-    The item arrays are sized for items of 24 bytes or more on average; more items than that take
-    a second call with the exact count."""
+    plain history items' values copied out (`item_texts`, one entry per item) as they are read.
+    Items of messages that are not ok are left out (the caller drops them either way). The item
+    arrays are sized for items of 24 bytes or more on average; more items than that take a second
+    call with the exact count."""
     n = len(starts)
     starts, ends = np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64)
     msg_ok, has_step, step_num = np.empty(n, dtype=bool), np.empty(nh, dtype=bool), np.empty(nh, dtype=np.int64)
