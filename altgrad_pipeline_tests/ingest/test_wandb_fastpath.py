@@ -644,7 +644,7 @@ def test_the_compiled_scan_is_built_and_decodes_by_default(monkeypatch: pytest.M
     log = read_with(data, fast=True)
     crc_check = "first_bad_chunk" if counting.fast_crc else "predict_runs"
     assert len(log.history) == 2000 * len(KEYS)
-    assert {"frame", crc_check, "classify", "scan", "first_appearance", "gather"} <= set(counting.calls), counting.calls
+    assert {"frame", crc_check, "assemble", "classify", "scan", "first_appearance", "gather"} <= set(counting.calls), counting.calls
     monkeypatch.setenv(wandb_compiled.DECODER_ENV, "numpy")
     counting.calls.clear()
     assert_same_log(read_with(data, fast=True), log)
@@ -804,5 +804,13 @@ def test_the_compiled_framing_checks_its_arguments() -> None:
         scan.predict_runs(at, length, crc, 0, BLOCK_SIZE, *framing._zero_byte_tables(), *runs_out)
     with pytest.raises(ValueError, match="tables"):
         scan.predict_runs(at, length, crc, 0, BLOCK_SIZE, np.zeros(4, dtype=np.uint32), np.zeros(4, dtype=np.uint32), *runs_out)
+    records = np.empty((2, 3), dtype=np.int64)
+    with pytest.raises(ValueError, match="overlap"):
+        scan.assemble(data, 0, at, length, np.asarray([2, 4], dtype=np.uint8), records)
+    with pytest.raises(ValueError, match="record order"):
+        scan.assemble(data, 0, np.asarray([7, 20], dtype=np.int64), length, np.asarray([4, 1], dtype=np.uint8), records)
+    data[7 + 7 : 7 + 7 + 5], data[20 + 7] = np.frombuffer(b"abcde", dtype=np.uint8), ord("f")
+    assert scan.assemble(data, 0, np.asarray([7, 20], dtype=np.int64), length, np.asarray([2, 4], dtype=np.uint8), records) == (2, 1)
+    assert records[0].tolist() == [14, 20, 7] and data[14:20].tobytes() == b"abcdef"  # the LAST chunk's byte moved down
     with pytest.raises(ValueError, match="outside the data"):
         scan.first_bad_chunk(data, 0, np.asarray([60], dtype=np.int64), np.asarray([5], dtype=np.int64), np.ones(1, dtype=np.uint8), crc[:1])

@@ -354,6 +354,13 @@ class WandbLogReader:
         if mismatch is not None:
             keep = mismatch
             at, length, kind, payload, starts_record = at[:keep], length[:keep], kind[:keep], payload[:keep], starts_record[:keep]
+        if compiled:
+            records = np.empty((len(at), 3), dtype=np.int64)
+            used, count = compiled.assemble(data, base, at, length, kind, records)
+            if not count:
+                return None
+            self._batch.append(records[:count])
+            return int(at[used - 1] + header + length[used - 1]), int(records[count - 1, 1])
         ends_record = np.flatnonzero((kind == CHUNK_FULL) | (kind == CHUNK_LAST))
         if not len(ends_record):
             return None
