@@ -5,14 +5,15 @@ real wandb SDK (offline; cached in `--store`) and the same values as JSON lines 
 NaN every 97 steps), then reads every run of a shape twice in a fresh process and times the second
 read (the first pays imports and lazy initialisation), best of `--repeat` processes, and prints
 M logged values per CPU-second (CPU of all threads, `resource.getrusage`):
-  - this project: `LocalWandbSource` and `JsonlSource`, discover + read, one run at a time;
+  - this project: `LocalWandbSource` and `JsonlSource`, discover + read, one run at a time
+    (`wandb`: its compiled wire scan when built; `wandb-numpy`: the numpy passes it falls back to);
   - plain protobuf reader: the `.wandb` framing walked in Python, each record parsed with wandb's
     `wandb_internal_pb2`, each history value `json.loads`-ed;
   - `json.loads` per line; `polars.read_ndjson` after mapping NaN to null (it rejects NaN);
     `pandas.read_json(lines=True)`.
 Compare ratios within one run: the development machine is shared and its speed drifts.
 
-    python bench/reader_shapes.py [--store /tmp/altgrad-reader-shapes] [--repeat 3]
+    python bench/reader_shapes.py [--store /tmp/altgrad-reader-shapes] [--repeat 3] [--readers wandb,wandb-numpy]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import io
 import json
 import math
 import multiprocessing
+import os
 import random
 import resource
 import struct
@@ -34,7 +36,7 @@ from ingest_speed import write_wandb_store  # noqa: E402
 
 SHAPES = ((12, 4, 20_000), (60, 4, 5_000), (1000, 2, 500))
 NAN_EVERY = 97
-READERS = ("wandb", "protobuf", "jsonl", "json.loads", "polars", "pandas")
+READERS = ("wandb", "wandb-numpy", "protobuf", "jsonl", "json.loads", "polars", "pandas")
 WANDB_BLOCK, WANDB_HEADER, CHUNK_HEADER = 32 * 1024, 7, 7
 
 
@@ -120,6 +122,10 @@ def read_values(reader: str, root: Path) -> int:
 
 
 def _child(reader: str, root: str, queue: multiprocessing.Queue) -> None:
+    if reader == "wandb-numpy":
+        os.environ["ALTGRAD_WANDB_DECODER"] = "numpy"  # fastpath.DECODER_ENV
+        reader = "wandb"
+
     def cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
@@ -150,14 +156,16 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path(tempfile.gettempdir()) / "altgrad-reader-shapes")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results/reader_shapes.json"))
+    parser.add_argument("--readers", default=",".join(READERS), help="comma-separated subset of " + ", ".join(READERS))
     args = parser.parse_args()
+    readers = [r for r in READERS if r in args.readers.split(",")]
     results = {}
     for keys, runs, steps in SHAPES:
         root = args.store / f"{keys}x{runs}x{steps}"
         write_store(root, keys, runs, steps)
         row = {}
         logged = keys * runs * steps  # every rate counts the values logged (NaN included)
-        for reader in READERS:
+        for reader in readers:
             values, cpu_s = measure(reader, root, args.repeat)
             rate = logged / cpu_s / 1e6
             row[reader] = {"values_read": values, "cpu_s": round(cpu_s, 3), "m_values_per_cpu_s": round(rate, 2)}
@@ -165,9 +173,9 @@ def main() -> None:
         results[f"{keys} keys x {runs}x{steps:,} rows"] = row
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print("\n| shape | " + " | ".join(READERS) + " |\n|---|" + "---|" * len(READERS))
+    print("\n| shape | " + " | ".join(readers) + " |\n|---|" + "---|" * len(readers))
     for shape, row in results.items():
-        print(f"| {shape} | " + " | ".join(f"{row[r]['m_values_per_cpu_s']:.2f}" for r in READERS) + " |")
+        print(f"| {shape} | " + " | ".join(f"{row[r]['m_values_per_cpu_s']:.2f}" for r in readers) + " |")
 
 
 if __name__ == "__main__":

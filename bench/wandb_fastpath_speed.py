@@ -25,6 +25,7 @@ from altgrad_pipeline.ingest.wandb import log as wandb_log
 #: (owner, attribute, phase): what each phase of a read is, by the function that does it.
 PHASES = (
     (wandb_log.WandbLogReader, "_frame", "framing: chunk walk, CRC-32, payloads moved together"),
+    (wandb_fastpath, "_scan_messages_c", "decode: the compiled scan (messages, steps, items, names, history values)"),
     (wandb_fastpath, "_item_lists", "decode: item lists (tag scan, chains)"),
     (wandb_fastpath, "_items", "decode: item template (name/value spans)"),
     (wandb_fastpath, "_binary", "decode: names/texts copied into Arrow arrays"),

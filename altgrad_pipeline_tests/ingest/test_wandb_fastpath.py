@@ -4,11 +4,15 @@ a histogram; keys with '/', spaces, dots, unicode), every `.wandb` file of the r
 0.13 to 0.26: `key` and one-element `nested_key` layouts), generated records, truncated and torn
 files, and random or damaged bytes (never raise; what is decoded is what the protobuf path
 decodes, the rest is handed back). The reader with and without the fast path must agree on
-everything it returns, bit for bit."""
+everything it returns, bit for bit. Every test runs with both wire scans (the compiled
+`_wirescan` and the numpy passes it falls back to), and the two are compared with each other
+array by array on the same inputs."""
 
 from __future__ import annotations
 
+import collections
 import math
+import os
 import random
 import struct
 import time
@@ -25,11 +29,17 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from wandb.proto import wandb_internal_pb2 as wandb_pb
 
+from altgrad_pipeline.ingest.wandb import compiled as wandb_compiled
 from altgrad_pipeline.ingest.wandb import fastpath as fp
+from altgrad_pipeline.ingest.wandb import framing
 from altgrad_pipeline.ingest.wandb import log as wandb_log
 from altgrad_pipeline.ingest.wandb.framing import BLOCK_SIZE, LOG_HEADER
 from altgrad_pipeline.ingest.wandb.log import WandbLog, WandbLogReader
 from altgrad_pipeline_tests.conftest import offline_wandb_env
+
+#: Set (to 1) where the compiled scan may be missing: its tests skip instead of failing. CI compiles
+#: it (`pip install -e .` with gcc), so there a missing extension is a failure.
+ALLOW_MISSING_WIRESCAN_ENV = "ALTGRAD_WIRESCAN_OPTIONAL"
 
 KEYS = ("train/loss", "val loss", "grad.norm", "lr", "layer.0/attn.q", "損失/学習", "émoji 🚀/x")
 
@@ -108,6 +118,47 @@ def read_with(path: Path | bytes, *, fast: bool, threshold: int | None = None, f
         for _lo, hi in zip(cuts, cuts[1:]):
             reader.feed(path[reader.offset : hi], file_age_s=1e6)
         return reader.result()
+
+
+def require_wirescan() -> None:
+    if wandb_compiled._wirescan is None:
+        if os.environ.get(ALLOW_MISSING_WIRESCAN_ENV):
+            pytest.skip(f"the compiled wire scan is not built and {ALLOW_MISSING_WIRESCAN_ENV} allows that")
+        pytest.fail(f"altgrad_pipeline.ingest.wandb._wirescan is not built: `pip install -e .` compiles it (gcc, Python headers); set {ALLOW_MISSING_WIRESCAN_ENV}=1 where that is impossible")
+
+
+@pytest.fixture(scope="module", autouse=True, params=["c", "numpy"])
+def decoder(request: pytest.FixtureRequest) -> Any:
+    """Every test of this module with each wire scan (`compiled.DECODER_ENV`)."""
+    if request.param == "c":
+        require_wirescan()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(wandb_compiled.DECODER_ENV, request.param)
+        yield request.param
+
+
+def decoded_with(scan: str, payloads: list[bytes]) -> fp.DecodedRecords:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(wandb_compiled.DECODER_ENV, scan)
+        return fp.decode_records(*spans(payloads), min_active=1)
+
+
+def assert_scans_agree(payloads: list[bytes]) -> None:
+    """The compiled scan and the numpy passes decode the records the same, array by array: kinds,
+    slow records, summary flush points, every history column and summary stream. (`min_active=1`:
+    the numpy walk refuses nothing to save rounds, which the C walk never does.)"""
+    if wandb_compiled._wirescan is None:
+        return
+    c, reference = decoded_with("c", payloads), decoded_with("numpy", payloads)
+    for name in ("kinds", "slow_records", "may_fold_summary"):
+        assert np.array_equal(getattr(c, name), getattr(reference, name)), name
+    for name in ("records", "step_nums", "has_step_num", "row_counts", "codes"):
+        assert np.array_equal(getattr(c.history, name), getattr(reference.history, name)), name
+    assert c.history.names.to_list() == reference.history.names.to_list()
+    assert c.history.texts.to_list() == reference.history.texts.to_list()
+    for name in ("records", "codes", "value_starts", "value_ends", "parsed_records", "parsed_entry"):
+        assert np.array_equal(getattr(c.summary, name), getattr(reference.summary, name)), name
+    assert c.summary.names == reference.summary.names and c.summary.parsed_entries == reference.summary.parsed_entries
 
 
 def float_bits(frame: pl.DataFrame, column: str) -> np.ndarray:
@@ -202,6 +253,7 @@ def test_sdk_run_record_by_record(sdk_log: Path) -> None:
     payloads = [p for p, _ in framed(sdk_log)]
     decoded = fp.decode_records(*spans(payloads))
     check_against_oracle(payloads, decoded)
+    assert_scans_agree(payloads)
     history = decoded.history
     # Every plain history row is decoded; rows with a histogram (split into nested keys by
     # wandb-core) are handed back, never turned into numbers.
@@ -239,7 +291,7 @@ def corpora_logs(corpora_dir: Path) -> list[Path]:
 
 
 @pytest.mark.corpora
-def test_corpora_record_by_record_and_end_to_end(corpora_dir: Path) -> None:
+def test_corpora_record_by_record_and_end_to_end(corpora_dir: Path, decoder: str) -> None:
     """Every corpus `.wandb` file reads the same with the fast path on every batch, with the
     reader's own threshold and with protobuf alone: history, summary fold, config, issues."""
     versions: dict[str, int] = {}
@@ -249,6 +301,8 @@ def test_corpora_record_by_record_and_end_to_end(corpora_dir: Path) -> None:
         payloads = [p for p, _ in framed(path)]
         decoded = fp.decode_records(*spans(payloads), min_active=1)  # as much fast path as possible
         check_against_oracle(payloads, decoded)
+        if decoder == "c":
+            assert_scans_agree(payloads)
         reference = read_with(path, fast=False)
         assert_same_log(read_with(path, fast=True), reference)
         assert_same_log(read_with(path, fast=False, threshold=wandb_log.FASTPATH_MIN_BYTES), reference)
@@ -503,6 +557,7 @@ def test_generated_records_read_the_same(payloads: list[bytes]) -> None:
     history, issues and the summary fold are the same with and without the fast path."""
     data = log_bytes(payloads)
     assert_same_log(read_with(data, fast=True), read_with(data, fast=False))
+    assert_scans_agree(payloads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,6 +570,7 @@ def test_generated_records_read_the_same(payloads: list[bytes]) -> None:
 def test_random_bytes_never_raise_nor_invent(payloads: list[bytes]) -> None:
     decoded = fp.decode_records(*spans(payloads), min_active=1)
     check_against_oracle(payloads, decoded)
+    assert_scans_agree(payloads)
 
 
 @pytest.fixture(scope="module")
@@ -541,6 +597,7 @@ def test_damaged_real_records_never_raise_nor_invent(real_payloads: list[bytes],
         damaged.append(bytes(payload))
     decoded = fp.decode_records(*spans(damaged), min_active=1)
     check_against_oracle(damaged, decoded)
+    assert_scans_agree(damaged)
 
 
 def test_spans_must_lie_in_the_buffer() -> None:
@@ -548,3 +605,212 @@ def test_spans_must_lie_in_the_buffer() -> None:
         fp.decode_records(b"abc", [0], [4])
     empty = fp.decode_records(b"", [], [])
     assert len(empty.history.records) == 0 and empty.slow_records.tolist() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled scan: built, used, switchable, strict about its arguments
+# ---------------------------------------------------------------------------------------------
+
+
+class CountingScan:
+    """`_wirescan` with a call count per function."""
+
+    def __init__(self, module: Any) -> None:
+        self.module, self.calls = module, collections.Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.module, name)
+        if not callable(attribute):
+            return attribute
+
+        def counted(*args: Any) -> Any:
+            self.calls[name] += 1
+            return attribute(*args)
+
+        return counted
+
+
+def test_the_compiled_scan_is_built_and_decodes_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this environment the extension is built, and without `DECODER_ENV` the reader goes
+    through it, framing and decoding (CI installs with a C compiler: this proves the fast path
+    there). A log of several blocks, so that its framing is settled and done in bulk."""
+    require_wirescan()
+    data = log_bytes([history_record([(key, str(step / 7)) for key in KEYS], step=step) for step in range(2000)] + [summary_record([("a", "1")])])
+    assert len(data) > 4 * BLOCK_SIZE
+    counting = CountingScan(wandb_compiled._wirescan)
+    monkeypatch.setattr(wandb_compiled, "_wirescan", counting)
+    monkeypatch.delenv(wandb_compiled.DECODER_ENV, raising=False)
+    assert wandb_compiled.compiled_scan() is counting
+    log = read_with(data, fast=True)
+    crc_check = "first_bad_chunk" if counting.fast_crc else "predict_runs"
+    assert len(log.history) == 2000 * len(KEYS)
+    assert {"frame", crc_check, "assemble", "classify", "scan", "first_appearance", "gather"} <= set(counting.calls), counting.calls
+    monkeypatch.setenv(wandb_compiled.DECODER_ENV, "numpy")
+    counting.calls.clear()
+    assert_same_log(read_with(data, fast=True), log)
+    assert not counting.calls
+
+
+def test_the_decoder_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wandb_compiled, "_wirescan", None)
+    for unset_or_auto in (None, "auto", "numpy"):
+        if unset_or_auto is None:
+            monkeypatch.delenv(wandb_compiled.DECODER_ENV, raising=False)
+        else:
+            monkeypatch.setenv(wandb_compiled.DECODER_ENV, unset_or_auto)
+        assert wandb_compiled.compiled_scan() is None  # the numpy passes
+    monkeypatch.setenv(wandb_compiled.DECODER_ENV, "c")
+    with pytest.raises(ImportError, match="not built"):
+        wandb_compiled.compiled_scan()
+    monkeypatch.setenv(wandb_compiled.DECODER_ENV, "C++")
+    with pytest.raises(ValueError, match="auto, c or numpy"):
+        wandb_compiled.compiled_scan()
+
+
+def test_the_compiled_functions_check_their_arguments() -> None:
+    """Spans outside the buffer and arrays of mismatched lengths raise; nothing is read or
+    written out of bounds (the C code trusts no size it is given)."""
+    require_wirescan()
+    scan = wandb_compiled._wirescan
+    u8 = np.frombuffer(b"\x08\x01" * 8, dtype=np.uint8)
+    starts, ends = np.asarray([0, 2], dtype=np.int64), np.asarray([2, 17], dtype=np.int64)
+    kinds, payload = np.empty(2, dtype=np.int8), np.empty(2, dtype=np.int64)
+    declared = np.asarray(fp.F_RECORD_DECLARED, dtype=np.uint64)
+    with pytest.raises(ValueError, match="record spans"):
+        scan.classify(u8, starts, ends, fp.F_RECORD_HISTORY, fp.F_RECORD_SUMMARY, declared, kinds, payload, payload.copy(), np.empty(2, dtype=bool))
+    with pytest.raises(ValueError, match="differ in length"):
+        scan.classify(u8, starts, ends[:1], fp.F_RECORD_HISTORY, fp.F_RECORD_SUMMARY, declared, kinds, payload, payload.copy(), np.empty(2, dtype=bool))
+    ends[1] = 16
+    with pytest.raises(ValueError, match="differ in length"):
+        scan.scan(u8, starts, ends, 1, fp._SCAN_NUMBERS, np.empty(2, dtype=bool), np.empty(1, dtype=bool), np.empty(1, dtype=np.int64),
+                  np.empty(4, dtype=np.int32), np.empty(3, dtype=np.int32), np.empty((4, 2), dtype=np.int64), np.empty(4, dtype=bool), np.empty(4, dtype=bool),
+                  np.empty(5, dtype=np.int64), np.empty(16, dtype=np.uint8))
+    with pytest.raises(ValueError, match="text buffer"):
+        scan.scan(u8, starts, ends, 1, fp._SCAN_NUMBERS, np.empty(2, dtype=bool), np.empty(1, dtype=bool), np.empty(1, dtype=np.int64),
+                  np.empty(4, dtype=np.int32), np.empty(4, dtype=np.int32), np.empty((4, 2), dtype=np.int64), np.empty(4, dtype=bool), np.empty(4, dtype=bool),
+                  np.empty(5, dtype=np.int64), np.empty(1, dtype=np.uint8))
+    with pytest.raises(ValueError, match="total length"):
+        scan.gather(u8, starts, ends, np.empty(3, dtype=np.int64), np.empty(5, dtype=np.uint8))
+    with pytest.raises(ValueError, match="record spans"):
+        scan.gather(u8, starts, ends + 1, np.empty(3, dtype=np.int64), np.empty(17, dtype=np.uint8))
+    renumbered, entries = np.empty(5, dtype=np.int64), np.empty(4, dtype=np.int64)
+    assert scan.first_appearance(np.asarray([3, 1, 3, 0, 1], dtype=np.int32), 4, renumbered, entries) == 3
+    assert renumbered.tolist() == [0, 1, 0, 2, 1] and entries[:3].tolist() == [3, 1, 0]
+    with pytest.raises(ValueError, match="outside the dictionary"):
+        scan.first_appearance(np.asarray([3, 1, 4, 0, 1], dtype=np.int64), 4, renumbered, entries)
+    offsets, out = np.empty(3, dtype=np.int64), np.empty(16, dtype=np.uint8)
+    scan.gather(u8, starts, ends, offsets, out)
+    assert offsets.tolist() == [0, 2, 16] and out.tobytes() == b"\x08\x01" * 8
+
+
+def test_the_compiled_scan_reports_items_beyond_its_arrays() -> None:
+    """More items than the arrays hold: the count says how many, so the caller can call again."""
+    require_wirescan()
+    record = history_record([(f"k{i}", "1") for i in range(40)], step=1)
+    u8 = np.frombuffer(record + bytes(fp.PADDING), dtype=np.uint8)
+    kinds, p_start, p_end, _ = fp._top_level_c(u8, np.asarray([0]), np.asarray([len(record)]))
+    assert kinds.tolist() == [fp.KIND_HISTORY]
+    for capacity in (0, 7, 40):
+        count, names = wandb_compiled._wirescan.scan(
+            u8, p_start, p_end, 1, fp._SCAN_NUMBERS, np.empty(1, dtype=bool), np.empty(1, dtype=bool), np.empty(1, dtype=np.int64),
+            np.empty(capacity, dtype=np.int32), np.empty(capacity, dtype=np.int32), np.empty((capacity, 2), dtype=np.int64),
+            np.empty(capacity, dtype=bool), np.empty(capacity, dtype=bool), np.empty(capacity + 1, dtype=np.int64), np.empty(len(record), dtype=np.uint8),
+        )
+        assert count == 40
+    assert len(np.frombuffer(names, dtype=np.int64)) == 2 * 40  # the last call held them all
+    ok, has_step, step, item_msg, item_ok, codes, dictionary, *_, texts = fp._scan_messages_c(u8, p_start, p_end, 1)
+    assert ok.tolist() == [True] and has_step.tolist() == [True] and step.tolist() == [1]
+    assert codes.tolist() == list(range(40)) and dictionary.to_pylist() == [f"k{i}".encode() for i in range(40)]
+    assert texts.to_pylist() == [b"1"] * 40
+
+
+def assert_framing_agrees(raw: bytes) -> None:
+    """The compiled chunk walk and CRC prediction give what the numpy ones give, for both block
+    layouts, from the header and from a later offset, with the stretch ending anywhere."""
+    data = np.zeros(len(raw) + fp.PADDING, dtype=np.uint8)
+    data[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    rng = random.Random(len(raw))
+    for origin in framing.BLOCK_ORIGIN.values():
+        for pos0, end in ((len(LOG_HEADER), len(raw)), (len(LOG_HEADER), rng.randint(0, len(raw))), (min(len(raw), BLOCK_SIZE + 5), len(raw))):
+            if pos0 + 7 > end:
+                continue
+            c = wandb_log._clean_chunks_c(wandb_compiled._wirescan, data, 0, pos0, end, origin)
+            reference = wandb_log._clean_chunks(data, 0, pos0, end, origin)
+            if c is None or reference is None:
+                assert c is None and (reference is None or not len(reference[0])), (origin, pos0, end)
+                continue
+            assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(c, reference, strict=True)), (origin, pos0, end)
+            at, length, _, crc = reference
+            first, run_end, predicted = (np.empty(len(at), dtype=d) for d in (np.int64, np.int64, np.uint32))
+            runs = wandb_compiled._wirescan.predict_runs(at, length, crc, origin, BLOCK_SIZE, *framing._zero_byte_tables(), first, run_end, predicted)
+            expected = framing._predicted_runs(at, length, crc, origin)
+            for mine, theirs in zip((first[:runs], run_end[:runs], predicted[:runs]), expected, strict=True):
+                assert np.array_equal(mine, theirs), (origin, pos0, end)
+            mismatch = {scan: first_crc_mismatch_with(scan, memoryview(data), *reference, origin) for scan in ("c", "numpy")}
+            assert mismatch["c"] == mismatch["numpy"], (origin, pos0, end)
+
+
+def first_crc_mismatch_with(scan: str, view: memoryview, *chunks_and_origin: Any) -> int | None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(wandb_compiled.DECODER_ENV, scan)
+        return framing.first_crc_mismatch(view, 0, *chunks_and_origin)
+
+
+@pytest.mark.corpora
+def test_the_compiled_framing_agrees_on_every_corpus_log(corpora_dir: Path, decoder: str) -> None:
+    if decoder != "c":
+        pytest.skip("compares the compiled framing with numpy's: once is enough")
+    for path in corpora_logs(corpora_dir):
+        assert_framing_agrees(path.read_bytes())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_the_compiled_framing_agrees_on_damaged_logs(sdk_log: Path, decoder: str, data: st.DataObject) -> None:
+    """Cut, bytes flipped (chunk headers, lengths, types, CRCs): the same chunks, the same runs."""
+    if decoder != "c":
+        pytest.skip("compares the compiled framing with numpy's: once is enough")
+    raw = bytearray(sdk_log.read_bytes())
+    raw = raw[: data.draw(st.integers(0, len(raw)), label="cut")]
+    for _ in range(data.draw(st.integers(0, 4), label="flips")):
+        if raw:
+            raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+    assert_framing_agrees(bytes(raw))
+
+
+def test_the_compiled_crc32_is_zlibs() -> None:
+    """The chunk check's CRC-32 (carry-less multiplication where the CPU has it, else bytewise)
+    equals zlib's for every length around its 16- and 64-byte steps and any starting value."""
+    require_wirescan()
+    rng = random.Random(5)
+    for size in [*range(0, 200), 1023, 4096, 32761, 100_003]:
+        data, value = rng.randbytes(size), rng.randrange(2**32)
+        assert wandb_compiled._wirescan.crc32(data, value) == zlib.crc32(data, value), size
+        assert wandb_compiled._wirescan.crc32(data) == zlib.crc32(data), size
+
+
+def test_the_compiled_framing_checks_its_arguments() -> None:
+    require_wirescan()
+    scan = wandb_compiled._wirescan
+    data = np.zeros(64, dtype=np.uint8)
+    chunk_arrays = (np.empty(4, dtype=np.int64), np.empty(4, dtype=np.int64), np.empty(4, dtype=np.uint8), np.empty(4, dtype=np.uint32))
+    with pytest.raises(ValueError, match="outside the data"):
+        scan.frame(data, 0, 7, 100, 0, BLOCK_SIZE, 4, *chunk_arrays)
+    with pytest.raises(ValueError, match="differ in length"):
+        scan.frame(data, 0, 7, 60, 0, BLOCK_SIZE, 4, *chunk_arrays[:3], np.empty(3, dtype=np.uint32))
+    at, length, crc = np.asarray([7, 10], dtype=np.int64), np.asarray([5, 1], dtype=np.int64), np.zeros(2, dtype=np.uint32)
+    runs_out = (np.empty(2, dtype=np.int64), np.empty(2, dtype=np.int64), np.empty(2, dtype=np.uint32))
+    with pytest.raises(ValueError, match="overlap"):
+        scan.predict_runs(at, length, crc, 0, BLOCK_SIZE, *framing._zero_byte_tables(), *runs_out)
+    with pytest.raises(ValueError, match="tables"):
+        scan.predict_runs(at, length, crc, 0, BLOCK_SIZE, np.zeros(4, dtype=np.uint32), np.zeros(4, dtype=np.uint32), *runs_out)
+    records = np.empty((2, 3), dtype=np.int64)
+    with pytest.raises(ValueError, match="overlap"):
+        scan.assemble(data, 0, at, length, np.asarray([2, 4], dtype=np.uint8), records)
+    with pytest.raises(ValueError, match="record order"):
+        scan.assemble(data, 0, np.asarray([7, 20], dtype=np.int64), length, np.asarray([4, 1], dtype=np.uint8), records)
+    data[7 + 7 : 7 + 7 + 5], data[20 + 7] = np.frombuffer(b"abcde", dtype=np.uint8), ord("f")
+    assert scan.assemble(data, 0, np.asarray([7, 20], dtype=np.int64), length, np.asarray([2, 4], dtype=np.uint8), records) == (2, 1)
+    assert records[0].tolist() == [14, 20, 7] and data[14:20].tobytes() == b"abcdef"  # the LAST chunk's byte moved down
+    with pytest.raises(ValueError, match="outside the data"):
+        scan.first_bad_chunk(data, 0, np.asarray([60], dtype=np.int64), np.asarray([5], dtype=np.int64), np.ones(1, dtype=np.uint8), crc[:1])

@@ -1,4 +1,5 @@
-"""Vectorised decoding of `.wandb` history and summary records: numpy over the protobuf wire format.
+"""Vectorised decoding of `.wandb` history and summary records: a scan of the protobuf wire format
+in C (`_wirescan.c`, when built) or in numpy passes, then columns built with Arrow/Polars.
 
 Why it exists. `WandbLogReader` decodes every record with upb into a columnar view; that still
 creates several Python objects per history value (key, value text, and, from wandb-core 0.19 on,
@@ -6,7 +7,13 @@ the incremental summary record that mirrors every history row), which capped the
 1.2 M values per CPU-second. This module reads the wire format of many records at once and
 builds Arrow/Polars columns from byte offsets: no Python object per value, item or record.
 
-How. The reader copies each record's payload into one buffer (chunks reassembled) and hands over
+How (the compiled scan: `_top_level_c`, `_scan_messages_c`). One C walk per record classifies
+it, one per history/summary message checks its fields, reads its step and its items, encodes the
+item names in a hash table and copies the plain history values out. What follows the scan is
+shared, and `decode_records` returns the same arrays either way (tests compare them one by one;
+the C walk never refuses a record to save rounds, so pass `min_active=1` to the numpy one).
+
+How (numpy). The reader copies each record's payload into one buffer (chunks reassembled) and hands over
 its spans. A `Record` laid out as the SDK writes history and summary records (`num`, then that
 field, ending the record) is classified with a few gathers; the top level of any other is walked
 in lockstep (round k reads every record's k-th field). The item lists of `HistoryRecord`/`SummaryRecord` are found by sequential passes
@@ -59,6 +66,8 @@ import pyarrow.compute as pc
 from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as wandb_pb
 
+from altgrad_pipeline.ingest.wandb import compiled as wandb_compiled
+from altgrad_pipeline.ingest.wandb.compiled import compiled_scan
 from altgrad_pipeline.ingest.wandb.records import record_view, single_names
 
 _RECORD = wandb_pb.Record.DESCRIPTOR.fields_by_name
@@ -439,13 +448,55 @@ def _top_level(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np
     return kinds, payload_start, payload_end, may_fold_summary
 
 
+#: Field numbers `_wirescan.scan` reads, in its order.
+_SCAN_NUMBERS = (F_HISTORY_ITEM, F_HISTORY_STEP, F_HISTORY_INFO, F_SUMMARY_INFO, F_STEP_NUM, F_ITEM_KEY, F_ITEM_NESTED_KEY, F_ITEM_VALUE_JSON)
+
+
+def _top_level_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_top_level` by `_wirescan.classify`: one sequential walk per record."""
+    n = len(starts)
+    kinds = np.empty(n, dtype=np.int8)
+    payload_start, payload_end = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    may_fold = np.empty(n, dtype=bool)
+    declared = np.asarray(F_RECORD_DECLARED, dtype=np.uint64)
+    wandb_compiled._wirescan.classify(u8, starts, ends, F_RECORD_HISTORY, F_RECORD_SUMMARY, declared, kinds, payload_start, payload_end, may_fold)
+    return kinds, payload_start, payload_end, may_fold
+
+
+def _scan_messages_c(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: int, **_walk: int) -> tuple:
+    """`_scan_messages` by `_wirescan.scan`: one sequential walk per message, nothing left to a
+    lockstep walk (so `min_active`/`min_rounds` do not apply), names dictionary-encoded and the
+    plain history items' values copied out (`item_texts`, one entry per item) as they are read.
+    Items of messages that are not ok are left out (the caller drops them either way). The item
+    arrays are sized for items of 24 bytes or more on average; more items than that take a second
+    call with the exact count."""
+    n = len(starts)
+    starts, ends = np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64)
+    msg_ok, has_step, step_num = np.empty(n, dtype=bool), np.empty(nh, dtype=bool), np.empty(nh, dtype=np.int64)
+    capacity = int((ends - starts).sum()) // 24 + 16
+    texts = np.empty(int((ends[:nh] - starts[:nh]).sum()), dtype=np.uint8)
+    while True:
+        item_msg, code, values = np.empty(capacity, dtype=np.int32), np.empty(capacity, dtype=np.int32), np.empty((capacity, 2), dtype=np.int64)
+        item_ok, nested, text_offsets = np.empty(capacity, dtype=bool), np.empty(capacity, dtype=bool), np.empty(capacity + 1, dtype=np.int64)
+        count, name_spans = wandb_compiled._wirescan.scan(
+            u8, starts, ends, nh, _SCAN_NUMBERS, msg_ok, has_step, step_num, item_msg, code, values, item_ok, nested, text_offsets, texts
+        )
+        if count <= capacity:
+            break
+        capacity = count
+    name_spans = np.frombuffer(name_spans, dtype=np.int64).reshape(-1, 2)
+    dictionary = _binary(pa.py_buffer(u8), u8, name_spans[:, 0], name_spans[:, 1])
+    item_texts = pa.Array.from_buffers(pa.large_binary(), count, [None, pa.py_buffer(text_offsets[: count + 1]), pa.py_buffer(texts)])
+    return msg_ok, has_step, step_num, item_msg[:count], item_ok[:count], code[:count], dictionary, values[:count, 0], values[:count, 1], nested[:count], item_texts
+
+
 def plain_record_bytes(buffer: bytes | bytearray | memoryview, starts: Sequence[int] | np.ndarray, ends: Sequence[int] | np.ndarray) -> int:
     """Payload bytes of the plain history and summary records among the `Record`s: what the
     fast path would decode (below a megabyte or so, upb is faster than numpy's per-call cost)."""
     _, u8, starts, ends = _check_spans(buffer, starts, ends)
     if not len(starts):
         return 0
-    kinds, payload_start, payload_end, _ = _top_level(u8, starts, ends)
+    kinds, payload_start, payload_end, _ = (_top_level_c if compiled_scan() else _top_level)(u8, starts, ends)
     plain = kinds != KIND_OTHER
     return int((payload_end[plain] - payload_start[plain]).sum())
 
@@ -521,6 +572,12 @@ def _items(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, name_header: np
 def _binary(data: pa.Buffer, u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
     """The byte spans as one compact LargeBinary array (a copy of just those bytes)."""
     n = len(starts)
+    compiled = compiled_scan() if n else None
+    if compiled:
+        starts, ends = np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64)
+        offsets, out = np.empty(n + 1, dtype=np.int64), np.empty(int((ends - starts).sum()), dtype=np.uint8)
+        compiled.gather(u8, starts, ends, offsets, out)
+        return pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(out)])
     if n == 0:
         return pa.Array.from_buffers(pa.large_binary(), 0, [None, pa.py_buffer(np.zeros(1, dtype=np.int64)), pa.py_buffer(b"")])
     if n == 1 or (starts[1:] >= ends[:-1]).all():
@@ -537,6 +594,15 @@ def _binary(data: pa.Buffer, u8: np.ndarray, starts: np.ndarray, ends: np.ndarra
     np.cumsum(lengths, out=out_offsets[1:])
     index = np.arange(out_offsets[-1], dtype=np.int64) + np.repeat(starts - out_offsets[:-1], lengths)
     return pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(out_offsets), pa.py_buffer(u8[index])])
+
+
+def _kept_values(values: pa.Array, keep: np.ndarray) -> pa.Array:
+    """The entries of `values` where `keep` holds: a slice when they are its first ones (every
+    history item kept: history items come first), else a gather."""
+    kept = np.flatnonzero(keep)
+    if not len(kept) or kept[-1] == len(kept) - 1:
+        return values.slice(0, len(kept))
+    return _take(values, kept)
 
 
 def _utf8(binary: pa.Array) -> tuple[pl.Series | None, np.ndarray]:
@@ -573,6 +639,28 @@ def _codes(encoded: pa.DictionaryArray) -> np.ndarray:
     indices = encoded.indices
     width = indices.type.bit_width // 8
     return np.frombuffer(indices.buffers()[1], dtype=f"<i{width}", count=len(indices), offset=indices.offset * width).astype(np.int64)
+
+
+def _first_appearance(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Codes into a dictionary of `size` entries, renumbered 0, 1, ... in order of first
+    appearance (as Arrow's `dictionary_encode` numbers them), and the entries they now name."""
+    compiled = compiled_scan()
+    if compiled:
+        renumbered, entries = np.empty(len(codes), dtype=np.int64), np.empty(size, dtype=np.int64)
+        distinct = compiled.first_appearance(np.ascontiguousarray(codes), size, renumbered, entries)
+        return renumbered, entries[:distinct]
+    first = np.full(size, len(codes), dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes), dtype=np.int64))
+    used = np.flatnonzero(first < len(codes))
+    entries = used[np.argsort(first[used], kind="stable")]
+    renumber = np.empty(size, dtype=np.int64)
+    renumber[entries] = np.arange(len(entries), dtype=np.int64)
+    return renumber[codes], entries
+
+
+def _take(array: pa.Array, indices: np.ndarray) -> pa.Array:
+    """`array.take(indices)` without `pa.array` of numpy (which would import pandas)."""
+    return array.take(pa.Array.from_buffers(pa.int64(), len(indices), [None, pa.py_buffer(np.ascontiguousarray(indices, dtype=np.int64))]))
 
 
 def encode_keys(keys: pl.Series) -> tuple[pl.Series, np.ndarray]:
@@ -831,11 +919,6 @@ class _ParsedSummaries:
     entries: list[SummaryEntry] = field(default_factory=list)
     parts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
-    @property
-    def records(self) -> np.ndarray:
-        """Every record parsed (each once, in no order)."""
-        return np.unique(np.concatenate([r for r, _ in self.parts])) if self.parts else np.zeros(0, dtype=np.int64)
-
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(record per update, entry per update), in record then update order."""
         if not self.parts:
@@ -894,38 +977,16 @@ def _first_name_is_a_path(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray) 
     return path & (after_name < ends) & (u8[np.minimum(after_name, len(u8) - 1)] == nested)
 
 
-def decode_records(
-    buffer: bytes | bytearray | memoryview,
-    starts: Sequence[int] | np.ndarray,
-    ends: Sequence[int] | np.ndarray,
-    *,
-    min_active: int = MIN_ACTIVE,
-    min_rounds: int = MIN_ROUNDS,
-) -> DecodedRecords:
-    """Decode the history and summary records among the `Record` payloads
-    `buffer[starts[i]:ends[i]]` (any kinds, in log order): their item lists found by item
-    chains, their items matched in one pass. Never raises on bad bytes: what it cannot decode
-    is in `slow_records`."""
-    buffer, u8, starts, ends = _check_spans(buffer, starts, ends)
-    n = len(starts)
-    walk = {"min_active": min_active, "min_rounds": min_rounds}
-    if n:
-        kinds, payload_start, payload_end, may_fold = _top_level(u8, starts, ends)
-    else:
-        kinds, payload_start, payload_end, may_fold = np.zeros(0, dtype=np.int8), starts, ends, np.zeros(0, dtype=bool)
-    rec_h = np.flatnonzero(kinds == KIND_HISTORY)
-    rec_s = np.flatnonzero(kinds == KIND_SUMMARY)
-    data = pa.py_buffer(buffer)
-    parsed = _ParsedSummaries()
-    # wandb-core writes the same `_wandb.runtime` summary record after every row: records whose
-    # first update is named by a path of several elements are parsed once per distinct payload
-    # before any item is looked at (a third of the records of a narrow-row log).
-    pathed = rec_s[_first_name_is_a_path(u8, payload_start[rec_s], payload_end[rec_s])]
-    if len(pathed):
-        rec_s = np.setdiff1d(rec_s, pathed[_parse_alike(u8, data, starts, ends, pathed, parsed)], assume_unique=True)
-    nh, ns = len(rec_h), len(rec_s)
-    msg_rec = np.concatenate([rec_h, rec_s])
-    lists = _item_lists(u8, payload_start[msg_rec], payload_end[msg_rec], **walk)
+def _scan_messages(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, nh: int, **walk: int) -> tuple[np.ndarray, ...]:
+    """The `HistoryRecord`s (the first `nh`) and `SummaryRecord`s [starts, ends), with numpy passes:
+    msg_ok (their fields other than items are plain), has_step and step_num per history message;
+    per item (message then write order) its message, ok (the plain item shape), its name's code
+    among the distinct raw names (a binary array; codes of items that are not ok mean nothing),
+    its value span, and whether its name is a `nested_key`; then None where the compiled scan
+    gives the history values. `_wirescan.scan` computes the same in C (its dictionary may hold
+    names of other items, never fewer)."""
+    ns = len(starts) - nh
+    lists = _item_lists(u8, starts, ends, **walk)
     fields = lists.others
     msg_ok = ~fields.refused
     in_h = fields.msg < nh
@@ -949,8 +1010,47 @@ def decode_records(
         msg_ok[step_msg[~s_ok]] = False
         step_num[step_msg[sf.msg[is_num]]] = sf.value[is_num].view(np.int64)
     # Items of both kinds in one pass (message-major, so in record then write order).
-    item_msg = lists.msg
     i_ok, name_start, name_end, value_start, value_end, nested_name = _items(u8, lists.start, lists.end, lists.name_header, **walk)
+    encoded = pc.dictionary_encode(_binary(pa.py_buffer(u8), u8, name_start, name_end))
+    return msg_ok, has_step, step_num, lists.msg, i_ok, _codes(encoded), encoded.dictionary, value_start, value_end, nested_name, None
+
+
+def decode_records(
+    buffer: bytes | bytearray | memoryview,
+    starts: Sequence[int] | np.ndarray,
+    ends: Sequence[int] | np.ndarray,
+    *,
+    min_active: int = MIN_ACTIVE,
+    min_rounds: int = MIN_ROUNDS,
+) -> DecodedRecords:
+    """Decode the history and summary records among the `Record` payloads
+    `buffer[starts[i]:ends[i]]` (any kinds, in log order): their item lists found by item
+    chains, their items matched in one pass. Never raises on bad bytes: what it cannot decode
+    is in `slow_records`."""
+    buffer, u8, starts, ends = _check_spans(buffer, starts, ends)
+    n = len(starts)
+    walk = {"min_active": min_active, "min_rounds": min_rounds}
+    compiled = compiled_scan()
+    if n:
+        kinds, payload_start, payload_end, may_fold = (_top_level_c if compiled else _top_level)(u8, starts, ends)
+    else:
+        kinds, payload_start, payload_end, may_fold = np.zeros(0, dtype=np.int8), starts, ends, np.zeros(0, dtype=bool)
+    rec_h = np.flatnonzero(kinds == KIND_HISTORY)
+    rec_s = np.flatnonzero(kinds == KIND_SUMMARY)
+    data = pa.py_buffer(buffer)
+    parsed = _ParsedSummaries()
+    # wandb-core writes the same `_wandb.runtime` summary record after every row: records whose
+    # first update is named by a path of several elements are parsed once per distinct payload
+    # before any item is looked at (a third of the records of a narrow-row log).
+    pathed = rec_s[_first_name_is_a_path(u8, payload_start[rec_s], payload_end[rec_s])]
+    if len(pathed):
+        rec_s = np.setdiff1d(rec_s, pathed[_parse_alike(u8, data, starts, ends, pathed, parsed)], assume_unique=True)
+    nh, ns = len(rec_h), len(rec_s)
+    msg_rec = np.concatenate([rec_h, rec_s])
+    scan = _scan_messages_c if compiled else _scan_messages
+    msg_ok, has_step, step_num, item_msg, i_ok, name_code, name_dictionary, value_start, value_end, nested_name, item_texts = scan(
+        u8, payload_start[msg_rec], payload_end[msg_rec], nh, **walk
+    )
     # A record mixing `key` and `nested_key` items is one the reader decodes item by item with
     # a full protobuf parse (its view cannot pair names and values by position): not plain.
     n_msgs = nh + ns
@@ -966,10 +1066,9 @@ def decode_records(
     item_h = item_msg < nh
     while True:
         keep = item_h & msg_ok[item_msg]
-        encoded = pc.dictionary_encode(_binary(data, u8, name_start[keep], name_end[keep]))
-        codes = _codes(encoded)
-        names, bad_names = _utf8(encoded.dictionary)  # each distinct name validated once
-        texts, bad_texts = _utf8(_binary(data, u8, value_start[keep], value_end[keep]))
+        codes, entries = _first_appearance(name_code[keep], len(name_dictionary))
+        names, bad_names = _utf8(_take(name_dictionary, entries))  # each distinct name validated once
+        texts, bad_texts = _utf8(_kept_values(item_texts, keep) if item_texts is not None else _binary(data, u8, value_start[keep], value_end[keep]))
         if names is not None and texts is not None:
             break
         msg_ok[item_msg[keep][bad_names[codes] | bad_texts]] = False
@@ -990,11 +1089,11 @@ def decode_records(
     plain_s[parsed_msgs] = False
     keep_s = ~item_h & plain_s[item_msg]
     s_ok = msg_ok[nh:]
-    summary_names = pc.dictionary_encode(_binary(data, u8, name_start[keep_s], name_end[keep_s]))
+    summary_codes, summary_entries = _first_appearance(name_code[keep_s], len(name_dictionary))
     summary = SummaryBatch(
         records=msg_rec[item_msg[keep_s]],
-        codes=_codes(summary_names),
-        names=summary_names.dictionary.to_pylist(),
+        codes=summary_codes,
+        names=_take(name_dictionary, summary_entries).to_pylist(),
         value_starts=value_start[keep_s],
         value_ends=value_end[keep_s],
         parsed_records=parsed_records,
@@ -1006,5 +1105,6 @@ def decode_records(
     slow = np.ones(n, dtype=bool)
     slow[rec_h[h_ok]] = False
     slow[rec_s[s_ok]] = False
-    slow[parsed.records] = False
+    for parsed_records_part, _ in parsed.parts:
+        slow[parsed_records_part] = False
     return DecodedRecords(kinds=kinds, history=history, summary=summary, slow_records=np.flatnonzero(slow), may_fold_summary=may_fold)

@@ -8,11 +8,12 @@ in every possible way (cut on a block boundary, mid-record, a bare chunk header,
 framing damage becomes an issue and the good records are kept.
 `WandbLogReader` can be fed again from `offset` when the file grows, so a live run is re-read
 from where the last complete record ended. A large feed's clean stretch of chunks (usually all of
-it) is framed with numpy (`_frame_bulk`: chunk headers walked block by block in lockstep, the
-record structure checked with array operations, the chunks' CRCs with one zlib call per block:
-`framing.first_crc_mismatch`); the chunk loop frames the rest from the first chunk it must treat
-specially. Large logs' history and summary records are decoded by `wandb_fastpath` (numpy over the wire format); everything else, and whatever it declines,
-by upb through `_decode`, with the same result either way.
+it) is framed in bulk (`_frame_bulk`: chunk headers walked by the compiled scan, else block by
+block in lockstep with numpy; the record structure checked with array operations; the chunks'
+CRCs in C, else with one zlib call per block: `framing.first_crc_mismatch`); the chunk loop frames
+the rest from the first chunk it must treat specially. Large logs' history and summary records are
+decoded by `wandb_fastpath` (its compiled wire scan, else numpy passes: `compiled.py`); everything
+else, and whatever it declines, by upb through `_decode`, with the same result either way.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ from wandb.proto import wandb_internal_pb2 as wandb_pb
 
 from altgrad_pipeline.ingest.model import IngestIssue, empty_history
 from altgrad_pipeline.ingest.wandb import fastpath as wandb_fastpath
+from altgrad_pipeline.ingest.wandb.compiled import compiled_scan
 from altgrad_pipeline.ingest.wandb.framing import (
     BLOCK_ORIGIN,
     BLOCK_SIZE,
@@ -320,7 +323,7 @@ class WandbLogReader:
             self._tail_issue = self._truncated_tail(self._partial_tail_bytes, file_age_s)
 
     def _frame_bulk(self, data: np.ndarray, view: memoryview, base: int, end: int) -> tuple[int, int] | None:
-        """Frame, with numpy, the complete records from `offset` on up to the first chunk the
+        """Frame in bulk (`_clean_chunks`: C, else numpy) the complete records from `offset` on up to the first chunk the
         loop of `_frame` would treat specially (zero padding chunk, bad type or length, CRC
         mismatch, a record's chunks out of order, a chunk past `end`): return the file offset
         just past the last record framed and the bytes of `data` its records use, or None when
@@ -331,48 +334,11 @@ class WandbLogReader:
         pos0 = self.offset
         if pos0 + header > end or pos0 < origin:
             return None
-        first_block, last_block = (pos0 - origin) // BLOCK_SIZE, (end - 1 - origin) // BLOCK_SIZE
-        p = origin + np.arange(first_block, last_block + 1, dtype=np.int64) * BLOCK_SIZE
-        block_end = p + BLOCK_SIZE
-        p[0] = pos0
-        blocks = np.arange(len(p))
-        cutoff = end  # file offset from which the loop frames
-        found: list[tuple[np.ndarray, ...]] = []
-        # Each chunk header (CRC u32, length u16, type u8) read as one little-endian u64 (its 8th
-        # byte is the next one's: masked off); `data` is padded, so the read stays inside it.
-        octets = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
-        while blocks.size:
-            at = p[blocks]
-            clean = block_end[blocks] - at < header  # the block ends in a trailer (the loop skips it)
-            if clean.any():
-                # A trailer running past `end` is where the loop stops.
-                past = clean & (block_end[blocks] > end)
-                if past.any():
-                    cutoff = min(cutoff, int(at[past].min()))
-                blocks, at = blocks[~clean], at[~clean]
-                if not blocks.size:
-                    break
-            inside = at + header <= end
-            headers = octets[np.where(inside, at - base, 0)]
-            kind = (headers >> 48) & 0xFF
-            nxt = at + header + ((headers >> 32) & 0xFFFF).astype(np.int64)
-            bad = ~inside | (kind == 0) | (kind > CHUNK_LAST) | (nxt > block_end[blocks]) | (nxt > end)
-            if bad.any():
-                cutoff = min(cutoff, int(at[bad].min()))
-                good = ~bad
-                blocks, at, headers, nxt = blocks[good], at[good], headers[good], nxt[good]
-            found.append((at, headers))
-            p[blocks] = nxt
-        if not found:
+        compiled = compiled_scan()
+        chunks = _clean_chunks_c(compiled, data, base, pos0, end, origin) if compiled else _clean_chunks(data, base, pos0, end, origin)
+        if chunks is None:
             return None
-        at, headers = (np.concatenate(column) for column in zip(*found))
-        length = ((headers >> 32) & 0xFFFF).astype(np.int64)
-        kind = ((headers >> 48) & 0xFF).astype(np.uint8)
-        crc = (headers & 0xFFFFFFFF).astype(np.uint32)
-        order = np.argsort(at, kind="stable")
-        at, length, kind, crc = at[order], length[order], kind[order], crc[order]
-        keep = int(np.searchsorted(at, cutoff))
-        at, length, kind, crc = at[:keep], length[:keep], kind[:keep], crc[:keep]
+        at, length, kind, crc = chunks
         # Record structure: FULL or FIRST outside a record, MIDDLE or LAST inside one.
         opens = (kind == CHUNK_FIRST) | (kind == CHUNK_MIDDLE)
         inside_before = np.zeros(len(kind), dtype=bool)
@@ -388,6 +354,13 @@ class WandbLogReader:
         if mismatch is not None:
             keep = mismatch
             at, length, kind, payload, starts_record = at[:keep], length[:keep], kind[:keep], payload[:keep], starts_record[:keep]
+        if compiled:
+            records = np.empty((len(at), 3), dtype=np.int64)
+            used, count = compiled.assemble(data, base, at, length, kind, records)
+            if not count:
+                return None
+            self._batch.append(records[:count])
+            return int(at[used - 1] + header + length[used - 1]), int(records[count - 1, 1])
         ends_record = np.flatnonzero((kind == CHUNK_FULL) | (kind == CHUNK_LAST))
         if not len(ends_record):
             return None
@@ -688,6 +661,68 @@ class WandbLogReader:
         )
         table.issues[:0] = issues
         return table
+
+def _clean_chunks(data: np.ndarray, base: int, pos0: int, end: int, origin: int) -> tuple[np.ndarray, ...] | None:
+    """The chunks `_frame_bulk` frames (file offset, payload length, type, stored CRC), in file
+    order from `pos0` up to the first one the loop of `_frame` treats specially, found with numpy
+    (the blocks walked in lockstep); None when there is none."""
+    header = CHUNK_HEADER.size
+    first_block, last_block = (pos0 - origin) // BLOCK_SIZE, (end - 1 - origin) // BLOCK_SIZE
+    p = origin + np.arange(first_block, last_block + 1, dtype=np.int64) * BLOCK_SIZE
+    block_end = p + BLOCK_SIZE
+    p[0] = pos0
+    blocks = np.arange(len(p))
+    cutoff = end  # file offset from which the loop frames
+    found: list[tuple[np.ndarray, ...]] = []
+    # Each chunk header (CRC u32, length u16, type u8) read as one little-endian u64 (its 8th
+    # byte is the next one's: masked off); `data` is padded, so the read stays inside it.
+    octets = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
+    while blocks.size:
+        at = p[blocks]
+        clean = block_end[blocks] - at < header  # the block ends in a trailer (the loop skips it)
+        if clean.any():
+            # A trailer running past `end` is where the loop stops.
+            past = clean & (block_end[blocks] > end)
+            if past.any():
+                cutoff = min(cutoff, int(at[past].min()))
+            blocks, at = blocks[~clean], at[~clean]
+            if not blocks.size:
+                break
+        inside = at + header <= end
+        headers = octets[np.where(inside, at - base, 0)]
+        kind = (headers >> 48) & 0xFF
+        nxt = at + header + ((headers >> 32) & 0xFFFF).astype(np.int64)
+        bad = ~inside | (kind == 0) | (kind > CHUNK_LAST) | (nxt > block_end[blocks]) | (nxt > end)
+        if bad.any():
+            cutoff = min(cutoff, int(at[bad].min()))
+            good = ~bad
+            blocks, at, headers, nxt = blocks[good], at[good], headers[good], nxt[good]
+        found.append((at, headers))
+        p[blocks] = nxt
+    if not found:
+        return None
+    at, headers = (np.concatenate(column) for column in zip(*found))
+    length = ((headers >> 32) & 0xFFFF).astype(np.int64)
+    kind = ((headers >> 48) & 0xFF).astype(np.uint8)
+    crc = (headers & 0xFFFFFFFF).astype(np.uint32)
+    order = np.argsort(at, kind="stable")
+    at, length, kind, crc = at[order], length[order], kind[order], crc[order]
+    keep = int(np.searchsorted(at, cutoff))
+    return at[:keep], length[:keep], kind[:keep], crc[:keep]
+
+
+def _clean_chunks_c(compiled: ModuleType, data: np.ndarray, base: int, pos0: int, end: int, origin: int) -> tuple[np.ndarray, ...] | None:
+    """`_clean_chunks` by `_wirescan.frame`: one sequential walk. The arrays are sized for chunks
+    of 64 bytes or more on average; more chunks take a second call with the exact count."""
+    capacity = (end - pos0) // 64 + 16
+    while True:
+        at, length, kind, crc = np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.uint8), np.empty(capacity, dtype=np.uint32)
+        count = compiled.frame(data, base, pos0, end, origin, BLOCK_SIZE, CHUNK_LAST, at, length, kind, crc)
+        if count <= capacity:
+            break
+        capacity = count
+    return (at[:count], length[:count], kind[:count], crc[:count]) if count else None
+
 
 def read_wandb_log(path: Path, *, source: str = DEFAULT_SOURCE, grace_period_s: float = 3600.0) -> WandbLog:
     """Read one `.wandb` file whole; never raises on bad content (it becomes issues)."""
