@@ -9,9 +9,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ALTGRAD_CACHE_DIR=/var/cache/altgrad
 
 WORKDIR /opt/altgrad
-COPY pyproject.toml README.md workspace.yaml ./
+COPY pyproject.toml setup.py README.md workspace.yaml ./
 COPY altgrad_pipeline ./altgrad_pipeline
-RUN pip install '.[scale]' \
+# gcc only for the install: it compiles the `.wandb` reader's wire scan (setup.py), then leaves the image.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install '.[scale]' \
+    && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
     && mkdir -p "$DAGSTER_HOME" "$ALTGRAD_CACHE_DIR"
 COPY deploy/postgres/dagster.yaml /opt/dagster/dagster_home/dagster.yaml
 

@@ -17,12 +17,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define HAVE_CLMUL_BUILD 1
-#else
-#define HAVE_CLMUL_BUILD 0
-#endif
 
 enum { WIRE_VARINT = 0, WIRE_I64 = 1, WIRE_LEN = 2, WIRE_I32 = 5 };
 enum { KIND_OTHER = 0, KIND_HISTORY = 1, KIND_SUMMARY = 2 };
@@ -790,132 +784,6 @@ fail:
     return NULL;
 }
 
-/* CRC-32 (zlib's: reflected polynomial 0xEDB88320) of the chunks themselves. zlib checks about
- * 4 GB/s here; carry-less multiplication folds 64 bytes per step (Gopal et al., "Fast CRC
- * Computation for Generic Polynomials Using PCLMULQDQ Instruction", Intel 2009: its folding and
- * Barrett constants for this polynomial), used when the CPU has it; registers are zlib's internal
- * (inverted) state. */
-static uint32_t crc_table[256];
-static int have_clmul;
-
-static void crc_init(void) {
-    for (uint32_t b = 0; b < 256; b++) {
-        uint32_t r = b;
-        for (int i = 0; i < 8; i++) r = (r & 1) ? (r >> 1) ^ 0xEDB88320u : r >> 1;
-        crc_table[b] = r;
-    }
-#if HAVE_CLMUL_BUILD
-    __builtin_cpu_init();
-    have_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
-#endif
-}
-
-static inline uint32_t crc_bytes(uint32_t reg, const uint8_t *p, int64_t n) {
-    for (int64_t i = 0; i < n; i++) reg = crc_table[(reg ^ p[i]) & 0xFF] ^ (reg >> 8);
-    return reg;
-}
-
-#if HAVE_CLMUL_BUILD
-/* x folded forward over 16 bytes by the constants k (low, high qword), plus the next 16 bytes. */
-__attribute__((target("pclmul,sse4.1"))) static inline __m128i fold16(__m128i x, __m128i k, __m128i next) {
-    return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11)), next);
-}
-
-/* The register after n bytes at p (n >= 64, a multiple of 16). */
-__attribute__((target("pclmul,sse4.1"))) static uint32_t crc_clmul(uint32_t reg, const uint8_t *p, int64_t n) {
-    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596, 0x0154442bd4); /* x^(4*128+32), x^(4*128-32) mod P */
-    const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009e, 0x01751997d0); /* x^(128+32), x^(128-32) mod P */
-    const __m128i k5 = _mm_set_epi64x(0, 0x0163cd6124);              /* x^64 mod P */
-    const __m128i barrett = _mm_set_epi64x(0x01f7011641, 0x01db710641); /* mu, P */
-    const __m128i low32 = _mm_setr_epi32(-1, 0, -1, 0);
-    __m128i a = _mm_xor_si128(_mm_loadu_si128((const __m128i *)p), _mm_cvtsi32_si128((int)reg));
-    __m128i b = _mm_loadu_si128((const __m128i *)(p + 16));
-    __m128i c = _mm_loadu_si128((const __m128i *)(p + 32));
-    __m128i d = _mm_loadu_si128((const __m128i *)(p + 48));
-    for (p += 64, n -= 64; n >= 64; p += 64, n -= 64) {
-        a = fold16(a, k1k2, _mm_loadu_si128((const __m128i *)p));
-        b = fold16(b, k1k2, _mm_loadu_si128((const __m128i *)(p + 16)));
-        c = fold16(c, k1k2, _mm_loadu_si128((const __m128i *)(p + 32)));
-        d = fold16(d, k1k2, _mm_loadu_si128((const __m128i *)(p + 48)));
-    }
-    a = fold16(fold16(fold16(a, k3k4, b), k3k4, c), k3k4, d);
-    for (; n >= 16; p += 16, n -= 16) a = fold16(a, k3k4, _mm_loadu_si128((const __m128i *)p));
-    a = _mm_xor_si128(_mm_srli_si128(a, 8), _mm_clmulepi64_si128(a, k3k4, 0x10)); /* 128 -> 96 bits */
-    a = _mm_xor_si128(_mm_srli_si128(a, 4), _mm_clmulepi64_si128(_mm_and_si128(a, low32), k5, 0x00)); /* -> 64 */
-    __m128i t = _mm_clmulepi64_si128(_mm_and_si128(a, low32), barrett, 0x10);
-    t = _mm_clmulepi64_si128(_mm_and_si128(t, low32), barrett, 0x00);
-    return (uint32_t)_mm_extract_epi32(_mm_xor_si128(a, t), 1);
-}
-#endif
-
-/* zlib.crc32(bytes, value): the CRC-32 of n bytes at p continuing from `value`. */
-static uint32_t crc32_of(uint32_t value, const uint8_t *p, int64_t n) {
-    uint32_t reg = ~value;
-#if HAVE_CLMUL_BUILD
-    if (have_clmul && n >= 64) {
-        int64_t folded = n & ~(int64_t)15;
-        reg = crc_clmul(reg, p, folded);
-        p += folded;
-        n -= folded;
-    }
-#endif
-    return ~crc_bytes(reg, p, n);
-}
-
-/* crc32(data, value) -> zlib.crc32(data, value), for the tests. */
-static PyObject *crc32(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer view;
-    unsigned int value = 0;
-    if (!PyArg_ParseTuple(args, "y*|I", &view, &value)) return NULL;
-    uint32_t out = crc32_of(value, view.buf, view.len);
-    PyBuffer_Release(&view);
-    return PyLong_FromUnsignedLong(out);
-}
-
-/* first_bad_chunk(data, base, at, length, kind, crc) -> index or -1
- * The first chunk whose stored CRC is not the CRC-32 of its type byte and payload (`data` holds
- * the file from offset `base`; chunk headers of 7 bytes at file offsets `at`), or -1. Only with
- * carry-less multiplication (`fast_crc`): without it the caller's one zlib call per block and
- * prediction is faster than a byte-wise loop here. */
-static PyObject *first_bad_chunk(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *o[5];
-    long long base;
-    if (!PyArg_ParseTuple(args, "OLOOOO", &o[0], &base, &o[1], &o[2], &o[3], &o[4])) return NULL;
-    Buf b[5];
-    memset(b, 0, sizeof b);
-    static const Py_ssize_t sizes[5] = {1, 8, 8, 1, 4};
-    for (int i = 0; i < 5; i++)
-        if (get_buffer(o[i], &b[i], 0, sizes[i], "first_bad_chunk") < 0) goto fail;
-    const uint8_t *data = b[0].view.buf;
-    const int64_t *at = b[1].view.buf, *length = b[2].view.buf;
-    const uint8_t *kind = b[3].view.buf;
-    const uint32_t *crc = b[4].view.buf;
-    Py_ssize_t n = b[1].view.len / 8;
-    if (b[2].view.len / 8 != n || b[3].view.len != n || b[4].view.len / 4 != n) {
-        PyErr_SetString(PyExc_ValueError, "first_bad_chunk: arrays differ in length");
-        goto fail;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (at[i] < base || length[i] < 0 || at[i] - base > b[0].view.len - 7 - length[i]) {
-            PyErr_SetString(PyExc_ValueError, "first_bad_chunk: a chunk outside the data");
-            goto fail;
-        }
-    }
-    Py_ssize_t bad = -1;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n && bad < 0; i++) {
-        const uint8_t *chunk = data + (at[i] - base);
-        uint32_t value = crc32_of(crc32_of(0, &kind[i], 1), chunk + 7, length[i]);
-        if (value != crc[i]) bad = i;
-    }
-    Py_END_ALLOW_THREADS
-    release(b, 5);
-    return PyLong_FromSsize_t(bad);
-fail:
-    release(b, 5);
-    return NULL;
-}
-
 static PyMethodDef methods[] = {
     {"classify", classify, METH_VARARGS, "Classify `Record`s: kinds, payload spans, may-fold flags (fastpath._top_level)."},
     {"scan", scan, METH_VARARGS, "Walk history/summary messages: message checks, steps, item spans."},
@@ -923,20 +791,10 @@ static PyMethodDef methods[] = {
     {"assemble", assemble, METH_VARARGS, "Move records' continuation payloads down and list the complete records."},
     {"predict_runs", predict_runs, METH_VARARGS, "Runs of back-to-back chunks and the CRC-32 each should have."},
     {"first_appearance", first_appearance, METH_VARARGS, "Renumber dictionary codes in order of first appearance."},
-    {"crc32", crc32, METH_VARARGS, "zlib.crc32 computed here (carry-less multiplication when the CPU has it)."},
-    {"first_bad_chunk", first_bad_chunk, METH_VARARGS, "Index of the first chunk whose stored CRC-32 does not match, or -1."},
     {"gather", gather, METH_VARARGS, "Copy byte spans back to back with their offsets (an Arrow binary array)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_wirescan", "Compiled wire-format scans for fastpath.py.", -1, methods};
 
-PyMODINIT_FUNC PyInit__wirescan(void) {
-    crc_init();
-    PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddIntConstant(m, "fast_crc", have_clmul) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
-}
+PyMODINIT_FUNC PyInit__wirescan(void) { return PyModule_Create(&module); }
