@@ -6,7 +6,9 @@ NaN every 97 steps), then reads every run of a shape twice in a fresh process an
 read (the first pays imports and lazy initialisation), best of `--repeat` processes, and prints
 M logged values per CPU-second (CPU of all threads, `resource.getrusage`):
   - this project: `LocalWandbSource` and `JsonlSource`, discover + read, one run at a time
-    (`wandb`: its compiled wire scan when built; `wandb-numpy`: the numpy passes it falls back to);
+    (`wandb`: its compiled wire scan when built; `wandb-worker`: the same in a process whose
+    allocator is set up as the catalog's parse workers' are, `parse_process.reuse_freed_memory`,
+    which is how a sync reads runs; `wandb-numpy`: the numpy passes it falls back to);
   - plain protobuf reader: the `.wandb` framing walked in Python, each record parsed with wandb's
     `wandb_internal_pb2`, each history value `json.loads`-ed;
   - `json.loads` per line; `polars.read_ndjson` after mapping NaN to null (it rejects NaN);
@@ -36,7 +38,7 @@ from ingest_speed import write_wandb_store  # noqa: E402
 
 SHAPES = ((12, 4, 20_000), (60, 4, 5_000), (1000, 2, 500))
 NAN_EVERY = 97
-READERS = ("wandb", "wandb-numpy", "protobuf", "jsonl", "json.loads", "polars", "pandas")
+READERS = ("wandb", "wandb-worker", "wandb-numpy", "protobuf", "jsonl", "json.loads", "polars", "pandas")
 WANDB_BLOCK, WANDB_HEADER, CHUNK_HEADER = 32 * 1024, 7, 7
 
 
@@ -122,6 +124,11 @@ def read_values(reader: str, root: Path) -> int:
 
 
 def _child(reader: str, root: str, queue: multiprocessing.Queue) -> None:
+    if reader == "wandb-worker":  # a process set up as the catalog's parse workers are
+        from altgrad_pipeline.ingest.parse_process import reuse_freed_memory
+
+        reuse_freed_memory()
+        reader = "wandb"
     if reader == "wandb-numpy":
         os.environ["ALTGRAD_WANDB_DECODER"] = "numpy"  # fastpath.DECODER_ENV
         reader = "wandb"
