@@ -1070,8 +1070,9 @@ def decode_records(
         i_ok &= ~mixed[item_msg]
     # Summary records whose only oddity is item names of several elements: parsed with protobuf
     # (rare records), so they need not be left to the caller, which would flush the fold.
-    parsed_msgs = np.flatnonzero(np.bincount(item_msg[~i_ok & (item_msg >= nh) & msg_ok[item_msg]], minlength=n_msgs))
-    msg_ok[item_msg[~i_ok]] = False
+    odd_msg = item_msg[np.flatnonzero(~i_ok)]  # messages of the items not of the plain shape: usually none
+    parsed_msgs = np.flatnonzero(np.bincount(odd_msg[(odd_msg >= nh) & msg_ok[odd_msg]], minlength=n_msgs))
+    msg_ok[odd_msg] = False
     # History columns: names and texts validated as UTF-8 (a record with bad bytes goes slow).
     item_h = item_msg < nh
     while True:
