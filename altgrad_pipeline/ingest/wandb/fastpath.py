@@ -596,12 +596,22 @@ def _binary(data: pa.Buffer, u8: np.ndarray, starts: np.ndarray, ends: np.ndarra
     return pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(out_offsets), pa.py_buffer(u8[index])])
 
 
-def _kept_values(values: pa.Array, keep: np.ndarray) -> pa.Array:
-    """The entries of `values` where `keep` holds: a slice when they are its first ones (every
-    history item kept: history items come first), else a gather."""
-    kept = np.flatnonzero(keep)
-    if not len(kept) or kept[-1] == len(kept) - 1:
-        return values.slice(0, len(kept))
+def _selection(mask: np.ndarray) -> slice | np.ndarray:
+    """Where `mask` holds, as a slice when those entries are one contiguous stretch (the usual
+    case: items are in message order and every message decoded), else as their indices. A slice
+    selects several arrays by the same mask without a gather each."""
+    kept = np.flatnonzero(mask)
+    if not len(kept):
+        return slice(0, 0)
+    if kept[-1] - kept[0] + 1 == len(kept):  # increasing and as many as the span holds: all of it
+        return slice(int(kept[0]), int(kept[-1]) + 1)
+    return kept
+
+
+def _kept_values(values: pa.Array, kept: slice | np.ndarray) -> pa.Array:
+    """The entries `kept` (`_selection`) of `values`: a zero-copy slice, else a gather."""
+    if isinstance(kept, slice):
+        return values.slice(kept.start, kept.stop - kept.start)
     return _take(values, kept)
 
 
@@ -1060,12 +1070,13 @@ def decode_records(
         i_ok &= ~mixed[item_msg]
     # Summary records whose only oddity is item names of several elements: parsed with protobuf
     # (rare records), so they need not be left to the caller, which would flush the fold.
-    parsed_msgs = np.flatnonzero(np.bincount(item_msg[~i_ok & (item_msg >= nh) & msg_ok[item_msg]], minlength=n_msgs))
-    msg_ok[item_msg[~i_ok]] = False
+    odd_msg = item_msg[np.flatnonzero(~i_ok)]  # messages of the items not of the plain shape: usually none
+    parsed_msgs = np.flatnonzero(np.bincount(odd_msg[(odd_msg >= nh) & msg_ok[odd_msg]], minlength=n_msgs))
+    msg_ok[odd_msg] = False
     # History columns: names and texts validated as UTF-8 (a record with bad bytes goes slow).
     item_h = item_msg < nh
     while True:
-        keep = item_h & msg_ok[item_msg]
+        keep = _selection(item_h & msg_ok[item_msg])
         codes, entries = _first_appearance(name_code[keep], len(name_dictionary))
         names, bad_names = _utf8(_take(name_dictionary, entries))  # each distinct name validated once
         texts, bad_texts = _utf8(_kept_values(item_texts, keep) if item_texts is not None else _binary(data, u8, value_start[keep], value_end[keep]))
@@ -1087,7 +1098,7 @@ def decode_records(
     parsed_records, parsed_entry = parsed.arrays()
     plain_s = msg_ok.copy()
     plain_s[parsed_msgs] = False
-    keep_s = ~item_h & plain_s[item_msg]
+    keep_s = _selection(~item_h & plain_s[item_msg])
     s_ok = msg_ok[nh:]
     summary_codes, summary_entries = _first_appearance(name_code[keep_s], len(name_dictionary))
     summary = SummaryBatch(

@@ -132,6 +132,7 @@ def history_table(
     codes: np.ndarray,
     texts: pl.Series,
     *,
+    numbers: pl.Series | None = None,
     row_steps: np.ndarray,
     row_counts: np.ndarray,
     row_runtimes: pl.Series,
@@ -141,9 +142,10 @@ def history_table(
     source: str,
 ) -> HistoryTable:
     """`build_history` on columns: the distinct item names, each item's index into them
-    (`codes`) and JSON text, and per row its step, item count, runtime and timestamp. The sort,
-    de-duplication and key column are integer work on the codes; texts are parsed once, in
-    write order, and only the kept values are gathered."""
+    (`codes`) and JSON text (`numbers`: the texts already cast to Float64, when the caller has
+    them), and per row its step, item count, runtime and timestamp. The sort, de-duplication and
+    key column are integer work on the codes; texts are parsed once, in write order, and only
+    the kept values are gathered."""
 
     def issue(kind: str, reason: str, lost: str) -> IngestIssue:
         return IngestIssue(location=location, source=source, kind=kind, reason=reason, lost=lost)
@@ -181,7 +183,7 @@ def history_table(
                     f"{superseded} superseded values",
                 )
             )
-    values = _gather(texts.cast(pl.Float64, strict=False), keep)
+    values = gather(texts.cast(pl.Float64, strict=False) if numbers is None else numbers, keep)
     kept_rows = rows[keep]
     frame = pl.DataFrame(
         {
@@ -190,8 +192,8 @@ def history_table(
             "key": sorted_names.gather(pl.Series(codes[keep])),
             "value": values,
             "text": pl.Series([None], dtype=pl.String).new_from_index(0, len(keep)),
-            "runtime": _gather(row_runtimes, kept_rows),
-            "timestamp": _gather(row_timestamps, kept_rows),
+            "runtime": gather(row_runtimes, kept_rows),
+            "timestamp": gather(row_timestamps, kept_rows),
         }
     )
     if not values.null_count():  # every value numeric: no strings, no value types, no media
@@ -213,9 +215,9 @@ def history_table(
     return HistoryTable(frame.filter(pl.Series(kept)), value_types, media, issues)
 
 
-def _gather(column: pl.Series, index: np.ndarray) -> pl.Series:
-    """`column.gather(index)` of a numeric column: numpy's gather (a few times faster) when the
-    column has no nulls (bit patterns, NaN payloads included, are copied as they are)."""
-    if column.null_count():
+def gather(column: pl.Series, index: np.ndarray) -> pl.Series:
+    """`column.gather(index)`; of a numeric column without nulls by numpy (a few times faster; bit
+    patterns, NaN payloads included, are copied as they are)."""
+    if column.null_count() or not column.dtype.is_numeric():
         return column.gather(pl.Series(index))
     return pl.Series(column.name, column.to_numpy()[index], dtype=column.dtype)

@@ -52,7 +52,7 @@ from altgrad_pipeline.ingest.wandb.framing import (
     first_crc_mismatch,
     first_damage,
 )
-from altgrad_pipeline.ingest.wandb.history import HistoryTable, empty_media, history_table, text_series
+from altgrad_pipeline.ingest.wandb.history import HistoryTable, empty_media, gather, history_table, text_series
 from altgrad_pipeline.ingest.wandb.records import (
     RUNTIME_KEY,
     STEP_KEY,
@@ -615,25 +615,26 @@ class WandbLogReader:
             pl.Series(rows.has_step_num), pl.Series([None], dtype=pl.Int64).new_from_index(0, len(counts))
         )
         item_rows = np.repeat(np.arange(len(counts)), counts)
+        # Every text parsed as a number once: the values, and the rows' runtimes and timestamps.
+        numbers = texts.cast(pl.Float64, strict=False)
 
-        def first_in_row(key: str) -> pl.Series:
+        def first_in_row(key: str, column: pl.Series) -> pl.Series:
             code = np.flatnonzero((names == key).to_numpy())  # names are distinct: one code or none
             positions = np.flatnonzero(codes == code[0]) if len(code) else np.zeros(0, dtype=np.int64)
             rows_with = item_rows[positions]  # in row order: a row's first item is where its row starts
             first = np.ones(len(rows_with), dtype=bool)
             first[1:] = rows_with[1:] != rows_with[:-1]
             if len(rows_with) == len(counts) and first.all():  # once in every row (the SDK's rows)
-                return texts.gather(pl.Series(positions))
-            positions = positions[first]
-            return pl.Series([None], dtype=pl.String).new_from_index(0, len(counts)).scatter(rows_with[first], texts.gather(pl.Series(positions)))
+                return gather(column, positions)
+            return pl.Series([None], dtype=column.dtype).new_from_index(0, len(counts)).scatter(rows_with[first], gather(column, positions[first]))
 
-        step_texts = first_in_row(STEP_KEY)
+        step_texts = first_in_row(STEP_KEY, texts)
         steps = step_texts.cast(pl.Int64, strict=False)
         if steps.null_count() > step_texts.null_count():  # steps written as floats ("6.0")
             steps = steps.fill_null(step_texts.cast(pl.Float64, strict=False).cast(pl.Int64, strict=False))
         steps = steps.fill_null(row_step_nums)
-        runtimes = first_in_row(RUNTIME_KEY).cast(pl.Float64, strict=False)
-        timestamps = first_in_row(TIMESTAMP_KEY).cast(pl.Float64, strict=False)
+        runtimes = first_in_row(RUNTIME_KEY, numbers)
+        timestamps = first_in_row(TIMESTAMP_KEY, numbers)
         missing = steps.is_null().to_numpy()
         issues = [
             self._issue("missing_step", "history row has neither a `_step` item nor a step number", f"{count} values")
@@ -641,7 +642,7 @@ class WandbLogReader:
         ]
         if issues:
             kept_items = ~missing[item_rows]
-            codes, texts = codes[kept_items], texts.filter(pl.Series(kept_items))
+            codes, texts, numbers = codes[kept_items], texts.filter(pl.Series(kept_items)), numbers.filter(pl.Series(kept_items))
             kept_rows = pl.Series(~missing)
             counts = counts[~missing]
             steps, runtimes, timestamps = steps.filter(kept_rows), runtimes.filter(kept_rows), timestamps.filter(kept_rows)
@@ -651,6 +652,7 @@ class WandbLogReader:
             names,
             codes,
             texts,
+            numbers=numbers,
             row_steps=steps.to_numpy(),
             row_counts=counts,
             row_runtimes=runtimes,
