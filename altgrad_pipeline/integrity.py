@@ -20,8 +20,9 @@ from typing import Any
 SHA256_KEY = "altgrad/sha256"
 QUARANTINE_DIR = "quarantine"
 
-#: (path, inode, size, mtime_ns) -> digest: a file read by several steps of one process is hashed once.
-_seen: dict[tuple[str, int, int, int], str] = {}
+#: (device, inode, size, mtime_ns) -> digest: a file read by several steps of one process is hashed
+#: once, and a file hashed under its temporary name is known after the rename that publishes it.
+_seen: dict[tuple[int, int, int, int], str] = {}
 #: (URL, size, ETag) -> digest, the same for files in an object store.
 _seen_objects: dict[tuple[str, int, str], str] = {}
 
@@ -33,7 +34,7 @@ class CorruptFileError(OSError):
 def sha256_of(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file's bytes (remembered while the file's inode, size and mtime are unchanged)."""
     stat = os.stat(path)
-    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
     if key not in _seen:
         with open(path, "rb") as handle:
             _seen[key] = hashlib.file_digest(handle, "sha256").hexdigest()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from altgrad_pipeline.analysis.history_scans import per_run
-from altgrad_pipeline.analysis.outcomes import history_series, loss_history
+from altgrad_pipeline.analysis.outcomes import history_series, loss_history, run_ids
 from altgrad_pipeline.analysis.rankings import BIT_STALL_KEYS
 from altgrad_pipeline.analysis.stats import finite
 from altgrad_pipeline.ingest.model import numeric_history
@@ -52,6 +52,7 @@ def run_results(
     facts = per_run(
         numeric_history(histories).filter(pl.col("key").is_in((*LOSS_KEYS, *BIT_STALL_KEYS))).select("run_id", "step", "key", "value"),
         lambda rows: _loss_and_stall_facts(rows.collect().lazy(), last_k),
+        run_ids(raw_runs),
     )
     return (
         runs.select("project", "run_id", "name", url.alias("url"), "fp8_format", "optimizer", "seed", "state", pl.col("max_steps").cast(pl.Int64))

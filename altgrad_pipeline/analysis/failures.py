@@ -405,17 +405,19 @@ def failure_modes(
     run_columns = runs.collect_schema().names()
     updated_at = pl.col("updated_at").cast(pl.Datetime("us", "UTC")) if "updated_at" in run_columns else pl.lit(None, pl.Datetime("us", "UTC"))
     outcome_columns = ["run_id", "state", "outcome", "last_step", "last_finite_loss", "last_finite_loss_step", "first_nan_step", "first_param_nan_step"]
+    # One row per run that logged anything: its first step, and which runs `per_run` visits.
+    first_steps = history.group_by("run_id").agg(pl.col("step").min().alias("first_step")).collect(engine="streaming")
     base = (
         runs.select("run_id", "project", "fp8_format", "optimizer", pl.col("max_steps").cast(pl.Int64), updated_at.alias("updated_at"))
         .join(outcomes.lazy().select(outcome_columns), on="run_id", how="left")
         .join(thresholds, on="run_id", how="left")
-        .join(history.group_by("run_id").agg(pl.col("step").min().alias("first_step")), on="run_id", how="left")
+        .join(first_steps.lazy(), on="run_id", how="left")
         .collect(engine="streaming")
     )
     evidence = per_run(
         history.filter(pl.col("key").is_in([*NAMED_KEYS, *per_param_keys.get_column("key")])).select("run_id", "step", "key", "value"),
         lambda run_rows: _run_evidence(run_rows, per_param_keys.lazy(), base.lazy(), window, trend_steps),
-        sorted(distinct(history, "run_id")),
+        sorted(first_steps.get_column("run_id")),
     )
     classified = _classify(base.lazy().join(evidence.lazy().drop("trend_series"), on="run_id", how="left"), trend_steps).collect().lazy()
 

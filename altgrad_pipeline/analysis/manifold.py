@@ -61,7 +61,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from altgrad_pipeline.analysis.outcomes import loss_and_series
+from altgrad_pipeline.analysis.outcomes import loss_and_series, run_ids
 from altgrad_pipeline.analysis.stats import (
     count_lower,
     finite,
@@ -133,7 +133,7 @@ def per_run_metrics(
     fp8_format, optimizer, seed, common_step, loss_threshold and the four `METRICS`.
     `run_summaries` is the `run_summaries` asset (one row per run and key, `min` among them)."""
     runs = raw_runs.lazy().filter(pl.col("fp8_format") != NO_FORMAT)
-    loss_series, stall_series = loss_and_series(histories, BIT_STALL_KEYS)
+    loss_series, stall_series = loss_and_series(histories, BIT_STALL_KEYS, run_ids(raw_runs))
     completed_ids = outcomes.lazy().filter(pl.col("outcome") == "completed").select("run_id")
     loss = loss_series.select("run_id", "step", "value")
     best = (

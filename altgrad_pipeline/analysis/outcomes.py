@@ -54,15 +54,25 @@ def loss_history(histories: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
     return history_series(histories, LOSS_KEYS)
 
 
-def loss_and_series(histories: pl.LazyFrame | pl.DataFrame, keys: tuple[str, ...]) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+def run_ids(raw_runs: pl.LazyFrame | pl.DataFrame) -> list[str]:
+    """The runs of `raw_runs` in its order: what `history_scans.per_run` is given so that it does
+    not find them with a scan of the whole study's histories (the partitions of both tables list
+    the same runs in the same order)."""
+    return raw_runs.lazy().select(pl.col("run_id").unique(maintain_order=True)).collect().to_series().to_list()
+
+
+def loss_and_series(
+    histories: pl.LazyFrame | pl.DataFrame, keys: tuple[str, ...], runs: list[str] | None = None
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Each run's loss series (`loss_history`) and `keys` series (`history_series`; `keys` must not
-    name a loss), found run by run (`history_scans.per_run`) and collected once, for plans that
-    read them several times. Deriving the series in such a plan from the rows of every run ran
-    several copies of their group by, join and sort at once, growing with the runs
-    (`manifold_stats` alone on the 4x benchmark study: 562 MB, 348 MB this way)."""
+    name a loss), found run by run (`history_scans.per_run`; `runs`: the run ids, `run_ids`) and
+    collected once, for plans that read them several times. Deriving the series in such a plan
+    from the rows of every run ran several copies of their group by, join and sort at once,
+    growing with the runs (`manifold_stats` alone on the 4x benchmark study: 562 MB, 348 MB this way)."""
     series = per_run(
         numeric_history(histories).filter(pl.col("key").is_in((*LOSS_KEYS, *keys))).select("run_id", "step", "key", "value"),
         lambda rows: pl.concat([loss_history(rows), history_series(rows, keys)]),
+        runs,
     )
     return series.lazy().filter(pl.col("key").is_in(LOSS_KEYS)), series.lazy().filter(pl.col("key").is_in(keys))
 
@@ -97,7 +107,7 @@ def run_outcomes(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyFrame 
     """
     runs = raw_runs.lazy().select("run_id", "state", pl.col("max_steps").cast(pl.Int64), pl.col("last_step").cast(pl.Int64).alias("ingest_last_step"))
     # Every aggregate is per run: computed run by run (`history_scans`), memory stays one run's.
-    from_history = per_run(numeric_history(histories), _history_facts, runs.select(pl.col("run_id").unique(maintain_order=True)).collect().to_series().to_list())
+    from_history = per_run(numeric_history(histories), _history_facts, run_ids(raw_runs))
     last_step = pl.coalesce("history_last_step", "ingest_last_step")
     ended_early = last_step < pl.col("max_steps") - 1
     last_loss_bad = pl.col("last_loss").is_not_null() & ~finite(pl.col("last_loss"))

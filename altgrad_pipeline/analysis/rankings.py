@@ -54,7 +54,7 @@ import numpy as np
 import polars as pl
 
 from altgrad_pipeline.analysis.history_scans import per_run
-from altgrad_pipeline.analysis.outcomes import loss_and_series, loss_history
+from altgrad_pipeline.analysis.outcomes import loss_and_series, loss_history, run_ids
 from altgrad_pipeline.analysis.stats import (
     coefficient_of_variation,
     finite,
@@ -150,7 +150,7 @@ def format_rankings(
     """Rank formats within each optimizer, overall and per layer type (definitions in the module docstring)."""
     runs = raw_runs.lazy().filter(pl.col("fp8_format") != NO_FORMAT)
     # The loss and bit-stall series, read once (run by run): the plan below reads them thrice.
-    loss_series, stall_series = loss_and_series(histories, BIT_STALL_KEYS)
+    loss_series, stall_series = loss_and_series(histories, BIT_STALL_KEYS, run_ids(raw_runs))
     per_layer = layer_metrics.lazy()
     completed = completed_runs_at_common_step(runs, loss_series, outcomes.lazy()).collect().lazy()
 

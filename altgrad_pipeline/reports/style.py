@@ -127,9 +127,15 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, panel_size: tuple[float, float
     """A figure with an nrows x ncols grid of axes (squeezed like pyplot.subplots); call inside
     `report_style()` so the axes pick up the report fonts."""
     width, height = panel_size or (SINGLE_PANEL_SIZE if nrows * ncols == 1 else GRID_PANEL_SIZE)
-    figure = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    figure = blank_figure((width * ncols, height * nrows))
     axes = figure.subplots(nrows, ncols, squeeze=True)
     return figure, axes
+
+
+def blank_figure(size: tuple[float, float]) -> Figure:
+    """A figure of `size` inches with no axes yet, for layouts `new_figure`'s grid cannot express
+    (a figure made with axes and cleared costs their construction for nothing)."""
+    return Figure(figsize=size, layout="constrained")
 
 
 def plain_log_ticks(axis: object) -> None:

@@ -36,7 +36,7 @@ from altgrad_pipeline.reports.page import (
     table,
     write_report,
 )
-from altgrad_pipeline.reports.style import new_figure, report_style, save_figure
+from altgrad_pipeline.reports.style import blank_figure, report_style, save_figure
 
 TRAINING_DYNAMICS_TITLE = "Training dynamics"
 #: Panels of the fit figure of each project: one run per setting (sweep group), at most this many.
@@ -119,8 +119,7 @@ def fit_figure(dynamics: pl.DataFrame, series: pl.DataFrame, path: Path, *, metr
     n_columns = min(FIT_GRID_COLUMNS, len(run_ids))
     n_rows = -(-len(run_ids) // n_columns)
     with report_style():
-        figure, _ = new_figure(panel_size=(3.9 * n_columns, 4.1 * n_rows + 0.6))
-        figure.clear()
+        figure = blank_figure((3.9 * n_columns, 4.1 * n_rows + 0.6))
         grid = figure.add_gridspec(2 * n_rows, n_columns, height_ratios=[2.6, 1.0] * n_rows)
         handles: dict[str, object] = {}
         for index, run_id in enumerate(run_ids):
