@@ -57,7 +57,7 @@ def first_damage(view: memoryview, base: int, pos: int, end: int, origin: int) -
 
 
 # --------------------------------------------------------------------------------------------
-# Many chunks' CRCs checked with one zlib call per block
+# Many chunks' CRCs checked with one CRC-32 call per block
 # --------------------------------------------------------------------------------------------
 
 _MASK32 = 0xFFFFFFFF
@@ -135,7 +135,7 @@ def first_crc_mismatch(
     (tens of thousands of sub-kilobyte chunks per log, each call dominated by its overhead). CRC-32 is
     linear, so the CRC of a block's run of back-to-back chunks, headers included, follows from
     the stored CRCs and lengths alone when every chunk is intact: here it is predicted with table
-    look-ups for all chunks at once and compared with one `zlib.crc32` call per run (about one per
+    look-ups for all chunks at once and compared with one CRC-32 call per run (about one per
     32 KiB block). A run's prediction differs from its bytes by the XOR of each chunk's CRC error
     moved through the bytes after it, an invertible map: one damaged chunk in a block is always
     found, two or more cancel only by a 1 in 2^32 chance, as damage matching a chunk's own CRC

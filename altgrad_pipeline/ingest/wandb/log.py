@@ -10,7 +10,8 @@ framing damage becomes an issue and the good records are kept.
 from where the last complete record ended. A large feed's clean stretch of chunks (usually all of
 it) is framed in bulk (`_frame_bulk`: chunk headers walked by the compiled scan, else block by
 block in lockstep with numpy; the record structure checked with array operations; the chunks'
-CRCs in C, else with one zlib call per block: `framing.first_crc_mismatch`); the chunk loop frames
+CRCs predicted per block, in C or numpy, and checked with one zlib-ng call per block:
+`framing.first_crc_mismatch`); the chunk loop frames
 the rest from the first chunk it must treat specially. Large logs' history and summary records are
 decoded by `wandb_fastpath` (its compiled wire scan, else numpy passes: `compiled.py`); everything
 else, and whatever it declines, by upb through `_decode`, with the same result either way.
