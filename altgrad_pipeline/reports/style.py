@@ -18,7 +18,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first)
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402  (the backend is chosen first)
+from matplotlib.backends.backend_svg import FigureCanvasSVG  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from altgrad_pipeline import atomic  # noqa: E402
@@ -147,13 +149,30 @@ def plain_log_ticks(axis: object) -> None:
 
 def save_figure(figure: Figure, path: Path, *, dpi: int = FIGURE_DPI) -> Path:
     """Write the figure as PNG and its `VECTOR_FORMAT` twin beside it (parents created), then
-    release it; returns the PNG path (the one reports show inline)."""
+    release it; returns the PNG path (the one reports show inline).
+
+    Each file is laid out for its own renderer (text measures differently at the PNG's dpi and in
+    SVG points, by up to 6 pt on a long legend), but only once: `savefig` on a figure with a layout
+    engine lays it out inside a whole draw with rendering disabled and then draws it again, so the
+    layout is run here, on the canvas of the format, and `savefig` draws a figure without an
+    engine. The files are byte-identical to `savefig` laying out itself."""
     path = Path(path)
+    layout = figure.get_layout_engine()
+    figure.set_layout_engine(None)
+    figure_dpi = figure.dpi
+    outputs = (
+        (path, "png", FigureCanvasAgg, dpi, {"dpi": dpi}),
+        (path.with_suffix(f".{VECTOR_FORMAT}"), VECTOR_FORMAT, FigureCanvasSVG, figure_dpi, {"metadata": {"Date": None}}),
+    )
     with matplotlib.rc_context({"svg.hashsalt": REPORT_RC["svg.hashsalt"]}):
-        # Each file whole or not at all: a kill or a full disk never leaves half a PNG or SVG.
-        with atomic.atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=dpi)
-        with atomic.atomic_path(path.with_suffix(f".{VECTOR_FORMAT}")) as tmp:
-            figure.savefig(tmp, format=VECTOR_FORMAT, metadata={"Date": None})
+        for target, file_format, canvas, layout_dpi, options in outputs:
+            if layout is not None:
+                canvas(figure)
+                figure.dpi = layout_dpi  # the SVG canvas sets 72, its points, when it makes its renderer
+                layout.execute(figure)
+                figure.dpi = figure_dpi
+            # Each file whole or not at all: a kill or a full disk never leaves half a PNG or SVG.
+            with atomic.atomic_path(target) as tmp:
+                figure.savefig(tmp, format=file_format, **options)
     figure.clear()
     return path
