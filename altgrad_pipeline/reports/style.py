@@ -52,6 +52,10 @@ VECTOR_FORMAT = "svg"
 #: Rendering resolution of saved PNGs: sharp enough on a laptop screen, small enough to embed.
 FIGURE_DPI = 110
 
+#: zlib level of saved PNGs: the same pixels at 3 as at PIL's default 6, in 60% of the encoding CPU
+#: (the bench study's nine figures 0.31 -> 0.19 CPU-s) and 2% more bytes.
+PNG_COMPRESS_LEVEL = 3
+
 #: Figure sizes in inches: one panel, and one panel of a multi-panel grid.
 SINGLE_PANEL_SIZE = (7.5, 4.5)
 GRID_PANEL_SIZE = (4.2, 3.0)
@@ -161,7 +165,7 @@ def save_figure(figure: Figure, path: Path, *, dpi: int = FIGURE_DPI) -> Path:
     figure.set_layout_engine(None)
     figure_dpi = figure.dpi
     outputs = (
-        (path, "png", FigureCanvasAgg, dpi, {"dpi": dpi}),
+        (path, "png", FigureCanvasAgg, dpi, {"dpi": dpi, "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}),
         (path.with_suffix(f".{VECTOR_FORMAT}"), VECTOR_FORMAT, FigureCanvasSVG, figure_dpi, {"metadata": {"Date": None}}),
     )
     with matplotlib.rc_context({"svg.hashsalt": REPORT_RC["svg.hashsalt"]}):

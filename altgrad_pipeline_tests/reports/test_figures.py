@@ -29,6 +29,7 @@ from altgrad_pipeline.reports.figures import (
 from altgrad_pipeline.reports.style import (
     FIGURE_DPI,
     FORMAT_COLOURS,
+    PNG_COMPRESS_LEVEL,
     checked_format_name,
     format_colour,
     new_figure,
@@ -98,7 +99,7 @@ def test_save_figure_writes_the_bytes_of_savefig_laying_out_each_format_itself(t
     saved = save_figure(build(), tmp_path / "laid_out_once.png")
     reference, layouts = build(), {}
     with matplotlib.rc_context({"svg.hashsalt": "altgrad-pipeline"}):
-        for suffix, options in ((".png", {"dpi": FIGURE_DPI}), (".svg", {"metadata": {"Date": None}})):
+        for suffix, options in ((".png", {"dpi": FIGURE_DPI, "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}), (".svg", {"metadata": {"Date": None}})):
             reference.savefig(tmp_path / f"reference{suffix}", **options)
             layouts[suffix] = reference.axes[0].get_position().bounds
     assert layouts[".png"] != pytest.approx(layouts[".svg"], abs=1e-3)
