@@ -162,13 +162,15 @@ def save_figure(figure: Figure, path: Path, *, dpi: int = FIGURE_DPI) -> Path:
     engine. The files are byte-identical to `savefig` laying out itself."""
     path = Path(path)
     layout = figure.get_layout_engine()
-    figure.set_layout_engine(None)
     figure_dpi = figure.dpi
     outputs = (
         (path, "png", FigureCanvasAgg, dpi, {"dpi": dpi, "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}),
         (path.with_suffix(f".{VECTOR_FORMAT}"), VECTOR_FORMAT, FigureCanvasSVG, figure_dpi, {"metadata": {"Date": None}}),
     )
-    with matplotlib.rc_context({"svg.hashsalt": REPORT_RC["svg.hashsalt"]}):
+    # No engine means none only while the rc asks for no default layout (else it installs one).
+    no_default_layout = {"figure.autolayout": False, "figure.constrained_layout.use": False}
+    with matplotlib.rc_context({"svg.hashsalt": REPORT_RC["svg.hashsalt"], **no_default_layout}):
+        figure.set_layout_engine(None)
         for target, file_format, canvas, layout_dpi, options in outputs:
             if layout is not None:
                 canvas(figure)
