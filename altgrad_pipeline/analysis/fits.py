@@ -309,8 +309,11 @@ def fit_shifted_power_law(t: np.ndarray, y: np.ndarray, floor: float | None = No
     span = max(float(t[-1] - t[0]), 1.0)
     shifts = _SHIFT_GRID_FRACTIONS * span
     grid = [(b, t0) for t0 in shifts for b in _EXPONENT_GRID]
-    # Shift by shift: each (b) grid is reduced while it is in cache, not after all 24 were written.
-    per_shift = [_projected_fits((t + shift) ** -_EXPONENT_GRID[:, None], y, floor) for shift in shifts]
+    # Shift by shift into one buffer: each (b) grid is reduced while it is in cache, not after all
+    # 24 were written, and no fresh megabyte is allocated per shift (the allocator hands freed
+    # ones back to the system, and every new one costs its page faults again).
+    basis = np.empty((len(_EXPONENT_GRID), len(t)))
+    per_shift = [_projected_fits(np.power(t + shift, -_EXPONENT_GRID[:, None], out=basis), y, floor) for shift in shifts]
     a, c, rss = (np.concatenate(columns) for columns in zip(*per_shift))
     best = int(np.argmin(rss))
     x0 = np.array([a[best], grid[best][0], grid[best][1], c[best]])
