@@ -242,7 +242,7 @@ def _projected_fits(basis: np.ndarray, y: np.ndarray, floor: float | None = None
     if floor is None:
         return a, c, rss
     target = y - floor
-    sxt = basis @ target
+    sxt = sxy if floor == 0 else basis @ target  # y - 0 is y, bit for bit
     with np.errstate(divide="ignore", invalid="ignore"):
         a_floor = np.where(sxx > 0, sxt / sxx, 0.0)
     rss_floor = np.maximum(target @ target - a_floor * sxt, 0.0)
@@ -309,8 +309,12 @@ def fit_shifted_power_law(t: np.ndarray, y: np.ndarray, floor: float | None = No
     span = max(float(t[-1] - t[0]), 1.0)
     shifts = _SHIFT_GRID_FRACTIONS * span
     grid = [(b, t0) for t0 in shifts for b in _EXPONENT_GRID]
-    basis = (t[None, None, :] + shifts[:, None, None]) ** -_EXPONENT_GRID[None, :, None]
-    a, c, rss = _projected_fits(basis.reshape(len(grid), len(t)), y, floor)
+    # Shift by shift into one buffer: each (b) grid is reduced while it is in cache, not after all
+    # 24 were written, and no fresh megabyte is allocated per shift (the allocator hands freed
+    # ones back to the system, and every new one costs its page faults again).
+    basis = np.empty((len(_EXPONENT_GRID), len(t)))
+    per_shift = [_projected_fits(np.power(t + shift, -_EXPONENT_GRID[:, None], out=basis), y, floor) for shift in shifts]
+    a, c, rss = (np.concatenate(columns) for columns in zip(*per_shift))
     best = int(np.argmin(rss))
     x0 = np.array([a[best], grid[best][0], grid[best][1], c[best]])
     result = _least_squares(
@@ -345,35 +349,60 @@ def fit_exponential(t: np.ndarray, y: np.ndarray, floor: float | None = None) ->
 # ---------------------------------------------------------------- two power-law segments
 
 
-def _segment_costs(basis: np.ndarray, y: np.ndarray, *, intercept: bool) -> tuple[np.ndarray, np.ndarray]:
+def _cumulative(values: np.ndarray) -> np.ndarray:
+    """Sums of values[..., :k] for k = 0..n (along the last axis)."""
+    sums = np.zeros(values.shape[:-1] + (values.shape[-1] + 1,))
+    np.cumsum(values, axis=-1, out=sums[..., 1:])
+    return sums
+
+
+def _prefix_and_suffix_sums(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of values[..., :k] and of values[..., k:] for k = 0..n. The suffix sums are summed from
+    the end: subtracting prefix sums from the total would lose the tiny tails of steep bases
+    (t^-5) to rounding."""
+    return _cumulative(values), _cumulative(values[..., ::-1])[..., ::-1]
+
+
+def _least_segment_cost(value: np.ndarray) -> np.ndarray:
+    """The smallest RSS over the basis rows (exponents) at each k; a NaN cost never wins."""
+    return np.nan_to_num(np.maximum(value, 0.0), nan=np.inf).min(axis=0)
+
+
+class _SegmentCosts:
     """RSS of the best fit of every prefix y[:k] and suffix y[k:] (k = 0..n), minimised over the
-    basis rows (one per exponent): with `intercept` y ≈ a·x + c per segment, else y ≈ a·x (the
-    caller has subtracted a shared c). Closed form from cumulative sums, so all segments of all
-    exponents cost O(m·n)."""
+    rows of a basis (one per exponent), in closed form from cumulative sums, so all segments of
+    all exponents cost O(m·n). The sums of the basis alone (counts, Σx, Σx²) are summed once for
+    both searches of a two-power fit."""
 
-    def cumulative(values: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.zeros(values.shape[:-1] + (1,)), np.cumsum(values, axis=-1)], axis=-1)
+    def __init__(self, basis: np.ndarray) -> None:
+        self.basis = basis
+        self.n = _prefix_and_suffix_sums(np.ones(basis.shape[-1]))
+        self.sx = _prefix_and_suffix_sums(basis)
+        self.sxx = _prefix_and_suffix_sums(basis * basis)
 
-    def reverse_cumulative(values: np.ndarray) -> np.ndarray:
-        """Sums of values[k:] for k = 0..n, summed from the end: subtracting prefix sums from the
-        total would lose the tiny tails of steep bases (t^-5) to rounding."""
-        return cumulative(values[..., ::-1])[..., ::-1]
-
-    def rss(sums) -> np.ndarray:
-        n, sx, sxx, sxy, sy, syy = sums
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if intercept:
+    def with_intercept(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(prefix, suffix) costs of y ≈ a·x + c per segment."""
+        sxy, sy, syy = _prefix_and_suffix_sums(self.basis * y), _prefix_and_suffix_sums(y), _prefix_and_suffix_sums(y * y)
+        costs = []
+        for end in (0, 1):
+            n, sx, sxx = self.n[end], self.sx[end], self.sxx[end]
+            with np.errstate(divide="ignore", invalid="ignore"):
                 var_x = sxx - sx * sx / n
-                cov = sxy - sx * sy / n
-                value = syy - sy * sy / n - np.where(var_x > 1e-12 * sxx, cov * cov / var_x, 0.0)
-            else:
-                value = syy - np.where(sxx > 0, sxy * sxy / sxx, 0.0)
-        return np.nan_to_num(np.maximum(value, 0.0), nan=np.inf).min(axis=0)
+                cov = sxy[end] - sx * sy[end] / n
+                value = syy[end] - sy[end] * sy[end] / n - np.where(var_x > 1e-12 * sxx, cov * cov / var_x, 0.0)
+            costs.append(_least_segment_cost(value))
+        return costs[0], costs[1]
 
-    columns = (np.ones_like(y), basis, basis * basis, basis * y, y, y * y)
-    prefix = rss([cumulative(c) for c in columns])
-    suffix = rss([reverse_cumulative(c) for c in columns])
-    return prefix, suffix
+    def through_origin(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(prefix, suffix) costs of y ≈ a·x per segment (the caller has subtracted a shared c)."""
+        sxy, syy = _prefix_and_suffix_sums(self.basis * y), _prefix_and_suffix_sums(y * y)
+        costs = []
+        for end in (0, 1):
+            sxx = self.sxx[end]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                value = syy[end] - np.where(sxx > 0, sxy[end] * sxy[end] / sxx, 0.0)
+            costs.append(_least_segment_cost(value))
+        return costs[0], costs[1]
 
 
 def _min_segment(n: int) -> int:
@@ -420,11 +449,12 @@ def fit_two_power(t: np.ndarray, y: np.ndarray, floor: float | None = None) -> C
     t, y = np.asarray(t, float), np.asarray(y, float)
     n = len(y)
     basis = t[None, :] ** -_EXPONENT_GRID[:, None]
-    k = _best_break(*_segment_costs(basis, y - float(np.mean(y)), intercept=True), n)
+    segment_costs = _SegmentCosts(basis)
+    k = _best_break(*segment_costs.with_intercept(y - float(np.mean(y))), n)
     c0 = float(fit_power_law(t[k:], y[k:], floor).params["c"]) if n - k >= 4 else float(np.min(y))
     c0 = c0 if floor is None else max(c0, floor)
     result, _ = _fit_two_power_at(t, y, basis, k, c0, floor)
-    k = _best_break(*_segment_costs(basis, y - float(result.x[3]), intercept=False), n)
+    k = _best_break(*segment_costs.through_origin(y - float(result.x[3])), n)
     result, break_t = _fit_two_power_at(t, y, basis, k, float(result.x[3]), floor)
     at_edge = min(k - _min_segment(n), n - _min_segment(n) - k) < KNEE_EDGE_POINTS
     a1, b1, b2, c = result.x

@@ -18,7 +18,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first)
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402  (the backend is chosen first)
+from matplotlib.backends.backend_svg import FigureCanvasSVG  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from altgrad_pipeline import atomic  # noqa: E402
@@ -49,6 +51,10 @@ VECTOR_FORMAT = "svg"
 
 #: Rendering resolution of saved PNGs: sharp enough on a laptop screen, small enough to embed.
 FIGURE_DPI = 110
+
+#: zlib level of saved PNGs: the same pixels at 3 as at PIL's default 6, in 60% of the encoding CPU
+#: (the bench study's nine figures 0.31 -> 0.19 CPU-s) and 2% more bytes.
+PNG_COMPRESS_LEVEL = 3
 
 #: Figure sizes in inches: one panel, and one panel of a multi-panel grid.
 SINGLE_PANEL_SIZE = (7.5, 4.5)
@@ -147,13 +153,32 @@ def plain_log_ticks(axis: object) -> None:
 
 def save_figure(figure: Figure, path: Path, *, dpi: int = FIGURE_DPI) -> Path:
     """Write the figure as PNG and its `VECTOR_FORMAT` twin beside it (parents created), then
-    release it; returns the PNG path (the one reports show inline)."""
+    release it; returns the PNG path (the one reports show inline).
+
+    Each file is laid out for its own renderer (text measures differently at the PNG's dpi and in
+    SVG points, by up to 6 pt on a long legend), but only once: `savefig` on a figure with a layout
+    engine lays it out inside a whole draw with rendering disabled and then draws it again, so the
+    layout is run here, on the canvas of the format, and `savefig` draws a figure without an
+    engine. The files are byte-identical to `savefig` laying out itself."""
     path = Path(path)
-    with matplotlib.rc_context({"svg.hashsalt": REPORT_RC["svg.hashsalt"]}):
-        # Each file whole or not at all: a kill or a full disk never leaves half a PNG or SVG.
-        with atomic.atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=dpi)
-        with atomic.atomic_path(path.with_suffix(f".{VECTOR_FORMAT}")) as tmp:
-            figure.savefig(tmp, format=VECTOR_FORMAT, metadata={"Date": None})
+    layout = figure.get_layout_engine()
+    figure_dpi = figure.dpi
+    outputs = (
+        (path, "png", FigureCanvasAgg, dpi, {"dpi": dpi, "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}),
+        (path.with_suffix(f".{VECTOR_FORMAT}"), VECTOR_FORMAT, FigureCanvasSVG, figure_dpi, {"metadata": {"Date": None}}),
+    )
+    # No engine means none only while the rc asks for no default layout (else it installs one).
+    no_default_layout = {"figure.autolayout": False, "figure.constrained_layout.use": False}
+    with matplotlib.rc_context({"svg.hashsalt": REPORT_RC["svg.hashsalt"], **no_default_layout}):
+        figure.set_layout_engine(None)
+        for target, file_format, canvas, layout_dpi, options in outputs:
+            if layout is not None:
+                canvas(figure)
+                figure.dpi = layout_dpi  # the SVG canvas sets 72, its points, when it makes its renderer
+                layout.execute(figure)
+                figure.dpi = figure_dpi
+            # Each file whole or not at all: a kill or a full disk never leaves half a PNG or SVG.
+            with atomic.atomic_path(target) as tmp:
+                figure.savefig(tmp, format=file_format, **options)
     figure.clear()
     return path

@@ -29,6 +29,7 @@ from altgrad_pipeline.reports.figures import (
 from altgrad_pipeline.reports.style import (
     FIGURE_DPI,
     FORMAT_COLOURS,
+    PNG_COMPRESS_LEVEL,
     checked_format_name,
     format_colour,
     new_figure,
@@ -80,6 +81,30 @@ def test_save_figure_writes_png_at_the_report_dpi(tmp_path: Path) -> None:
     assert figure.get_axes() == []  # released
     width = int.from_bytes(written.read_bytes()[16:20], "big")
     assert width == round(7.5 * FIGURE_DPI)
+
+
+def test_save_figure_writes_the_bytes_of_savefig_laying_out_each_format_itself(tmp_path: Path) -> None:
+    """`save_figure` lays each format out once, for its own renderer; the files equal those of
+    `savefig` with the constrained-layout engine, whose layout differs between PNG and SVG here
+    (the long legend measures wider at the PNG's dpi)."""
+
+    def build():
+        with report_style():
+            figure, axes = new_figure(panel_size=(6.0, 3.0))
+            axes.plot([1, 2, 3], [3.0, 1.5, 1.2], label="E5M2, weight decay 0.1, learning rate 3e-4 · n≤5 · diverged")
+            axes.set_title("loss per group, mean and 95% t band over seeds")
+            figure.legend(loc="outside right upper")
+        return figure
+
+    saved = save_figure(build(), tmp_path / "laid_out_once.png")
+    reference, layouts = build(), {}
+    with matplotlib.rc_context({"svg.hashsalt": "altgrad-pipeline"}):
+        for suffix, options in ((".png", {"dpi": FIGURE_DPI, "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}), (".svg", {"metadata": {"Date": None}})):
+            reference.savefig(tmp_path / f"reference{suffix}", **options)
+            layouts[suffix] = reference.axes[0].get_position().bounds
+    assert layouts[".png"] != pytest.approx(layouts[".svg"], abs=1e-3)
+    assert saved.read_bytes() == (tmp_path / "reference.png").read_bytes()
+    assert saved.with_suffix(".svg").read_bytes() == (tmp_path / "reference.svg").read_bytes()
 
 
 def test_loss_curve_summary_is_a_t_interval_over_finite_values() -> None:
