@@ -1,6 +1,7 @@
-"""The refresh's instance storage (`defs.instance_storage`): Dagster's SQLite files written through
-one kept connection per file, read back by a plain Dagster instance in another process (as the UI
-and the daemon read them), with a dagster.yaml's own storage left alone."""
+"""The refresh's instance (`defs.instance_storage`): Dagster's SQLite files written through one kept
+connection per file and read back by a plain Dagster instance in another process (as the UI and the
+daemon read them); DEBUG lines of `context.log` not stored, Dagster's events all stored; a
+dagster.yaml's own storage and log level left alone."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from altgrad_pipeline.refresh import INSTANCE_YAML
 @dg.asset(partitions_def=dg.DynamicPartitionsDefinition(name="pooled_test_format"))
 def partitioned_numbers(context) -> dg.MaterializeResult:
     context.log.info("logged through the event log")
+    context.log.debug("a debug line, as Dagster's UPathIOManager logs for every file")
     return dg.MaterializeResult(metadata={"rows": 3})
 
 
@@ -76,6 +78,7 @@ def _read_in_another_process(home, run_id: str) -> dict:
                 "status": run.status.value,
                 "events": len(records),
                 "messages": [r.event_log_entry.user_message for r in records if not r.event_log_entry.is_dagster_event],
+                "step_starts": sum(r.event_log_entry.dagster_event_type == dg.DagsterEventType.STEP_START for r in records),
                 "materialized": event.asset_materialization.partition,
                 "rows": event.asset_materialization.metadata["rows"].value,
                 "checks": len(check),
@@ -107,6 +110,7 @@ def test_events_written_through_kept_connections_read_back_by_a_plain_instance(h
             "status": "SUCCESS",
             "events": events,
             "messages": ["logged through the event log"],
+            "step_starts": 2,  # Dagster logs its events at DEBUG: every one is stored
             "materialized": "E5M2",
             "rows": 3,
             "checks": 1,
@@ -125,13 +129,26 @@ def test_a_plain_instance_opens_a_connection_per_statement(tmp_path, home, conne
         assert connections_opened[0] - before >= events
 
 
-def test_a_dagster_yaml_that_chooses_its_storage_keeps_it(tmp_path):
+def test_a_dagster_yaml_that_chooses_its_storage_or_log_level_keeps_them(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(f"{INSTANCE_YAML}storage:\n  sqlite:\n    base_dir: {tmp_path / 'elsewhere'}\n")
-    assert instance_ref(home).storage_data.class_name == "DagsterSqliteStorage"
-    (home / "dagster.yaml").unlink()  # an instance without a dagster.yaml gets the pooled storage
-    assert instance_ref(home).storage_data.class_name == "PooledSqliteStorage"
+    (home / "dagster.yaml").write_text(
+        f"{INSTANCE_YAML}storage:\n  sqlite:\n    base_dir: {tmp_path / 'elsewhere'}\n"
+        "python_logs:\n  python_log_level: DEBUG\n  managed_python_loggers: [my_logger]\n"
+    )
+    ref = instance_ref(home)
+    assert ref.storage_data.class_name == "DagsterSqliteStorage"
+    assert ref.settings["python_logs"] == {"python_log_level": "DEBUG", "managed_python_loggers": ["my_logger"]}
+    (home / "dagster.yaml").write_text("python_logs:\n  managed_python_loggers: [my_logger]\n")
+    ref = instance_ref(home)
+    assert ref.storage_data.class_name == "PooledSqliteStorage"
+    assert ref.settings["python_logs"] == {"python_log_level": "INFO", "managed_python_loggers": ["my_logger"]}
+    (home / "dagster.yaml").unlink()  # an instance without a dagster.yaml gets both defaults
+    ref = instance_ref(home)
+    assert (ref.storage_data.class_name, ref.settings["python_logs"]) == (
+        "PooledSqliteStorage",
+        {"python_log_level": "INFO"},
+    )
 
 
 def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents_open(tmp_path):

@@ -134,13 +134,24 @@ class PooledSqliteStorage(DagsterSqliteStorage):
 
 
 def instance_ref(home: Path) -> InstanceRef:
-    """The instance in `home` as its dagster.yaml says, with `PooledSqliteStorage` in place of the
-    default SQLite storage when the file names no storage of its own (a Postgres instance, say)."""
+    """The instance in `home` as its dagster.yaml says, with two defaults of its own where the file
+    sets none:
+
+    - `PooledSqliteStorage` in place of the default SQLite storage (a dagster.yaml naming a storage,
+      Postgres say, keeps it);
+    - Python log level INFO for the runs' `context.log`: Dagster's `UPathIOManager` logs a DEBUG line
+      for every file it writes or loads ("Writing file at: <path> using PolarsParquetIOManager...",
+      78 of the 721 events of a first refresh), which the materialization's `path` metadata and the
+      LOADED_INPUT event already say. Dagster's own events are stored at any level.
+    """
     config, _ = dagster_instance_config(str(home))
-    if any(key in config for key in STORAGE_KEYS):
-        return InstanceRef.from_dir(str(home))
-    pooled = {"module": __name__, "class": PooledSqliteStorage.__name__, "config": {"base_dir": str(home)}}
-    return InstanceRef.from_dir(str(home), overrides={"storage": {"custom": pooled}})
+    overrides: dict[str, object] = {}
+    if not any(key in config for key in STORAGE_KEYS):
+        pooled = {"module": __name__, "class": PooledSqliteStorage.__name__, "config": {"base_dir": str(home)}}
+        overrides["storage"] = {"custom": pooled}
+    if "python_log_level" not in (config.get("python_logs") or {}):
+        overrides["python_logs"] = {**(config.get("python_logs") or {}), "python_log_level": "INFO"}
+    return InstanceRef.from_dir(str(home), overrides=overrides)
 
 
 def open_instance(home: Path) -> dg.DagsterInstance:
