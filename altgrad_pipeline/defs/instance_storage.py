@@ -1,24 +1,25 @@
-"""Dagster's SQLite storage with one database connection kept per file, for the processes of
-`altgrad-pipeline refresh`.
+"""The Dagster instance of `altgrad-pipeline refresh`: Dagster's SQLite storage with one database
+connection kept per file, and `context.log` stored from INFO up (`instance_ref`).
 
 Dagster's SQLite run and event-log storages build a SQLAlchemy engine without a pool for every
 statement: each of the ~720 events of a first refresh creates an engine, opens the file, commits,
 closes it and disposes the engine (`SqliteEventLogStorage._connect`, `SqliteRunStorage.connect`),
-about 5 CPU-s of the refresh. Dagster offers no setting for this (`DAGSTER_EVENT_BATCH_SIZE` batches
-a few event kinds only). These subclasses keep one engine (SQLAlchemy's default queue pool) per
-database file instead; the files, tables, WAL journal and rows are Dagster's own, so the UI, the
-daemon and a plain instance read and write them as before, concurrently.
+and `has_table` opens one more before every partition look-up and asset event: about 6 of the
+9-10 CPU-s a first refresh spent in Dagster's storage. Dagster offers no setting for this
+(`DAGSTER_EVENT_BATCH_SIZE` batches a few event kinds only). These subclasses keep one engine
+(SQLAlchemy's default queue pool) per database file instead; the files, tables, WAL journal and rows
+are Dagster's own, so the UI, the daemon and a plain instance read and write them as before,
+concurrently.
 
-Only `refresh` uses them (`instance_ref`): the instance's dagster.yaml is never changed, so every
-existing instance works as it did and `dg dev`'s webserver and daemon keep Dagster's classes. A
-process that forks drops the engines it inherited (without closing its parent's connections) and
-opens its own; a killed process leaves what any killed SQLite writer leaves, a WAL the next opener
-recovers.
+Only `refresh` uses them: the instance's dagster.yaml is never changed, so every existing instance
+works as it did and `dg dev`'s webserver and daemon keep Dagster's classes. A process that forks
+drops the engines it inherited (without closing its parent's connections) and opens its own; a
+killed process leaves what any killed SQLite writer leaves, a WAL the next opener recovers.
 
 They override methods of Dagster 1.13 that are private or undocumented (`_connect`, `connect`,
-`has_table`) and replace the storages
-`DagsterSqliteStorage` builds: if Dagster renames them, these classes fall back to the old per-statement
-engines (`test_instance_storage.py` checks that pooled connections are the ones used).
+`has_table`) and replace the storages `DagsterSqliteStorage` builds: if Dagster renames them, these
+classes fall back to the old per-statement engines (`test_instance_storage.py` checks that pooled
+connections are the ones used).
 """
 
 from __future__ import annotations
