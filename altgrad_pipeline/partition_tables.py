@@ -29,7 +29,7 @@ from typing import Any
 
 import polars as pl
 
-from altgrad_pipeline import locking
+from altgrad_pipeline import atomic, locking
 
 #: Parquet key-value metadata: `{run_id: run_version}` of the runs a file covers, and its recipe.
 RUN_VERSIONS_KEY = "altgrad.run_versions"
@@ -166,8 +166,10 @@ def spill_folder(root: Path, asset: str) -> Path:
 
 
 def _spilled(rows: pl.DataFrame | pl.LazyFrame, path: Path) -> pl.LazyFrame:
-    """One run's rows as a scan: computed rows are written to `path` (lz4: written once, read once)."""
+    """One run's rows as a scan: computed rows are written to `path` (lz4: written once, read once),
+    atomically, so a full disk leaves no truncated piece and is said like any other full disk."""
     if isinstance(rows, pl.LazyFrame):
         return rows
-    rows.write_parquet(path, compression="lz4")
+    with atomic.atomic_path(path) as tmp:
+        rows.write_parquet(tmp, compression="lz4")
     return pl.scan_parquet(path)

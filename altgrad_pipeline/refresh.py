@@ -23,6 +23,7 @@ from dagster._core.instance.ref import InstanceRef
 from altgrad_pipeline import execution, locking, settings
 from altgrad_pipeline.definitions import ASSETS, build_resources
 from altgrad_pipeline.defs.executor import create_pools
+from altgrad_pipeline.defs.instance_storage import open_instance
 from altgrad_pipeline.defs.jobs import refresh_analysis_job, refresh_format_job
 from altgrad_pipeline.defs.orphaned_runs import fail_orphaned_runs, process_tags
 from altgrad_pipeline.defs.partitions import fp8_format_partitions, register_formats
@@ -128,18 +129,19 @@ def refresh(
     entries = settings.parse_run_stores(runs)
     settings.check_local_stores(entries)
     with locking.refresh_lock(settings.local_state_dir(data_dir), echo):  # one refresh per data dir at a time
-        return _refresh(runs, data_dir, full=full, echo=echo, instance=instance, example=not entries)
+        if instance is not None:
+            return _refresh(runs, data_dir, full=full, echo=echo, instance=instance, example=not entries)
+        with open_instance(dagster_home(data_dir)) as own:
+            return _refresh(runs, data_dir, full=full, echo=echo, instance=own, example=not entries)
 
 
 def _refresh(
-    runs: str, data_dir: str, *, full: bool, echo: Callable[[str], None], instance: dg.DagsterInstance | None, example: bool
+    runs: str, data_dir: str, *, full: bool, echo: Callable[[str], None], instance: dg.DagsterInstance, example: bool
 ) -> RefreshReport:
     if example:
         ensure_example_store(data_dir, echo)
     resources = build_resources(runs=runs, data_dir=data_dir)
     run_stores: RunStores = resources["run_stores"]  # type: ignore[assignment]
-    if instance is None:
-        instance = dg.DagsterInstance.from_config(str(dagster_home(data_dir)))
     echo(f"Run stores: {', '.join(e.label for e in run_stores.store_entries())}")
     echo(f"Dagster instance: {instance.root_directory}")
 
