@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
 import uuid
@@ -20,6 +21,8 @@ from pathlib import Path
 #: Test-only: the name of the write point at which the process kills itself (see `kill_point`).
 KILL_AT_ENV = "ALTGRAD_TEST_KILL_AT"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+#: A temp folder's name (`temp_path`): `.<target name>.<pid>-<12 hex>.tmp`.
+_TEMP_FOLDER = re.compile(r"\..+\.(?P<pid>[0-9]+)-[0-9a-f]{12}\.tmp")
 _NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "database or disk is full")
 #: SQLite says "disk I/O error" (SQLITE_IOERR_*) for some writes that fail for want of space (its
 #: WAL index, a journal truncate): with less than this free beside it, that is a full disk.
@@ -89,17 +92,46 @@ def disk_full_message(exc: BaseException, database_dir: Path) -> str | None:
 def kill_point(name: str) -> None:
     """Test-only hook: SIGKILL this process when ALTGRAD_TEST_KILL_AT equals `name`, to simulate a
     refresh killed at that point (`write:<asset>` before an asset's file, `write:<file name>` before
-    a report file). Unset (always, outside tests) it does nothing."""
+    a report file, `rename:<file name>` once its temp file is written). Unset (always, outside
+    tests) it does nothing."""
     if os.environ.get(KILL_AT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def temp_path(path: Path) -> Path:
     """Where `path` is written before the rename: a file of the same name in a hidden, unique
-    folder beside it (`.<name>.<hex>.tmp/<name>`). Same file system, so the final rename is atomic;
-    same name, so a writer that reads meaning from the file name (its suffix, its stem) sees the
-    real one."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp") / path.name
+    folder beside it (`.<name>.<pid>-<hex>.tmp/<name>`). Same file system, so the final rename is
+    atomic; same name, so a writer that reads meaning from the file name (its suffix, its stem) sees
+    the real one; the writer's process id, so a folder whose writer was killed can be told
+    (`remove_abandoned_temps`)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp") / path.name
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_abandoned_temps(root: Path, *, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Remove the temp folders (`temp_path`) under `root` whose writing process is gone: a kill -9
+    between a temp folder's creation and its rename leaves one, which nothing else removes. Folders
+    of live processes (another writer on this machine) stay; so do folders under a directory
+    named in `skip`. Returns the folders removed."""
+    removed = []
+    for folder, subfolders, _ in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in skip]
+        for name in list(subfolders):
+            match = _TEMP_FOLDER.fullmatch(name)
+            if match and not _process_alive(int(match["pid"])):
+                shutil.rmtree(Path(folder) / name, ignore_errors=True)
+                subfolders.remove(name)
+                removed.append(Path(folder) / name)
+    return removed
 
 
 @contextlib.contextmanager
@@ -113,6 +145,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         tmp.parent.mkdir()
         yield tmp
+        kill_point(f"rename:{path.name}")
         os.replace(tmp, path)
     except Exception as exc:
         if is_out_of_space(exc):

@@ -20,7 +20,7 @@ import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster._core.instance.ref import InstanceRef
 
-from altgrad_pipeline import execution, locking, settings
+from altgrad_pipeline import atomic, execution, locking, settings
 from altgrad_pipeline.definitions import ASSETS, build_resources
 from altgrad_pipeline.defs.executor import create_pools
 from altgrad_pipeline.defs.instance_storage import open_instance
@@ -138,6 +138,8 @@ def refresh(
 def _refresh(
     runs: str, data_dir: str, *, full: bool, echo: Callable[[str], None], instance: dg.DagsterInstance, example: bool
 ) -> RefreshReport:
+    if abandoned := atomic.remove_abandoned_temps(settings.local_state_dir(data_dir), skip=("dagster_home", "quarantine")):
+        echo(f"Removed {len(abandoned)} temp folder(s) left by a killed writer")
     if example:
         ensure_example_store(data_dir, echo)
     resources = build_resources(runs=runs, data_dir=data_dir)

@@ -25,6 +25,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from altgrad_pipeline import atomic
 from altgrad_pipeline.atomic import KILL_AT_ENV
 from altgrad_pipeline.examples import example_spec, simulate_history
 
@@ -147,7 +148,7 @@ def test_odd_format_names_stay_inside_the_data_dir_and_are_explained(clean, stor
         ("after a partition's first table", "write:run_histories", False),
         ("mid-partition", "write:layer_metrics", False),
         ("mid-analysis", "write:format_rankings", True),
-        ("mid-report", "write:failure_modes.md", True),
+        ("mid-report, its temp file written", "rename:failure_modes.md", True),
     ],
 )
 def test_a_refresh_killed_at_any_phase_heals_on_a_plain_rerun(phase, kill_at, full, store, clean, tmp_path):
@@ -158,7 +159,9 @@ def test_a_refresh_killed_at_any_phase_heals_on_a_plain_rerun(phase, kill_at, fu
     out = _ok(_refresh(store, data))
     assert "Marked failed 1 run(s) whose process was gone" in out, out
     assert "Everything is up to date." not in out and "Materializing analysis and reports" in out, out
-    assert_like_clean(data, clean)
+    assert_like_clean(data, clean)  # the killed writer's temp folder included
+    if kill_at.startswith("rename:"):
+        assert "Removed 1 temp folder(s) left by a killed writer" in out, out
     if kill_at == "write:run_histories":  # converged: the next refresh has nothing to do, and says so
         assert "Everything is up to date." in _ok(_refresh(store, data))
 
@@ -262,3 +265,18 @@ def test_a_full_disk_is_said_plainly_and_a_rerun_after_freeing_space_heals(fract
         out = _ok(_refresh(store, data))
         assert "Everything is up to date." not in out
         assert_like_clean(data, clean)
+
+
+def test_only_temp_folders_of_gone_writers_are_removed(tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead_pid = int(gone.stdout)  # reaped: no such process any more (a reused pid would only keep a folder)
+    figures = tmp_path / "reports" / "figures"
+    abandoned = figures / f".loss.svg.{dead_pid}-0123456789ab.tmp"
+    in_use = figures / f".loss.png.{os.getpid()}-0123456789ab.tmp"  # a live writer's
+    kept_instance = tmp_path / "dagster_home" / f".runs.db.{dead_pid}-0123456789ab.tmp"
+    lookalike = figures / ".notes.tmp"  # not a temp folder's name
+    for folder in (abandoned, in_use, kept_instance, lookalike):
+        folder.mkdir(parents=True)
+        (folder / "half-written").write_bytes(b"\x89PNG")
+    assert atomic.remove_abandoned_temps(tmp_path, skip=("dagster_home",)) == [abandoned]
+    assert not abandoned.exists() and in_use.exists() and kept_instance.exists() and lookalike.exists()
