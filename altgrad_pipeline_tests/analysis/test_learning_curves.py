@@ -24,7 +24,7 @@ from altgrad_pipeline.ingest.model import HISTORY_SCHEMA
 NAN, INF = math.nan, math.inf
 
 
-def _history(rows: list[tuple[str, int, str, float | None, str | None]]) -> pl.DataFrame:
+def _history(rows: list[tuple[str, int | None, str, float | None, str | None]]) -> pl.DataFrame:
     return pl.DataFrame(
         [{"run_id": r, "step": s, "key": k, "value": v, "text": t, "runtime": None, "timestamp": None} for r, s, k, v, t in rows],
         schema=HISTORY_SCHEMA,
@@ -89,9 +89,11 @@ def test_the_analyses_read_the_same_from_the_table_as_from_the_histories(raw_run
 
 
 def test_a_run_keeps_the_last_step_its_other_keys_logged(raw_runs, histories) -> None:
-    """The last step over every key comes from `run_summaries`: the curves alone would miss it."""
+    """The last step over every key comes from `run_summaries`: the curves alone would miss it (a
+    step the reader could not tell, null, is no step)."""
     run = raw_runs["run_id"][0]
-    late = pl.concat([histories, _history([(run, 10_000, "learning_rate", 0.0, None)]).select(histories.columns)])
+    late_rows = [(run, 10_000, "learning_rate", 0.0, None), (run, None, "learning_rate", 1.0, None), (run, None, "momentum", 0.9, None)]
+    late = pl.concat([histories, _history(late_rows).select(histories.columns)])
     outcomes = run_outcomes(raw_runs, learning_curves(late), run_summaries(late))
     assert outcomes.filter(pl.col("run_id") == run)["last_step"].item() == 10_000
     assert_frame_equal(outcomes, run_outcomes(raw_runs, late))
