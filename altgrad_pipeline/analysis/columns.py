@@ -226,6 +226,10 @@ LAYER_METRICS: dict[str, str] = {
     "value": "The logged value",
 }
 
+LEARNING_CURVES: dict[str, str] = {
+    "value": "The logged number (NaN and ±inf kept)",
+}
+
 #: A report asset's one-row manifest.
 REPORT_MANIFEST: dict[str, str] = {
     "title": "Report title",

@@ -77,10 +77,9 @@ def loss_and_series(
     return series.lazy().filter(pl.col("key").is_in(LOSS_KEYS)), series.lazy().filter(pl.col("key").is_in(keys))
 
 
-def _history_facts(history: pl.LazyFrame) -> pl.LazyFrame:
-    """run_id, history_last_step and the loss and `param_nan_count` facts of `run_outcomes`, for
-    the runs of `history` (numeric rows) that logged anything."""
-    last_steps = history.group_by("run_id").agg(pl.col("step").max().alias("history_last_step"))
+def _loss_facts(history: pl.LazyFrame) -> pl.LazyFrame:
+    """run_id and the loss and `param_nan_count` facts of `run_outcomes`, for the runs of
+    `history` (numeric rows) that logged either."""
     loss = loss_history(history)
     is_finite = finite(pl.col("value"))
     loss_summary = loss.group_by("run_id").agg(
@@ -95,19 +94,39 @@ def _history_facts(history: pl.LazyFrame) -> pl.LazyFrame:
         .group_by("run_id")
         .agg(pl.col("step").min().alias("first_param_nan_step"))
     )
-    return last_steps.join(loss_summary, on="run_id", how="left").join(param_nan, on="run_id", how="left")
+    return loss_summary.join(param_nan, on="run_id", how="full", coalesce=True)
 
 
-def run_outcomes(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+def _last_steps(history: pl.LazyFrame) -> pl.LazyFrame:
+    """run_id, history_last_step: the largest step of the runs of `history` (numeric rows)."""
+    return history.group_by("run_id").agg(pl.col("step").max().alias("history_last_step"))
+
+
+def run_outcomes(
+    raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyFrame | pl.DataFrame, run_summaries: pl.LazyFrame | pl.DataFrame | None = None
+) -> pl.DataFrame:
     """One row per run of `raw_runs` (columns: `OUTCOMES_SCHEMA`).
 
     `last_step` is the largest step logged under any key (the ingest `last_step` when the run has
     no history); `first_nan_step` the first step whose loss is NaN or +-inf;
-    `first_param_nan_step` the first step with `param_nan_count` > 0.
+    `first_param_nan_step` the first step with `param_nan_count` > 0. `histories` needs the loss
+    and `param_nan_count` rows only (the `learning_curves` table) when `run_summaries` (one row
+    per run and numeric key, with its `last_step`) gives the last steps; without it they are read
+    from `histories`, which then has to hold every key.
     """
     runs = raw_runs.lazy().select("run_id", "state", pl.col("max_steps").cast(pl.Int64), pl.col("last_step").cast(pl.Int64).alias("ingest_last_step"))
+    ids = run_ids(raw_runs)
+    history = numeric_history(histories)
     # Every aggregate is per run: computed run by run (`history_scans`), memory stays one run's.
-    from_history = per_run(numeric_history(histories), _history_facts, run_ids(raw_runs))
+    if run_summaries is None:
+        facts = per_run(history, lambda rows: _last_steps(rows).join(_loss_facts(rows), on="run_id", how="left"), ids)
+    else:
+        loss_facts = per_run(history.filter(pl.col("key").is_in((*LOSS_KEYS, "param_nan_count"))), _loss_facts, ids)
+        facts = (
+            _last_steps(run_summaries.lazy().select("run_id", pl.col("last_step").alias("step")))
+            .join(loss_facts.lazy(), on="run_id", how="full", coalesce=True)
+            .collect()
+        )
     last_step = pl.coalesce("history_last_step", "ingest_last_step")
     ended_early = last_step < pl.col("max_steps") - 1
     last_loss_bad = pl.col("last_loss").is_not_null() & ~finite(pl.col("last_loss"))
@@ -123,7 +142,7 @@ def run_outcomes(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.LazyFrame 
         .otherwise(pl.lit("incomplete"))
     )
     return (
-        runs.join(from_history.lazy(), on="run_id", how="left", maintain_order="left")
+        runs.join(facts.lazy(), on="run_id", how="left", maintain_order="left")
         .with_columns(last_step.alias("last_step"), outcome.alias("outcome"))
         .select(list(OUTCOMES_SCHEMA))
         .cast(OUTCOMES_SCHEMA)

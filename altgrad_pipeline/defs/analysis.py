@@ -1,6 +1,6 @@
 """Analysis assets: thin Dagster wiring around the pure Polars functions of `analysis/`: layer
-metrics, run outcomes, failure modes, rankings and the manifold comparison (ANAL-01/02/03),
-per-key run summaries, training dynamics and sweep summaries.
+metrics, each run's learning curves, run outcomes, failure modes, rankings and the manifold
+comparison (ANAL-01/02/03), per-key run summaries, training dynamics and sweep summaries.
 
 Unpartitioned assets read every format partition of their inputs through one lazy scan (see the
 IO manager); their descriptions are the analysis modules' own docstrings, so the UI, the reports
@@ -23,6 +23,7 @@ from altgrad_pipeline.analysis import (
     sweeps,
     training,
 )
+from altgrad_pipeline.analysis import learning_curves as curves_table  # the module; `learning_curves` names the asset
 from altgrad_pipeline.defs.automation import analysis_automation_condition
 from altgrad_pipeline.defs.partitions import fp8_format_partitions
 from altgrad_pipeline.defs.resources import ReportFiles, RunStores
@@ -33,6 +34,8 @@ from altgrad_pipeline.study import DEFAULT_NOISE_PATTERNS
 ANALYSIS_GROUP = "analysis"
 LAYER_METRICS_RECIPE = recipe(layers)
 ALL_FORMATS = {"raw_runs": dg.AssetIn(), "run_histories": dg.AssetIn()}
+#: What the analyses of the curves read: every run, and each run's curve and health series.
+RUNS_AND_CURVES = {"raw_runs": dg.AssetIn(), "learning_curves": dg.AssetIn()}
 #: Display remapping read by `sweep_summary` when its config names no file: `<data dir>/sweep_display.yaml`.
 DISPLAY_FILE_NAME = "sweep_display.yaml"
 
@@ -76,14 +79,28 @@ def layer_metrics(
 
 @dg.asset(
     group_name=ANALYSIS_GROUP,
-    ins=ALL_FORMATS,
+    ins={"run_histories": dg.AssetIn()},
+    description="One row per (run, step, key) of each run's learning curves and training-health series.\n\n" + _doc(curves_table),
+    metadata={"dagster/column_schema": table_schema(curves_table.LEARNING_CURVES_SCHEMA, columns.LEARNING_CURVES)},
+    automation_condition=analysis_automation_condition(),
+    kinds={"polars", "parquet"},
+)
+def learning_curves(run_histories: pl.LazyFrame) -> dg.MaterializeResult:
+    # A lazy value: the IO manager streams it into the file, so the table is never held.
+    frame = curves_table.learning_curves(run_histories)
+    return dg.MaterializeResult(value=frame, metadata={"preview": preview(frame.head(8).collect(), rows=8)})
+
+
+@dg.asset(
+    group_name=ANALYSIS_GROUP,
+    ins={**RUNS_AND_CURVES, "run_summaries": dg.AssetIn()},
     description="One row per run: its outcome decided from the data, not the tracker state.\n\n" + _doc(outcomes),
     metadata={"dagster/column_schema": table_schema(outcomes.OUTCOMES_SCHEMA, columns.RUN_OUTCOMES)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet"},
 )
-def run_outcomes(raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame) -> dg.MaterializeResult:
-    frame = outcomes.run_outcomes(raw_runs, run_histories)
+def run_outcomes(raw_runs: pl.LazyFrame, learning_curves: pl.LazyFrame, run_summaries: pl.LazyFrame) -> dg.MaterializeResult:
+    frame = outcomes.run_outcomes(raw_runs, learning_curves, run_summaries)
     return dg.MaterializeResult(
         value=frame,
         metadata={
@@ -121,15 +138,15 @@ def failure_modes(
 
 @dg.asset(
     group_name=ANALYSIS_GROUP,
-    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn(), "layer_metrics": dg.AssetIn()},
+    ins={**RUNS_AND_CURVES, "run_outcomes": dg.AssetIn(), "layer_metrics": dg.AssetIn()},
     description="ANAL-01: formats ranked overall and per layer type; the sweet spot per layer type.\n\n" + _doc(rankings),
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet"},
 )
 def format_rankings(
-    raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, layer_metrics: pl.LazyFrame
+    raw_runs: pl.LazyFrame, learning_curves: pl.LazyFrame, run_outcomes: pl.LazyFrame, layer_metrics: pl.LazyFrame
 ) -> dg.MaterializeResult:
-    frame = rankings.format_rankings(raw_runs, run_histories, run_outcomes, layer_metrics)
+    frame = rankings.format_rankings(raw_runs, learning_curves, run_outcomes, layer_metrics)
     sweet = frame.filter(pl.col("is_sweet_spot"))
     return dg.MaterializeResult(
         value=frame,
@@ -147,7 +164,7 @@ def format_rankings(
 
 @dg.asset(
     group_name=ANALYSIS_GROUP,
-    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn(), "run_summaries": dg.AssetIn(), "failure_modes": dg.AssetIn()},
+    ins={**RUNS_AND_CURVES, "run_outcomes": dg.AssetIn(), "run_summaries": dg.AssetIn(), "failure_modes": dg.AssetIn()},
     description="ANAL-03: ManifoldAdamW against AdamW per format and metric, with 95% intervals: Student's or "
     "Welch's t below 8 runs per arm, the BCa bootstrap from 8 (`method` names each row's).\n\n" + _doc(manifold),
     metadata={"dagster/column_schema": table_schema(manifold.MANIFOLD_SCHEMA, columns.MANIFOLD_STATS)},
@@ -155,9 +172,9 @@ def format_rankings(
     kinds={"polars", "parquet", "scipy"},
 )
 def manifold_stats(
-    raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, run_summaries: pl.LazyFrame, failure_modes: pl.LazyFrame
+    raw_runs: pl.LazyFrame, learning_curves: pl.LazyFrame, run_outcomes: pl.LazyFrame, run_summaries: pl.LazyFrame, failure_modes: pl.LazyFrame
 ) -> dg.MaterializeResult:
-    frame = manifold.manifold_stats(raw_runs, run_histories, run_outcomes, run_summaries, failure_modes)
+    frame = manifold.manifold_stats(raw_runs, learning_curves, run_outcomes, run_summaries, failure_modes)
     return dg.MaterializeResult(
         value=frame,
         metadata={
@@ -223,14 +240,14 @@ class SweepSummaryConfig(dg.Config):
 
 @dg.asset(
     group_name=ANALYSIS_GROUP,
-    ins=ALL_FORMATS,
+    ins=RUNS_AND_CURVES,
     description=(training.__doc__ or "").strip(),
     metadata={"dagster/column_schema": table_schema(training.TRAINING_DYNAMICS_SCHEMA, columns.TRAINING_DYNAMICS)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet", "scipy"},
 )
-def training_dynamics(raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame) -> dg.MaterializeResult:
-    frame = training.training_dynamics(raw_runs, run_histories)
+def training_dynamics(raw_runs: pl.LazyFrame, learning_curves: pl.LazyFrame) -> dg.MaterializeResult:
+    frame = training.training_dynamics(raw_runs, learning_curves)
     selected = frame.filter(pl.col("selected"))
     return dg.MaterializeResult(
         value=frame,
@@ -244,17 +261,17 @@ def training_dynamics(raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame) -> dg
 
 @dg.asset(
     group_name=ANALYSIS_GROUP,
-    ins=ALL_FORMATS,
+    ins=RUNS_AND_CURVES,
     description=(sweeps.__doc__ or "").strip(),
     metadata={"dagster/column_schema": table_schema(sweeps.SWEEP_SUMMARY_SCHEMA, columns.SWEEP_SUMMARY)},
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet", "scipy"},
 )
-def sweep_summary(config: SweepSummaryConfig, raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, report_files: ReportFiles) -> dg.MaterializeResult:
+def sweep_summary(config: SweepSummaryConfig, raw_runs: pl.LazyFrame, learning_curves: pl.LazyFrame, report_files: ReportFiles) -> dg.MaterializeResult:
     display_file = config.display_file or str(Path(report_files.data_dir) / DISPLAY_FILE_NAME)
     frame = sweeps.sweep_summary(
         raw_runs,
-        run_histories,
+        learning_curves,
         noise_patterns=DEFAULT_NOISE_PATTERNS + tuple(config.extra_noise_patterns),
         display=sweeps.DisplayNames.from_yaml(display_file),
         last_k=config.last_k,

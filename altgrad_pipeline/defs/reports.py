@@ -127,14 +127,14 @@ def report_result(result: ReportResult, report_files: ReportFiles) -> dg.Materia
 def format_comparison_report(
     format_rankings: pl.DataFrame,
     raw_runs: pl.DataFrame,
-    run_histories: pl.LazyFrame,
+    learning_curves: pl.LazyFrame,
     run_outcomes: pl.DataFrame,
     failure_modes: pl.DataFrame,
     report_files: ReportFiles,
 ) -> dg.MaterializeResult:
     return report_result(
         format_comparison.write_format_comparison_report(
-            format_rankings, raw_runs, run_histories, run_outcomes, failure_modes, report_files.reports_dir
+            format_rankings, raw_runs, learning_curves, run_outcomes, failure_modes, report_files.reports_dir
         ),
         report_files,
     )
@@ -147,12 +147,12 @@ def format_comparison_report(
 def failure_modes_report(
     failure_modes: pl.DataFrame,
     raw_runs: pl.DataFrame,
-    run_histories: pl.LazyFrame,
+    learning_curves: pl.LazyFrame,
     layer_metrics: pl.LazyFrame,
     report_files: ReportFiles,
 ) -> dg.MaterializeResult:
     return report_result(
-        failure_modes_doc.write_failure_modes_report(failure_modes, raw_runs, run_histories, layer_metrics, report_files.reports_dir),
+        failure_modes_doc.write_failure_modes_report(failure_modes, raw_runs, learning_curves, layer_metrics, report_files.reports_dir),
         report_files,
     )
 
@@ -164,12 +164,12 @@ def failure_modes_report(
 def manifold_comparison_report(
     manifold_stats: pl.DataFrame,
     raw_runs: pl.DataFrame,
-    run_histories: pl.LazyFrame,
+    learning_curves: pl.LazyFrame,
     run_outcomes: pl.DataFrame,
     run_summaries: pl.LazyFrame,
     report_files: ReportFiles,
 ) -> dg.MaterializeResult:
-    per_run = manifold.per_run_metrics(raw_runs, run_histories, run_outcomes, run_summaries)
+    per_run = manifold.per_run_metrics(raw_runs, learning_curves, run_outcomes, run_summaries)
     return report_result(
         manifold_comparison.write_manifold_comparison_report(manifold_stats, per_run, raw_runs, report_files.reports_dir),
         report_files,
@@ -181,10 +181,10 @@ def manifold_comparison_report(
     "knee, plateau, residual spectrum, and fits drawn over the data with residuals."
 )
 def training_dynamics_report(
-    training_dynamics: pl.DataFrame, raw_runs: pl.DataFrame, run_histories: pl.LazyFrame, report_files: ReportFiles
+    training_dynamics: pl.DataFrame, raw_runs: pl.DataFrame, learning_curves: pl.LazyFrame, report_files: ReportFiles
 ) -> dg.MaterializeResult:
     return report_result(
-        training_dynamics_doc.write_training_dynamics_report(training_dynamics, raw_runs, run_histories, report_files.reports_dir),
+        training_dynamics_doc.write_training_dynamics_report(training_dynamics, raw_runs, learning_curves, report_files.reports_dir),
         report_files,
     )
 
@@ -194,10 +194,10 @@ def training_dynamics_report(
     "n, completeness and 95% CIs (t below 8 values, the bootstrap from 8), grouped curves with CI bands."
 )
 def sweep_summary_report(
-    sweep_summary: pl.DataFrame, raw_runs: pl.DataFrame, run_histories: pl.LazyFrame, report_files: ReportFiles
+    sweep_summary: pl.DataFrame, raw_runs: pl.DataFrame, learning_curves: pl.LazyFrame, report_files: ReportFiles
 ) -> dg.MaterializeResult:
     return report_result(
-        sweep_summary_doc.write_sweep_summary_report(sweep_summary, raw_runs, run_histories, report_files.reports_dir),
+        sweep_summary_doc.write_sweep_summary_report(sweep_summary, raw_runs, learning_curves, report_files.reports_dir),
         report_files,
     )
 

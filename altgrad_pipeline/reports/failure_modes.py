@@ -113,7 +113,7 @@ def _conclusion_lines(failure_modes: pl.DataFrame, silent: pl.DataFrame, built: 
 def write_failure_modes_report(
     failure_modes: pl.DataFrame,
     raw_runs: pl.DataFrame,
-    run_histories: pl.DataFrame | pl.LazyFrame,
+    learning_curves: pl.DataFrame | pl.LazyFrame,
     layer_metrics: pl.DataFrame | pl.LazyFrame,
     reports_dir: Path,
     *,
@@ -206,13 +206,13 @@ def write_failure_modes_report(
                 "",
             ]
             trace = failures_analysis.trace_to_collapse(
-                failure_trace_series(run_histories, layer_metrics, format_failed["run_id"].to_list()),
+                failure_trace_series(learning_curves, layer_metrics, format_failed["run_id"].to_list()),
                 format_failed.select("run_id", "failure_step"),
             )
             figure = failure_trace_figure(
                 trace,
                 format_failed.select("run_id", "optimizer", "failure_step", "trend_start_step"),
-                reference_trace_means(run_histories, layer_metrics, format_refs),
+                reference_trace_means(learning_curves, layer_metrics, format_refs),
                 figure_path(figures_dir, "failure_trace", project=project or "all", fp8_format=fp8_format),
                 fp8_format=fp8_format,
             )

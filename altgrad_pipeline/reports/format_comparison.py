@@ -129,7 +129,7 @@ def _sweet_spot_lines(ranking: pl.DataFrame) -> list[str]:
 
 
 def _optimizer_section(
-    ranking: pl.DataFrame, optimizer: str, project: str | None, runs: pl.DataFrame, run_histories: pl.DataFrame | pl.LazyFrame, reports_dir: Path
+    ranking: pl.DataFrame, optimizer: str, project: str | None, runs: pl.DataFrame, learning_curves: pl.DataFrame | pl.LazyFrame, reports_dir: Path
 ) -> tuple[list[str], list[Path]]:
     """The rankings, curves and heatmap of one optimizer's runs (ranked among themselves only)."""
     figures: list[Path] = []
@@ -178,7 +178,7 @@ def _optimizer_section(
     if not layer_types:
         lines += ["No per-layer metrics were logged by these runs yet, so there is no per-layer ranking.", ""]
 
-    curves = loss_curve_summary(run_histories, runs)
+    curves = loss_curve_summary(learning_curves, runs)
     curve_figure = loss_curves_figure(
         curves, loss_curve_view(curves),
         figure_path(reports_dir / FIGURES_DIR, "loss_curves", project=project or "all", fp8_format=optimizer),
@@ -288,7 +288,7 @@ def _conclusion_lines(ranking: pl.DataFrame, failure_modes: pl.DataFrame) -> lis
 def write_format_comparison_report(
     format_rankings: pl.DataFrame,
     raw_runs: pl.DataFrame,
-    run_histories: pl.DataFrame | pl.LazyFrame,
+    learning_curves: pl.DataFrame | pl.LazyFrame,
     run_outcomes: pl.DataFrame,
     failure_modes: pl.DataFrame,
     reports_dir: Path,
@@ -301,7 +301,7 @@ def write_format_comparison_report(
     lines = header(FORMAT_COMPARISON_TITLE, "Which FP8 format is the sweet spot, overall and per layer type, under each optimizer?", built_at)
     figures: list[Path] = []
     runs = raw_runs.filter(pl.col("fp8_format") != NO_FORMAT)
-    results = conclusions_analysis.run_results(raw_runs, run_histories, run_outcomes, last_k=RUN_RESULTS_LAST_K) if not raw_runs.is_empty() else None
+    results = conclusions_analysis.run_results(raw_runs, learning_curves, run_outcomes, last_k=RUN_RESULTS_LAST_K) if not raw_runs.is_empty() else None
     if format_rankings.is_empty():
         lines += ["No runs with a known format have been ranked yet, so there is no comparison to show.", ""]
     conclusion_lines: list[str] = []
@@ -311,7 +311,7 @@ def write_format_comparison_report(
         for optimizer in optimizer_order(ranking["optimizer"].unique()):
             section, drawn = _optimizer_section(
                 ranking.filter(pl.col("optimizer") == optimizer), optimizer, project,
-                in_project(runs, project).filter(pl.col("optimizer") == optimizer), run_histories, reports_dir,
+                in_project(runs, project).filter(pl.col("optimizer") == optimizer), learning_curves, reports_dir,
             )
             lines += section
             figures += drawn

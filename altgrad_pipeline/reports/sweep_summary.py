@@ -68,7 +68,7 @@ def grouped_curves_figure(summary: pl.DataFrame, labels: dict[str, str], path: P
 def write_sweep_summary_report(
     sweep_summary: pl.DataFrame,
     raw_runs: pl.DataFrame,
-    run_histories: pl.LazyFrame | pl.DataFrame,
+    learning_curves: pl.LazyFrame | pl.DataFrame,
     reports_dir: Path,
     *,
     built_at: dt.datetime | None = None,
@@ -81,8 +81,8 @@ def write_sweep_summary_report(
     if sweep_summary.is_empty():
         lines += ["No runs with a learning-curve metric yet, so there is no sweep to summarise.", ""]
     groups = sweeps_analysis.sweep_groups(raw_runs) if not sweep_summary.is_empty() else None
-    # Read once for every project (finding the curve keys scans the histories).
-    curves = curves_analysis.curve_series(run_histories).collect() if not sweep_summary.is_empty() else None
+    # Read once (from the `learning_curves` table) for every project.
+    curves = curves_analysis.curve_series(learning_curves).collect() if not sweep_summary.is_empty() else None
     for project in projects(sweep_summary) if not sweep_summary.is_empty() else []:
         frame = in_project(sweep_summary, project)
         keys = list(frame["varying_keys"][0])

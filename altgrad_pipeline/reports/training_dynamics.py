@@ -165,7 +165,7 @@ def fit_figure(dynamics: pl.DataFrame, series: pl.DataFrame, path: Path, *, metr
 def write_training_dynamics_report(
     training_dynamics: pl.DataFrame,
     raw_runs: pl.DataFrame,
-    run_histories: pl.LazyFrame | pl.DataFrame,
+    learning_curves: pl.LazyFrame | pl.DataFrame,
     reports_dir: Path,
     *,
     built_at: dt.datetime | None = None,
@@ -178,8 +178,8 @@ def write_training_dynamics_report(
     figures: list[Path] = []
     if training_dynamics.is_empty():
         lines += [f"No run has logged a learning curve with at least {fits_analysis.MIN_POINTS} finite points yet, so there is nothing to fit.", ""]
-    # Read once for every project's figure and quarter-epoch table: finding the curve keys scans the histories.
-    series = curves_analysis.curve_series(run_histories).collect() if not training_dynamics.is_empty() else None
+    # Read once (from the `learning_curves` table) for every project's figure and quarter-epoch table.
+    series = curves_analysis.curve_series(learning_curves).collect() if not training_dynamics.is_empty() else None
     for project in projects(training_dynamics) if not training_dynamics.is_empty() else []:
         frame = in_project(training_dynamics, project)
         selected = frame.filter(pl.col("selected")).sort("metric", "run_id")

@@ -29,7 +29,8 @@ def test_materialize_dynamics_assets_and_reports(tmp_path: Path) -> None:
     # The test holds its instance: `output_for_node` loads through it after `materialize` returns,
     # and an ephemeral instance of its own could already be garbage-collected by then.
     with dg.instance_for_test() as instance:
-        assets = [analysis_defs.training_dynamics, analysis_defs.sweep_summary, report_defs.training_dynamics_report, report_defs.sweep_summary_report]
+        assets = [analysis_defs.learning_curves, analysis_defs.training_dynamics, analysis_defs.sweep_summary,
+                  report_defs.training_dynamics_report, report_defs.sweep_summary_report]
         result = materialize_on_frames(raw, histories, assets, tmp_path, instance)
         dynamics = result.output_for_node("training_dynamics")
         summary = result.output_for_node("sweep_summary")

@@ -93,7 +93,7 @@ def test_a_wandb_step_of_int64_max_is_analysed_and_reported(store, tmp_path):
     assert histories.get_column("step").max() == INT64_MAX
 
     with dg.instance_for_test() as instance:
-        assets = [analysis_defs.training_dynamics, report_defs.training_dynamics_report]
+        assets = [analysis_defs.learning_curves, analysis_defs.training_dynamics, report_defs.training_dynamics_report]
         result = materialize_on_frames(raw, histories, assets, tmp_path, instance)
         assert result.success
         dynamics = result.output_for_node("training_dynamics")
