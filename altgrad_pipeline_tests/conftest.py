@@ -11,6 +11,41 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CORPORA = Path(os.environ.get("ALTGRAD_CORPORA", PROJECT_ROOT.parent / "shared" / "corpora"))
 
 
+#: Tests that share one pytest-xdist worker (`-n 2 --dist loadgroup`, pyproject), by node id prefix,
+#: first match: what they share is costly to build twice (runs written by the SDK, a refresh, servers)
+#: or is one piece of state (a browser page). Every other test is scheduled on its own. Under pytest 9
+#: xdist's `xdist_group` mark cannot regroup tests (it rewrites node ids, which pytest 9 no longer reads).
+WORKER_GROUPS = {
+    "altgrad_pipeline_tests/scale/test_cluster.py::": "the scale cluster (session fixture) and its refresh",
+    "altgrad_pipeline_tests/reports/test_browser.py::": "a refreshed study, its webserver and one page",
+    "altgrad_pipeline_tests/test_pipeline.py::": "the 22-run SDK study and its refresh",
+    "altgrad_pipeline_tests/reports/test_documents.py::": "the documents' studies",
+    "altgrad_pipeline_tests/media/test_media_figures.py::": "the media study, materialized",
+    "altgrad_pipeline_tests/test_examples.py::": "the small example store",
+    "altgrad_pipeline_tests/ingest/test_wandb_corpora.py::": "the corpus catalog",
+    "altgrad_pipeline_tests/ingest/test_wandb_fastpath.py::": "the SDK log, under each decoder",
+    # Two groups, each building the module's clean refresh once: the kills, and the damage.
+    "altgrad_pipeline_tests/test_self_healing.py::test_odd_format_names": "self-healing: kills",
+    "altgrad_pipeline_tests/test_self_healing.py::test_a_refresh_killed": "self-healing: kills",
+    "altgrad_pipeline_tests/test_self_healing.py::": "self-healing: damaged files, races, full disks",
+}
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent under `-p no:xdist`
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadgroup` with the groups of `WORKER_GROUPS`. xdist hands out the units with the
+    most tests first, so every group is under way before the single tests."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkerGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return next((group for prefix, group in WORKER_GROUPS.items() if nodeid.startswith(prefix)), nodeid)
+
+    return WorkerGroupScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def corpora_dir() -> Path:
     """The real run logs beside the project (test material only, never copied into the repo)."""

@@ -4,6 +4,7 @@ Skipped, saying why, when the `scale` extra or a server binary is missing."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import os
 import shutil
@@ -69,12 +70,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, study_store: Path) -> Iter
     pg_root = Path(tempfile.mkdtemp(prefix="altgrad-scale-pg-"))
     started: list[servers.Server] = []
     try:
-        postgres, pg_port = servers.start_postgres(pg_root)
-        started.append(postgres)
-        moto, s3_port = servers.start_moto(root)
-        started.append(moto)
-        redis, redis_port = servers.start_redis(root)
-        started.append(redis)
+        # Started side by side (initdb and moto's imports take seconds); every one that started is
+        # recorded for the teardown before a failure of another is raised.
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            launches = [pool.submit(servers.start_postgres, pg_root), pool.submit(servers.start_moto, root), pool.submit(servers.start_redis, root)]
+        started.extend(launch.result()[0] for launch in launches if launch.exception() is None)
+        (_, pg_port), (_, s3_port), (_, redis_port) = (launch.result() for launch in launches)
         home = root / "dagster_home"
         home.mkdir()
         shutil.copy(PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml", home / "dagster.yaml")
@@ -100,7 +101,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, study_store: Path) -> Iter
             "s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="scale-test",
             aws_secret_access_key="scale-test", region_name="us-east-1",
         ).create_bucket(Bucket=BUCKET)  # fmt: skip
-        workers = [servers.start_worker(name, root, env) for name in ("scale-worker-1", "scale-worker-2")]
+        workers = servers.start_workers(["scale-worker-1", "scale-worker-2"], root, env)
         started.extend(workers)
         yield Cluster(root=root, env=env, workers=workers, study_store=study_store)
     finally:

@@ -131,10 +131,24 @@ def start_redis(root: Path) -> tuple[Server, int]:
 
 def start_worker(name: str, root: Path, env: dict[str, str]) -> Server:
     """`altgrad-pipeline worker` with one pool process; ready once Celery logs "ready"."""
-    log = root / f"worker-{name}.log"
-    server = start(name, [str(BIN / "altgrad-pipeline"), "worker", "--concurrency", "1", "--name", name], log, env=env)
-    wait_until(lambda: b" ready." in log.read_bytes(), f"celery worker {name}", server.process, log, timeout=60.0)
-    return server
+    return start_workers([name], root, env)[0]
+
+
+def start_workers(names: Sequence[str], root: Path, env: dict[str, str]) -> list[Server]:
+    """`start_worker` for each name, all launched before any is waited for: each spends seconds
+    importing the project, and they do so side by side. Stopped again if one never gets ready."""
+    workers = [
+        start(name, [str(BIN / "altgrad-pipeline"), "worker", "--concurrency", "1", "--name", name], root / f"worker-{name}.log", env=env)
+        for name in names
+    ]
+    try:
+        for worker in workers:
+            wait_until(lambda: b" ready." in worker.log.read_bytes(), f"celery worker {worker.name}", worker.process, worker.log, timeout=60.0)
+    except BaseException:
+        for worker in workers:
+            worker.stop()
+        raise
+    return workers
 
 
 def process_tree(pid: int) -> set[int]:

@@ -49,22 +49,29 @@ def _tables(read: dict[str, bytes]) -> dict[str, pl.DataFrame]:
 @pytest.fixture(scope="module")
 def cluster_refresh(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`altgrad-pipeline refresh` on the cluster (a subprocess, as a user runs it) and the same
-    refresh on one machine (in-process executor, local folder, temporary SQLite instance)."""
+    refresh on one machine (in-process executor, local folder, temporary SQLite instance), the
+    latter while the cluster's runs are under way."""
     started = time.time()
-    done = subprocess.run(
-        [str(servers.BIN / "altgrad-pipeline"), "refresh"], env=cluster.env, capture_output=True, text=True,
-        timeout=REFRESH_TIMEOUT_S, cwd=cluster.root,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    local_data = tmp_path_factory.mktemp("local-data")
-    with dg.instance_for_test() as instance:
-        assert refresh(runs=str(cluster.study_store), data_dir=str(local_data), instance=instance, echo=lambda _: None).ok
+    output = {name: cluster.root / f"refresh.{name}" for name in ("stdout", "stderr")}
+    with output["stdout"].open("w") as stdout, output["stderr"].open("w") as stderr:  # files: no pipe to fill meanwhile
+        on_cluster = subprocess.Popen([str(servers.BIN / "altgrad-pipeline"), "refresh"], env=cluster.env, stdout=stdout, stderr=stderr, cwd=cluster.root)
+    try:
+        local_data = tmp_path_factory.mktemp("local-data")
+        with dg.instance_for_test() as instance:
+            assert refresh(runs=str(cluster.study_store), data_dir=str(local_data), instance=instance, echo=lambda _: None).ok
+        on_cluster.wait(timeout=REFRESH_TIMEOUT_S)
+    finally:
+        if on_cluster.poll() is None:
+            on_cluster.kill()
+            on_cluster.wait()
+    stdout, stderr = (output[name].read_text() for name in ("stdout", "stderr"))
+    assert on_cluster.returncode == 0, stdout[-3000:] + stderr[-3000:]
     fs = _s3(cluster)
     remote_root = cluster.data_url("refresh").removeprefix("s3://")
     remote = {p.removeprefix(f"{remote_root}/assets/"): fs.cat_file(p) for p in fs.find(f"{remote_root}/assets")}
     local = {p.relative_to(local_data / "assets").as_posix(): p.read_bytes() for p in (local_data / "assets").rglob("*.parquet")}
     reports = sorted(p.removeprefix(f"{remote_root}/reports/") for p in fs.find(f"{remote_root}/reports"))
-    return {"stdout": done.stdout, "stderr": done.stderr, "remote": _tables(remote), "local": _tables(local), "reports": reports, "started": started}
+    return {"stdout": stdout, "stderr": stderr, "remote": _tables(remote), "local": _tables(local), "reports": reports, "started": started}
 
 
 def test_cluster_refresh_gives_the_same_tables_as_one_machine(cluster_refresh):
