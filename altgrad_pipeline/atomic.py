@@ -15,7 +15,7 @@ import re
 import shutil
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 #: Test-only: the name of the write point at which the process kills itself (see `kill_point`).
@@ -107,27 +107,18 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp") / path.name
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def remove_abandoned_temps(root: Path, *, skip: tuple[str, ...] = ()) -> list[Path]:
-    """Remove the temp folders (`temp_path`) under `root` whose writing process is gone: a kill -9
-    between a temp folder's creation and its rename leaves one, which nothing else removes. Folders
-    of live processes (another writer on this machine) stay; so do folders under a directory
-    named in `skip`. Returns the folders removed."""
+def remove_abandoned_temps(root: Path, writer_gone: Callable[[int], bool], *, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Remove the temp folders (`temp_path`) under `root` whose writing process is gone
+    (`writer_gone(pid)`: `locking.gone_here`, which cannot be imported here since `locking` writes
+    with this module): a kill -9 between a temp folder's creation and its rename leaves one, which
+    nothing else removes. Folders of live processes (another writer on this machine) stay; so do
+    folders under a directory named in `skip`. Returns the folders removed."""
     removed = []
     for folder, subfolders, _ in os.walk(root):
         subfolders[:] = [name for name in subfolders if name not in skip]
         for name in list(subfolders):
             match = _TEMP_FOLDER.fullmatch(name)
-            if match and not _process_alive(int(match["pid"])):
+            if match and writer_gone(int(match["pid"])):
                 shutil.rmtree(Path(folder) / name, ignore_errors=True)
                 subfolders.remove(name)
                 removed.append(Path(folder) / name)

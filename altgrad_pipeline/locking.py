@@ -41,15 +41,24 @@ SETTLE_S = 0.2
 
 
 def process_started_at(pid: int) -> float | None:
-    """Epoch seconds when process `pid` started (Linux /proc), None when there is no such process.
-    With the pid, it names one process: a pid reused later has a later start."""
+    """Epoch seconds when process `pid` started (Linux /proc), None when there is no such process
+    or it has exited and waits to be reaped (a zombie: a killed refresh whose parent has not waited
+    for it yet). With the pid, it names one process: a pid reused later has a later start."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
     except (OSError, StopIteration, ValueError):
         return None
-    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the parenthesised command name
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+    fields = stat.rsplit(")", 1)[1].split()  # after the parenthesised command name: field 3 on
+    if fields[0] in ("Z", "X"):
+        return None
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22
+
+
+def gone_here(pid: int) -> bool:
+    """Whether process `pid` of this machine has exited (a zombie included): for the files and
+    folders a process names with its pid, and for workers watching the process they serve."""
+    return process_started_at(pid) is None
 
 
 def this_process() -> dict[str, str]:

@@ -160,7 +160,7 @@ def spill_folder(root: Path, asset: str) -> Path:
     me = locking.this_process()
     for folder in root.iterdir():
         pid = folder.name.rsplit("-", 2)[-2] if folder.name.count("-") >= 2 else ""
-        if folder.is_dir() and pid.isdigit() and locking.is_alive(me["host"], int(pid), None) is False:
+        if folder.is_dir() and pid.isdigit() and locking.gone_here(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{asset}-{me['pid']}-", dir=root))
 

@@ -138,7 +138,7 @@ def refresh(
 def _refresh(
     runs: str, data_dir: str, *, full: bool, echo: Callable[[str], None], instance: dg.DagsterInstance, example: bool
 ) -> RefreshReport:
-    if abandoned := atomic.remove_abandoned_temps(settings.local_state_dir(data_dir), skip=("dagster_home", "quarantine")):
+    if abandoned := atomic.remove_abandoned_temps(settings.local_state_dir(data_dir), locking.gone_here, skip=("dagster_home", "quarantine")):
         echo(f"Removed {len(abandoned)} temp folder(s) left by a killed writer")
     if example:
         ensure_example_store(data_dir, echo)

@@ -6,6 +6,7 @@ and clears it on release. Other hosts are records written as another machine wou
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -91,3 +92,14 @@ def test_the_holder_renews_its_lease_and_clears_it_on_release(tmp_path):
         assert LEASE_S / 3 <= renewed - first <= LEASE_S  # renewed every third of the lease
         assert locking.other_holder(_record(lease), {**_record(lease), "host": "other-machine"}, time.time(), LEASE_S) is not None
     assert not lease.exists()
+
+
+def test_an_exited_process_counts_as_gone_before_its_parent_reaps_it():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while not locking.gone_here(child.pid):  # exited, not yet waited for: a zombie
+        assert time.monotonic() < deadline, "the exited child never counted as gone"
+        time.sleep(0.05)
+    assert child.poll() == 0  # reaped only now
+    assert locking.gone_here(child.pid)
+    assert not locking.gone_here(os.getpid())

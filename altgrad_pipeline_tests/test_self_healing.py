@@ -25,7 +25,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from altgrad_pipeline import atomic
+from altgrad_pipeline import atomic, locking
 from altgrad_pipeline.atomic import KILL_AT_ENV
 from altgrad_pipeline.examples import example_spec, simulate_history
 
@@ -278,5 +278,5 @@ def test_only_temp_folders_of_gone_writers_are_removed(tmp_path):
     for folder in (abandoned, in_use, kept_instance, lookalike):
         folder.mkdir(parents=True)
         (folder / "half-written").write_bytes(b"\x89PNG")
-    assert atomic.remove_abandoned_temps(tmp_path, skip=("dagster_home",)) == [abandoned]
+    assert atomic.remove_abandoned_temps(tmp_path, locking.gone_here, skip=("dagster_home",)) == [abandoned]
     assert not abandoned.exists() and in_use.exists() and kept_instance.exists() and lookalike.exists()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from altgrad_pipeline import locking
 from altgrad_pipeline.examples.curves import simulate_history
 from altgrad_pipeline.examples.failure_report import write_failure_report
 from altgrad_pipeline.examples.specs import ExampleRunSpec, default_study
@@ -145,14 +146,6 @@ def _service_pids(client_pid: int) -> list[int]:
     return pids
 
 
-def _is_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -183,7 +176,7 @@ def _write_killed_run(root: Path, spec: ExampleRunSpec) -> Path:
         services = _service_pids(child.pid)
         os.kill(child.pid, signal.SIGKILL)
         child.join(timeout=30)
-        _wait_for(lambda: not any(_is_alive(pid) for pid in services), 30, "wandb-core to shut down")
+        _wait_for(lambda: all(locking.gone_here(pid) for pid in services), 30, "wandb-core to shut down")
     finally:
         if child.is_alive():
             child.kill()

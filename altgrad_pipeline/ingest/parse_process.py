@@ -17,7 +17,8 @@ import ctypes.util
 import os
 import threading
 import time
-from pathlib import Path
+
+from altgrad_pipeline import locking
 
 #: glibc `mallopt` parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -44,20 +45,6 @@ def reuse_freed_memory() -> bool:
 PARENT_CHECK_SECONDS = 0.5
 
 
-def process_gone(pid: int) -> bool:
-    """True when `pid` has exited, a zombie included: a killed process stays in the process table
-    until its parent reaps it, and `os.kill(pid, 0)` still succeeds on it then."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):  # gone (or the pid reused by another user)
-        return True
-    try:  # Linux: the state letter follows the command name's closing parenthesis
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state in ("Z", "X")
-
-
 def die_with_parent(parent_pid: int) -> None:
     """End this worker as soon as `parent_pid` (the process whose sync it serves) is gone: a killed
     refresh must not leave workers parsing and writing cache files behind it, even while its own
@@ -66,7 +53,7 @@ def die_with_parent(parent_pid: int) -> None:
     def watch() -> None:
         while True:
             time.sleep(PARENT_CHECK_SECONDS)
-            if process_gone(parent_pid):
+            if locking.gone_here(parent_pid):
                 os._exit(1)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
