@@ -38,6 +38,8 @@ LEASE_NAME = "refresh.lease"
 LEASE_S = 60.0
 #: Seconds between writing a lease record and reading it back.
 SETTLE_S = 0.2
+#: Linux's process table, where a process's start time and state are read.
+PROC = Path("/proc")
 
 
 def process_started_at(pid: int) -> float | None:
@@ -45,8 +47,8 @@ def process_started_at(pid: int) -> float | None:
     or it has exited and waits to be reaped (a zombie: a killed refresh whose parent has not waited
     for it yet). With the pid, it names one process: a pid reused later has a later start."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        stat = (PROC / str(pid) / "stat").read_text()
+        boot = next(float(line.split()[1]) for line in (PROC / "stat").read_text().splitlines() if line.startswith("btime"))
     except (OSError, StopIteration, ValueError):
         return None
     fields = stat.rsplit(")", 1)[1].split()  # after the parenthesised command name: field 3 on
@@ -57,8 +59,17 @@ def process_started_at(pid: int) -> float | None:
 
 def gone_here(pid: int) -> bool:
     """Whether process `pid` of this machine has exited (a zombie included): for the files and
-    folders a process names with its pid, and for workers watching the process they serve."""
-    return process_started_at(pid) is None
+    folders a process names with its pid, and for workers watching the process they serve. Without
+    /proc (macOS), whether the pid answers a signal (a zombie then counts as alive)."""
+    if PROC.is_dir():
+        return process_started_at(pid) is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process
+        return False
+    return False
 
 
 def this_process() -> dict[str, str]:

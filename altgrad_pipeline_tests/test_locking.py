@@ -103,3 +103,11 @@ def test_an_exited_process_counts_as_gone_before_its_parent_reaps_it():
     assert child.poll() == 0  # reaped only now
     assert locking.gone_here(child.pid)
     assert not locking.gone_here(os.getpid())
+
+
+def test_without_proc_a_process_is_gone_when_its_pid_answers_no_signal(monkeypatch, tmp_path):
+    monkeypatch.setattr(locking, "PROC", tmp_path / "no-proc")  # macOS: no process table to read
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its pid answers nothing
+    assert locking.gone_here(child.pid)
+    assert not locking.gone_here(os.getpid())
