@@ -98,7 +98,7 @@ def sqlite_driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     if request.param == "adbc":
         pytest.importorskip("adbc_driver_sqlite", reason="the optional fast-sql extra is not installed")
     else:
-        monkeypatch.setattr(mlflow_store, "adbc_sqlite", None)
+        monkeypatch.setattr(mlflow_store, "_columnar_driver", lambda: None)
     return request.param
 
 
