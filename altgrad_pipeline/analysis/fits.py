@@ -449,7 +449,7 @@ def _best_break(prefix: np.ndarray, suffix: np.ndarray, n: int) -> int:
     return int(candidates[np.argmin(prefix[candidates] + suffix[candidates])])
 
 
-def _segment_start(t: np.ndarray, y: np.ndarray, basis: np.ndarray, shift: float) -> tuple[float, float]:
+def _segment_start(y: np.ndarray, basis: np.ndarray, shift: float) -> tuple[float, float]:
     """(a, b) of the best grid fit of y − shift ≈ a·t^(−b) on one segment."""
     target = y - shift
     sxx = (basis * basis).sum(axis=1)
@@ -461,8 +461,8 @@ def _segment_start(t: np.ndarray, y: np.ndarray, basis: np.ndarray, shift: float
 
 def _fit_two_power_at(t: np.ndarray, y: np.ndarray, basis: np.ndarray, k: int, c0: float, floor: float | None):
     before = np.arange(len(t)) < k
-    a1, b1 = _segment_start(t[before], y[before], basis[:, before], c0)
-    _, b2 = _segment_start(t[~before], y[~before], basis[:, ~before], c0)
+    a1, b1 = _segment_start(y[before], basis[:, before], c0)
+    _, b2 = _segment_start(y[~before], basis[:, ~before], c0)
     break_t = float(t[k])
     result = _least_squares(
         lambda p: two_power(t, p[0], p[1], continuous_a2(p[0], p[1], p[2], break_t), p[2], p[3], break_t) - y,
