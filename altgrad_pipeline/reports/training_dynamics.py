@@ -134,7 +134,6 @@ def fit_figure(dynamics: pl.DataFrame, series: pl.DataFrame, path: Path, *, metr
             bulk = slice(0, max(1, int(DIVERGED_RANGE_SHARE * len(values)))) if first["first_nonfinite_step"] is not None else slice(None)
             handles["data"] = top.plot(steps, values, color="#7F7F7F", linewidth=0.8)[0]
             for row in run_rows:
-                label = f"{row['model']}{' (selected)' if row['selected'] else ''}"
                 line = top.plot(steps, _model_curve(row, t), color=MODEL_COLOURS[row["model"]], linewidth=2.4 if row["selected"] else 1.0)[0]
                 handles.setdefault(row["model"], line)
                 if row["selected"]:
@@ -143,7 +142,10 @@ def fit_figure(dynamics: pl.DataFrame, series: pl.DataFrame, path: Path, *, metr
                     residual_range = central_range(residuals[bulk], RESIDUAL_PERCENTILES, RESIDUAL_MARGIN)
                     if residual_range is not None:
                         bottom.set_ylim(*residual_range)
-                    top.text(0.98, 0.95, f"selected: {label.split(' ')[0]}\nasymptote {format_cell(first['asymptote'])}", transform=top.transAxes, ha="right", va="top", fontsize=8)
+                    limit = "no asymptote: decay at its bound" if first["asymptote"] is None else f"asymptote {format_cell(first['asymptote'])}"
+                    # A diverged run's loss climbs into the top right, where its divergence marker stands.
+                    x, y, ha, va = (0.02, 0.04, "left", "bottom") if first["first_nonfinite_step"] is not None else (0.98, 0.95, "right", "top")
+                    top.text(x, y, f"selected: {row['model']}\n{limit}", transform=top.transAxes, ha=ha, va=va, fontsize=8)
             for marker, style, colour, name in (("knee_step", "--", "#000000", "knee"), ("plateau_step", ":", "#000000", "plateau"), ("first_nonfinite_step", "-", "#D55E00", "diverged (first NaN/inf)")):
                 if first[marker] is not None:
                     handles[name] = top.axvline(first[marker], color=colour, linestyle=style, linewidth=1.0)

@@ -155,6 +155,25 @@ def test_standard_errors_match_the_jacobian_computed_here() -> None:
     assert fit.aicc == pytest.approx(aic + 2 * k * (k + 1) / (t.size - k - 1), abs=1e-9)
 
 
+
+@pytest.mark.parametrize("noise", [0.0, 1e-6, NOISE_SD])
+@pytest.mark.parametrize("floor", [None, 0.0])
+def test_the_fast_shift_ranking_keeps_the_exact_grids_best_shift(noise: float, floor: float | None) -> None:
+    """The shifted power law's seed is searched only in the shifts the exp/log ranking keeps; the
+    shift holding the exact `np.power` grid's least RSS is always among them, noise-free curves
+    (whose RSS is rounding) included, so the seed is the exact grid's."""
+    rng = np.random.default_rng(11)
+    t = np.arange(1, N_POINTS + 1, dtype=float)
+    for kind in ("power_law", "shifted_power_law", "exponential", "two_power"):
+        for _ in range(5):
+            y = _generate(kind, rng, t)[0] + rng.normal(0, noise, t.size)
+            shifts = fits._SHIFT_GRID_FRACTIONS * (t[-1] - t[0])
+            exact = [fits._projected_fits(np.power(t + shift, -fits._EXPONENT_GRID[:, None]), y, floor)[2] for shift in shifts]
+            best_shift = int(np.argmin(np.concatenate(exact))) // len(fits._EXPONENT_GRID)
+            candidates = fits._candidate_shifts(t, y, floor, shifts, np.empty((len(fits._EXPONENT_GRID), t.size)))
+            assert best_shift in candidates
+            assert len(candidates) < len(shifts)
+
 def test_spectral_slope_tells_white_noise_from_a_random_walk() -> None:
     rng = np.random.default_rng(5)
     white = rng.normal(size=4096)

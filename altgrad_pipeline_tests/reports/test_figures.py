@@ -7,18 +7,22 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import polars as pl
 import pytest
 from matplotlib.colors import to_hex
 from scipy import stats as sps
 
 import altgrad_pipeline.reports.figures as figures_module
+from altgrad_pipeline.analysis import curves, fits
 from altgrad_pipeline.analysis.report_series import (
     failure_trace_series,
     loss_curve_summary,
     loss_curve_view,
     reference_trace_means,
 )
+from altgrad_pipeline.analysis.training import training_dynamics
+from altgrad_pipeline.reports import training_dynamics as dynamics_report
 from altgrad_pipeline.reports.figures import (
     failure_trace_figure,
     figure_path,
@@ -37,6 +41,7 @@ from altgrad_pipeline.reports.style import (
     report_style,
     save_figure,
 )
+from altgrad_pipeline_tests.dynamics.synthetic import curve_history, runs_frame
 
 HISTORY_SCHEMA = {"run_id": pl.String, "step": pl.Int64, "key": pl.String, "value": pl.Float64}
 LAYER_SCHEMA = {"run_id": pl.String, "step": pl.Int64, "metric": pl.String, "layer_type": pl.String, "quantized": pl.Boolean, "value": pl.Float64}
@@ -299,3 +304,34 @@ def _drawing_saver(figures: list, original):
         return original(figure, path)
 
     return save
+
+
+def test_fit_panel_of_a_diverged_run_says_why_it_has_no_asymptote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that diverged with no decay identified before its first NaN: its panel says there is no
+    asymptote and why, in the lower left, clear of the run-up and the divergence marker at the right;
+    a run that trains keeps its asymptote in the top right."""
+    rng = np.random.default_rng(7)
+    steps = np.arange(0, 300)
+    trains = fits.power_law(steps + 1.0, 6.0, 0.8, 2.0) + rng.normal(0, 0.02, steps.size)
+    # falls, then climbs steeply into its first NaN (the example study's E7M0 shape): no decay is identified
+    diverges = np.where(steps < 37, 13.5 - 0.07 * steps + rng.normal(0, 0.05, steps.size) + 200.0 * np.exp(steps - 36.0), np.nan)
+    histories = pl.concat([curve_history("trains", steps, trains), curve_history("diverges", steps, diverges)])
+    dynamics = training_dynamics(runs_frame([{}, {}], run_ids=["trains", "diverges"], projects=["p", "p"], seeds=[1, 1]), histories)
+    selected = {r["run_id"]: r for r in dynamics.filter(pl.col("selected")).iter_rows(named=True)}
+    assert selected["diverges"]["asymptote"] is None and selected["diverges"]["first_nonfinite_step"] == 37
+    assert selected["trains"]["asymptote"] is not None
+    texts: dict[str, tuple[float, float, str, str]] = {}
+    original = dynamics_report.save_figure
+
+    def capture(figure, path):
+        texts.update({t.get_text(): (*t.get_position(), t.get_ha(), t.get_va()) for ax in figure.get_axes() for t in ax.texts})
+        return original(figure, path)
+
+    monkeypatch.setattr(dynamics_report, "save_figure", capture)
+    series = curves.curve_series(histories).collect()
+    chosen = {"trains": "trains", "diverges": "diverges"}
+    assert dynamics_report.fit_figure(dynamics, series, tmp_path / "fits.png", metric="loss", chosen=chosen) is not None
+    diverged_label = f"selected: {selected['diverges']['model']}\nno asymptote: decay at its bound"
+    assert texts[diverged_label] == (0.02, 0.04, "left", "bottom")
+    trained_label = f"selected: {selected['trains']['model']}\nasymptote {dynamics_report.format_cell(selected['trains']['asymptote'])}"
+    assert texts[trained_label] == (0.98, 0.95, "right", "top")
