@@ -46,13 +46,20 @@ def per_run(
     frame: pl.LazyFrame | pl.DataFrame,
     query: Callable[[pl.LazyFrame], pl.LazyFrame | pl.DataFrame],
     runs: Sequence[str] | None = None,
+    runs_at_once: int = 1,
 ) -> pl.DataFrame:
     """`query` applied to each run's rows of `frame` on its own, the results concatenated in the
     order of `runs` (default: every run of `frame`, as first seen). `query` must group by run
     (or keep rows), so that its result over the whole frame is the union of its per-run results;
-    with no run at all, it runs once on the empty frame, so the result keeps its columns."""
+    with no run at all, it runs once on the empty frame, so the result keeps its columns.
+
+    `runs_at_once` > 1 gives `query` the rows of that many runs together (in the order of `runs`;
+    the order of a batch's results is the query's): memory is then bounded by that many runs,
+    still flat in the study, while a query whose plan costs more than its rows (many small group
+    bys and joins per run) is planned and its files opened once per batch instead of per run."""
     lazy = frame.lazy()
     ids = distinct(lazy, "run_id") if runs is None else list(runs)
     if not ids:
         return query(lazy.head(0)).lazy().collect()
-    return pl.concat([query(lazy.filter(pl.col("run_id") == run)).lazy().collect() for run in ids], how="vertical")
+    batches = [ids[start : start + runs_at_once] for start in range(0, len(ids), runs_at_once)]
+    return pl.concat([query(lazy.filter(pl.col("run_id").is_in(batch))).lazy().collect() for batch in batches], how="vertical")
