@@ -53,7 +53,7 @@ EXPECTED: dict[str, Any] = {
         ),
         "training_dynamics_report": ("reports", None, ("learning_curves", "raw_runs", "training_dynamics")),
         "sweep_summary_report": ("reports", None, ("learning_curves", "raw_runs", "sweep_summary")),
-        "media_report": ("reports", None, ("histograms", "media_tables", "raw_runs", "run_histories", "run_media")),
+        "media_report": ("reports", None, ("histograms", "media_tables", "raw_runs", "run_histories", "run_media", "run_summaries")),
         "reports_index": (
             "reports",
             None,
