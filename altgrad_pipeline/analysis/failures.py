@@ -65,7 +65,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from altgrad_pipeline.analysis.history_scans import distinct, per_run
+from altgrad_pipeline.analysis.history_scans import RUNS_PER_QUERY, distinct, per_run
 from altgrad_pipeline.analysis.layers import DEFAULT_LAYER_PATTERNS, LayerPatterns, parse_metric_keys
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import finite, least_squares_slope
@@ -158,10 +158,6 @@ class PerParamKeys:
 
 #: The keys failure modes read by name: loss, global gradient norm, NaN count and rates.
 NAMED_KEYS = (*LOSS_KEYS, "grad_norm", "param_nan_count", *BIT_STALL_KEYS, *OVERFLOW_KEYS, *UNDERFLOW_KEYS)
-#: How many runs' rows `_run_evidence` reduces in one query: its plan (a dozen small group bys,
-#: joins and sorts) cost more than one run's rows (32 runs of 2,800 steps: 2.1 CPU-s one run at a
-#: time, 1.2 eight at a time), while memory stays bounded by these runs' named and per-parameter rows.
-EVIDENCE_RUNS_AT_ONCE = 8
 #: The per-run evidence `_run_evidence` reduces each run's rows to, besides its trend series.
 EVIDENCE_COLUMNS = (
     "nan_onset_step",
@@ -223,8 +219,8 @@ def _run_evidence(
 
     Everything but the comparison with other runs' trends needs each run's own rows only (its
     onsets, its class and so its anchor step, its rates at the anchor), so `failure_modes` calls
-    this on `EVIDENCE_RUNS_AT_ONCE` runs at a time (`history_scans.per_run`) and holds only these
-    reductions: a few numbers and four finite series per run, instead of the loss, rate and
+    this on a few runs at a time (`history_scans.per_run`, `RUNS_PER_QUERY`) and holds only
+    these reductions: a few numbers and four finite series per run, instead of the loss, rate and
     gradient-norm rows of every run. A run is classified here for its anchor, and again with
     every run in `failure_modes`, which also classifies runs that logged nothing. `base`: run_id,
     first_step, the outcome and threshold columns."""
@@ -464,7 +460,7 @@ def failure_modes(
         history.filter(pl.col("key").is_in([*NAMED_KEYS, *per_param_keys.all()])).select("run_id", "step", "key", "value"),
         lambda run_rows: _run_evidence(run_rows, per_param_keys, base.lazy(), window, trend_steps),
         sorted(first_steps.get_column("run_id")),
-        runs_at_once=EVIDENCE_RUNS_AT_ONCE,
+        runs_at_once=RUNS_PER_QUERY,
     )
     classified = _classify(base.lazy().join(evidence.lazy().drop("trend_series"), on="run_id", how="left"), trend_steps).collect().lazy()
 

@@ -22,6 +22,12 @@ from collections.abc import Callable, Sequence
 
 import polars as pl
 
+#: How many runs a query planned per run reads at once (`per_run`'s `runs_at_once`) where its plan,
+#: not its rows, is the cost: the failure evidence (a dozen small group bys and joins per run) or
+#: a few series of `learning_curves` (32 runs: 0.26 CPU-s one at a time, 0.09 eight at a time).
+#: Memory is then bounded by eight runs' rows, still flat in the number of runs.
+RUNS_PER_QUERY = 8
+
 
 def distinct(frame: pl.LazyFrame | pl.DataFrame, column: str) -> list:
     """The distinct values of one column, in the order they first appear (streamed: only the
