@@ -86,31 +86,44 @@ def completed_runs_at_common_step(raw_runs: pl.LazyFrame, histories: pl.LazyFram
     ).drop("last_loss_step")
 
 
-def _run_health(layer_metrics: pl.LazyFrame, common_step: int) -> pl.LazyFrame:
+def _run_health(layer_metrics: pl.LazyFrame, run_id: str, common_step: int) -> pl.LazyFrame:
     """run_id, layer_type ("all" included), grad_snr, sparsity, norm_cov of one completed run, from
-    its rows of `layer_metrics` at steps up to its project's `common_step` (a literal: joining the
-    rows to each run's common step cost more than the reductions). A parameter belongs to one
-    layer type, so its coefficient of variation is computed once, for its type and for "all"."""
-    metrics = layer_metrics.filter(
-        pl.col("metric").is_in(["grad_snr", "dead_neuron_frac", "grad_norm_l2"]) & (pl.col("step") <= common_step) & finite(pl.col("value"))
+    its rows of `layer_metrics` at steps up to its project's `common_step`. The run and step are
+    literals and each mean is taken over its metric's rows alone: joining every row to its run's
+    common step, then grouping a copy of the rows under "all" by run and layer type, cost twice as
+    much. A parameter belongs to one layer type, so its coefficient of variation is computed once."""
+    rows = (
+        layer_metrics.filter(
+            (pl.col("run_id") == run_id)
+            & pl.col("metric").is_in(["grad_snr", "dead_neuron_frac", "grad_norm_l2"])
+            & (pl.col("step") <= common_step)
+            & finite(pl.col("value"))
+        )
+        .select("metric", "param", "layer_type", "is_structurally_sparse", "value")
+        .collect()
+        .lazy()
     )
-    by = ["run_id", "layer_type"]
-    means = (
-        pl.col("value").filter(pl.col("metric") == "grad_snr").mean().alias("grad_snr"),
-        pl.col("value").filter((pl.col("metric") == "dead_neuron_frac") & ~pl.col("is_structurally_sparse")).mean().alias("sparsity"),
+    grad_snr = rows.filter(pl.col("metric") == "grad_snr").select("layer_type", pl.col("value").alias("grad_snr"))
+    sparsity = rows.filter((pl.col("metric") == "dead_neuron_frac") & ~pl.col("is_structurally_sparse")).select(
+        "layer_type", pl.col("value").alias("sparsity")
     )
-    per_param = (
-        metrics.filter(pl.col("metric") == "grad_norm_l2")
-        .group_by(*by, "param")
-        .agg(coefficient_of_variation(pl.col("value")).alias("norm_cov"))
+    norm_cov = (
+        rows.filter(pl.col("metric") == "grad_norm_l2")
+        .group_by("param")
+        .agg(pl.col("layer_type").first(), coefficient_of_variation(pl.col("value")).alias("norm_cov"))
         .filter(finite(pl.col("norm_cov")))
     )
-    everything = pl.lit("all").alias("layer_type")
-    return pl.concat([metrics.group_by(by).agg(*means), metrics.group_by("run_id").agg(*means).select("run_id", everything, "grad_snr", "sparsity")]).join(
-        pl.concat([per_param.group_by(by).agg(pl.col("norm_cov").mean()), per_param.group_by("run_id").agg(pl.col("norm_cov").mean()).select("run_id", everything, "norm_cov")]),
-        on=by,
-        how="full",
-        coalesce=True,
+
+    def by_layer_type(values: pl.LazyFrame, name: str) -> pl.LazyFrame:
+        # the values are finite: the mean over all of them is null only when there are none
+        overall = values.select(pl.lit("all").alias("layer_type"), pl.col(name).mean()).drop_nulls(name)
+        return pl.concat([values.group_by("layer_type").agg(pl.col(name).mean()), overall])
+
+    return (
+        by_layer_type(grad_snr, "grad_snr")
+        .join(by_layer_type(sparsity, "sparsity"), on="layer_type", how="full", coalesce=True)
+        .join(by_layer_type(norm_cov, "norm_cov"), on="layer_type", how="full", coalesce=True)
+        .select(pl.lit(run_id).alias("run_id"), "layer_type", "grad_snr", "sparsity", "norm_cov")
     )
 
 
@@ -202,9 +215,9 @@ def format_rankings(
     )
     # Layer metrics are the study's largest table: read run by run, and only the completed runs'.
     run_steps = completed.select("run_id", "common_step").unique("run_id", maintain_order=True).collect().rows()
-    run_health = [_run_health(per_layer.filter(pl.col("run_id") == run), step).collect() for run, step in run_steps]
+    run_health = [_run_health(per_layer, run, step).collect() for run, step in run_steps]
     health = (
-        pl.concat(run_health or [_run_health(per_layer.head(0), 0).collect()])
+        pl.concat(run_health or [_run_health(per_layer.head(0), "", 0).collect()])
         .lazy()
         .join(completed.select("run_id", *RUN_KEY), on="run_id")
         .group_by(*RUN_KEY, "layer_type")
