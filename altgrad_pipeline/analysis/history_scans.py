@@ -6,14 +6,16 @@ analysis needs of it is small: a few keys, or one aggregate per run. Two ways ke
 the number of runs:
 
 - **Keys first.** Which keys a study logged is found by a streamed scan (only the distinct keys
-  are held); the rows of the chosen keys are then read with an `is_in` filter, which the Parquet
+  are held), or read from `run_summaries` (one row per run and numeric key) where an asset has
+  it; the rows of the chosen keys are then read with an `is_in` filter, which the Parquet
   reader applies while reading. A join against a frame of keys would instead load every row of
   the history before dropping most of them.
 - **Run by run.** A query that groups by run (a series is a (run, key) pair, an outcome a run's
   last loss) never needs two runs' rows at once: `per_run` evaluates it one run at a time, so
   memory is one run's working set, and Polars groups and sorts a run's rows faster than a
   study's. The partition files are sorted by `run_id`, so the filter on one run reads only that
-  run's row groups.
+  run's row groups. A query whose plan costs more than one run's rows reads a few runs at once
+  (`RUNS_PER_QUERY`): memory is then a few runs' working set, still flat in the number of runs.
 """
 
 from __future__ import annotations
