@@ -152,9 +152,6 @@ class PerParamKeys:
             tuple(dead.filter(pl.col("layer_type") != "embedding").get_column("key")),
         )
 
-    def all(self) -> tuple[str, ...]:
-        return (*self.grad_norm, *self.dead_quantized)
-
 
 #: The keys failure modes read by name: loss, global gradient norm, NaN count and rates.
 NAMED_KEYS = (*LOSS_KEYS, "grad_norm", "param_nan_count", *BIT_STALL_KEYS, *OVERFLOW_KEYS, *UNDERFLOW_KEYS)
@@ -411,20 +408,24 @@ def _stage(frame: pl.LazyFrame) -> pl.LazyFrame:
 def _logged_keys_and_first_steps(
     history: pl.LazyFrame, run_summaries: pl.LazyFrame | pl.DataFrame | None
 ) -> tuple[list[str], pl.DataFrame]:
-    """The numeric keys the runs logged, and run_id, first_step of every run that logged one (the
-    runs `per_run` visits). From `run_summaries` when given, instead of two scans of the study's
-    histories (0.8 CPU-s for 14 M values); a key logged at a null step has a null summary
-    `first_step` (nulls sort first), so the first steps of such runs are still read from their rows."""
+    """The numeric keys the runs logged, and run_id, first_step, logs_grad_norm of every run that
+    logged one (the runs `per_run` visits). From `run_summaries` when given, instead of two scans
+    of the study's histories (0.8 CPU-s for 14 M values); a key logged at a null step has a null
+    summary `first_step` (nulls sort first), so the first steps of such runs are still read from
+    their rows. `logs_grad_norm` (null without summaries: not known) spares reading the
+    per-parameter gradient norms of runs that log the global one."""
     first_step = pl.col("step").min().alias("first_step")
     if run_summaries is None:
-        return distinct(history, "key"), history.group_by("run_id").agg(first_step).collect(engine="streaming")
+        first_steps = history.group_by("run_id").agg(first_step).collect(engine="streaming")
+        return distinct(history, "key"), first_steps.with_columns(pl.lit(None, pl.Boolean).alias("logs_grad_norm"))
     summaries = run_summaries.lazy().select("run_id", "key", "first_step").collect()
     null_step_runs = summaries.filter(pl.col("first_step").is_null()).get_column("run_id").unique().to_list()
     first_steps = summaries.filter(~pl.col("run_id").is_in(null_step_runs)).group_by("run_id").agg(pl.col("first_step").min())
     if null_step_runs:
         scanned = history.filter(pl.col("run_id").is_in(null_step_runs)).group_by("run_id").agg(first_step).collect(engine="streaming")
         first_steps = pl.concat([first_steps, scanned])
-    return summaries.get_column("key").unique().to_list(), first_steps
+    logs_grad_norm = summaries.group_by("run_id").agg((pl.col("key") == "grad_norm").any().alias("logs_grad_norm"))
+    return summaries.get_column("key").unique().to_list(), first_steps.join(logs_grad_norm, on="run_id", how="left")
 
 
 def failure_modes(
@@ -453,11 +454,16 @@ def failure_modes(
         runs.select("run_id", "project", "fp8_format", "optimizer", pl.col("max_steps").cast(pl.Int64), updated_at.alias("updated_at"))
         .join(outcomes.lazy().select(outcome_columns), on="run_id", how="left")
         .join(thresholds, on="run_id", how="left")
-        .join(first_steps.lazy(), on="run_id", how="left")
+        .join(first_steps.lazy().select("run_id", "first_step"), on="run_id", how="left")
         .collect(engine="streaming")
     )
+    # The per-parameter gradient norms stand in for the global one only where a run lacks it.
+    param_grad_norm_runs = first_steps.filter(~pl.col("logs_grad_norm").fill_null(False)).get_column("run_id").to_list()
+    evidence_keys = pl.col("key").is_in([*NAMED_KEYS, *per_param_keys.dead_quantized]) | (
+        pl.col("key").is_in(per_param_keys.grad_norm) & pl.col("run_id").is_in(param_grad_norm_runs)
+    )
     evidence = per_run(
-        history.filter(pl.col("key").is_in([*NAMED_KEYS, *per_param_keys.all()])).select("run_id", "step", "key", "value"),
+        history.filter(evidence_keys).select("run_id", "step", "key", "value"),
         lambda run_rows: _run_evidence(run_rows, per_param_keys, base.lazy(), window, trend_steps),
         sorted(first_steps.get_column("run_id")),
         runs_at_once=RUNS_PER_QUERY,

@@ -147,7 +147,8 @@ def test_trend_window_starts_at_the_first_logged_step(raw_runs, histories, outco
 
 def test_run_summaries_give_the_keys_and_first_steps_a_scan_of_the_histories_gives(raw_runs, histories, outcomes):
     """Also when a key was logged at a null step: its summary has no first step (nulls sort
-    first), so that run's first step (where its trend window starts) is read from its rows."""
+    first), so that run's first step (where its trend window starts) is read from its rows. The
+    summaries also say which runs log no global gradient norm, whose per-parameter norms are read."""
     late = histories.filter((pl.col("run_id") != "e7m0-nan-p4") | (pl.col("step") >= 10))
     null_step = (
         late.filter(pl.col("run_id") == "e7m0-nan-p4")
@@ -158,6 +159,8 @@ def test_run_summaries_give_the_keys_and_first_steps_a_scan_of_the_histories_giv
     given = failure_modes(raw_runs, changed, outcomes, trend_steps=50, run_summaries=run_summaries(changed))
     assert_frame_equal(given, failure_modes(raw_runs, changed, outcomes, trend_steps=50))
     assert given.filter(pl.col("run_id") == "e7m0-nan-p4")["trend_start_step"].item() == 3
+    # a classification run logs no global gradient norm: its per-parameter norms are still read
+    assert given.filter(pl.col("run_id") == "cls-e5m2")["grad_norm_growth"].item() is not None
 
 
 def test_trace_stops_at_each_runs_own_collapse(failures, histories):
