@@ -41,7 +41,7 @@ EXPECTED: dict[str, Any] = {
         "run_summaries": ("analysis", "fp8_format", ("raw_runs", "run_histories")),
         "learning_curves": ("analysis", None, ("run_histories",)),
         "run_outcomes": ("analysis", None, ("learning_curves", "raw_runs", "run_summaries")),
-        "failure_modes": ("analysis", None, ("failure_reports", "raw_runs", "run_histories", "run_outcomes")),
+        "failure_modes": ("analysis", None, ("failure_reports", "raw_runs", "run_histories", "run_outcomes", "run_summaries")),
         "format_rankings": ("analysis", None, ("layer_metrics", "learning_curves", "raw_runs", "run_outcomes")),
         "manifold_stats": ("analysis", None, ("failure_modes", "learning_curves", "raw_runs", "run_outcomes", "run_summaries")),
         "training_dynamics": ("analysis", None, ("learning_curves", "raw_runs")),
@@ -53,7 +53,7 @@ EXPECTED: dict[str, Any] = {
         ),
         "training_dynamics_report": ("reports", None, ("learning_curves", "raw_runs", "training_dynamics")),
         "sweep_summary_report": ("reports", None, ("learning_curves", "raw_runs", "sweep_summary")),
-        "media_report": ("reports", None, ("histograms", "media_tables", "raw_runs", "run_histories", "run_media")),
+        "media_report": ("reports", None, ("histograms", "media_tables", "raw_runs", "run_histories", "run_media", "run_summaries")),
         "reports_index": (
             "reports",
             None,

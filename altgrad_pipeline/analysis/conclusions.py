@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from altgrad_pipeline.analysis.history_scans import per_run
+from altgrad_pipeline.analysis.history_scans import RUNS_PER_QUERY, per_run
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history, run_ids
 from altgrad_pipeline.analysis.rankings import BIT_STALL_KEYS
 from altgrad_pipeline.analysis.stats import finite
@@ -45,7 +45,7 @@ def run_results(
 ) -> pl.DataFrame:
     """One row per run: project, run_id, name, url, fp8_format, optimizer, seed, state, outcome,
     last_step, max_steps, final_loss, best_loss, final_bit_stall_rate (module docstring). The loss
-    and bit-stall facts are reduced run by run (`history_scans.per_run`): one plan deriving the
+    and bit-stall facts are reduced a few runs at a time (`history_scans.per_run`): one plan deriving the
     series from every run's rows held them all (4x benchmark study: 350 MB, 1x: 246 MB)."""
     runs = raw_runs.lazy()
     url = pl.col("url") if "url" in runs.collect_schema().names() else pl.lit(None, pl.String)
@@ -53,6 +53,7 @@ def run_results(
         numeric_history(histories).filter(pl.col("key").is_in((*LOSS_KEYS, *BIT_STALL_KEYS))).select("run_id", "step", "key", "value"),
         lambda rows: _loss_and_stall_facts(rows.collect().lazy(), last_k),
         run_ids(raw_runs),
+        runs_at_once=RUNS_PER_QUERY,
     )
     return (
         runs.select("project", "run_id", "name", url.alias("url"), "fp8_format", "optimizer", "seed", "state", pl.col("max_steps").cast(pl.Int64))

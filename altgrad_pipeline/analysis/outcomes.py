@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from altgrad_pipeline.analysis.history_scans import per_run
+from altgrad_pipeline.analysis.history_scans import RUNS_PER_QUERY, per_run
 from altgrad_pipeline.analysis.stats import finite
 from altgrad_pipeline.ingest.model import numeric_history
 from altgrad_pipeline.study import LOSS_KEYS
@@ -65,14 +65,15 @@ def loss_and_series(
     histories: pl.LazyFrame | pl.DataFrame, keys: tuple[str, ...], runs: list[str] | None = None
 ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Each run's loss series (`loss_history`) and `keys` series (`history_series`; `keys` must not
-    name a loss), found run by run (`history_scans.per_run`; `runs`: the run ids, `run_ids`) and
-    collected once, for plans that read them several times. Deriving the series in such a plan
+    name a loss), found a few runs at a time (`history_scans.per_run`; `runs`: the run ids,
+    `run_ids`) and collected once, for plans that read them several times. Deriving the series in such a plan
     from the rows of every run ran several copies of their group by, join and sort at once,
     growing with the runs (`manifold_stats` alone on the 4x benchmark study: 562 MB, 348 MB this way)."""
     series = per_run(
         numeric_history(histories).filter(pl.col("key").is_in((*LOSS_KEYS, *keys))).select("run_id", "step", "key", "value"),
         lambda rows: pl.concat([loss_history(rows), history_series(rows, keys)]),
         runs,
+        runs_at_once=RUNS_PER_QUERY,
     )
     return series.lazy().filter(pl.col("key").is_in(LOSS_KEYS)), series.lazy().filter(pl.col("key").is_in(keys))
 
@@ -121,7 +122,7 @@ def run_outcomes(
     if run_summaries is None:
         facts = per_run(history, lambda rows: _last_steps(rows).join(_loss_facts(rows), on="run_id", how="left"), ids)
     else:
-        loss_facts = per_run(history.filter(pl.col("key").is_in((*LOSS_KEYS, "param_nan_count"))), _loss_facts, ids)
+        loss_facts = per_run(history.filter(pl.col("key").is_in((*LOSS_KEYS, "param_nan_count"))), _loss_facts, ids, runs_at_once=RUNS_PER_QUERY)
         facts = (
             _last_steps(run_summaries.lazy().select("run_id", pl.col("last_step").alias("step")))
             .join(loss_facts.lazy(), on="run_id", how="full", coalesce=True)

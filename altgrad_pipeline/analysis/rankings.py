@@ -53,7 +53,6 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from altgrad_pipeline.analysis.history_scans import per_run
 from altgrad_pipeline.analysis.outcomes import loss_and_series, loss_history, run_ids
 from altgrad_pipeline.analysis.stats import (
     coefficient_of_variation,
@@ -87,28 +86,45 @@ def completed_runs_at_common_step(raw_runs: pl.LazyFrame, histories: pl.LazyFram
     ).drop("last_loss_step")
 
 
-def _health_per_run(layer_metrics: pl.LazyFrame, completed: pl.LazyFrame) -> pl.LazyFrame:
-    """run_id, layer_type ("all" included), grad_snr, sparsity, norm_cov of each completed run."""
-    metrics = (
-        layer_metrics.join(completed.select("run_id", "common_step"), on="run_id", how="inner")
-        .filter((pl.col("step") <= pl.col("common_step")) & finite(pl.col("value")))
-        .filter(pl.col("metric").is_in(["grad_snr", "dead_neuron_frac", "grad_norm_l2"]))
+def _run_health(layer_metrics: pl.LazyFrame, run_id: str, common_step: int) -> pl.LazyFrame:
+    """run_id, layer_type ("all" included), grad_snr, sparsity, norm_cov of one completed run, from
+    its rows of `layer_metrics` at steps up to its project's `common_step`. The run and step are
+    literals and each mean is taken over its metric's rows alone: joining every row to its run's
+    common step, then grouping a copy of the rows under "all" by run and layer type, cost twice as
+    much. A parameter belongs to one layer type, so its coefficient of variation is computed once."""
+    rows = (
+        layer_metrics.filter(
+            (pl.col("run_id") == run_id)
+            & pl.col("metric").is_in(["grad_snr", "dead_neuron_frac", "grad_norm_l2"])
+            & (pl.col("step") <= common_step)
+            & finite(pl.col("value"))
+        )
+        .select("metric", "param", "layer_type", "is_structurally_sparse", "value")
+        .collect()
+        .lazy()
     )
-    metrics = pl.concat([metrics, metrics.with_columns(pl.lit("all").alias("layer_type"))])
-    by = ["run_id", "layer_type"]
-    means = metrics.group_by(by).agg(
-        pl.col("value").filter(pl.col("metric") == "grad_snr").mean().alias("grad_snr"),
-        pl.col("value").filter((pl.col("metric") == "dead_neuron_frac") & ~pl.col("is_structurally_sparse")).mean().alias("sparsity"),
+    grad_snr = rows.filter(pl.col("metric") == "grad_snr").select("layer_type", pl.col("value").alias("grad_snr"))
+    sparsity = rows.filter((pl.col("metric") == "dead_neuron_frac") & ~pl.col("is_structurally_sparse")).select(
+        "layer_type", pl.col("value").alias("sparsity")
     )
-    cov = (
-        metrics.filter(pl.col("metric") == "grad_norm_l2")
-        .group_by(*by, "param")
-        .agg(coefficient_of_variation(pl.col("value")).alias("norm_cov"))
+    norm_cov = (
+        rows.filter(pl.col("metric") == "grad_norm_l2")
+        .group_by("param")
+        .agg(pl.col("layer_type").first(), coefficient_of_variation(pl.col("value")).alias("norm_cov"))
         .filter(finite(pl.col("norm_cov")))
-        .group_by(by)
-        .agg(pl.col("norm_cov").mean())
     )
-    return means.join(cov, on=by, how="full", coalesce=True)
+
+    def by_layer_type(values: pl.LazyFrame, name: str) -> pl.LazyFrame:
+        # the values are finite: the mean over all of them is null only when there are none
+        overall = values.select(pl.lit("all").alias("layer_type"), pl.col(name).mean()).drop_nulls(name)
+        return pl.concat([values.group_by("layer_type").agg(pl.col(name).mean()), overall])
+
+    return (
+        by_layer_type(grad_snr, "grad_snr")
+        .join(by_layer_type(sparsity, "sparsity"), on="layer_type", how="full", coalesce=True)
+        .join(by_layer_type(norm_cov, "norm_cov"), on="layer_type", how="full", coalesce=True)
+        .select(pl.lit(run_id).alias("run_id"), "layer_type", "grad_snr", "sparsity", "norm_cov")
+    )
 
 
 def _leads(run_final: pl.DataFrame, ranked: pl.DataFrame, n_resamples: int, seed: int, min_bootstrap_n: int) -> pl.DataFrame:
@@ -198,9 +214,10 @@ def format_rankings(
         .select("project", "optimizer", pl.coalesce("own_baseline", "standard_baseline").alias("baseline_final_loss"))
     )
     # Layer metrics are the study's largest table: read run by run, and only the completed runs'.
-    completed_ids = completed.select(pl.col("run_id").unique(maintain_order=True)).collect().to_series().to_list()
+    run_steps = completed.select("run_id", "common_step").unique("run_id", maintain_order=True).collect().rows()
+    run_health = [_run_health(per_layer, run, step).collect() for run, step in run_steps]
     health = (
-        per_run(per_layer, lambda rows: _health_per_run(rows, completed), completed_ids)
+        pl.concat(run_health or [_run_health(per_layer.head(0), "", 0).collect()])
         .lazy()
         .join(completed.select("run_id", *RUN_KEY), on="run_id")
         .group_by(*RUN_KEY, "layer_type")

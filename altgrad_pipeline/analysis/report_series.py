@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from altgrad_pipeline.analysis.history_scans import per_run
+from altgrad_pipeline.analysis.history_scans import RUNS_PER_QUERY, per_run
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import finite, t_quantiles
 from altgrad_pipeline.ingest.model import numeric_history
@@ -143,8 +143,8 @@ def failure_trace_series(
     """run_id, step, series, value for the `TRACE_SERIES` series of the given runs. The dead-neuron
     series is the unweighted mean of `dead_neuron_frac` over each step's quantised (2-D weight)
     parameters outside the embedding layers, as in `failures.dead_neuron_frac_ex_embedding`
-    (embedding gradients are structurally sparse). Each run's series are found from its own rows
-    (`history_scans.per_run`), read once: one plan over every run ran six scans of the histories at
+    (embedding gradients are structurally sparse). Each run's series are found from its own rows,
+    a few runs at a time (`history_scans.per_run`), read once: one plan over every run ran six scans of the histories at
     once (the 4x benchmark study's 128 runs: 386 MB above the imports, 262 MB this way)."""
     runs = list(dict.fromkeys(run_ids))
     keys = tuple(key for series_keys in TRACE_SERIES.values() for key in series_keys)
@@ -152,6 +152,7 @@ def failure_trace_series(
         numeric_history(histories).filter(pl.col("key").is_in(keys)).select("run_id", "step", "key", "value"),
         lambda rows: _logged_trace(rows.collect().lazy()),
         runs,
+        runs_at_once=RUNS_PER_QUERY,
     )
     dead = per_run(
         layer_metrics.lazy()
@@ -163,6 +164,7 @@ def failure_trace_series(
         .agg(pl.col("value").filter(finite(pl.col("value"))).mean())
         .select("run_id", "step", pl.lit("dead_neuron_frac_ex_embedding").alias("series"), "value"),
         runs,
+        runs_at_once=RUNS_PER_QUERY,
     )
     return pl.concat([logged, dead.cast(logged.schema)]).sort("series", "run_id", "step")
 

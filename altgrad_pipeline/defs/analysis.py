@@ -113,15 +113,19 @@ def run_outcomes(raw_runs: pl.LazyFrame, learning_curves: pl.LazyFrame, run_summ
 
 @dg.asset(
     group_name=ANALYSIS_GROUP,
-    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn(), "failure_reports": dg.AssetIn()},
+    ins={**ALL_FORMATS, "run_outcomes": dg.AssetIn(), "failure_reports": dg.AssetIn(), "run_summaries": dg.AssetIn()},
     description="ANAL-02: one row per run with its failure mode, failure step and the trend before it.\n\n" + _doc(failures),
     automation_condition=analysis_automation_condition(),
     kinds={"polars", "parquet"},
 )
 def failure_modes(
-    raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame, run_outcomes: pl.LazyFrame, failure_reports: pl.LazyFrame
+    raw_runs: pl.LazyFrame,
+    run_histories: pl.LazyFrame,
+    run_outcomes: pl.LazyFrame,
+    failure_reports: pl.LazyFrame,
+    run_summaries: pl.LazyFrame,
 ) -> dg.MaterializeResult:
-    frame = failures.failure_modes(raw_runs, run_histories, run_outcomes, failure_reports)
+    frame = failures.failure_modes(raw_runs, run_histories, run_outcomes, failure_reports, run_summaries=run_summaries)
     failed = frame.filter(pl.col("failure_mode") != "none")
     return dg.MaterializeResult(
         value=frame,

@@ -224,6 +224,7 @@ def media_report(
     histograms: pl.DataFrame,
     raw_runs: pl.DataFrame,
     run_histories: pl.LazyFrame,
+    run_summaries: pl.LazyFrame,
     report_files: ReportFiles,
 ) -> dg.MaterializeResult:
     options = media.MediaReportOptions(
@@ -234,7 +235,9 @@ def media_report(
         histogram_keys=tuple(config.histogram_keys) or None,
     )
     return report_result(
-        media.write_media_report(run_media, media_tables, histograms, run_histories, raw_runs, report_files.reports_dir, options=options),
+        media.write_media_report(
+            run_media, media_tables, histograms, run_histories, run_summaries, raw_runs, report_files.reports_dir, options=options
+        ),
         report_files,
     )
 

@@ -229,13 +229,17 @@ def write_media_report(
     media_tables: pl.DataFrame,
     histograms: pl.DataFrame,
     run_histories: pl.DataFrame | pl.LazyFrame,
+    run_summaries: pl.DataFrame | pl.LazyFrame,
     raw_runs: pl.DataFrame,
     reports_dir: Path,
     *,
     options: MediaReportOptions = MediaReportOptions(),
     built_at: dt.datetime | None = None,
 ) -> ReportResult:
-    """Write `media.md`/`media.html` and their figures; returns what was written."""
+    """Write `media.md`/`media.html` and their figures; returns what was written. The numeric keys
+    logged come from `run_summaries` (one row per run and numeric key), so the histories are read
+    only for the rows of the keys the curve pattern picks (finding the keys in the histories read
+    every row's key: 0.6 CPU-s for 14 M values)."""
     reports_dir = Path(reports_dir)
     figures_dir = reports_dir / FIGURES_DIR
     names = dict(raw_runs.select("run_id", "name").iter_rows()) if {"run_id", "name"} <= set(raw_runs.columns) else {}
@@ -282,12 +286,12 @@ def write_media_report(
 
     lines += ["## KL divergence and validation loss", ""]
     pattern = re.compile(options.curve_pattern)
-    numbers = numeric_history(run_histories)
-    keys = sorted(k for k in numbers.select(pl.col("key").unique()).collect().to_series().to_list() if pattern.search(k))
+    logged = run_summaries.lazy().select(pl.col("key").unique()).collect().to_series().to_list()
+    keys = sorted(k for k in logged if pattern.search(k))
     if not keys:
         lines += [f"No history key matches {markdown_code(options.curve_pattern)} yet.", ""]
     else:
-        curves = numbers.filter(pl.col("key").is_in(keys)).select("run_id", "step", "key", "value").collect()
+        curves = numeric_history(run_histories).filter(pl.col("key").is_in(keys)).select("run_id", "step", "key", "value").collect()
         run_ids = sorted(curves["run_id"].unique().to_list())
         labels = config_labels(raw_runs, run_ids)
         path = curves_figure(curves, keys, labels, names, figures_dir / f"media_curves_{_digest(*keys, *run_ids)}.png")

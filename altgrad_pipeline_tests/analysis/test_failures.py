@@ -8,9 +8,11 @@ import datetime as dt
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from altgrad_pipeline.analysis.failures import failure_modes, trace_to_collapse
 from altgrad_pipeline.analysis.outcomes import run_outcomes
+from altgrad_pipeline.analysis.summaries import run_summaries
 from altgrad_pipeline.ingest.failure_reports import find_failure_reports
 from altgrad_pipeline_tests.ingest.test_failure_reports import REPORT
 
@@ -141,6 +143,24 @@ def test_a_run_without_exit_record_is_listed_at_once(raw_runs, histories, outcom
 def test_trend_window_starts_at_the_first_logged_step(raw_runs, histories, outcomes):
     got = failure_modes(raw_runs, histories, outcomes, trend_steps=50).filter(pl.col("run_id") == "e7m0-nan-p4").row(0, named=True)
     assert (got["trend_start_step"], got["trend_end_step"]) == (0, 25)
+
+
+def test_run_summaries_give_the_keys_and_first_steps_a_scan_of_the_histories_gives(raw_runs, histories, outcomes):
+    """Also when a key was logged at a null step: its summary has no first step (nulls sort
+    first), so that run's first step (where its trend window starts) is read from its rows. The
+    summaries also say which runs log no global gradient norm, whose per-parameter norms are read."""
+    late = histories.filter((pl.col("run_id") != "e7m0-nan-p4") | (pl.col("step") >= 10))
+    null_step = (
+        late.filter(pl.col("run_id") == "e7m0-nan-p4")
+        .head(2)
+        .with_columns(pl.lit("eval/score").alias("key"), pl.Series("step", [None, 3], dtype=pl.Int64))
+    )
+    changed = pl.concat([late, null_step])
+    given = failure_modes(raw_runs, changed, outcomes, trend_steps=50, run_summaries=run_summaries(changed))
+    assert_frame_equal(given, failure_modes(raw_runs, changed, outcomes, trend_steps=50))
+    assert given.filter(pl.col("run_id") == "e7m0-nan-p4")["trend_start_step"].item() == 3
+    # a classification run logs no global gradient norm: its per-parameter norms are still read
+    assert given.filter(pl.col("run_id") == "cls-e5m2")["grad_norm_growth"].item() is not None
 
 
 def test_trace_stops_at_each_runs_own_collapse(failures, histories):

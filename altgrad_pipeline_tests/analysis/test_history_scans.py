@@ -1,5 +1,5 @@
 """`history_scans`: queries evaluated run by run give what they give over the whole history, see
-one run's rows at a time, and keep their columns when there is no run; distinct values come in
+one run's rows at a time (or as many as asked for), and keep their columns when there is no run; distinct values come in
 first-seen order. Checked on a frame and on a Parquet scan with small row groups (as partition
 files are read)."""
 
@@ -43,6 +43,12 @@ def test_per_run_equals_the_whole_query(history):
 def test_per_run_sees_one_run_at_a_time(history):
     seen = per_run(history, lambda rows: rows.select(pl.col("run_id").n_unique().alias("n_runs"), pl.len().alias("n_rows")))
     assert seen["n_runs"].to_list() == [1, 1, 1] and seen["n_rows"].to_list() == [4, 3, 2]
+
+
+def test_per_run_a_few_runs_at_once_equals_run_by_run(history):
+    seen = per_run(history, lambda rows: rows.select(pl.col("run_id").n_unique().alias("n_runs"), pl.len().alias("n_rows")), runs_at_once=2)
+    assert seen["n_runs"].to_list() == [2, 1] and seen["n_rows"].to_list() == [7, 2]
+    assert_frame_equal(per_run(history, _last_loss, runs_at_once=2).sort("run_id"), per_run(history, _last_loss).sort("run_id"))
 
 
 def test_per_run_follows_the_given_runs(history):

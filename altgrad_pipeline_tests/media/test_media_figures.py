@@ -91,12 +91,13 @@ def test_media_report_figures_load_in_the_browser(built) -> None:
 
 
 def test_empty_inputs_say_so(tmp_path: Path) -> None:
+    from altgrad_pipeline.analysis.summaries import RUN_SUMMARIES_SCHEMA
     from altgrad_pipeline.ingest.media import tables, values
     from altgrad_pipeline.ingest.model import empty_history
 
     result = media_report_doc.write_media_report(
         pl.DataFrame(schema=values.RUN_MEDIA_SCHEMA), pl.DataFrame(schema=tables.MEDIA_TABLES_SCHEMA),
-        pl.DataFrame(schema=values.HISTOGRAMS_SCHEMA), empty_history(), pl.DataFrame(), tmp_path,
+        pl.DataFrame(schema=values.HISTOGRAMS_SCHEMA), empty_history(), pl.DataFrame(schema=RUN_SUMMARIES_SCHEMA), pl.DataFrame(), tmp_path,
     )  # fmt: skip
     text = result.path.read_text()
     assert "No media (tables, histograms, images) logged yet." in text
