@@ -94,22 +94,26 @@ def run_summaries(
             pl.col("key").replace_strict(limits.get_column("key"), limits.get_column(name), default=None).alias(name)
             for name in ("threshold_below", "threshold_above")
         )
-    else:
-        history = history.with_columns(pl.lit(None, pl.Float64).alias("threshold_below"), pl.lit(None, pl.Float64).alias("threshold_above"))
     runs = history.partition_by("run_id", maintain_order=True) if history.get_column("run_id").n_unique() > 1 else [history]
-    summary = pl.concat([_summaries_of_run(rows, final_fraction, crossings=bool(thresholds)) for rows in runs])
+    summary = pl.concat([_summaries_of_run(rows, final_fraction) for rows in runs])
     return summary.select(*RUN_SUMMARIES_SCHEMA).sort("run_id", "key").cast(RUN_SUMMARIES_SCHEMA)  # type: ignore[arg-type]
 
 
-def _summaries_of_run(rows: pl.DataFrame, final_fraction: float, *, crossings: bool) -> pl.DataFrame:
-    """The summaries of one run's rows (run_id, step, key, value and the two thresholds); without
-    `crossings` (no threshold configured) the first steps below and above are null, unsearched."""
+def _summaries_of_run(rows: pl.DataFrame, final_fraction: float) -> pl.DataFrame:
+    """The summaries of one run's rows (run_id, step, key, value, and the two thresholds when
+    any is configured: without them the first steps below and above are null, unsearched)."""
     # Each key's rows contiguous and in step order (group_by keeps row order within a group): rows
     # already in step order, as the catalog keeps a history, need only a stable sort by the key's
-    # code; others are sorted by step within the code, stably, like a stable sort by step.
+    # code; others are sorted by step within the code, stably, like a stable sort by step. The
+    # run_id (one value) and the key strings are left out of the sort, the key kept as its code.
+    crossings = "threshold_below" in rows.columns
     steps = rows.get_column("step")
     order = "_code" if not steps.null_count() and steps.is_sorted() else ["_code", "step"]
-    grouped = rows.with_columns(pl.col("key").cast(pl.Categorical).to_physical().alias("_code")).sort(order, maintain_order=True)
+    grouped = (
+        rows.select(pl.exclude("run_id", "key"), pl.col("key").cast(pl.Categorical).alias("_key"))
+        .with_columns(pl.col("_key").to_physical().alias("_code"))
+        .sort(order, maintain_order=True)
+    )
     n = pl.len()
     final = pl.col("value").slice(n - (n.cast(pl.Float64) * final_fraction).ceil().cast(pl.UInt32))
     value, step = pl.col("value"), pl.col("step")
@@ -117,12 +121,10 @@ def _summaries_of_run(rows: pl.DataFrame, final_fraction: float, *, crossings: b
     finite_value, finite_step = value.filter(finite), step.filter(finite)
     span = finite_step.last() - finite_step.first()
     trapezoids = (finite_step.diff() * (finite_value + finite_value.shift(1)) / 2).sum()
-    below, above = pl.col("threshold_below").first(), pl.col("threshold_above").first()
-    first_below = step.filter(finite & (value < pl.col("threshold_below"))).first() if crossings else pl.lit(None, pl.Int64)
-    first_above = step.filter(finite & (value > pl.col("threshold_above"))).first() if crossings else pl.lit(None, pl.Int64)
+    none, no_step = pl.lit(None, pl.Float64), pl.lit(None, pl.Int64)
     return grouped.group_by("_code").agg(
-        pl.col("run_id").first(),
-        pl.col("key").first(),
+        pl.lit(rows.get_column("run_id").first(), pl.String).alias("run_id"),
+        pl.col("_key").first().cast(pl.String).alias("key"),
         pl.len().alias("n_values"),
         finite.sum().cast(pl.UInt32).alias("n_finite"),
         value.is_nan().sum().cast(pl.UInt32).alias("n_nan"),
@@ -139,10 +141,10 @@ def _summaries_of_run(rows: pl.DataFrame, final_fraction: float, *, crossings: b
         pl.when(span > 0).then(trapezoids / span.cast(pl.Float64)).alias("auc"),
         step.filter(value.is_nan()).first().alias("first_nan_step"),
         step.filter(value.is_infinite()).first().alias("first_inf_step"),
-        below.alias("threshold_below"),
-        first_below.alias("first_step_below"),
-        above.alias("threshold_above"),
-        first_above.alias("first_step_above"),
+        (pl.col("threshold_below").first() if crossings else none).alias("threshold_below"),
+        (step.filter(finite & (value < pl.col("threshold_below"))).first() if crossings else no_step).alias("first_step_below"),
+        (pl.col("threshold_above").first() if crossings else none).alias("threshold_above"),
+        (step.filter(finite & (value > pl.col("threshold_above"))).first() if crossings else no_step).alias("first_step_above"),
     )
 
 
