@@ -165,10 +165,10 @@ def _computed_while_read(compute: Callable[[list[str]], pl.DataFrame | pl.LazyFr
         left = n_rows
         for run in runs:
             piece = compute([run]).lazy().cast(dict(schema))
-            if columns is not None:
-                piece = piece.select(columns)
             if predicate is not None:
                 piece = piece.filter(predicate)
+            if columns is not None:
+                piece = piece.select(columns)
             frame = (piece if left is None else piece.head(left)).collect()
             yield frame
             if left is not None and (left := left - frame.height) <= 0:
