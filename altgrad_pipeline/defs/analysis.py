@@ -71,18 +71,12 @@ def layer_metrics(
 
 def _describe_layer_metrics(frame: pl.LazyFrame) -> dict[str, object]:
     """What the UI shows of a `layer_metrics` partition, read from it as written (a first build
-    is computed only while it is written). Layer types and params are counted over their runs of
-    equal values (`rle`): the table is sorted by run, metric and param, so there are few."""
-    stretches = {name: frame.select(pl.col(name).rle()).unnest(name) for name in ("layer_type", "param")}
-    n_rows, by_layer_type, n_params = pl.collect_all([
-        frame.select(pl.len()),
-        stretches["layer_type"].group_by("value").agg(pl.col("len").sum()).sort("value"),
-        stretches["param"].select(pl.col("value").n_unique()),
-    ])  # fmt: skip
+    is computed only while it is written)."""
+    n_rows, n_params = frame.select(pl.len(), pl.col("param").n_unique()).collect().row(0)
     return {
-        "dagster/row_count": n_rows.item(),
-        "rows_by_layer_type": dg.MetadataValue.json({str(k): int(n) for k, n in by_layer_type.iter_rows()}),
-        "n_params": n_params.item(),
+        "dagster/row_count": n_rows,
+        "rows_by_layer_type": counts(frame, "layer_type"),
+        "n_params": n_params,
         "preview": preview(frame.head(8).collect(), rows=8),
     }
 
