@@ -18,18 +18,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import shutil
-import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import polars as pl
-
-from altgrad_pipeline import atomic, locking
+from polars.io.plugins import register_io_source
 
 #: Parquet key-value metadata: `{run_id: run_version}` of the runs a file covers, and its recipe.
 RUN_VERSIONS_KEY = "altgrad.run_versions"
@@ -74,13 +70,14 @@ def built_from(raw_runs: pl.DataFrame) -> str:
 @dataclass(frozen=True)
 class RunVersionedFrame:
     """A partition table with the run versions and recipe it was built from; the IO manager
-    stores the three in one Parquet file. A lazy `frame` is streamed to the file, and `spill`
-    (the folder of its per-run pieces, see `rebuild`) removed once it is written."""
+    stores the three in one Parquet file. A lazy `frame` is streamed to the file (a streamed build
+    is computed only then, see `rebuild`), so what an asset says about its rows is `describe`d
+    from the table as written: the IO manager adds it to the materialization's metadata."""
 
     frame: pl.DataFrame | pl.LazyFrame
     versions: dict[str, str]
     recipe: str
-    spill: Path | None = None
+    describe: Callable[[pl.LazyFrame], dict[str, Any]] | None = None
 
     def parquet_metadata(self) -> dict[str, str]:
         return {RUN_VERSIONS_KEY: json.dumps(self.versions, sort_keys=True), RECIPE_KEY: self.recipe}
@@ -125,51 +122,56 @@ def rebuild(
     versions: Mapping[str, str],
     built_with: str,
     compute: Callable[[list[str]], pl.DataFrame | pl.LazyFrame],
-    spill: Path | None = None,
+    *,
+    streamed: bool = False,
+    describe: Callable[[pl.LazyFrame], dict[str, Any]] | None = None,
 ) -> Rebuilt:
     """The table for the runs in `versions` (run_id -> version), reusing `previous` where it can.
 
     `compute(run_ids)` returns the rows of just those runs, sorted by `run_id` first (whatever
     order within a run); the result keeps that order, so it equals `compute(all run ids)`. It is
     called one run at a time: memory is one run's working set, and Polars groups and sorts a run's
-    rows faster than a partition's. With `spill` (an empty folder), a build with nothing to keep
-    writes each run's rows there and returns a lazy table over them, so a first build never holds
-    the partition in memory; a `compute` returning a LazyFrame (rows already on disk) is not copied.
+    rows faster than a partition's. With `streamed`, a build with nothing to keep is a lazy table
+    that computes each run only as it is written (`_computed_while_read`): a first build never
+    holds the partition in memory, and its rows are encoded once, into the partition file; a
+    `compute` returning a LazyFrame (rows already on disk) is concatenated as it is. `describe` is
+    handed on to the table (`RunVersionedFrame`).
     """
     covered = previous.versions if previous is not None and previous.recipe == built_with else {}
     unchanged = [run for run, version in versions.items() if covered.get(run) == version]
     changed = sorted(run for run, version in versions.items() if covered.get(run) != version)
-    if spill is not None and changed and not unchanged:
-        pieces = [_spilled(compute([run]), spill / f"{index:06d}.parquet") for index, run in enumerate(changed)]
-        table = RunVersionedFrame(pl.concat(pieces, how="vertical_relaxed"), dict(versions), built_with, spill)
-        return Rebuilt(table, computed=changed, reused=0)
+    if streamed and changed and not unchanged:
+        columns = compute([])
+        if isinstance(columns, pl.LazyFrame):
+            frame = pl.concat([compute([run]).lazy() for run in changed], how="vertical_relaxed")
+        else:
+            frame = _computed_while_read(compute, changed, columns.schema)
+        return Rebuilt(RunVersionedFrame(frame, dict(versions), built_with, describe), computed=changed, reused=0)
     fresh = pl.concat([compute([run]).lazy().collect() for run in changed], how="vertical_relaxed") if changed else None
     if previous is None or not unchanged:
         frame = compute([]).lazy().collect() if fresh is None else fresh
     else:
         kept = previous.frame.lazy().collect().filter(pl.col("run_id").is_in(unchanged))
         frame = kept if fresh is None or fresh.is_empty() else _insert_runs(kept, fresh.cast(kept.schema))
-    return Rebuilt(RunVersionedFrame(frame, dict(versions), built_with, spill), computed=changed, reused=len(unchanged))
+    return Rebuilt(RunVersionedFrame(frame, dict(versions), built_with, describe), computed=changed, reused=len(unchanged))
 
 
-def spill_folder(root: Path, asset: str) -> Path:
-    """A new, empty folder for one build's per-run pieces (`rebuild`'s `spill`), under `root` (a
-    local cache dir), named with this process's pid; first the folders of processes that are gone
-    (a killed or crashed build) are removed, so their pieces never pile up on the disk."""
-    root.mkdir(parents=True, exist_ok=True)
-    me = locking.this_process()
-    for folder in root.iterdir():
-        pid = folder.name.rsplit("-", 2)[-2] if folder.name.count("-") >= 2 else ""
-        if folder.is_dir() and pid.isdigit() and locking.gone_here(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"{asset}-{me['pid']}-", dir=root))
+def _computed_while_read(compute: Callable[[list[str]], pl.DataFrame | pl.LazyFrame], runs: list[str], schema: pl.Schema) -> pl.LazyFrame:
+    """`compute` of each of `runs` in turn (its rows cast to `schema`), as a lazy frame whose
+    reader (a Polars IO source) computes a run when the one before it has been consumed: a sink
+    into a file holds one run's rows, however many runs there are."""
 
+    def rows(columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, _batch_size: int | None) -> Iterator[pl.DataFrame]:
+        left = n_rows
+        for run in runs:
+            piece = compute([run]).lazy().cast(dict(schema))
+            if predicate is not None:
+                piece = piece.filter(predicate)
+            if columns is not None:
+                piece = piece.select(columns)
+            frame = (piece if left is None else piece.head(left)).collect()
+            yield frame
+            if left is not None and (left := left - frame.height) <= 0:
+                return
 
-def _spilled(rows: pl.DataFrame | pl.LazyFrame, path: Path) -> pl.LazyFrame:
-    """One run's rows as a scan: computed rows are written to `path` (lz4: written once, read once),
-    atomically, so a full disk leaves no truncated piece and is said like any other full disk."""
-    if isinstance(rows, pl.LazyFrame):
-        return rows
-    with atomic.atomic_path(path) as tmp:
-        rows.write_parquet(tmp, compression="lz4")
-    return pl.scan_parquet(path)
+    return register_io_source(rows, schema=schema)

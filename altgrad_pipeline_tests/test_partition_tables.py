@@ -134,26 +134,39 @@ def test_an_altered_partition_file_is_quarantined_not_reused(tmp_path: Path) -> 
     assert not path.exists()
 
 
-def test_a_spilled_first_build_is_streamed_to_the_file_and_its_pieces_removed(tmp_path: Path) -> None:
-    """A first build with a spill folder holds one run's rows at a time: the table is a lazy scan
-    of per-run pieces, which the IO manager streams into the partition file and then deletes."""
+def test_a_streamed_first_build_computes_each_run_while_the_file_is_written(tmp_path: Path) -> None:
+    """A streamed first build computes nothing until the IO manager writes it, then one run at a
+    time; its `describe` metadata is read from the file as written."""
     versions = {"a": "v1", "b": "v22", "c": "v333"}
     partitions = dg.StaticPartitionsDefinition(["E5M2"])
-    spill = tmp_path / "spill"
+    compute = RowsPerVersion(versions)
 
     @dg.asset(partitions_def=partitions)
     def versioned() -> RunVersionedFrame:
-        spill.mkdir()
-        built = rebuild(None, versions, "r", RowsPerVersion(versions), spill).table
-        assert isinstance(built.frame, pl.LazyFrame) and len(list(spill.iterdir())) == 3
-        return built
+        built = rebuild(None, versions, "r", compute, streamed=True, describe=lambda rows: {"n_rows": rows.select(pl.len()).collect().item()})
+        assert isinstance(built.table.frame, pl.LazyFrame) and compute.calls == [[]]  # only its columns asked for
+        return built.table
 
     with dg.instance_for_test() as instance:
         result = dg.materialize([versioned], partition_key="E5M2", instance=instance, resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))})
-        assert result.success and not spill.exists()
+        assert result.success and compute.calls == [[], ["a"], ["b"], ["c"]]
         stored = previous_build(str(tmp_path), "versioned", "E5M2", instance, pytest.fail)
+        metadata = result.asset_materializations_for_node("versioned")[0].metadata
     assert stored is not None and stored.versions == versions
     assert stored.frame.equals(RowsPerVersion(versions)(sorted(versions)))
+    assert metadata["n_rows"].value == stored.frame.height == 3
+
+
+def test_a_streamed_table_reads_only_what_a_query_asks_for() -> None:
+    """Queried rather than written, a streamed table projects, filters and stops once it has
+    the rows asked for: the first run's rows for a head, not every run's."""
+    versions = {"a": "v1", "b": "v22", "c": "v333"}
+    compute = RowsPerVersion(versions)
+    frame = rebuild(None, versions, "r", compute, streamed=True).table.frame
+    assert frame.lazy().filter(pl.col("step") == 1).select("run_id").collect().to_series().to_list() == ["a"]
+    compute.calls.clear()
+    assert frame.lazy().head(1).collect().equals(RowsPerVersion(versions)(["a"]).head(1))
+    assert compute.calls == [["a"]]
 
 
 @settings(max_examples=40, deadline=None)
@@ -173,22 +186,3 @@ def test_any_sequence_of_builds_equals_a_fresh_build(tmp_path_factory: pytest.Te
         assert built.frame.equals(RowsPerVersion(versions)(sorted(versions)))
         assert sorted(run for call in compute.calls for run in call) == sorted(r for r, v in versions.items() if previous.get(r) != v)
         stored, previous = _stored(built, path), versions
-
-
-def test_spill_folders_of_processes_that_are_gone_are_removed(tmp_path: Path) -> None:
-    """A build killed between spilling and writing leaves its pieces; the next build removes them
-    (the cache is local, so a pid says whether their process lives), never a live process's."""
-    import os
-    import subprocess
-    import sys
-
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout)
-    root = tmp_path / "spill"
-    orphan = root / f"run_histories-{dead}-abc123"
-    live = root / f"layer_metrics-{os.getpid()}-def456"
-    for folder in (orphan, live):
-        folder.mkdir(parents=True)
-        (folder / "000000.parquet").write_bytes(b"piece")
-    made = partition_tables.spill_folder(root, "run_histories")
-    assert sorted(p.name for p in root.iterdir()) == sorted([live.name, made.name])
-    assert made.name.startswith(f"run_histories-{os.getpid()}-") and list(made.iterdir()) == []

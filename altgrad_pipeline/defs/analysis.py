@@ -61,20 +61,24 @@ def layer_metrics(
         run_versions(raw_runs),
         LAYER_METRICS_RECIPE,
         lambda run_ids: layers.layer_metrics(run_histories.filter(pl.col("run_id").is_in(run_ids))),
-        spill=True,
+        streamed=True,
+        describe=_describe_layer_metrics,
     )
-    frame = built.table.frame.lazy()
     return dg.MaterializeResult(
-        value=built.table,
-        metadata={
-            "dagster/row_count": frame.select(pl.len()).collect().item(),
-            "rows_by_layer_type": counts(frame, "layer_type"),
-            "n_params": frame.select(pl.col("param").n_unique()).collect().item(),
-            "runs_rebuilt": len(built.computed),
-            CATALOG_FINGERPRINT: built_from(raw_runs),
-            "preview": preview(frame.head(8).collect(), rows=8),
-        },
+        value=built.table, metadata={"runs_rebuilt": len(built.computed), CATALOG_FINGERPRINT: built_from(raw_runs)}
     )
+
+
+def _describe_layer_metrics(frame: pl.LazyFrame) -> dict[str, object]:
+    """What the UI shows of a `layer_metrics` partition, read from it as written (a first build
+    is computed only while it is written)."""
+    n_rows, n_params = frame.select(pl.len(), pl.col("param").n_unique()).collect().row(0)
+    return {
+        "dagster/row_count": n_rows,
+        "rows_by_layer_type": counts(frame, "layer_type"),
+        "n_params": n_params,
+        "preview": preview(frame.head(8).collect(), rows=8),
+    }
 
 
 @dg.asset(

@@ -86,7 +86,7 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
         {e.run_id: e.version for e in entries},
         HISTORY_RECIPE,
         lambda run_ids: catalog.histories([by_run[run] for run in run_ids]),
-        spill=True,
+        streamed=True,
     )
     histories = built.table.frame.lazy()
     n_values, n_keys, n_nonfinite = histories.select(

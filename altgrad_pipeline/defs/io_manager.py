@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -146,28 +145,32 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
     def dump_to_path(
         self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame | RunVersionedFrame, path: UPath
     ) -> None:
-        """A `RunVersionedFrame` keeps its run versions in the same file, as Parquet metadata. A
-        local file is written atomically (a lazy frame streamed into it, never held whole in memory)
-        and its SHA-256 recorded with the materialization, so a later read or refresh can tell it
-        from a damaged one."""
+        """A `RunVersionedFrame` keeps its run versions in the same file, as Parquet metadata, and
+        has its `describe` metadata read from the table as written. A local file is written
+        atomically (a lazy frame streamed into it, never held whole in memory) and its SHA-256
+        recorded with the materialization, so a later read or refresh can tell it from a damaged one."""
         metadata = obj.parquet_metadata() if isinstance(obj, RunVersionedFrame) else None
         frame = obj.frame if isinstance(obj, RunVersionedFrame) else obj
+        describe = obj.describe if isinstance(obj, RunVersionedFrame) else None
         atomic.kill_point(f"write:{context.asset_key.to_user_string()}" if context.has_asset_key else "write")
         if _is_local(path):
             with atomic.atomic_path(str(path)) as tmp:  # readers (sensors, other runs) never see half a file
                 if isinstance(frame, pl.LazyFrame):
                     frame.sink_parquet(str(tmp), metadata=metadata, **PARQUET_COMPRESSION)
+                    written = pl.scan_parquet(str(tmp))
                 else:
                     frame.write_parquet(str(tmp), metadata=metadata, **PARQUET_COMPRESSION)
+                    written = frame.lazy()
+                described = describe(written) if describe is not None else {}
                 digest = integrity.sha256_of(tmp)
         else:  # an object store's PUT is atomic already; the bytes are hashed as they are sent
             buffer = io.BytesIO()
-            frame.lazy().collect().write_parquet(buffer, metadata=metadata, **PARQUET_COMPRESSION)
+            collected = frame.lazy().collect()
+            collected.write_parquet(buffer, metadata=metadata, **PARQUET_COMPRESSION)
+            described = describe(collected.lazy()) if describe is not None else {}
             digest = hashlib.sha256(buffer.getbuffer()).hexdigest()
             path.write_bytes(buffer.getvalue())
-        context.add_output_metadata({integrity.SHA256_KEY: digest})
-        if isinstance(obj, RunVersionedFrame) and obj.spill is not None:
-            shutil.rmtree(obj.spill, ignore_errors=True)
+        context.add_output_metadata({integrity.SHA256_KEY: digest, **described})
 
     def _scan(self, path: UPath) -> pl.LazyFrame:
         if not path.exists():
@@ -224,5 +227,7 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         return lazy if _wants_lazy(context) else lazy.collect()
 
     def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict[str, Any]:
+        if isinstance(obj, RunVersionedFrame) and obj.describe is not None:
+            return {}  # it says its row count itself
         frame = obj.frame if isinstance(obj, RunVersionedFrame) else obj
         return {"dagster/row_count": frame.height} if isinstance(frame, pl.DataFrame) else {}  # a lazy table's asset counts its rows

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -17,7 +18,7 @@ from altgrad_pipeline import settings
 from altgrad_pipeline.defs.io_manager import previous_build
 from altgrad_pipeline.ingest.catalog import RunCatalog
 from altgrad_pipeline.ingest.sources import build_sources
-from altgrad_pipeline.partition_tables import Rebuilt, rebuild, spill_folder
+from altgrad_pipeline.partition_tables import Rebuilt, rebuild
 
 
 class RunStores(dg.ConfigurableResource):
@@ -57,15 +58,15 @@ class RunStores(dg.ConfigurableResource):
         built_with: str,
         compute: Callable[[list[str]], pl.DataFrame | pl.LazyFrame],
         *,
-        spill: bool = False,
+        streamed: bool = False,
+        describe: Callable[[pl.LazyFrame], dict[str, Any]] | None = None,
     ) -> Rebuilt:
         """A partition table computed run by run, reusing the stored partition's unchanged runs
         (see `partition_tables`) when its SHA-256 is still the recorded one (`previous_build`); the
-        asset returns `.table` for the IO manager to store. With `spill`, a first build keeps each
-        run's rows on disk under the cache until then."""
-        folder = spill_folder(self.cache_dir / "spill", asset) if spill else None
+        asset returns `.table` for the IO manager to store. With `streamed`, a first build is
+        computed run by run while the IO manager writes it (`partition_tables.rebuild`)."""
         previous = previous_build(self.data_dir, asset, partition, context.instance, context.log.warning)
-        return rebuild(previous, versions, built_with, compute, folder)
+        return rebuild(previous, versions, built_with, compute, streamed=streamed, describe=describe)
 
     def local_roots(self) -> list[Path]:
         return [Path(e.target) for e in self.store_entries() if e.kind == "local"]

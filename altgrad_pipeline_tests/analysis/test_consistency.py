@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from altgrad_pipeline.analysis.consistency import (
     duplicate_configurations,
@@ -28,6 +30,25 @@ def test_steps_unique_and_increasing(histories):
     passed, details = steps_unique_and_increasing(broken)
     assert not passed and details.select("run_id", "key").rows() == [("bf16", "loss")]
     assert details["n_duplicate_steps"][0] == 2 and details["n_decreasing_steps"][0] == 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 4)), max_size=14), st.booleans())
+def test_step_faults_are_counted_per_series_in_logged_order(rows: list[tuple[str, int]], catalog_order: bool) -> None:
+    """Whatever the rows' order (the catalog's strictly increasing (step, key) order, where one
+    comparison of neighbours proves every series clean, or any other), each series' faults are
+    those counted from its steps as logged: repeated steps, and steps lower than the one before."""
+    frame = pl.DataFrame(rows, schema={"key": pl.String, "step": pl.Int64}, orient="row").with_columns(pl.lit("r").alias("run_id"))
+    if catalog_order:
+        frame = frame.unique(["step", "key"]).sort("step", "key")
+    expected = []
+    for key in sorted(set(frame["key"])):
+        steps = frame.filter(pl.col("key") == key)["step"].to_list()
+        repeated, decreasing = len(steps) - len(set(steps)), sum(b < a for a, b in zip(steps, steps[1:], strict=False))
+        if repeated or decreasing:
+            expected.append(("r", key, repeated, decreasing))
+    passed, details = steps_unique_and_increasing(frame)
+    assert details.rows() == expected and passed == (not expected)
 
 
 def test_rankings_cover_formats(raw_runs, histories, outcomes, per_layer):

@@ -85,3 +85,14 @@ def test_nan_never_wins_and_nan_start_is_reported() -> None:
 def test_no_history_gives_an_empty_frame() -> None:
     empty = history().clear()
     assert run_summaries(empty).height == 0
+
+
+@pytest.mark.parametrize("thresholds", [[], [Threshold(r"^loss$", below=2.0, above=3.9)]])
+def test_rows_in_step_order_or_not_and_run_by_run_or_not_summarise_alike(thresholds: list[Threshold]) -> None:
+    """A run's rows in the catalog's (step, key) order are grouped by a sort on the key alone,
+    rows in any other order by key and step, and several runs one run at a time: all the same."""
+    frame = history()
+    catalog_order = run_summaries(frame.sort("run_id", "step", "key"), thresholds=thresholds)
+    assert run_summaries(frame.sample(fraction=1.0, shuffle=True, seed=7), thresholds=thresholds).equals(catalog_order)
+    one_by_one = pl.concat([run_summaries(frame.filter(pl.col("run_id") == run), thresholds=thresholds) for run in ("clean", "nan_tail", "sparse")])
+    assert one_by_one.equals(catalog_order)
