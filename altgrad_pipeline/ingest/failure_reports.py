@@ -268,7 +268,10 @@ def find_failure_reports(store_root: Path, checkpoint_dirs: Iterable[str | None]
 
 def read_failure_reports(store_roots: Iterable[Path], checkpoint_dirs: Iterable[str | None]) -> pl.DataFrame:
     """The `failure_reports` table: the newest report of each checkpoint dir over all `store_roots`
-    (columns: `FAILURE_REPORTS_SCHEMA`; when two stores hold one, the newer timestamp wins)."""
+    (columns: `FAILURE_REPORTS_SCHEMA`; when two stores hold one, the newer timestamp wins), in
+    checkpoint-dir order so two refreshes write the same file."""
     checkpoint_dirs = list(checkpoint_dirs)
     found = [find_failure_reports(root, checkpoint_dirs) for root in store_roots]
-    return pl.concat(found).sort("report_timestamp").unique("checkpoint_dir", keep="last") if found else pl.DataFrame(schema=FAILURE_REPORTS_SCHEMA)
+    if not found:
+        return pl.DataFrame(schema=FAILURE_REPORTS_SCHEMA)
+    return pl.concat(found).sort("report_timestamp").unique("checkpoint_dir", keep="last").sort("checkpoint_dir")

@@ -6,7 +6,12 @@ import math
 
 import polars as pl
 
-from altgrad_pipeline.ingest.failure_reports import FAILURE_REPORTS_SCHEMA, find_failure_reports, parse_failure_report
+from altgrad_pipeline.ingest.failure_reports import (
+    FAILURE_REPORTS_SCHEMA,
+    find_failure_reports,
+    parse_failure_report,
+    read_failure_reports,
+)
 
 REPORT = """# Failure Report: E7M0 Experiment
 
@@ -122,3 +127,18 @@ def test_find_takes_the_newest_report_and_never_raises(tmp_path):
     assert set(rows) == {"checkpoints/e7m0", "checkpoints/bad"}
     assert (rows["checkpoints/e7m0"]["format"], rows["checkpoints/e7m0"]["n_reports"], rows["checkpoints/e7m0"]["report_file_format"]) == ("E5M2", 2, "E5M2")
     assert rows["checkpoints/bad"]["parse_error"]
+
+
+def test_reports_over_several_stores_keep_the_newest_in_checkpoint_dir_order(tmp_path):
+    """Two stores may hold one checkpoint dir: the newer report wins, and the rows come in one order
+    (the table is rewritten on every refresh: an arbitrary order made equal refreshes differ)."""
+    names = [f"checkpoints/run{index:02d}" for index in range(12)]
+    for store, stamp in (("a", "20260101_000000"), ("b", "20260102_000000")):
+        for name in names[::-1] if store == "a" else names[::2]:
+            folder = tmp_path / store / name / "failure_reports"
+            folder.mkdir(parents=True)
+            (folder / f"E7M0_{stamp}_failure_report.md").write_text(REPORT)
+    got = read_failure_reports([tmp_path / "a", tmp_path / "b"], names)
+    assert got.get_column("checkpoint_dir").to_list() == names
+    stamps = dict(zip(got.get_column("checkpoint_dir"), got.get_column("report_timestamp").dt.day(), strict=True))
+    assert [stamps[name] for name in names] == [2 if index % 2 == 0 else 1 for index in range(12)]
