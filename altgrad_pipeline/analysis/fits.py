@@ -319,10 +319,11 @@ def _gradient_and_hessian(residuals: np.ndarray, jacobian: np.ndarray, scale: fl
     return jacobian.T @ (slope * residuals), (jacobian.T * (slope / stretch)) @ jacobian
 
 
-def _newton_minimum(fun, jac, x0: np.ndarray, scale: float | None, lower: np.ndarray, upper: np.ndarray) -> np.ndarray | None:
+def _newton_minimum(fun, jac, x0: np.ndarray, scale: float | None, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Levenberg-Marquardt on the robust cost from `x0` until an accepted step lowers the cost by
-    at most `_COST_TOLERANCE` of it; None when it does not converge or an iterate leaves the
-    interior (lower, upper) (the bounded problem is then `trf`'s)."""
+    at most `_COST_TOLERANCE` of it, or until a step leaves the interior (lower, upper): (x, which
+    parameters left, below their lower bound −1 and above their upper bound 1), None when it does
+    not converge."""
     x = x0.copy()
     residuals = fun(x)
     cost = _robust_cost(residuals, scale)
@@ -346,17 +347,36 @@ def _newton_minimum(fun, jac, x0: np.ndarray, scale: float | None, lower: np.nda
             if np.isfinite(trial_cost) and trial_cost < cost and predicted > 0:
                 break
             if damping > _MAX_DAMPING:
-                return x  # no step lowers the cost any more: a minimum to working precision
+                return x, np.zeros(len(x), int)  # no step lowers the cost any more: a minimum to working precision
             damping, growth = damping * growth, growth * 2.0
-        if (trial <= lower).any() or (trial >= upper).any():
-            return None
+        left = (trial >= upper).astype(int) - (trial <= lower)
+        if left.any():
+            return trial, left
         gain = (cost - trial_cost) / predicted
         damping, growth = damping * max(1.0 / 3.0, 1.0 - (2.0 * gain - 1.0) ** 3), 2.0
         converged = cost - trial_cost <= _COST_TOLERANCE * cost
         x, residuals, cost = trial, trial_residuals, trial_cost
         if converged:
-            return x
+            return x, left
     return None
+
+
+def _floor_held_minimum(curve: _Decay, x0: np.ndarray, floor: float, scale: float | None, lower: np.ndarray, upper: np.ndarray) -> _Solution | None:
+    """The minimum with the limit c held at its floor (the last parameter), from the seed's other
+    parameters; None unless they stay inside their bounds and the cost's slope in c is ≥ 0 there
+    (c held by its bound, the point `trf` converges to)."""
+    def with_floor(q: np.ndarray) -> np.ndarray:
+        return np.append(q, floor)
+
+    found = _newton_minimum(lambda q: curve.residuals(with_floor(q)), lambda q: curve.jacobian(with_floor(q))[:, :-1], x0[:-1], scale, lower[:-1], upper[:-1])
+    if found is None or found[1].any():
+        return None
+    x = with_floor(found[0])
+    residuals = curve.residuals(x)
+    slope_in_c = residuals.sum() if scale is None else float(np.sum(residuals / np.sqrt(1.0 + (residuals / scale) ** 2)))
+    if slope_in_c < 0:
+        return None
+    return _Solution(x=x, success=True, active_mask=-np.eye(len(x), dtype=int)[-1])
 
 
 def _least_squares(fun, jac, curve: _Decay, x0: np.ndarray, bounds, y: np.ndarray):
@@ -370,9 +390,15 @@ def _least_squares(fun, jac, curve: _Decay, x0: np.ndarray, bounds, y: np.ndarra
         warnings.simplefilter("ignore", RuntimeWarning)
         # `trf` counts a parameter this close to a bound as at it (scipy's `find_active_constraints`).
         margin_low, margin_high = (_ACTIVE_TOLERANCE * np.maximum(1.0, np.abs(b)) for b in (lower, upper))
-        x = _newton_minimum(curve.residuals, curve.jacobian, x0, options.get("f_scale"), lower + margin_low, upper - margin_high)  # type: ignore[arg-type]
-        if x is not None:
-            return _Solution(x=x, success=True, active_mask=np.zeros(len(x), int))
+        inside_low, inside_high = lower + margin_low, upper - margin_high
+        scale = options.get("f_scale")
+        found = _newton_minimum(curve.residuals, curve.jacobian, x0, scale, inside_low, inside_high)  # type: ignore[arg-type]
+        if found is not None and not found[1].any():
+            return _Solution(x=found[0], success=True, active_mask=found[1])
+        if found is not None and np.isfinite(lower[-1]) and found[1][-1] == -1 and not found[1][:-1].any():
+            held = _floor_held_minimum(curve, x0, float(lower[-1]), scale, inside_low, inside_high)  # type: ignore[arg-type]
+            if held is not None:
+                return held
         return optimize.least_squares(fun, x0, jac=jac, bounds=bounds, x_scale="jac", method="trf", max_nfev=200, **options)
 
 
