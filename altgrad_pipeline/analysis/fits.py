@@ -206,12 +206,12 @@ def continuous_a2(a1: float, b1: float, b2: float, break_t: float) -> float:
 
 class _Decay:
     """Residuals a·u + c − y and their Jacobian for a decay u(θ) (t^(−b), e^(−t/τ), …) the solver
-    evaluates: `u` keeps its last value, because the Jacobian is asked for at the point whose
-    residuals were just computed, and each u is one `np.exp` over the series, computed once."""
+    evaluates, with ∂u/∂θj = −dj·u (`derivatives` gives the dj): `u` keeps its last value,
+    because the Jacobian is asked for at the point whose residuals were just computed, and each
+    u is one `np.exp` over the series, computed once."""
 
     def __init__(self, y: np.ndarray, decay, derivatives) -> None:
         self.y, self.decay, self.derivatives = y, decay, derivatives
-        self.ones = np.ones_like(y)
         self.key: tuple[float, ...] | None = None
         self.value = y
 
@@ -223,9 +223,16 @@ class _Decay:
     def residuals(self, p: np.ndarray) -> np.ndarray:
         return p[0] * self._u(tuple(p[1:-1])) + p[-1] - self.y
 
-    def jacobian(self, p: np.ndarray) -> np.ndarray:
+    def jacobian_rows(self, p: np.ndarray) -> np.ndarray:
+        """The Jacobian transposed (one row per parameter: a, θ…, c), as the solver uses it."""
         u = self._u(tuple(p[1:-1]))
-        return np.column_stack([u, *(-p[0] * d * u for d in self.derivatives(*p[1:-1])), self.ones])
+        rows = np.empty((len(p), len(u)))
+        rows[0] = u
+        for row, d in zip(rows[1:-1], self.derivatives(*p[1:-1])):
+            np.multiply(d, u, out=row)
+            row *= -p[0]
+        rows[-1] = 1.0
+        return rows
 
 
 # ---------------------------------------------------------------- helpers
@@ -302,21 +309,21 @@ class _Solution:
     active_mask: np.ndarray
 
 
-def _robust_cost(residuals: np.ndarray, scale: float | None) -> float:
-    """`least_squares`' cost: ½·Σρ with ρ = r² (linear) or 2s²(√(1 + r²/s²) − 1) (`soft_l1`)."""
+def _robust_cost(residuals: np.ndarray, scale: float | None) -> tuple[float, np.ndarray | None]:
+    """`least_squares`' cost ½·Σρ, ρ = r² (linear) or 2s²(√(1 + r²/s²) − 1) (`soft_l1`), and the
+    roots √(1 + r²/s²) its derivatives are made of (None for the linear loss)."""
     if scale is None:
-        return 0.5 * float(residuals @ residuals)
-    return float(np.sum(np.sqrt(1.0 + (residuals / scale) ** 2) - 1.0)) * scale * scale
+        return 0.5 * float(residuals @ residuals), None
+    roots = np.sqrt(1.0 + (residuals / scale) ** 2)
+    return float(np.sum(roots - 1.0)) * scale * scale, roots
 
 
-def _gradient_and_hessian(residuals: np.ndarray, jacobian: np.ndarray, scale: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Gradient of `_robust_cost` and its Gauss-Newton Hessian Jᵀ·diag(ρ'')·J, the loss's own
-    curvature included (what scipy's robust-loss scaling of J and r amounts to)."""
-    if scale is None:
-        return jacobian.T @ residuals, jacobian.T @ jacobian
-    stretch = 1.0 + (residuals / scale) ** 2
-    slope = 1.0 / np.sqrt(stretch)
-    return jacobian.T @ (slope * residuals), (jacobian.T * (slope / stretch)) @ jacobian
+def _gradient_and_hessian(residuals: np.ndarray, roots: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient of `_robust_cost` and its Gauss-Newton Hessian Jᵀ·diag(ρ'')·J (`rows` = Jᵀ), the
+    loss's own curvature included: what scipy's robust-loss scaling of J and r amounts to."""
+    if roots is None:
+        return rows @ residuals, rows @ rows.T
+    return rows @ (residuals / roots), (rows / roots**3) @ rows.T
 
 
 def _newton_minimum(fun, jac, x0: np.ndarray, scale: float | None, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -326,12 +333,12 @@ def _newton_minimum(fun, jac, x0: np.ndarray, scale: float | None, lower: np.nda
     not converge."""
     x = x0.copy()
     residuals = fun(x)
-    cost = _robust_cost(residuals, scale)
+    cost, roots = _robust_cost(residuals, scale)
     if not np.isfinite(cost):
         return None
     damping, growth = _INITIAL_DAMPING, 2.0
     for _ in range(_MAX_ITERATIONS):
-        gradient, hessian = _gradient_and_hessian(residuals, jac(x), scale)
+        gradient, hessian = _gradient_and_hessian(residuals, roots, jac(x))
         diagonal = np.diag(hessian)
         while True:
             damped = hessian.copy()
@@ -342,7 +349,7 @@ def _newton_minimum(fun, jac, x0: np.ndarray, scale: float | None, lower: np.nda
                 step = np.full(len(x), np.nan)
             trial = x + step
             trial_residuals = fun(trial)
-            trial_cost = _robust_cost(trial_residuals, scale)
+            trial_cost, trial_roots = _robust_cost(trial_residuals, scale)
             predicted = -(gradient @ step) - 0.5 * (step @ hessian @ step)
             if np.isfinite(trial_cost) and trial_cost < cost and predicted > 0:
                 break
@@ -355,7 +362,7 @@ def _newton_minimum(fun, jac, x0: np.ndarray, scale: float | None, lower: np.nda
         gain = (cost - trial_cost) / predicted
         damping, growth = damping * max(1.0 / 3.0, 1.0 - (2.0 * gain - 1.0) ** 3), 2.0
         converged = cost - trial_cost <= _COST_TOLERANCE * cost
-        x, residuals, cost = trial, trial_residuals, trial_cost
+        x, residuals, cost, roots = trial, trial_residuals, trial_cost, trial_roots
         if converged:
             return x, left
     return None
@@ -368,13 +375,13 @@ def _floor_held_minimum(curve: _Decay, x0: np.ndarray, floor: float, scale: floa
     def with_floor(q: np.ndarray) -> np.ndarray:
         return np.append(q, floor)
 
-    found = _newton_minimum(lambda q: curve.residuals(with_floor(q)), lambda q: curve.jacobian(with_floor(q))[:, :-1], x0[:-1], scale, lower[:-1], upper[:-1])
+    found = _newton_minimum(lambda q: curve.residuals(with_floor(q)), lambda q: curve.jacobian_rows(with_floor(q))[:-1], x0[:-1], scale, lower[:-1], upper[:-1])
     if found is None or found[1].any():
         return None
     x = with_floor(found[0])
     residuals = curve.residuals(x)
-    slope_in_c = residuals.sum() if scale is None else float(np.sum(residuals / np.sqrt(1.0 + (residuals / scale) ** 2)))
-    if slope_in_c < 0:
+    roots = _robust_cost(residuals, scale)[1]
+    if float(np.sum(residuals if roots is None else residuals / roots)) < 0:
         return None
     return _Solution(x=x, success=True, active_mask=-np.eye(len(x), dtype=int)[-1])
 
@@ -392,7 +399,7 @@ def _least_squares(fun, jac, curve: _Decay, x0: np.ndarray, bounds, y: np.ndarra
         margin_low, margin_high = (_ACTIVE_TOLERANCE * np.maximum(1.0, np.abs(b)) for b in (lower, upper))
         inside_low, inside_high = lower + margin_low, upper - margin_high
         scale = options.get("f_scale")
-        found = _newton_minimum(curve.residuals, curve.jacobian, x0, scale, inside_low, inside_high)  # type: ignore[arg-type]
+        found = _newton_minimum(curve.residuals, curve.jacobian_rows, x0, scale, inside_low, inside_high)  # type: ignore[arg-type]
         if found is not None and not found[1].any():
             return _Solution(x=found[0], success=True, active_mask=found[1])
         if found is not None and np.isfinite(lower[-1]) and found[1][-1] == -1 and not found[1][:-1].any():
