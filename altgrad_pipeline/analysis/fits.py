@@ -24,23 +24,24 @@ Bounds: b, b1, b2 in [0, 20], τ in [10⁻⁶, 10³]·span, t0 in [0, 10·span] 
 such a number is a constraint speaking, not the data, and its standard error is not meaningful.
 
 A rising curve (accuracy, F1) is the same models with a < 0, so higher-is-better metrics are
-fitted the same way. Each fit starts from a variable-projection grid: for each exponent b (or
-time constant τ) on a log grid, (a, c) is the linear least-squares solution, and the best grid
-point seeds the robust least-squares fit: the `soft_l1` cost of `scipy.optimize.least_squares`
+fitted the same way. Each fit starts from a variable-projection grid: for each exponent b (or time
+constant τ) on a log grid, (a, c) is the linear least-squares solution, and the best grid point
+seeds the robust least-squares fit: the `soft_l1` cost of `scipy.optimize.least_squares`
 (`f_scale` the robust noise level 1.4826·MAD(Δy)/√2, so isolated spikes do not pull the curve),
 minimised by Levenberg-Marquardt steps written here (`_newton_minimum`: Gauss-Newton Hessian with
 the loss's curvature, Marquardt damping, analytic Jacobians, stopping when a step lowers the cost
-by at most 1e-10 of it). Why not scipy's solver: its `trf` spends ≈ 0.25 ms of its own Python
-per iteration, three quarters of the fits' CPU on the benchmark study, and MINPACK's `lm` has no
-robust loss (on residuals transformed to carry it, it took four times the iterations). While every step stays inside the bounds
-that is the fit; a limit c that steps below its floor is held there and the rest solved again,
-accepted when the cost's slope in c holds it against the floor (the Karush-Kuhn-Tucker point
-`trf` converges to); any other step out of bounds, or no convergence in 100 steps, hands the fit
-to scipy's `trf` (`x_scale="jac"`) from the same seed. The two-power break is found by dynamic programming over candidate breaks (each
-segment at least max(4, 5% of the points)): with two segments the optimal partition is the
-minimum over k of prefix cost + suffix cost, every segment cost minimised over the exponent
-grid in closed form from cumulative sums; this runs once with a free asymptote per segment and
-once more with the shared c of the first nonlinear fit.
+by at most 1e-10 of it). Why not scipy's solver: its `trf` spends ≈ 0.25 ms of its own Python per
+iteration, three quarters of the fits' CPU on the benchmark study, and MINPACK's `lm` has no
+robust loss (on residuals transformed to carry it, it took four times the iterations). While every
+step stays inside the bounds that is the fit; a limit c that steps below its floor is held there
+and the rest solved again, accepted when the cost's slope in c holds it against the floor (the
+Karush-Kuhn-Tucker point `trf` converges to); any other step out of bounds, or no convergence in
+100 steps, hands the fit to scipy's `trf` (`x_scale="jac"`) from the same seed. The two-power
+break is found by dynamic programming over candidate breaks (each segment at least max(4, 5% of
+the points)): with two segments the optimal partition is the minimum over k of prefix cost +
+suffix cost, every segment cost minimised over the exponent grid in closed form from cumulative
+sums; this runs once with a free asymptote per segment and once more with the shared c of the
+first nonlinear fit.
 
 Standard errors come from the Jacobian at the solution: cov = s²·(JᵀJ)⁻¹ with s² = RSS/(n − p).
 AIC = n·ln(RSS/n) + 2k and AICc = AIC + 2k(k+1)/(n − k − 1), k counting the curve parameters and
@@ -132,6 +133,7 @@ _MAX_ITERATIONS = 100
 #: looking for a lower cost.
 _INITIAL_DAMPING = 1e-3
 _MAX_DAMPING = 1e16
+#: A parameter this close to a bound (relative, at least absolute) counts as at it, as in `trf`.
 _ACTIVE_TOLERANCE = 1e-10
 
 
