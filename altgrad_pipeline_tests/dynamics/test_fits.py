@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from scipy import optimize
 
 from altgrad_pipeline.analysis import curves, fits
 from altgrad_pipeline.analysis.training import training_dynamics
@@ -154,6 +155,29 @@ def test_standard_errors_match_the_jacobian_computed_here() -> None:
     assert fit.aic == pytest.approx(aic, abs=1e-9)
     assert fit.aicc == pytest.approx(aic + 2 * k * (k + 1) / (t.size - k - 1), abs=1e-9)
 
+
+
+@pytest.mark.parametrize("kind", ["power_law", "shifted_power_law", "exponential"])
+def test_the_newton_fit_is_the_robust_minimum_scipy_finds(kind: str) -> None:
+    """The fits' own Levenberg-Marquardt steps end where scipy's `trf`, converged to the last digit
+    from near that point, ends: the same `soft_l1` cost (not above it) and the same parameters, on
+    noisy curves with spikes (so the robust loss matters)."""
+    rng = np.random.default_rng(23)
+    t = np.arange(1, N_POINTS + 1, dtype=float)
+    fit_function = {"power_law": fits.fit_power_law, "shifted_power_law": fits.fit_shifted_power_law, "exponential": fits.fit_exponential}[kind]
+    model = {"power_law": fits.power_law, "shifted_power_law": fits.shifted_power_law, "exponential": fits.exponential}[kind]
+    for _ in range(5):
+        y = _generate(kind, rng, t)[0] + rng.normal(0.0, NOISE_SD, t.size) + np.where(rng.random(t.size) < 0.03, 1.0, 0.0)
+        fit = fit_function(t, y, 0.0)
+        assert fit.success and fit.at_bound == ()
+        x = np.array(list(fit.params.values()))
+        scale = fits.noise_scale(y)
+        reference = optimize.least_squares(
+            lambda p: model(t, *p) - y, x * 1.001, method="trf", loss="soft_l1", f_scale=scale, x_scale="jac", ftol=1e-15, xtol=1e-15, gtol=1e-15, max_nfev=2000
+        )
+        cost = float(np.sum(np.sqrt(1.0 + ((model(t, *x) - y) / scale) ** 2) - 1.0)) * scale**2
+        assert cost <= reference.cost * (1 + 1e-12)
+        np.testing.assert_allclose(x, reference.x, rtol=1e-5)
 
 
 @pytest.mark.parametrize("noise", [0.0, 1e-6, NOISE_SD])
