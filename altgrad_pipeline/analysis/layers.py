@@ -150,13 +150,11 @@ def layer_metrics(histories: pl.LazyFrame | pl.DataFrame, patterns: LayerPattern
     run_ids, first_run = history.get_column("run_id"), history.get_column("run_id").first()
     one_run = first_run is not None and not run_ids.null_count() and bool((run_ids == first_run).all())
     positions = _positions_by_run_rank_step(run_ids, history.get_column("step"), ranks, one_run=one_run)
-    rank_row = pl.Series(ranks[positions] - 1)
-    run_id = pl.lit(first_run, pl.String) if one_run else pl.col("run_id").gather(positions)
-    return history.select(
-        run_id.alias("run_id"),
-        pl.col("step", "value").gather(positions),
-        *(pl.lit(kinds.get_column(name).gather(rank_row)) for name in kinds.columns),
-    ).select(list(LAYER_METRICS_SCHEMA))
+    logged = history.select("step", "value") if one_run else history.select("run_id", "step", "value")
+    rows = pl.concat([logged[positions], kinds[pl.Series(ranks[positions] - 1)]], how="horizontal")
+    if one_run:
+        rows = rows.with_columns(pl.lit(first_run, pl.String).alias("run_id"))
+    return rows.select(list(LAYER_METRICS_SCHEMA))
 
 
 def _ranks(keys: pl.Series, parsed: pl.DataFrame) -> np.ndarray:
