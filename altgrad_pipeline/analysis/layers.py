@@ -29,18 +29,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from altgrad_pipeline.ingest.model import numeric_history
 
-#: Output columns of `layer_metrics`, in order.
+#: Output columns of `layer_metrics`, in order. The names of a parameter's metric, path and layer
+#: type are categorical (dictionary-typed in Parquet): each row holds a code, so building, writing
+#: and reading them costs no string per row. `run_id` stays a string, because Polars' Parquet
+#: reader skips row groups by the statistics of string columns only, and readers take a run's rows.
 LAYER_METRICS_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String(),
     "step": pl.Int64(),
-    "metric": pl.String(),
-    "param": pl.String(),
+    "metric": pl.Categorical(),
+    "param": pl.Categorical(),
     "layer_index": pl.Int64(),
-    "layer_type": pl.String(),
+    "layer_type": pl.Categorical(),
     "quantized": pl.Boolean(),
     "is_structurally_sparse": pl.Boolean(),
     "value": pl.Float64(),
@@ -132,33 +136,48 @@ def layer_metrics(histories: pl.LazyFrame | pl.DataFrame, patterns: LayerPattern
     """Per-parameter metrics in long form (columns: `LAYER_METRICS_SCHEMA`), sorted by run, metric,
     param, step. Values are kept as logged (NaN and inf included)."""
     history = numeric_history(histories).select("run_id", "step", "key", "value").collect()
-    # Rows are sorted by an integer rank of (metric, param), and the string columns attached after
-    # by position (rank r is row r - 1 of `kinds`), never by sorting or joining strings per row.
-    # (Two keys may name one metric and param, e.g. with and without `train/`: they share a rank.)
+    # Each row's key is read once, as a categorical code: only the distinct keys are parsed and
+    # ranked by (metric, param), and a row's rank is looked up by its code. Rows are put in order
+    # by rank and the parameter's columns gathered by it (rank r is row r - 1 of `kinds`), as codes:
+    # no string is sorted, joined or copied per row. (Two keys may name one metric and param, e.g.
+    # with and without `train/`: they share a rank.)
+    keys = history.get_column("key").cast(pl.Categorical)
     order = pl.struct("metric", "param").rank("dense").cast(pl.UInt32).alias("_order")
-    parsed = parse_metric_keys(history.lazy(), patterns).with_columns(order).collect()
-    kinds = parsed.unique("_order").sort("_order")
-    rank = pl.col("key").replace_strict(parsed.get_column("key"), parsed.get_column("_order"), default=None)
-    ranked = history.select("run_id", "step", "value", rank.alias("_order")).filter(pl.col("_order").is_not_null())
-    ordered = _sorted_by_run_rank_step(ranked, kinds.height)
-    rank_row = ordered.get_column("_order") - 1
-    return (
-        ordered.select("run_id", "step", "value")
-        .with_columns(kinds.get_column(name).gather(rank_row) for name in kinds.columns if name not in ("key", "_order"))
-        .select(list(LAYER_METRICS_SCHEMA))
-        .cast(LAYER_METRICS_SCHEMA)
-    )
+    parsed = parse_metric_keys(keys.unique().cast(pl.String).to_frame(), patterns).with_columns(order).collect()
+    kinds = parsed.unique("_order").sort("_order").drop("key", "_order")
+    kinds = kinds.cast({name: LAYER_METRICS_SCHEMA[name] for name in kinds.columns})
+    ranks = _ranks(keys, parsed)
+    run_ids, first_run = history.get_column("run_id"), history.get_column("run_id").first()
+    one_run = first_run is not None and not run_ids.null_count() and bool((run_ids == first_run).all())
+    positions = _positions_by_run_rank_step(run_ids, history.get_column("step"), ranks, one_run=one_run)
+    logged = history.select("step", "value") if one_run else history.select("run_id", "step", "value")
+    rows = pl.concat([logged[positions], kinds[pl.Series(ranks[positions] - 1)]], how="horizontal")
+    if one_run:
+        rows = rows.with_columns(pl.lit(first_run, pl.String).alias("run_id"))
+    return rows.select(list(LAYER_METRICS_SCHEMA))
 
 
-def _sorted_by_run_rank_step(rows: pl.DataFrame, n_ranks: int) -> pl.DataFrame:
-    """`rows` (run_id, step, value, _order) sorted by run, rank, step. One run (a partition is
-    built one run at a time) is sorted without its run_id, which is the same on every row: whose
-    steps never go back (the catalog keeps a history in step order), by rank alone, stably, in half
-    the time of any sort by step; otherwise by one integer, rank * step range + step. Several
-    runs, or null steps, sort by the columns, stably by run."""
-    run_ids, steps = rows.get_column("run_id"), rows.get_column("step")
-    first, last = steps.min(), steps.max()
-    if first is None or steps.null_count() or run_ids.n_unique() > 1 or (last - first + 1) * (n_ranks + 1) >= 2**62:
-        return rows.sort("_order", "step").sort("run_id", maintain_order=True)
-    key = "_order" if steps.is_sorted() else pl.col("_order").cast(pl.Int64) * (last - first + 1) + (pl.col("step") - first)
-    return rows.drop("run_id").sort(key, maintain_order=True).select(pl.lit(run_ids[0], pl.String).alias("run_id"), pl.all())
+def _ranks(keys: pl.Series, parsed: pl.DataFrame) -> np.ndarray:
+    """Each row's rank (`parsed`'s `_order` of its key; 0 for a key naming no parameter), from a
+    table indexed by the keys' categorical codes: one array look-up per row, where a hash look-up
+    of the key's string took ten times as long."""
+    codes = keys.to_physical().to_numpy()
+    table = np.zeros(int(codes.max()) + 1 if codes.size else 0, dtype=np.uint32)
+    table[parsed.get_column("key").cast(pl.Categorical).to_physical().to_numpy()] = parsed.get_column("_order").to_numpy()
+    return table[codes]
+
+
+def _positions_by_run_rank_step(run_ids: pl.Series, steps: pl.Series, ranks: np.ndarray, *, one_run: bool) -> np.ndarray:
+    """Positions of the rows with a rank (> 0), in the order run, rank, step, ties in row order.
+    One run (a partition is built one run at a time) whose steps never go back (the catalog keeps
+    a history in step order) needs a stable sort by rank alone: NumPy's, a radix sort of 16-bit
+    ranks, five times as fast as Polars' sort. Rows of rank 0 sort first and are cut off. One run
+    with steps out of order sorts by step, then stably by rank; several runs, or null steps, sort
+    by the columns."""
+    dropped = int(np.count_nonzero(ranks == 0))
+    if one_run and not steps.null_count():
+        if steps.is_sorted() and ranks.size and ranks.max() < 2**16:
+            return np.argsort(ranks.astype(np.uint16), kind="stable")[dropped:]
+        return np.lexsort((steps.to_numpy(), ranks))[dropped:]
+    rows = pl.DataFrame({"run_id": run_ids, "_order": ranks, "step": steps}).with_row_index("_position")
+    return rows.filter(pl.col("_order") > 0).sort("run_id", "_order", "step", maintain_order=True).get_column("_position").to_numpy()

@@ -115,9 +115,11 @@ def _run_health(layer_metrics: pl.LazyFrame, run_id: str, common_step: int) -> p
     )
 
     def by_layer_type(values: pl.LazyFrame, name: str) -> pl.LazyFrame:
-        # the values are finite: the mean over all of them is null only when there are none
+        # the values are finite: the mean over all of them is null only when there are none;
+        # layer types come categorical (`LAYER_METRICS_SCHEMA`), "all" is a string: cast once grouped
         overall = values.select(pl.lit("all").alias("layer_type"), pl.col(name).mean()).drop_nulls(name)
-        return pl.concat([values.group_by("layer_type").agg(pl.col(name).mean()), overall])
+        per_type = values.group_by("layer_type").agg(pl.col(name).mean()).with_columns(pl.col("layer_type").cast(pl.String))
+        return pl.concat([per_type, overall])
 
     return (
         by_layer_type(grad_snr, "grad_snr")
@@ -227,6 +229,7 @@ def format_rankings(
         [
             runs.select("project").unique().with_columns(pl.lit("all").alias("layer_type")),
             pl.LazyFrame(per_layer.select("run_id", "layer_type").unique().collect(engine="streaming"))
+            .with_columns(pl.col("layer_type").cast(pl.String))
             .join(runs.select("run_id", "project"), on="run_id")
             .select("project", "layer_type")
             .unique(),

@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 
 from altgrad_pipeline.analysis.layers import LAYER_METRICS_SCHEMA, LayerPatterns, layer_metrics, parse_metric_keys
+from altgrad_pipeline.partition_tables import read_build, rebuild
 
 
 @pytest.mark.parametrize(
@@ -114,3 +115,22 @@ def test_steps_far_apart_and_shared_ranks_keep_their_order():
     ]  # fmt: skip
     assert got["value"][:3].to_list()[0] == 4.0 and got["value"][4] == 1.0
     assert got["layer_type"].to_list() == ["mlp", "mlp", "mlp", "attention", "attention"]
+
+
+def test_an_incremental_build_keeps_the_categorical_columns_through_its_parquet_file(histories, tmp_path):
+    """A partition's next build slices new runs in among the rows read back from its file: the
+    categorical columns survive the round trip, and the table equals the whole study computed at once."""
+    runs = histories.get_column("run_id").unique().sort().to_list()
+
+    def compute(run_ids: list[str]) -> pl.DataFrame:
+        return layer_metrics(histories.filter(pl.col("run_id").is_in(run_ids)))
+
+    first = rebuild(None, dict.fromkeys(runs[::2], "v"), "recipe", compute, streamed=True).table
+    path = tmp_path / "partition.parquet"
+    first.frame.lazy().sink_parquet(path, metadata=first.parquet_metadata())
+    stored = read_build(str(path))
+    assert stored is not None and stored.frame.schema == pl.Schema(LAYER_METRICS_SCHEMA)
+    assert dict(pl.read_parquet_schema(path))["param"] == pl.Categorical()
+    rebuilt = rebuild(stored, dict.fromkeys(runs, "v"), "recipe", compute)
+    assert rebuilt.computed == runs[1::2]
+    assert rebuilt.table.frame.equals(layer_metrics(histories))
