@@ -14,11 +14,13 @@ import textwrap
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 from altgrad_pipeline.defs.instance_storage import (
     PooledSqliteEventLogStorage,
     PooledSqliteRunStorage,
     _Engines,
+    _event_log_migrations,
     instance_ref,
     open_instance,
 )
@@ -170,3 +172,25 @@ def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents_open(tmp
         conn.execute(sa.text("insert into t values (1)"))
         assert sorted(conn.execute(sa.text("select x from t")).scalars()) == [1, 2]
     engines.dispose()
+
+
+def _database(path) -> tuple[list[tuple], list[str], str]:
+    """A SQLite file's schema (every table, index and its SQL), stamped migration and journal mode."""
+    with sa.create_engine(f"sqlite:///{path}").connect() as conn:
+        schema = [tuple(row) for row in conn.execute(sa.text("select type, name, tbl_name, sql from sqlite_master order by name"))]
+        stamped = list(conn.execute(sa.text("select version_num from alembic_version")).scalars())
+        journal = conn.execute(sa.text("pragma journal_mode")).scalar()
+    return schema, stamped, journal
+
+
+def test_a_runs_new_database_is_created_as_dagster_creates_it(tmp_path):
+    dagster_own, pooled = SqliteEventLogStorage(str(tmp_path / "dagster")), PooledSqliteEventLogStorage(str(tmp_path / "pooled"))
+    for storage in (dagster_own, pooled):
+        for _ in range(2):  # the second connection finds the database made
+            with storage.run_connection("a-run") as conn:
+                conn.execute(sa.text("select 1"))
+    made = _database(tmp_path / "pooled" / "a-run.db")
+    assert made == _database(tmp_path / "dagster" / "a-run.db")
+    assert made[1] == [_event_log_migrations().get_current_head()] and made[2] == "wal"
+    pooled.dispose()
+    dagster_own.dispose()

@@ -3,6 +3,8 @@ offending rows, so an asset check can show exactly what is wrong."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import polars as pl
 
 from altgrad_pipeline.analysis.history_scans import per_run
@@ -18,16 +20,17 @@ def every_run_has_loss(raw_runs: pl.LazyFrame | pl.DataFrame, histories: pl.Lazy
     return missing.is_empty(), missing
 
 
-def steps_unique_and_increasing(histories: pl.LazyFrame | pl.DataFrame) -> tuple[bool, pl.DataFrame]:
+def steps_unique_and_increasing(histories: pl.LazyFrame | pl.DataFrame, runs: Sequence[str] | None = None) -> tuple[bool, pl.DataFrame]:
     """Steps of every (run, key) series are unique and increase in logged order. Details:
     run_id, key, n_duplicate_steps, n_decreasing_steps of the series that break it.
 
     In a series that never decreases a repeated step is a zero difference, so one pass of
     differences decides every series; distinct steps are counted only for series that decrease.
     A series belongs to one run, so the runs are checked one at a time (`history_scans`): memory stays
-    one run's, however many runs a partition holds.
+    one run's, however many runs a partition holds. `runs` names the runs whose rows `histories`
+    holds (default: found by a scan of its `run_id` column, 45 % of the check's CPU).
     """
-    bad = per_run(histories.lazy().select("run_id", "key", "step"), _series_step_faults).sort("run_id", "key")
+    bad = per_run(histories.lazy().select("run_id", "key", "step"), _series_step_faults, runs).sort("run_id", "key")
     return bad.is_empty(), bad
 
 

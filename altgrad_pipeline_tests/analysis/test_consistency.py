@@ -30,6 +30,8 @@ def test_steps_unique_and_increasing(histories):
     passed, details = steps_unique_and_increasing(broken)
     assert not passed and details.select("run_id", "key").rows() == [("bf16", "loss")]
     assert details["n_duplicate_steps"][0] == 2 and details["n_decreasing_steps"][0] == 1
+    runs = sorted(set(broken["run_id"]), reverse=True)  # the partition's runs named (raw_runs'), in any order
+    assert steps_unique_and_increasing(broken, runs)[1].equals(details)
 
 
 @settings(max_examples=80, deadline=None)

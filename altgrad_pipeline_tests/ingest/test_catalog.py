@@ -3,6 +3,8 @@ a run fails, and keeps run ids unique across stores."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import polars as pl
 
 import altgrad_pipeline.ingest.catalog as catalog_module
@@ -56,6 +58,28 @@ def test_only_changed_runs_are_reread(tmp_path):
     assert third.reread == ["b"]
     values = catalog.histories(third.for_format("E3M4")).collect()
     assert values.filter(pl.col("step") == 1).item(0, "value") == 2.0  # the new content, not the cached one
+
+
+class KeyedSource(FakeSource):
+    """Each run logs the keys its config lists (`None`: a null key), one value per key."""
+
+    def read(self, locator: RunLocator) -> ParsedRun:
+        parsed = super().read(locator)
+        keys = self.runs[locator.location][1]["keys"]
+        history = pl.DataFrame({"run_id": [locator.location] * len(keys), "step": list(range(len(keys))), "key": keys,
+                                "value": [1.0] * len(keys), "text": [None] * len(keys), "runtime": [0.0] * len(keys),
+                                "timestamp": [0.0] * len(keys)}, schema=HISTORY_SCHEMA)  # fmt: skip
+        return replace(parsed, history=history)
+
+
+def test_distinct_history_keys_counts_as_n_unique_over_the_runs(tmp_path):
+    source = KeyedSource({"a": ("1", {"keys": ["loss", "acc", "loss"]}), "b": ("1", {"keys": ["lr", "loss"]}), "c": ("1", {"keys": [None, "lr"]})})
+    catalog = RunCatalog(tmp_path, [source])
+    entries = catalog.sync().entries
+    for runs in (entries, entries[:2], entries[2:], []):
+        expected = catalog.histories(runs).select(pl.col("key").n_unique()).collect().item()
+        assert catalog.distinct_history_keys(runs) == expected
+    assert catalog.distinct_history_keys(entries) == 4  # loss, acc, lr and the null
 
 
 def test_removed_runs_leave_the_catalog(tmp_path):
