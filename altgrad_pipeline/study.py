@@ -23,6 +23,8 @@ MANIFOLD_OPTIMIZER = "ManifoldAdamW"
 
 #: History keys of the training loss, in priority order.
 LOSS_KEYS: tuple[str, ...] = ("loss", "train/loss")
+#: History keys of the FP8 bit-stall rate (altgrad logs it under `quantization/`, older runs bare).
+BIT_STALL_KEYS: tuple[str, ...] = ("quantization/bit_stall_rate", "bit_stall_rate")
 
 #: Config keys that differ between runs without changing what is trained (names, paths,
 #: bookkeeping intervals, logging switches). Any key starting with `log_` is noise as well.

@@ -31,10 +31,9 @@ import polars as pl
 
 from altgrad_pipeline.analysis.history_scans import RUNS_PER_QUERY, per_run
 from altgrad_pipeline.analysis.outcomes import history_series, loss_history, run_ids
-from altgrad_pipeline.analysis.rankings import BIT_STALL_KEYS
 from altgrad_pipeline.analysis.stats import finite
 from altgrad_pipeline.ingest.model import numeric_history
-from altgrad_pipeline.study import LOSS_KEYS, NO_FORMAT
+from altgrad_pipeline.study import BIT_STALL_KEYS, LOSS_KEYS, NO_FORMAT
 
 #: Failure modes that do not count as a failure when deciding which formats to avoid.
 NOT_FAILED = ("none", "no_exit_record")

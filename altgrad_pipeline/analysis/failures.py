@@ -71,7 +71,7 @@ from altgrad_pipeline.analysis.outcomes import history_series, loss_history
 from altgrad_pipeline.analysis.stats import finite, least_squares_slope
 from altgrad_pipeline.ingest.failure_reports import FAILURE_REPORTS_SCHEMA
 from altgrad_pipeline.ingest.model import numeric_history
-from altgrad_pipeline.study import LOSS_KEYS, NO_FORMAT
+from altgrad_pipeline.study import BIT_STALL_KEYS, LOSS_KEYS, NO_FORMAT
 
 FAILURE_MODES = ("nan_loss", "bit_stall", "overflow", "early_stop", "no_exit_record", "none")
 FAILURE_STAGES = ("optimizer_state_corruption", "forward_overflow", "backward_vanishing", "unknown")
@@ -89,7 +89,6 @@ VANISHING_FRACTION = 0.5
 UNDERFLOW_KEYS = ("quantization/underflow_rate", "underflow_rate")
 EXIT_RECORDED_STATES = ("finished", "failed")
 THRESHOLD_DEFAULTS = {"config.bit_stall_threshold": 0.5, "config.overflow_threshold": 0.01, "config.nan_patience": 10}
-BIT_STALL_KEYS = ("quantization/bit_stall_rate", "bit_stall_rate")
 OVERFLOW_KEYS = ("quantization/overflow_rate", "overflow_rate")
 TREND_METRICS = ("loss_slope", "grad_norm_growth", "grad_sparsity", "dead_neuron_frac_ex_embedding")
 

@@ -69,14 +69,13 @@ from altgrad_pipeline.analysis.stats import (
     mean_of_last_k,
     probability_lower,
 )
-from altgrad_pipeline.study import BASELINE_FORMAT, MANIFOLD_OPTIMIZER, NO_FORMAT, STANDARD_OPTIMIZER
+from altgrad_pipeline.study import BASELINE_FORMAT, BIT_STALL_KEYS, MANIFOLD_OPTIMIZER, NO_FORMAT, STANDARD_OPTIMIZER
 
 METRICS = ("final_loss", "best_loss", "steps_to_threshold", "bit_stall_rate")
 FAILURE_METRICS = ("failure_rate", "failure_step")
 #: Metrics for which a higher value is the better one.
 HIGHER_IS_BETTER = ("failure_step",)
 NOT_FAILED = ("none", "no_exit_record")
-BIT_STALL_KEYS = ("quantization/bit_stall_rate", "bit_stall_rate")
 LOW_N = 3
 #: Below this many values per arm the CI is Student/Welch t, not the bootstrap (see stats.mean_difference_interval).
 MIN_BOOTSTRAP_N = 8

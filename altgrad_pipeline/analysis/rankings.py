@@ -61,10 +61,9 @@ from altgrad_pipeline.analysis.stats import (
     mean_intervals,
     mean_of_last_k,
 )
-from altgrad_pipeline.study import BASELINE_FORMAT, NO_FORMAT, STANDARD_OPTIMIZER
+from altgrad_pipeline.study import BASELINE_FORMAT, BIT_STALL_KEYS, NO_FORMAT, STANDARD_OPTIMIZER
 
 RUN_KEY = ("project", "optimizer", "fp8_format")
-BIT_STALL_KEYS = ("quantization/bit_stall_rate", "bit_stall_rate")
 #: Below this many values per format the intervals are Student/Welch t, not the bootstrap.
 MIN_BOOTSTRAP_N = 8
 #: A format needs this many completed runs before it can be named the sweet spot.

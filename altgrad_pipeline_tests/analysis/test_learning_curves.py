@@ -14,12 +14,13 @@ from altgrad_pipeline.analysis.curves import curve_series, steps_per_epoch
 from altgrad_pipeline.analysis.learning_curves import LEARNING_CURVES_SCHEMA, learning_curves
 from altgrad_pipeline.analysis.manifold import manifold_stats
 from altgrad_pipeline.analysis.outcomes import loss_and_series, run_outcomes
-from altgrad_pipeline.analysis.rankings import BIT_STALL_KEYS, format_rankings
+from altgrad_pipeline.analysis.rankings import format_rankings
 from altgrad_pipeline.analysis.report_series import failure_trace_series, loss_curve_summary
 from altgrad_pipeline.analysis.summaries import run_summaries
 from altgrad_pipeline.analysis.sweeps import sweep_summary
 from altgrad_pipeline.analysis.training import training_dynamics
 from altgrad_pipeline.ingest.model import HISTORY_SCHEMA
+from altgrad_pipeline.study import BIT_STALL_KEYS
 
 NAN, INF = math.nan, math.inf
 
