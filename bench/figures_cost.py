@@ -5,7 +5,9 @@ dir's tables, each figure builder (build + PNG and SVG save) and each `save_figu
 
 The tables are read as the IO manager hands them to the report assets (every format partition
 concatenated); the reports are written to `--out` (a temporary dir by default), so the figures
-can be compared with the refresh's. CPU is this process's user + system time around each call.
+can be compared with the refresh's. CPU is this process's user + system time around each call;
+the first line gives each round's total (the first round pays matplotlib's first-use costs, as a
+refresh does).
 """
 
 from __future__ import annotations

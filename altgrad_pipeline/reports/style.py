@@ -156,8 +156,8 @@ def save_figure(figure: Figure, path: Path, *, dpi: int = FIGURE_DPI) -> Path:
 
     The figure is laid out once, on the Agg canvas at the PNG's dpi, and both files are drawn from
     that layout: the PNG is the one `savefig` would lay out itself, and the SVG shares its positions
-    (its own text metrics would move them by at most a few points, which no reader sees, for a
-    second layout that cost a third of a save). `savefig` on a figure with a layout engine would
+    (its own text metrics would move them by up to 6 pt, which no reader sees, for a second
+    layout that cost a third of a save). `savefig` on a figure with a layout engine would
     also lay it out inside a whole draw with rendering disabled before drawing it again, so the
     engine is run here and the figure saved without one."""
     path = Path(path)
@@ -187,8 +187,8 @@ def save_figure(figure: Figure, path: Path, *, dpi: int = FIGURE_DPI) -> Path:
 
 def freeze_ticks(figure: Figure) -> None:
     """Fix every axis' tick positions and labels to the ones its locator and formatter give now.
-    Once a figure is laid out its view limits and axes sizes are final, so the ticks the two draws
-    would compute are these, which each draw would otherwise recompute several times per axis."""
+    Once a figure is laid out its view limits and axes sizes are final, so these are the ticks both
+    draws would compute, each several times per axis."""
     for axes in figure.axes:
         for axis in (axes.xaxis, axes.yaxis):
             for ticker, locations, set_locator, set_formatter in (
