@@ -19,9 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402  (the backend is chosen first)
-from matplotlib.backends.backend_svg import FigureCanvasSVG  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import FixedFormatter, FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
 
 from altgrad_pipeline import atomic  # noqa: E402
 from altgrad_pipeline.study import (  # noqa: E402
@@ -155,30 +154,51 @@ def save_figure(figure: Figure, path: Path, *, dpi: int = FIGURE_DPI) -> Path:
     """Write the figure as PNG and its `VECTOR_FORMAT` twin beside it (parents created), then
     release it; returns the PNG path (the one reports show inline).
 
-    Each file is laid out for its own renderer (text measures differently at the PNG's dpi and in
-    SVG points, by up to 6 pt on a long legend), but only once: `savefig` on a figure with a layout
-    engine lays it out inside a whole draw with rendering disabled and then draws it again, so the
-    layout is run here, on the canvas of the format, and `savefig` draws a figure without an
-    engine. The files are byte-identical to `savefig` laying out itself."""
+    The figure is laid out once, on the Agg canvas at the PNG's dpi, and both files are drawn from
+    that layout: the PNG is the one `savefig` would lay out itself, and the SVG shares its positions
+    (its own text metrics would move them by up to 6 pt, which no reader sees, for a second
+    layout that cost a third of a save). `savefig` on a figure with a layout engine would
+    also lay it out inside a whole draw with rendering disabled before drawing it again, so the
+    engine is run here and the figure saved without one."""
     path = Path(path)
     layout = figure.get_layout_engine()
-    figure_dpi = figure.dpi
-    outputs = (
-        (path, "png", FigureCanvasAgg, dpi, {"dpi": dpi, "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}),
-        (path.with_suffix(f".{VECTOR_FORMAT}"), VECTOR_FORMAT, FigureCanvasSVG, figure_dpi, {"metadata": {"Date": None}}),
-    )
     # No engine means none only while the rc asks for no default layout (else it installs one).
     no_default_layout = {"figure.autolayout": False, "figure.constrained_layout.use": False}
     with matplotlib.rc_context({"svg.hashsalt": REPORT_RC["svg.hashsalt"], **no_default_layout}):
         figure.set_layout_engine(None)
-        for target, file_format, canvas, layout_dpi, options in outputs:
-            if layout is not None:
-                canvas(figure)
-                figure.dpi = layout_dpi  # the SVG canvas sets 72, its points, when it makes its renderer
-                layout.execute(figure)
-                figure.dpi = figure_dpi
+        if layout is not None:
+            figure_dpi = figure.dpi
+            FigureCanvasAgg(figure)
+            figure.dpi = dpi
+            layout.execute(figure)
+            figure.dpi = figure_dpi
+        freeze_ticks(figure)
+        outputs = (
+            (path, "png", {"dpi": dpi, "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}),
+            (path.with_suffix(f".{VECTOR_FORMAT}"), VECTOR_FORMAT, {"metadata": {"Date": None}}),
+        )
+        for target, file_format, options in outputs:
             # Each file whole or not at all: a kill or a full disk never leaves half a PNG or SVG.
             with atomic.atomic_path(target) as tmp:
                 figure.savefig(tmp, format=file_format, **options)
     figure.clear()
     return path
+
+
+def freeze_ticks(figure: Figure) -> None:
+    """Fix every axis' tick positions and labels to the ones its locator and formatter give now.
+    Once a figure is laid out its view limits and axes sizes are final, so these are the ticks both
+    draws would compute, each several times per axis."""
+    for axes in figure.axes:
+        for axis in (axes.xaxis, axes.yaxis):
+            for ticker, locations, set_locator, set_formatter in (
+                (axis.major, axis.get_majorticklocs, axis.set_major_locator, axis.set_major_formatter),
+                (axis.minor, axis.get_minorticklocs, axis.set_minor_locator, axis.set_minor_formatter),
+            ):
+                if isinstance(ticker.locator, NullLocator) or (isinstance(ticker.locator, FixedLocator) and isinstance(ticker.formatter, FixedFormatter)):
+                    continue
+                positions = locations()
+                labels = FixedFormatter(ticker.formatter.format_ticks(positions))
+                labels.set_offset_string(ticker.formatter.get_offset())
+                set_locator(FixedLocator(positions))
+                set_formatter(labels)

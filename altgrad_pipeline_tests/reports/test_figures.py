@@ -38,6 +38,7 @@ from altgrad_pipeline.reports.style import (
     format_colour,
     new_figure,
     ordered_formats,
+    plain_log_ticks,
     report_style,
     save_figure,
 )
@@ -88,26 +89,33 @@ def test_save_figure_writes_png_at_the_report_dpi(tmp_path: Path) -> None:
     assert width == round(7.5 * FIGURE_DPI)
 
 
-def test_save_figure_writes_the_bytes_of_savefig_laying_out_each_format_itself(tmp_path: Path) -> None:
-    """`save_figure` lays each format out once, for its own renderer; the files equal those of
-    `savefig` with the constrained-layout engine, whose layout differs between PNG and SVG here
-    (the long legend measures wider at the PNG's dpi)."""
+def test_save_figure_lays_out_once_for_the_png_and_draws_the_svg_at_its_positions(tmp_path: Path) -> None:
+    """The PNG is the one `savefig` lays out itself with the constrained-layout engine, the SVG is
+    drawn at the PNG's positions (its own layout would differ here: the long legend measures wider
+    at the PNG's dpi), and the ticks fixed after the layout are the ones each draw would compute:
+    an offset label, log ticks with plain labels, shared x-axes."""
 
     def build():
         with report_style():
-            figure, axes = new_figure(panel_size=(6.0, 3.0))
-            axes.plot([1, 2, 3], [3.0, 1.5, 1.2], label="E5M2, weight decay 0.1, learning rate 3e-4 · n≤5 · diverged")
-            axes.set_title("loss per group, mean and 95% t band over seeds")
+            figure, (linear, logarithmic) = new_figure(2, 1, panel_size=(6.0, 2.5))
+            linear.sharex(logarithmic)
+            linear.plot([1, 2, 3], [1e5 + 1e-3, 1e5 + 2e-3, 1e5 + 1.5e-3], label="E5M2, weight decay 0.1, learning rate 3e-4 · n≤5 · diverged")
+            logarithmic.plot([1, 2, 3], [3.0, 1.5, 1.2])
+            logarithmic.set_xscale("log")
+            plain_log_ticks(logarithmic.xaxis)
+            linear.set_title("loss per group, mean and 95% t band over seeds")
             figure.legend(loc="outside right upper")
         return figure
 
     saved = save_figure(build(), tmp_path / "laid_out_once.png")
-    reference, layouts = build(), {}
+    reference, own_svg_layout = build(), build()
     with matplotlib.rc_context({"svg.hashsalt": "altgrad-pipeline"}):
-        for suffix, options in ((".png", {"dpi": FIGURE_DPI, "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}), (".svg", {"metadata": {"Date": None}})):
-            reference.savefig(tmp_path / f"reference{suffix}", **options)
-            layouts[suffix] = reference.axes[0].get_position().bounds
-    assert layouts[".png"] != pytest.approx(layouts[".svg"], abs=1e-3)
+        reference.savefig(tmp_path / "reference.png", dpi=FIGURE_DPI, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+        reference.set_layout_engine("none")
+        reference.savefig(tmp_path / "reference.svg", metadata={"Date": None})
+        own_svg_layout.savefig(tmp_path / "own_layout.svg", metadata={"Date": None})
+    assert reference.axes[0].get_position().bounds != pytest.approx(own_svg_layout.axes[0].get_position().bounds, abs=1e-3)
+    assert reference.axes[0].yaxis.get_offset_text().get_text() == "+1.00000001e5"
     assert saved.read_bytes() == (tmp_path / "reference.png").read_bytes()
     assert saved.with_suffix(".svg").read_bytes() == (tmp_path / "reference.svg").read_bytes()
 
