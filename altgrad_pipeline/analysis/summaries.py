@@ -213,10 +213,10 @@ def _key_codes(keys: pl.Series) -> np.ndarray:
     codes = keys.cast(pl.Categorical).to_physical()
     if codes.null_count():
         codes = codes.fill_null((codes.max() or 0) + 1)  # a null key is a key of its own
-    lowest, highest = codes.min() or 0, codes.max() or 0
-    if highest - lowest < 2**16:
-        return np.subtract(codes.to_numpy(), lowest, dtype=np.uint16, casting="unsafe")
-    return np.unique(codes.to_numpy(), return_inverse=True)[1].astype(np.uint32)
+    lowest, highest, values = codes.min() or 0, codes.max() or 0, codes.to_numpy()
+    if highest - lowest < 2**16:  # subtracted modulo 2^16: exact for a spread below it
+        return np.subtract(values, values.dtype.type(lowest), dtype=np.uint16, casting="unsafe")
+    return np.unique(values, return_inverse=True)[1].astype(np.uint32)
 
 
 def final_count(n_values: int, final_fraction: float = DEFAULT_FINAL_FRACTION) -> int:
