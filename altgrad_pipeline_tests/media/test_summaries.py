@@ -96,3 +96,32 @@ def test_rows_in_step_order_or_not_and_run_by_run_or_not_summarise_alike(thresho
     assert run_summaries(frame.sample(fraction=1.0, shuffle=True, seed=7), thresholds=thresholds).equals(catalog_order)
     one_by_one = pl.concat([run_summaries(frame.filter(pl.col("run_id") == run), thresholds=thresholds) for run in ("clean", "nan_tail", "sparse")])
     assert one_by_one.equals(catalog_order)
+
+
+def test_null_steps_sort_first_and_a_key_without_finite_values_has_no_finite_statistics() -> None:
+    """A null step sorts before the key's other steps (as a group_by over rows sorted by step
+    saw it): it is the key's first step, and a finite value there leaves the AUC undefined."""
+    frame = pl.DataFrame(
+        {"run_id": ["r"] * 5, "step": [None, 1, 3, 1, 2], "key": ["a", "a", "a", "b", "b"], "value": [5.0, 2.0, 1.0, math.nan, math.inf]}
+    )
+    a, b = run_summaries(frame).rows(named=True)
+    assert (a["first_step"], a["last_step"], a["n_values"], a["n_finite"]) == (None, 3, 3, 3)
+    assert (a["min"], a["argmin_step"], a["max"], a["argmax_step"], a["last"], a["auc"]) == (1.0, 3, 5.0, None, 1.0, None)
+    assert (b["n_finite"], b["n_nan"], b["n_inf"], b["first_nan_step"], b["first_inf_step"]) == (0, 1, 1, 1, 2)
+    assert b["last"] == math.inf and all(b[name] is None for name in ("last_finite", "min", "argmin_step", "max", "final_mean", "auc"))
+
+
+def test_keys_whose_categorical_codes_lie_far_apart_summarise_as_alone() -> None:
+    """Categorical codes are global to the process (while a column holds them): two keys interned
+    70,000 codes apart (more than 16 bits) are made dense before the sort, with the same summaries
+    as each key alone."""
+    early = pl.Series(["far_apart/early"]).cast(pl.Categorical)
+    between = pl.Series([f"far_apart/{i}" for i in range(70_000)]).cast(pl.Categorical)
+    late = pl.Series(["far_apart/late"]).cast(pl.Categorical)
+    assert late.to_physical().item() - early.to_physical().item() > between.len() >= 2**16
+    frame = history().filter(pl.col("run_id") == "sparse").with_columns(
+        pl.when(pl.col("key") == "loss").then(pl.lit("far_apart/early")).otherwise(pl.lit("far_apart/late")).alias("key")
+    )
+    together = run_summaries(frame)
+    alone = pl.concat([run_summaries(frame.filter(pl.col("key") == key)) for key in ("far_apart/early", "far_apart/late")])
+    assert together.height == 2 and together.equals(alone)
