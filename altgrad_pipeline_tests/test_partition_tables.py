@@ -112,6 +112,20 @@ def test_the_io_manager_stores_rows_and_versions_together(tmp_path: Path) -> Non
     assert pl.read_parquet(tmp_path / "assets" / "versioned" / "E5M2.parquet").equals(stored.frame)
 
 
+def test_a_lazy_table_is_counted_as_written(tmp_path: Path) -> None:
+    """An asset returning a lazy table (streamed into its file, never held) gets its row count in the
+    UI from the file the IO manager wrote."""
+
+    @dg.asset
+    def streamed() -> pl.LazyFrame:
+        return pl.LazyFrame({"step": range(1, 1001)}).filter(pl.col("step") % 7 != 0)
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([streamed], instance=instance, resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))})
+        metadata = result.asset_materializations_for_node("streamed")[0].metadata
+    assert metadata["dagster/row_count"].value == pl.read_parquet(tmp_path / "assets" / "streamed.parquet").height == 858
+
+
 def test_an_altered_partition_file_is_quarantined_not_reused(tmp_path: Path) -> None:
     """A file that still decodes, with its run versions intact but other values (what a few bytes
     overwritten can give): its SHA-256 is not the recorded one, so no row of it is kept."""

@@ -38,6 +38,12 @@ from altgrad_pipeline.study import is_safe_format_name
 PARQUET_COMPRESSION: dict[str, Any] = {"compression": "zstd", "compression_level": 1}
 
 
+def _row_count(written: pl.LazyFrame) -> dict[str, Any]:
+    """The row count of a lazy table as written, for the UI (the Parquet footer holds it: nothing is
+    decoded), where the asset returning it cannot count rows it never holds."""
+    return {"dagster/row_count": written.select(pl.len()).collect().item()}
+
+
 #: (asset, partition, device, inode, size, mtime_ns) of local files found to be the ones their latest
 #: materialization recorded: a file that several steps of one process read is looked up and checked
 #: once (the look-ups took 1.0 CPU-s of a 1x first refresh). A new materialization writes a new file
@@ -146,12 +152,12 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         self, context: dg.OutputContext, obj: pl.DataFrame | pl.LazyFrame | RunVersionedFrame, path: UPath
     ) -> None:
         """A `RunVersionedFrame` keeps its run versions in the same file, as Parquet metadata, and
-        has its `describe` metadata read from the table as written. A local file is written
+        has its `describe` metadata read from the table as written (a plain lazy table its row count). A local file is written
         atomically (a lazy frame streamed into it, never held whole in memory) and its SHA-256
         recorded with the materialization, so a later read or refresh can tell it from a damaged one."""
         metadata = obj.parquet_metadata() if isinstance(obj, RunVersionedFrame) else None
         frame = obj.frame if isinstance(obj, RunVersionedFrame) else obj
-        describe = obj.describe if isinstance(obj, RunVersionedFrame) else None
+        describe = obj.describe if isinstance(obj, RunVersionedFrame) else _row_count if isinstance(obj, pl.LazyFrame) else None
         atomic.kill_point(f"write:{context.asset_key.to_user_string()}" if context.has_asset_key else "write")
         if _is_local(path):
             with atomic.atomic_path(str(path)) as tmp:  # readers (sensors, other runs) never see half a file
@@ -230,4 +236,5 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         if isinstance(obj, RunVersionedFrame) and obj.describe is not None:
             return {}  # it says its row count itself
         frame = obj.frame if isinstance(obj, RunVersionedFrame) else obj
-        return {"dagster/row_count": frame.height} if isinstance(frame, pl.DataFrame) else {}  # a lazy table's asset counts its rows
+        # a lazy table is counted as written (`dump_to_path`); a partition table's asset counts its rows
+        return {"dagster/row_count": frame.height} if isinstance(frame, pl.DataFrame) else {}
