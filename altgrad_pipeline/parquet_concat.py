@@ -1,14 +1,16 @@
-"""Parquet files of one schema joined into one file by copying their row groups' bytes.
+"""Parquet files of one schema joined into one file by copying their pages.
 
 A first build of a `run_histories` partition is its runs' cached history files one after another.
 Decoding them and encoding the rows again cost ≈ 2 CPU-s of a first refresh at 1× (14 M values,
 most of it hashing every row's `run_id` and `key` to rebuild dictionaries the cached files already
 hold). Here each file's pages are copied as they are and a new footer lists every file's row groups,
 their page offsets moved to where the pages now sit: readers see the same schema, rows, row groups,
-statistics and codecs as the files' own.
+statistics and codecs as the files' own. A column to read as one value instead (a run's id, when
+the catalog renamed a duplicate) gets chunks of its own, encoded from a one-entry dictionary.
 
 The footer is Thrift's compact protocol (the Parquet format's `FileMetaData`), read and written
-field by field without a Thrift library; only the offset fields are changed.
+field by field without a Thrift library; only offsets, row counts, ordinals, the replaced chunks'
+entries and the key-value metadata change.
 """
 
 from __future__ import annotations

@@ -76,3 +76,14 @@ def test_files_whose_schemas_differ_are_not_joined(tmp_path: Path) -> None:
     not_parquet.write_bytes(b"not a parquet file at all")
     with pytest.raises(parquet_concat.UnsupportedParquetError):
         parquet_concat.concatenate([(not_parquet, {})], io.BytesIO(), {}, CODEC)
+
+
+def test_the_io_manager_encodes_the_rows_when_files_cannot_be_joined(tmp_path: Path) -> None:
+    from altgrad_pipeline.defs.io_manager import _write_copied
+
+    good = _write(_history("a", 4, 2), tmp_path / "a.parquet", 8)
+    broken = tmp_path / "b.parquet"
+    broken.write_bytes(b"PAR1 truncated")
+    assert not _write_copied(((good, {}), (broken, {"run_id": "b"})), str(tmp_path / "out.parquet"), {"k": "v"})
+    assert _write_copied(((good, {"run_id": "z"}),), str(tmp_path / "out.parquet"), {"k": "v"})
+    assert pl.read_parquet(tmp_path / "out.parquet").equals(_history("z", 4, 2))
