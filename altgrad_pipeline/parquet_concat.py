@@ -9,8 +9,10 @@ statistics and codecs as the files' own. A column to read as one value instead (
 the catalog renamed a duplicate) gets chunks of its own, encoded from a one-entry dictionary.
 
 The footer is Thrift's compact protocol (the Parquet format's `FileMetaData`), read and written
-field by field without a Thrift library; only offsets, row counts, ordinals, the replaced chunks'
-entries and the key-value metadata change.
+field by field without a Thrift library; only offsets, sizes, row counts, ordinals, the replaced
+chunks' entries and the key-value metadata change. Each chunk's offset index lists its pages'
+absolute positions, so it is written anew after the chunk's file with the moved positions (the
+copied original stays behind as bytes no footer entry points at).
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _ST
 # Field ids of the Parquet format's footer structs (parquet.thrift).
 _FILE_SCHEMA, _FILE_NUM_ROWS, _FILE_ROW_GROUPS, _FILE_KEY_VALUES = 2, 3, 4, 5
 _SCHEMA_NAME, _SCHEMA_CHILDREN = 4, 5
-_ROW_GROUP_COLUMNS, _ROW_GROUP_NUM_ROWS, _ROW_GROUP_FILE_OFFSET, _ROW_GROUP_ORDINAL = 1, 3, 5, 7
+_ROW_GROUP_COLUMNS, _ROW_GROUP_BYTES, _ROW_GROUP_NUM_ROWS = 1, 2, 3
+_ROW_GROUP_FILE_OFFSET, _ROW_GROUP_COMPRESSED, _ROW_GROUP_ORDINAL = 5, 6, 7
 _CHUNK_FILE_PATH, _CHUNK_FILE_OFFSET, _CHUNK_META, _CHUNK_OFFSET_INDEX, _CHUNK_COLUMN_INDEX = 1, 2, 3, 4, 6
-_META_TOTAL_COMPRESSED, _META_DATA_PAGE, _META_INDEX_PAGE, _META_DICTIONARY_PAGE, _META_BLOOM_FILTER = 7, 9, 10, 11, 14
+_META_TOTAL_UNCOMPRESSED, _META_TOTAL_COMPRESSED = 6, 7
+_META_DATA_PAGE, _META_INDEX_PAGE, _META_DICTIONARY_PAGE, _META_BLOOM_FILTER = 9, 10, 11, 14
+_OFFSET_INDEX_PAGES, _PAGE_LOCATION_OFFSET = 1, 1
 _KEY_VALUE_KEY, _KEY_VALUE_VALUE = 1, 2
 
 #: A decoded struct: its fields in file order, as (field id, type code, value).
@@ -215,14 +220,37 @@ def _rebased(chunk: Struct, moves: Sequence[tuple[int, int, int]]) -> Struct:
 
 
 def _chunk_ranges(chunk: Struct) -> list[tuple[int, int]]:
-    """(start, length) of a column chunk's pages and of its page index entries, in its file."""
-    meta = _get(chunk, _CHUNK_META)
-    start = min(v for f, _, v in meta if f in (_META_DATA_PAGE, _META_DICTIONARY_PAGE))  # type: ignore[union-attr, type-var]
-    ranges = [(start, _get(meta, _META_TOTAL_COMPRESSED))]  # type: ignore[arg-type]
-    for offset, length in ((_CHUNK_COLUMN_INDEX, _CHUNK_COLUMN_INDEX + 1), (_CHUNK_OFFSET_INDEX, _CHUNK_OFFSET_INDEX + 1)):
-        if _get(chunk, offset) is not None:
-            ranges.append((_get(chunk, offset), _get(chunk, length)))  # type: ignore[arg-type]
+    """(start, length) of a column chunk's pages and of its column index, in its file (its offset
+    index holds page positions: `_write_offset_index` writes it anew)."""
+    ranges = [(_pages_start(chunk), _get(_get(chunk, _CHUNK_META), _META_TOTAL_COMPRESSED))]  # type: ignore[arg-type]
+    if _get(chunk, _CHUNK_COLUMN_INDEX) is not None:
+        ranges.append((_get(chunk, _CHUNK_COLUMN_INDEX), _get(chunk, _CHUNK_COLUMN_INDEX + 1)))  # type: ignore[arg-type]
     return ranges  # type: ignore[return-value]
+
+
+def _moved_offset_index(raw: bytes, by: int) -> bytes:
+    """A column chunk's offset index (its pages' absolute positions) for pages moved `by` bytes."""
+    index = _Reader(raw).struct()
+    kind, locations = _get(index, _OFFSET_INDEX_PAGES)  # type: ignore[misc]
+    moved = [_shifted(location, {_PAGE_LOCATION_OFFSET}, by) for location in locations]
+    encoded = bytearray()
+    _encode_struct(_with(index, _OFFSET_INDEX_PAGES, _LIST, (kind, moved)), encoded)
+    return bytes(encoded)
+
+
+def _write_offset_index(chunk: Struct, raw: bytes, by: int, out: BinaryIO, position: int) -> tuple[Struct, int]:
+    """Write the chunk's offset index `raw`, its page positions moved `by`, at `position`; the chunk
+    entry pointing at it, and the position after it. Copied as it is, it would send readers that
+    seek pages by the index (arrow-rs, DuckDB, Spark) to the page positions of the file it came from."""
+    moved = _moved_offset_index(raw, by)
+    out.write(moved)
+    chunk = _with(_with(chunk, _CHUNK_OFFSET_INDEX, _I64, position), _CHUNK_OFFSET_INDEX + 1, _I32, len(moved))
+    return chunk, position + len(moved)
+
+
+def _pages_start(chunk: Struct) -> int:
+    meta = _get(chunk, _CHUNK_META)
+    return min(v for f, _, v in meta if f in (_META_DATA_PAGE, _META_DICTIONARY_PAGE))  # type: ignore[union-attr, type-var]
 
 
 def _constant_string_chunk(name: str, value: str, rows: int, codec: Mapping[str, object]) -> tuple[bytes, Struct, Struct]:
@@ -281,37 +309,52 @@ def concatenate(
                     raise UnsupportedParquetError(f"{path} changed while being joined")
                 out.write(block)
                 remaining -= len(block)
-        shift = position - len(MAGIC)
-        position += pages_end - len(MAGIC)
-        listed = _get(footer, _FILE_ROW_GROUPS)
-        for row_group in listed[1] if listed is not None else []:  # type: ignore[index]
-            element, chunks = _get(row_group, _ROW_GROUP_COLUMNS)  # type: ignore[misc]
-            moved = []
-            for name, schema_element, chunk in zip(names, schema[1:], chunks, strict=True):
-                if name not in constants:
-                    moved.append(_moved_chunk(chunk, shift))
-                    continue
-                rows = _get(row_group, _ROW_GROUP_NUM_ROWS)
-                if (name, constants[name], rows) not in encoded_constants:  # a run's row groups are of one or two sizes
-                    encoded_constants[name, constants[name], rows] = _constant_string_chunk(name, constants[name], rows, codec)  # type: ignore[arg-type]
-                data, new_chunk, new_element = encoded_constants[name, constants[name], rows]
-                if new_element != schema_element:
-                    raise UnsupportedParquetError(f"{path}: its {name} column is not a String column as Polars writes it")
-                if _get(_get(new_chunk, _CHUNK_META), _META_BLOOM_FILTER) is not None:  # type: ignore[arg-type]
-                    raise UnsupportedParquetError(f"a {name} column with a bloom filter")
-                moves = []
-                for start, length in _chunk_ranges(new_chunk):
-                    out.write(data[start : start + length])
-                    moves.append((start, length, position))
-                    position += length
-                # a chunk's file_offset says where its pages end (where old writers put its metadata)
-                _, pages_length, pages_position = moves[0]
-                moved.append(_with(_rebased(new_chunk, moves), _CHUNK_FILE_OFFSET, _I64, pages_position + pages_length))
-            group = [(f, k, (element, moved) if f == _ROW_GROUP_COLUMNS else v) for f, k, v in row_group]
-            group = _shifted(group, {_ROW_GROUP_FILE_OFFSET}, shift)
-            if _get(group, _ROW_GROUP_ORDINAL) is not None:
-                group = _with(group, _ROW_GROUP_ORDINAL, _I16, len(row_groups))
-            row_groups.append(group)
+            shift = position - len(MAGIC)
+            position += pages_end - len(MAGIC)
+            listed = _get(footer, _FILE_ROW_GROUPS)
+            for row_group in listed[1] if listed is not None else []:  # type: ignore[index]
+                element, chunks = _get(row_group, _ROW_GROUP_COLUMNS)  # type: ignore[misc]
+                moved = []
+                grown = {_ROW_GROUP_BYTES: 0, _ROW_GROUP_COMPRESSED: 0}  # by the chunks replaced
+                for name, schema_element, chunk in zip(names, schema[1:], chunks, strict=True):
+                    if name not in constants:
+                        copied = _moved_chunk(chunk, shift)
+                        if (index_at := _get(chunk, _CHUNK_OFFSET_INDEX)) is not None:
+                            file.seek(index_at)  # type: ignore[arg-type]
+                            raw = file.read(_get(chunk, _CHUNK_OFFSET_INDEX + 1))  # type: ignore[arg-type]
+                            copied, position = _write_offset_index(copied, raw, shift, out, position)
+                        moved.append(copied)
+                        continue
+                    rows = _get(row_group, _ROW_GROUP_NUM_ROWS)
+                    if (name, constants[name], rows) not in encoded_constants:  # a run's row groups are of one or two sizes
+                        encoded_constants[name, constants[name], rows] = _constant_string_chunk(name, constants[name], rows, codec)  # type: ignore[arg-type]
+                    data, new_chunk, new_element = encoded_constants[name, constants[name], rows]
+                    if new_element != schema_element:
+                        raise UnsupportedParquetError(f"{path}: its {name} column is not a String column as Polars writes it")
+                    if _get(_get(new_chunk, _CHUNK_META), _META_BLOOM_FILTER) is not None:  # type: ignore[arg-type]
+                        raise UnsupportedParquetError(f"a {name} column with a bloom filter")
+                    moves = []
+                    for start, length in _chunk_ranges(new_chunk):
+                        out.write(data[start : start + length])
+                        moves.append((start, length, position))
+                        position += length
+                    # a chunk's file_offset says where its pages end (where old writers put its metadata)
+                    _, pages_length, pages_position = moves[0]
+                    replaced = _with(_rebased(new_chunk, moves), _CHUNK_FILE_OFFSET, _I64, pages_position + pages_length)
+                    if (index_at := _get(new_chunk, _CHUNK_OFFSET_INDEX)) is not None:
+                        raw = data[index_at : index_at + _get(new_chunk, _CHUNK_OFFSET_INDEX + 1)]  # type: ignore[operator]
+                        replaced, position = _write_offset_index(replaced, raw, pages_position - _pages_start(new_chunk), out, position)
+                    old_meta, new_meta = _get(chunk, _CHUNK_META), _get(new_chunk, _CHUNK_META)
+                    for total, size in ((_ROW_GROUP_BYTES, _META_TOTAL_UNCOMPRESSED), (_ROW_GROUP_COMPRESSED, _META_TOTAL_COMPRESSED)):
+                        grown[total] += _get(new_meta, size) - _get(old_meta, size)  # type: ignore[arg-type, operator]
+                    moved.append(replaced)
+                group = [(f, k, (element, moved) if f == _ROW_GROUP_COLUMNS else v) for f, k, v in row_group]
+                group = [(f, k, v + grown[f] if f in grown else v) for f, k, v in group]  # type: ignore[operator]
+                if _get(group, _ROW_GROUP_FILE_OFFSET) is not None:  # where the row group's first chunk's pages start
+                    group = _with(group, _ROW_GROUP_FILE_OFFSET, _I64, _pages_start(moved[0]))
+                if _get(group, _ROW_GROUP_ORDINAL) is not None:
+                    group = _with(group, _ROW_GROUP_ORDINAL, _I16, len(row_groups))
+                row_groups.append(group)
         num_rows += _get(footer, _FILE_NUM_ROWS)  # type: ignore[operator]
     assert first is not None
     key_values = _key_values(first) | {key.encode(): value.encode() for key, value in metadata.items()}

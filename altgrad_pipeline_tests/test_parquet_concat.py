@@ -87,3 +87,49 @@ def test_the_io_manager_encodes_the_rows_when_files_cannot_be_joined(tmp_path: P
     assert not _write_copied(((good, {}), (broken, {"run_id": "b"})), str(tmp_path / "out.parquet"), {"k": "v"})
     assert _write_copied(((good, {"run_id": "z"}),), str(tmp_path / "out.parquet"), {"k": "v"})
     assert pl.read_parquet(tmp_path / "out.parquet").equals(_history("z", 4, 2))
+
+
+def _page_index_faults(data: bytes) -> list[str]:
+    """Each offset-index entry of a file that does not point at a data page header of its chunk,
+    or a row group whose sizes are not its chunks' sums: what a reader seeking pages by the index
+    would trip on."""
+    footer, _ = parquet_concat._footer_of(data, "joined")
+    faults = []
+    for group_number, group in enumerate(parquet_concat._get(footer, parquet_concat._FILE_ROW_GROUPS)[1]):
+        chunks = parquet_concat._get(group, parquet_concat._ROW_GROUP_COLUMNS)[1]
+        metas = [parquet_concat._get(chunk, parquet_concat._CHUNK_META) for chunk in chunks]
+        compressed = sum(parquet_concat._get(meta, parquet_concat._META_TOTAL_COMPRESSED) for meta in metas)
+        if parquet_concat._get(group, parquet_concat._ROW_GROUP_COMPRESSED) not in (None, compressed):
+            faults.append(f"row group {group_number}: compressed size is not its chunks' sum")
+        if parquet_concat._get(group, parquet_concat._ROW_GROUP_FILE_OFFSET) not in (None, parquet_concat._pages_start(chunks[0])):
+            faults.append(f"row group {group_number}: file_offset is not its first chunk's first page")
+        for column, (chunk, meta) in enumerate(zip(chunks, metas, strict=True)):
+            index_at = parquet_concat._get(chunk, parquet_concat._CHUNK_OFFSET_INDEX)
+            if index_at is None:
+                faults.append(f"row group {group_number} column {column}: no offset index")
+                continue
+            index = parquet_concat._Reader(data[index_at:]).struct()
+            locations = parquet_concat._get(index, parquet_concat._OFFSET_INDEX_PAGES)[1]
+            pages_end = parquet_concat._pages_start(chunk) + parquet_concat._get(meta, parquet_concat._META_TOTAL_COMPRESSED)
+            if parquet_concat._get(locations[0], 1) != parquet_concat._get(meta, parquet_concat._META_DATA_PAGE):
+                faults.append(f"row group {group_number} column {column}: first page not at data_page_offset")
+            for location in locations:
+                offset, size = parquet_concat._get(location, 1), parquet_concat._get(location, 2)
+                header = parquet_concat._Reader(data[offset:])
+                fields = header.struct()
+                page_type, compressed = parquet_concat._get(fields, 1), parquet_concat._get(fields, 3)
+                if page_type not in (0, 3) or header.at + compressed != size or offset + size > pages_end:
+                    faults.append(f"row group {group_number} column {column}: page at {offset} is not a data page of {size} bytes")
+    return faults
+
+
+def test_a_joined_file_s_page_index_points_at_its_own_pages(tmp_path: Path) -> None:
+    first = _write(_history("a", 300, 6), tmp_path / "a.parquet", 700)
+    second = _write(_history("b", 200, 4), tmp_path / "b.parquet", 500)
+    assert _page_index_faults(first.read_bytes()) == []  # Polars writes a page index: the joined file must keep it true
+    buffer = io.BytesIO()
+    parquet_concat.concatenate([(first, {}), (second, {"run_id": "b@2"}), (first, {"run_id": "a@3"})], buffer, {}, CODEC)
+    data = buffer.getvalue()
+    assert _page_index_faults(data) == []
+    expected = pl.concat([_history("a", 300, 6), _history("b@2", 200, 4), _history("a@3", 300, 6)])
+    assert pl.read_parquet(io.BytesIO(data)).equals(expected)
