@@ -21,6 +21,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -72,12 +73,17 @@ class RunVersionedFrame:
     """A partition table with the run versions and recipe it was built from; the IO manager
     stores the three in one Parquet file. A lazy `frame` is streamed to the file (a streamed build
     is computed only then, see `rebuild`), so what an asset says about its rows is `describe`d
-    from the table as written: the IO manager adds it to the materialization's metadata."""
+    from the table as written: the IO manager adds it to the materialization's metadata.
+
+    `copied_from` names Parquet files whose rows, in order, are `frame`'s, each with String columns
+    to read as one value (`{"run_id": run}`): the IO manager copies their pages into the partition
+    file (`parquet_concat`) instead of decoding and encoding every row."""
 
     frame: pl.DataFrame | pl.LazyFrame
     versions: dict[str, str]
     recipe: str
     describe: Callable[[pl.LazyFrame], dict[str, Any]] | None = None
+    copied_from: tuple[tuple[Path, Mapping[str, str]], ...] = ()
 
     def parquet_metadata(self) -> dict[str, str]:
         return {RUN_VERSIONS_KEY: json.dumps(self.versions, sort_keys=True), RECIPE_KEY: self.recipe}

@@ -16,7 +16,7 @@ ENTRY_POINTS = {"definitions", "cli", "refresh", "execution"}
 #: and plain helpers; `examples` (the example-run generator, which names runs as the readers do)
 #: sits with ingest, `notebook` (helpers for notebooks over the tables) with analysis.
 RANKS = {
-    "study": 0, "settings": 0, "escaping": 0, "markdown": 0, "partition_tables": 0,
+    "study": 0, "settings": 0, "escaping": 0, "markdown": 0, "partition_tables": 0, "parquet_concat": 0,
     "atomic": 0, "integrity": 0, "locking": 0,
     "ingest": 1, "examples": 1,
     "analysis": 2, "notebook": 2, "__init__": 2,

@@ -6,6 +6,7 @@ the partition's runs and describe the result for the UI.
 """
 
 
+import dataclasses
 import datetime as dt
 
 import dagster as dg
@@ -88,7 +89,10 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
         lambda run_ids: catalog.histories([by_run[run] for run in run_ids]),
         streamed=True,
     )
-    histories = built.table.frame.lazy()
+    table = built.table
+    if built.computed and not built.reused:  # every run's rows are its cached file's: copied, not re-encoded
+        table = dataclasses.replace(table, copied_from=catalog.history_files([by_run[run] for run in built.computed]))
+    histories = table.frame.lazy()
     n_values, n_nonfinite = histories.select(pl.len(), (~pl.col("value").is_finite()).sum()).collect().row(0)
     n_keys = catalog.distinct_history_keys(entries)  # the partition's rows are these runs' cached histories
     context.log.info(f"{fmt}: {runs.height} runs, {n_values} values; re-read {len(result.reread)} changed runs")
@@ -105,7 +109,7 @@ def ingest_format(context: dg.AssetExecutionContext, run_stores: RunStores):
         },
     )
     yield dg.Output(
-        built.table,
+        table,
         output_name="run_histories",
         metadata={
             "dagster/row_count": n_values,

@@ -564,6 +564,12 @@ class RunCatalog:
         ]
         return pl.concat(frames, how="vertical")
 
+    def history_files(self, entries: Sequence[CatalogEntry]) -> tuple[tuple[Path, dict[str, str]], ...]:
+        """The cached history files of these runs, each with the run_id its rows read as (a run
+        renamed for a duplicate id keeps its first id in the file): `histories` as files, for a
+        partition file made by copying their pages (`parquet_concat`)."""
+        return tuple((self.history_path(e), {"run_id": e.run_id}) for e in entries)
+
     def distinct_history_keys(self, entries: Sequence[CatalogEntry]) -> int:
         """How many distinct keys these runs' cached histories hold, as `n_unique` counts them (a
         null is one), read as each file's Parquet dictionary: hashing a partition's 3.5 M key
