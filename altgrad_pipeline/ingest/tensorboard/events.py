@@ -13,19 +13,19 @@ TensorBoard drops them, and an issue says how many. Out-of-order steps without a
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from google.protobuf.message import DecodeError
+from tensorboard.compat.proto import event_pb2, types_pb2
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from altgrad_pipeline.ingest.growing import ANCHOR_BYTES, ReadPosition
 from altgrad_pipeline.ingest.model import IngestIssue
@@ -161,21 +161,10 @@ def tags_at(buffer: np.ndarray, tag_start: np.ndarray, tag_end: np.ndarray) -> t
     return codes.copy(), encoded.dictionary.to_pylist()
 
 
-@functools.cache
-def _protos() -> tuple[ModuleType, ModuleType, ModuleType]:
-    """TensorBoard's `event_pb2`, `types_pb2` and hparams `plugin_data_pb2`, imported on the first
-    decode: 0.15 CPU-s that a sync or refresh of stores without event files never needs."""
-    from tensorboard.compat.proto import event_pb2, types_pb2
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    return event_pb2, types_pb2, plugin_data_pb2
-
-
 def _scalar_from_tensor(tensor: Any) -> float | None:
     """A rank-0 float/double tensor's value, from float_val/double_val or tensor_content."""
     if tensor.tensor_shape.dim:
         return None
-    types_pb2 = _protos()[1]
     if tensor.dtype == types_pb2.DT_FLOAT:
         if tensor.float_val:
             return float(tensor.float_val[0])
@@ -412,7 +401,6 @@ class EventFile:
         records: list[int] = []
         session_starts: list[tuple[int, int]] = []
         undecodable = 0
-        event_pb2 = _protos()[0]
         for start, length, index in zip(starts.tolist(), lengths.tolist(), indices.tolist(), strict=True):
             event = event_pb2.Event()
             try:
@@ -497,7 +485,6 @@ class EventFile:
         if plugin == HPARAMS_PLUGIN:
             self._take_hparams(value)
             return None
-        types_pb2 = _protos()[1]
         if kind == "tensor" and plugin == TEXT_PLUGIN and value.tensor.dtype == types_pb2.DT_STRING:
             return _text_from_tensor(value.tensor)
         if kind == "tensor" and plugin == SCALARS_PLUGIN:
@@ -511,7 +498,7 @@ class EventFile:
         return None
 
     def _take_hparams(self, value: Any) -> None:
-        data = _protos()[2].HParamsPluginData()
+        data = plugin_data_pb2.HParamsPluginData()
         try:
             data.ParseFromString(value.metadata.plugin_data.content)
         except DecodeError:
