@@ -16,6 +16,11 @@ from altgrad_pipeline.study import NO_FORMAT
 # Partitioned asset checks (one format at a time) are a preview feature of Dagster 1.13: chosen knowingly.
 warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
 
+#: The checks of a format partition's `ingest_format` tables (one step: `ingest_format_checks`).
+NO_DUPLICATE_CONFIGURATIONS = dg.AssetCheckKey(dg.AssetKey("raw_runs"), "no_duplicate_configurations")
+EVERY_RUN_HAS_A_LOSS_SERIES = dg.AssetCheckKey(dg.AssetKey("run_histories"), "every_run_has_a_loss_series")
+STEPS_ARE_UNIQUE_AND_INCREASING = dg.AssetCheckKey(dg.AssetKey("run_histories"), "steps_are_unique_and_increasing")
+
 
 def _result(
     passed: bool, details: pl.DataFrame, what: str, check: dg.AssetCheckKey | None = None, **extra: object
@@ -36,43 +41,51 @@ def _result(
 @dg.multi_asset_check(
     specs=[
         dg.AssetCheckSpec(
-            "no_duplicate_configurations",
-            asset="raw_runs",
+            NO_DUPLICATE_CONFIGURATIONS.name,
+            asset=NO_DUPLICATE_CONFIGURATIONS.asset_key,
             partitions_def=fp8_format_partitions,
             description="No two runs share an effective configuration and seed (e.g. altgrad's e5m2_short and "
             "e5m2_standard are one config): such runs are not independent replicates.",
         ),
         dg.AssetCheckSpec(
-            "every_run_has_a_loss_series",
-            asset="run_histories",
+            EVERY_RUN_HAS_A_LOSS_SERIES.name,
+            asset=EVERY_RUN_HAS_A_LOSS_SERIES.asset_key,
             additional_deps=["raw_runs"],
             partitions_def=fp8_format_partitions,
             description="Every run of the format has a loss series (`loss` or `train/loss`).",
         ),
         dg.AssetCheckSpec(
-            "steps_are_unique_and_increasing",
-            asset="run_histories",
+            STEPS_ARE_UNIQUE_AND_INCREASING.name,
+            asset=STEPS_ARE_UNIQUE_AND_INCREASING.asset_key,
             additional_deps=["raw_runs"],
             partitions_def=fp8_format_partitions,
             description="Steps of every (run, key) series are unique and increasing.",
         ),
     ],
     ins={"raw_runs": dg.AssetIn(), "run_histories": dg.AssetIn()},
+    can_subset=True,
 )
-def ingest_format_checks(raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame) -> Iterator[dg.AssetCheckResult]:
-    """The three checks of what `ingest_format` writes for a format (its two tables come from one
-    step, so they are checked together): one step, with one start, input load and success, instead
-    of three; Dagster's own cost per step exceeds what any of these checks computes.
+def ingest_format_checks(
+    context: dg.AssetCheckExecutionContext, raw_runs: pl.LazyFrame, run_histories: pl.LazyFrame
+) -> Iterator[dg.AssetCheckResult]:
+    """The checks of what `ingest_format` writes for a format (its two tables come from one step, so
+    they are checked together): one step, with one start, input load and success, instead of one
+    per check; Dagster's own cost per step exceeds what any of these checks computes. A check
+    executed alone (e.g. from the UI) runs alone.
 
     The partition's runs are the ones its `raw_runs` lists (one catalog listing builds both), so
     the step check needs no scan of the histories to find them."""
-    passed, duplicates = consistency.duplicate_configurations(raw_runs)
-    yield _result(passed, duplicates, "no duplicated configuration with the same seed", check=dg.AssetCheckKey(dg.AssetKey("raw_runs"), "no_duplicate_configurations"))
-    passed, missing = consistency.every_run_has_loss(raw_runs, run_histories)
-    yield _result(passed, missing, "every run logged a loss", check=dg.AssetCheckKey(dg.AssetKey("run_histories"), "every_run_has_a_loss_series"))
-    runs = raw_runs.select("run_id").collect().get_column("run_id").to_list()
-    passed, bad = consistency.steps_unique_and_increasing(run_histories, runs)
-    yield _result(passed, bad, "steps unique and increasing in every series", check=dg.AssetCheckKey(dg.AssetKey("run_histories"), "steps_are_unique_and_increasing"))
+    selected = context.selected_asset_check_keys
+    if NO_DUPLICATE_CONFIGURATIONS in selected:
+        passed, duplicates = consistency.duplicate_configurations(raw_runs)
+        yield _result(passed, duplicates, "no duplicated configuration with the same seed", check=NO_DUPLICATE_CONFIGURATIONS)
+    if EVERY_RUN_HAS_A_LOSS_SERIES in selected:
+        passed, missing = consistency.every_run_has_loss(raw_runs, run_histories)
+        yield _result(passed, missing, "every run logged a loss", check=EVERY_RUN_HAS_A_LOSS_SERIES)
+    if STEPS_ARE_UNIQUE_AND_INCREASING in selected:
+        runs = raw_runs.select("run_id").collect().get_column("run_id").to_list()
+        passed, bad = consistency.steps_unique_and_increasing(run_histories, runs)
+        yield _result(passed, bad, "steps unique and increasing in every series", check=STEPS_ARE_UNIQUE_AND_INCREASING)
 
 
 @dg.asset_check(
