@@ -166,6 +166,21 @@ def test_asset_checks_pass(pipeline):
     assert all(statuses == {"SUCCEEDED"} for statuses in outcomes.values()), outcomes
 
 
+def test_a_check_of_a_format_partition_executed_alone_runs_alone(pipeline, monkeypatch):
+    """A format's three checks share one step; selecting one of them (as the UI's "Execute" on a
+    check does) evaluates that check only, on the partition's tables."""
+    from altgrad_pipeline.definitions import defs
+    from altgrad_pipeline.defs.checks import STEPS_ARE_UNIQUE_AND_INCREASING
+
+    monkeypatch.setenv("ALTGRAD_RUNS", str(pipeline["store"]))
+    monkeypatch.setenv("ALTGRAD_DATA_DIR", str(pipeline["data"]))
+    job = defs.resolve_job_def("refresh_format").get_subset(asset_selection=set(), asset_check_selection={STEPS_ARE_UNIQUE_AND_INCREASING})
+    result = job.execute_in_process(instance=pipeline["instance"], partition_key="BF16")
+    evaluations = [event.event_specific_data for event in result.all_events if event.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert result.success
+    assert [(e.asset_key, e.check_name, e.passed) for e in evaluations] == [(dg.AssetKey("run_histories"), "steps_are_unique_and_increasing", True)]
+
+
 # ##### REPORTS
 
 
