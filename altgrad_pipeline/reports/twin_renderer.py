@@ -18,6 +18,7 @@ from matplotlib.backend_bases import FigureCanvasBase, GraphicsContextBase, Rend
 from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.backends.backend_svg import RendererSVG
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties, fontManager, get_font
 from matplotlib.transforms import Affine2D, TransformedPath
 
 #: The SVG's unit: a point, 1/72 inch.
@@ -43,6 +44,7 @@ class PngSvgRenderer(RendererBase):
         self._scale = POINTS_PER_INCH / figure.dpi
         self._to_points = Affine2D().scale(self._scale)
         self._height_pixels = height_in * figure.dpi
+        self._font_height_metrics: dict[FontProperties, tuple[float, float, float] | tuple[None, None, None]] = {}
         #: While an artist is drawn rasterised: the SVG's picture of it, in pixels.
         self._raster: RendererAgg | None = None
 
@@ -58,6 +60,16 @@ class PngSvgRenderer(RendererBase):
 
     def get_text_width_height_descent(self, s, prop, ismath):
         return self.agg.get_text_width_height_descent(s, prop, ismath)
+
+    def _get_font_height_metrics(self, prop):
+        """A font's ascent, descent and line gap in pixels, which `Text` needs for every layout of
+        every text: measured once per font and size here (the hook matplotlib's PDF and PS
+        renderers provide), where `Text` would otherwise look the font up and read two of its
+        tables each time. The values are the ones `Text` computes itself, from the same tables."""
+        metrics = self._font_height_metrics.get(prop)
+        if metrics is None:
+            metrics = self._font_height_metrics[prop.copy()] = font_height_metrics(prop, self.agg.dpi)
+        return metrics
 
     def get_image_magnification(self) -> float:
         return self.agg.get_image_magnification()
@@ -224,6 +236,22 @@ class PngSvgRenderer(RendererBase):
         path, affine = gc.get_clip_path()
         scaled.set_clip_path(None if path is None else TransformedPath(path, affine + self._to_points))
         return scaled
+
+
+def font_height_metrics(prop: FontProperties, dpi: float) -> tuple[float, float, float] | tuple[None, None, None]:
+    """Ascent, descent and line gap of the font `prop` selects at `dpi`, from its OS/2 or hhea
+    table as `Text._get_layout` reads them (None: neither table, `Text` measures "lp" instead)."""
+    font = get_font(fontManager._find_fonts_by_props(prop))
+    for table_name, line_gap_key, ascent_key, descent_key in (
+        ("OS/2", "sTypoLineGap", "sTypoAscender", "sTypoDescender"),
+        ("hhea", "lineGap", "ascent", "descent"),
+    ):
+        table = font.get_sfnt_table(table_name)
+        if table is None:
+            continue
+        scale = 1 / font.get_sfnt_table("head")["unitsPerEm"] * prop.get_size_in_points() * dpi / 72
+        return table[ascent_key] * scale, -table[descent_key] * scale, table[line_gap_key] * scale
+    return None, None, None
 
 
 class PngSvgCanvas(FigureCanvasBase):
