@@ -173,15 +173,16 @@ def save_figure(figure: Figure, path: Path, *, dpi: int = FIGURE_DPI) -> Path:
             saved_colour = matplotlib.rcParams[f"savefig.{colour}"]
             if saved_colour != "auto":
                 getattr(figure, f"set_{colour}")(saved_colour)
-        # Each file whole or not at all: a kill or a full disk never leaves half a PNG or SVG.
-        with atomic.atomic_path(path.with_suffix(f".{VECTOR_FORMAT}")) as svg_tmp, atomic.atomic_path(path) as png_tmp:
-            with open(svg_tmp, "w", encoding="utf-8") as svg_file:
-                renderer = PngSvgCanvas(figure, svg_file, metadata={"Date": None}).get_renderer()
-                if layout is not None:
-                    layout.execute(figure)
-                freeze_ticks(figure)
-                figure.draw(renderer)
-                renderer.finalize()
+        # Each file whole or not at all: a kill or a full disk never leaves half a PNG or SVG. The
+        # SVG is written while the figure is drawn, the PNG from the drawn pixels after it.
+        with atomic.atomic_path(path.with_suffix(f".{VECTOR_FORMAT}")) as svg_tmp, open(svg_tmp, "w", encoding="utf-8") as svg_file:
+            renderer = PngSvgCanvas(figure, svg_file, metadata={"Date": None}).get_renderer()
+            if layout is not None:
+                layout.execute(figure)
+            freeze_ticks(figure)
+            figure.draw(renderer)
+            renderer.finalize()
+        with atomic.atomic_path(path) as png_tmp:
             matplotlib.image.imsave(
                 png_tmp,
                 renderer.agg.buffer_rgba(),

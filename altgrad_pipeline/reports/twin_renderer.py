@@ -1,11 +1,11 @@
 """One draw of a figure for both of its files: the PNG's pixels and the SVG twin.
 
-`savefig` draws the whole artist tree once per file, and nearly all of a draw is matplotlib's
-per-artist Python work (tick updates, text layout, transforms), the same for both files; the
-backends' own work (rasterising, writing SVG text) is the smaller part. `PngSvgRenderer` takes
-every drawing primitive of one draw at the PNG's dpi and hands it to matplotlib's Agg renderer
-unchanged and to its SVG renderer in points (pixel coordinates scaled by 72 / dpi), so a figure is drawn once for both files. Line widths, dashes, hatches and
-font sizes are in points in every primitive and need no scaling.
+`savefig` draws the whole artist tree once per file, and each draw repeats matplotlib's per-artist
+Python work (tick updates, text layout, transforms). `PngSvgRenderer` takes every drawing primitive
+of one draw at the PNG's dpi and hands it to matplotlib's Agg renderer unchanged and to its SVG
+renderer in points (pixel coordinates scaled by 72 / dpi; text positions, top-down for both, too),
+so a figure is drawn once for both files. Line widths, dashes, hatches and font sizes are in points
+in every primitive and need no scaling.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ the failure-trace series, file-name guards, and None (not an empty plot) when th
 
 from __future__ import annotations
 
+import errno
 import math
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ from altgrad_pipeline.analysis.report_series import (
     reference_trace_means,
 )
 from altgrad_pipeline.analysis.training import training_dynamics
+from altgrad_pipeline.atomic import OutOfSpaceError
 from altgrad_pipeline.reports import training_dynamics as dynamics_report
 from altgrad_pipeline.reports.figures import (
     failure_trace_figure,
@@ -401,3 +403,29 @@ def test_fit_panel_of_a_diverged_run_says_why_it_has_no_asymptote(tmp_path: Path
     assert texts[diverged_label] == (0.02, 0.04, "left", "bottom")
     trained_label = f"selected: {selected['trains']['model']}\nasymptote {dynamics_report.format_cell(selected['trains']['asymptote'])}"
     assert texts[trained_label] == (0.98, 0.95, "right", "top")
+
+
+def test_a_full_disk_while_saving_a_figure_names_the_file_and_leaves_no_part_of_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PNG is written after the SVG: a full disk then names the PNG, the SVG is whole and no
+    temp file is left; a full disk while the SVG is drawn names the SVG and writes neither."""
+    def build():
+        with report_style():
+            figure, axes = new_figure()
+            axes.plot([1, 2], [1, 2])
+        return figure
+
+    def no_space(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(matplotlib.image, "imsave", no_space)
+        with pytest.raises(OutOfSpaceError) as full:
+            save_figure(build(), tmp_path / "png_fails.png")
+    assert full.value.path == tmp_path / "png_fails.png"
+    assert (tmp_path / "png_fails.svg").read_text().rstrip().endswith("</svg>")
+    with monkeypatch.context() as patch:
+        patch.setattr(matplotlib.figure.Figure, "draw", no_space)
+        with pytest.raises(OutOfSpaceError) as full:
+            save_figure(build(), tmp_path / "svg_fails.png")
+    assert full.value.path == tmp_path / "svg_fails.svg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["png_fails.svg"]
