@@ -15,14 +15,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import matplotlib
+import matplotlib.image
 
 matplotlib.use("Agg")
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402  (the backend is chosen first)
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FixedFormatter, FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
 
 from altgrad_pipeline import atomic  # noqa: E402
+from altgrad_pipeline.reports.twin_renderer import PngSvgCanvas  # noqa: E402
 from altgrad_pipeline.study import (  # noqa: E402
     BASELINE_FORMAT,
     MANIFOLD_OPTIMIZER,
@@ -154,33 +155,42 @@ def save_figure(figure: Figure, path: Path, *, dpi: int = FIGURE_DPI) -> Path:
     """Write the figure as PNG and its `VECTOR_FORMAT` twin beside it (parents created), then
     release it; returns the PNG path (the one reports show inline).
 
-    The figure is laid out once, on the Agg canvas at the PNG's dpi, and both files are drawn from
-    that layout: the PNG is the one `savefig` would lay out itself, and the SVG shares its positions
-    (its own text metrics would move them by up to 6 pt, which no reader sees, for a second
-    layout that cost a third of a save). `savefig` on a figure with a layout engine would
-    also lay it out inside a whole draw with rendering disabled before drawing it again, so the
-    engine is run here and the figure saved without one."""
+    The figure is laid out once, on the Agg canvas at the PNG's dpi, and drawn once for both files
+    (`PngSvgRenderer`): the PNG has the bytes `savefig` gives, and the SVG is the same picture in
+    points at the PNG's positions (its own text metrics would move them by up to 6 pt, which no
+    reader sees, for a second layout and a second draw, each a third of a save). `savefig` on a
+    figure with a layout engine would also lay it out inside a whole draw with rendering disabled
+    before drawing it again, so the engine is run here and the figure drawn without one."""
     path = Path(path)
     layout = figure.get_layout_engine()
     # No engine means none only while the rc asks for no default layout (else it installs one).
     no_default_layout = {"figure.autolayout": False, "figure.constrained_layout.use": False}
     with matplotlib.rc_context({"svg.hashsalt": REPORT_RC["svg.hashsalt"], **no_default_layout}):
         figure.set_layout_engine(None)
-        if layout is not None:
-            figure_dpi = figure.dpi
-            FigureCanvasAgg(figure)
-            figure.dpi = dpi
-            layout.execute(figure)
-            figure.dpi = figure_dpi
-        freeze_ticks(figure)
-        outputs = (
-            (path, "png", {"dpi": dpi, "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}),
-            (path.with_suffix(f".{VECTOR_FORMAT}"), VECTOR_FORMAT, {"metadata": {"Date": None}}),
-        )
-        for target, file_format, options in outputs:
-            # Each file whole or not at all: a kill or a full disk never leaves half a PNG or SVG.
-            with atomic.atomic_path(target) as tmp:
-                figure.savefig(tmp, format=file_format, **options)
+        figure.dpi = dpi
+        for colour in ("facecolor", "edgecolor"):
+            # The figure's background as `savefig` paints it.
+            saved_colour = matplotlib.rcParams[f"savefig.{colour}"]
+            if saved_colour != "auto":
+                getattr(figure, f"set_{colour}")(saved_colour)
+        # Each file whole or not at all: a kill or a full disk never leaves half a PNG or SVG. The
+        # SVG is written while the figure is drawn, the PNG from the drawn pixels after it.
+        with atomic.atomic_path(path.with_suffix(f".{VECTOR_FORMAT}")) as svg_tmp, open(svg_tmp, "w", encoding="utf-8") as svg_file:
+            renderer = PngSvgCanvas(figure, svg_file, metadata={"Date": None}).get_renderer()
+            if layout is not None:
+                layout.execute(figure)
+            freeze_ticks(figure)
+            figure.draw(renderer)
+            renderer.finalize()
+        with atomic.atomic_path(path) as png_tmp:
+            matplotlib.image.imsave(
+                png_tmp,
+                renderer.agg.buffer_rgba(),
+                format="png",
+                origin="upper",
+                dpi=dpi,
+                pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL},
+            )
     figure.clear()
     return path
 

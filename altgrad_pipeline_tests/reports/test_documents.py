@@ -116,23 +116,23 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
 TICK_LABELS: dict[str, list[str]] = {}
 
 
-def _recording_savefig(original):
-    """Figure.savefig that first draws the figure and records its tick labels."""
+def _recording_draw(original):
+    """Figure.draw that records the tick labels it drew, by the stem of the file `save_figure` is
+    writing (its SVG renderer is named after the file)."""
 
-    def savefig(self, fname, *args, **kwargs):
-        self.canvas.draw()
-        TICK_LABELS[Path(fname).stem] = [
+    def draw(self, renderer):
+        original(self, renderer)
+        TICK_LABELS[Path(renderer.svg.basename).stem] = [
             label.get_text() for axes in self.get_axes() for axis in (axes.xaxis, axes.yaxis) for label in axis.get_ticklabels(which="both")
         ]
-        return original(self, fname, *args, **kwargs)
 
-    return savefig
+    return draw
 
 
 @pytest.fixture(scope="module")
 def reports(study: dict) -> dict:
     patch = pytest.MonkeyPatch()
-    patch.setattr(Figure, "savefig", _recording_savefig(Figure.savefig))
+    patch.setattr(Figure, "draw", _recording_draw(Figure.draw))
     try:
         return _write_reports(study, study["root"] / "reports")
     finally:

@@ -3,7 +3,9 @@ the failure-trace series, file-name guards, and None (not an empty plot) when th
 
 from __future__ import annotations
 
+import errno
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -22,6 +24,7 @@ from altgrad_pipeline.analysis.report_series import (
     reference_trace_means,
 )
 from altgrad_pipeline.analysis.training import training_dynamics
+from altgrad_pipeline.atomic import OutOfSpaceError
 from altgrad_pipeline.reports import training_dynamics as dynamics_report
 from altgrad_pipeline.reports.figures import (
     failure_trace_figure,
@@ -89,11 +92,22 @@ def test_save_figure_writes_png_at_the_report_dpi(tmp_path: Path) -> None:
     assert width == round(7.5 * FIGURE_DPI)
 
 
-def test_save_figure_lays_out_once_for_the_png_and_draws_the_svg_at_its_positions(tmp_path: Path) -> None:
-    """The PNG is the one `savefig` lays out itself with the constrained-layout engine, the SVG is
-    drawn at the PNG's positions (its own layout would differ here: the long legend measures wider
-    at the PNG's dpi), and the ticks fixed after the layout are the ones each draw would compute:
-    an offset label, log ticks with plain labels, shared x-axes."""
+def _svg_root(svg: str) -> dict[str, str]:
+    """The attributes of an SVG's root element that set its physical size and its coordinates."""
+    root = re.search(r"<svg [^>]*>", svg).group(0)
+    return {name: re.search(rf'{name}="([^"]*)"', root).group(1) for name in ("width", "height", "viewBox")}
+
+
+#: Each text of a matplotlib SVG: its comment, then the group that moves it into place.
+SVG_TEXT = re.compile(r'<!-- (.*?) -->\s*<g[^>]*transform="translate\(([-0-9.e]+) ([-0-9.e]+)\)')
+
+
+def test_save_figure_lays_out_once_and_draws_the_png_and_the_svg_in_one_pass(tmp_path: Path) -> None:
+    """The PNG is the one `savefig` lays out itself with the constrained-layout engine, byte for
+    byte; the SVG, drawn in the same pass, has the size and coordinates in points `savefig` gives
+    it and the same texts, each placed within 6 pt of where `savefig` drawing the SVG at the PNG's
+    layout puts it (text is placed by the PNG's metrics); the ticks fixed after the layout are the
+    ones each draw would compute: an offset label, log ticks with plain labels, shared x-axes."""
 
     def build():
         with report_style():
@@ -117,7 +131,53 @@ def test_save_figure_lays_out_once_for_the_png_and_draws_the_svg_at_its_position
     assert reference.axes[0].get_position().bounds != pytest.approx(own_svg_layout.axes[0].get_position().bounds, abs=1e-3)
     assert reference.axes[0].yaxis.get_offset_text().get_text() == "+1.00000001e5"
     assert saved.read_bytes() == (tmp_path / "reference.png").read_bytes()
-    assert saved.with_suffix(".svg").read_bytes() == (tmp_path / "reference.svg").read_bytes()
+    svg = saved.with_suffix(".svg").read_text()
+    reference_svg = (tmp_path / "reference.svg").read_text()
+    assert _svg_root(svg) == _svg_root(reference_svg) == {"width": "432pt", "height": "360pt", "viewBox": "0 0 432 360"}
+    texts, reference_texts = SVG_TEXT.findall(svg), SVG_TEXT.findall(reference_svg)
+    assert [text for text, _, _ in texts] == [text for text, _, _ in reference_texts]
+    assert "+1.00000001e5" in [text for text, _, _ in texts]
+    for (_, x, y), (_, reference_x, reference_y) in zip(texts, reference_texts, strict=True):
+        assert float(x) == pytest.approx(float(reference_x), abs=6) and float(y) == pytest.approx(float(reference_y), abs=6)
+
+
+def test_save_figure_draws_images_meshes_collections_and_clipped_artists_as_savefig_does(tmp_path: Path) -> None:
+    """Every kind of primitive the report figures draw goes to both files: an image and its
+    colour bar (a mesh), a filled band (a path collection), markers, a clipped line and text: the
+    PNG equals `savefig`'s, the SVG embeds the image at the same size in points."""
+
+    def build():
+        with report_style():
+            figure, (heatmap, curves_axes) = new_figure(1, 2, panel_size=(3.5, 2.5))
+            image = heatmap.imshow(np.arange(12.0).reshape(3, 4), cmap="viridis", aspect="auto")
+            figure.colorbar(image, ax=heatmap, label="mean rank")
+            heatmap.text(1, 1, "5.0", ha="center", va="center", fontsize=8, color="white")
+            steps = np.arange(20.0)
+            curves_axes.fill_between(steps, np.sin(steps) - 0.3, np.sin(steps) + 0.3, alpha=0.18, linewidth=0)
+            curves_axes.plot(steps, np.sin(steps), marker="o", markevery=5)
+            curves_axes.plot(steps, 3 * np.cos(steps), linestyle="--")  # runs past the view: clipped
+            curves_axes.set_ylim(-1.5, 1.5)
+            curves_axes.scatter([3.0, 9.0], [0.5, -0.5], marker="X", s=60, zorder=3)
+        return figure
+
+    saved = save_figure(build(), tmp_path / "primitives.png")
+    reference = build()
+    with matplotlib.rc_context({"svg.hashsalt": "altgrad-pipeline"}):
+        reference.savefig(tmp_path / "reference.png", dpi=FIGURE_DPI, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+        reference.set_layout_engine("none")
+        reference.savefig(tmp_path / "reference.svg", metadata={"Date": None})
+    assert saved.read_bytes() == (tmp_path / "reference.png").read_bytes()
+    svg, reference_svg = saved.with_suffix(".svg").read_text(), (tmp_path / "reference.svg").read_text()
+    assert _svg_root(svg) == _svg_root(reference_svg)
+    # The image and the colour bar's mesh (drawn rasterised), each resampled at the PNG's dpi: the
+    # same place and size in points up to a pixel and a half (resampling and cropping round).
+    image_place = re.compile(r'<image [^>]*?x="([-0-9.]+)" y="([-0-9.]+)" width="([0-9.]+)" height="([0-9.]+)"')
+    places, reference_places = image_place.findall(svg), image_place.findall(reference_svg)
+    assert len(places) == len(reference_places) == 2
+    for place, reference_place in zip(places, reference_places, strict=True):
+        assert [float(v) for v in place] == pytest.approx([float(v) for v in reference_place], abs=1.5 * 72 / FIGURE_DPI)
+    for element in ("<clipPath", "<use", "<image"):
+        assert svg.count(element) == reference_svg.count(element)
 
 
 def test_loss_curve_summary_is_a_t_interval_over_finite_values() -> None:
@@ -343,3 +403,29 @@ def test_fit_panel_of_a_diverged_run_says_why_it_has_no_asymptote(tmp_path: Path
     assert texts[diverged_label] == (0.02, 0.04, "left", "bottom")
     trained_label = f"selected: {selected['trains']['model']}\nasymptote {dynamics_report.format_cell(selected['trains']['asymptote'])}"
     assert texts[trained_label] == (0.98, 0.95, "right", "top")
+
+
+def test_a_full_disk_while_saving_a_figure_names_the_file_and_leaves_no_part_of_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PNG is written after the SVG: a full disk then names the PNG, the SVG is whole and no
+    temp file is left; a full disk while the SVG is drawn names the SVG and writes neither."""
+    def build():
+        with report_style():
+            figure, axes = new_figure()
+            axes.plot([1, 2], [1, 2])
+        return figure
+
+    def no_space(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(matplotlib.image, "imsave", no_space)
+        with pytest.raises(OutOfSpaceError) as full:
+            save_figure(build(), tmp_path / "png_fails.png")
+    assert full.value.path == tmp_path / "png_fails.png"
+    assert (tmp_path / "png_fails.svg").read_text().rstrip().endswith("</svg>")
+    with monkeypatch.context() as patch:
+        patch.setattr(matplotlib.figure.Figure, "draw", no_space)
+        with pytest.raises(OutOfSpaceError) as full:
+            save_figure(build(), tmp_path / "svg_fails.png")
+    assert full.value.path == tmp_path / "svg_fails.svg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["png_fails.svg"]
