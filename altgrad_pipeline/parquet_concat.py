@@ -182,15 +182,17 @@ def _footer_of(data: bytes, name: object) -> tuple[Struct, int]:
     return _Reader(data[-8 - length : -8]).struct(), len(data) - 8 - length
 
 
-def _footer(path: Path) -> tuple[Struct, int]:
-    with open(path, "rb") as file:
-        size = file.seek(0, 2)
-        file.seek(max(size - 8, 0))
-        tail = file.read(8)
-        length = struct.unpack("<I", tail[:4])[0] if len(tail) == 8 else 0
-        file.seek(max(size - 8 - length, 0))
-        footer, start = _footer_of(file.read(), path)
-        return footer, start + max(size - 8 - length, 0)
+def _footer(file: BinaryIO, name: object) -> tuple[Struct, int]:
+    """The decoded footer of the open Parquet `file` and where it starts. The caller copies the
+    pages through the same handle: a cache file replaced meanwhile (a rename by another sync)
+    cannot give a footer of one version and pages of another."""
+    size = file.seek(0, 2)
+    file.seek(max(size - 8, 0))
+    tail = file.read(8)
+    length = struct.unpack("<I", tail[:4])[0] if len(tail) == 8 else 0
+    file.seek(max(size - 8 - length, 0))
+    footer, start = _footer_of(file.read(), name)
+    return footer, start + max(size - 8 - length, 0)
 
 
 _CHUNK_OFFSETS = {_CHUNK_FILE_OFFSET, _CHUNK_OFFSET_INDEX, _CHUNK_COLUMN_INDEX}
@@ -291,16 +293,16 @@ def concatenate(
     num_rows = 0
     encoded_constants: dict[tuple[str, str, object], tuple[bytes, Struct, Struct]] = {}
     for path, constants in pieces:
-        footer, pages_end = _footer(path)
-        if first is None:
-            first = footer
-        elif _get(footer, _FILE_SCHEMA) != _get(first, _FILE_SCHEMA) or _key_values(footer).get(b"ARROW:schema") != _key_values(first).get(b"ARROW:schema"):
-            raise UnsupportedParquetError(f"{path}: its schema differs from {pieces[0][0]}'s")
-        schema = _get(footer, _FILE_SCHEMA)[1]  # type: ignore[index]
-        names = [_get(element, _SCHEMA_NAME).decode() for element in schema[1:]]  # type: ignore[union-attr]
-        if any(name not in names for name in constants) or any(_get(e, _SCHEMA_CHILDREN) for e in schema[1:]):
-            raise UnsupportedParquetError(f"{path}: not a flat table with columns {sorted(constants)}")
         with open(path, "rb") as file:
+            footer, pages_end = _footer(file, path)
+            if first is None:
+                first = footer
+            elif _get(footer, _FILE_SCHEMA) != _get(first, _FILE_SCHEMA) or _key_values(footer).get(b"ARROW:schema") != _key_values(first).get(b"ARROW:schema"):
+                raise UnsupportedParquetError(f"{path}: its schema differs from {pieces[0][0]}'s")
+            schema = _get(footer, _FILE_SCHEMA)[1]  # type: ignore[index]
+            names = [_get(element, _SCHEMA_NAME).decode() for element in schema[1:]]  # type: ignore[union-attr]
+            if any(name not in names for name in constants) or any(_get(e, _SCHEMA_CHILDREN) for e in schema[1:]):
+                raise UnsupportedParquetError(f"{path}: not a flat table with columns {sorted(constants)}")
             file.seek(len(MAGIC))
             remaining = pages_end - len(MAGIC)
             while remaining > 0:
