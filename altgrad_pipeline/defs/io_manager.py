@@ -166,7 +166,7 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
     ) -> None:
         """A `RunVersionedFrame` keeps its run versions in the same file, as Parquet metadata, and
         has its `describe` metadata read from the table as written (a plain lazy table its row count),
-        and one `copied_from` files is made of their pages. A local file is written atomically (a
+        and one with `copied_from` files is made of those files' pages. A local file is written atomically (a
         lazy frame streamed into it, never held whole in memory) and its SHA-256 recorded with the
         materialization, so a later read or refresh can tell it from a damaged one."""
         metadata = obj.parquet_metadata() if isinstance(obj, RunVersionedFrame) else None
